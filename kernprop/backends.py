@@ -1,0 +1,194 @@
+"""Registry of kernel backends: names, lazy import, availability and the reason.
+
+A backend is a package under ``kernprop.kernels`` holding the family modules described
+in ``kernprop.kernels``.  Nothing is imported until a backend is first used or asked
+about, so ``import kernprop`` never fails, nor pays Numba's import, for a backend the
+caller does not use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+
+FAMILIES = ("matmul", "activations", "softmax", "losses", "optimizers")
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a backend can run here, and why not when it cannot."""
+
+    name: str
+    available: bool
+    reason: str
+    description: str
+
+    def __str__(self) -> str:
+        state = "available" if self.available else f"unavailable: {self.reason}"
+        return f"{self.name:<7} {state}"
+
+
+def _check_numpy() -> str | None:
+    return None
+
+
+def _check_numba() -> str | None:
+    try:
+        import numba  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - numba is a dependency
+        return f"numba is not installed ({exc})"
+    return None
+
+
+def _check_cython() -> str | None:
+    try:
+        importlib.import_module("kernprop._cy.parallel")
+    except ImportError as exc:
+        return f"extension not built ({exc}); reinstall with: pip install -e ."
+    missing = []
+    for family in FAMILIES:
+        try:
+            importlib.import_module(f"kernprop._cy.{family}")
+        except ImportError:
+            missing.append(family)
+    if missing:
+        return f"extension not built for: {', '.join(missing)}"
+    return None
+
+
+def _check_cuda() -> str | None:
+    try:
+        from numba import cuda
+    except ImportError as exc:
+        return f"numba-cuda is not installed ({exc}); pip install -e '.[cuda]'"
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return None
+    try:
+        if not cuda.is_available():
+            try:
+                cuda.detect()
+            except Exception:  # noqa: BLE001 - any failure means no usable device
+                pass
+            return "no CUDA driver or no CUDA device"
+    except Exception as exc:  # noqa: BLE001
+        return f"no CUDA driver ({exc})"
+    return None
+
+
+_REGISTRY = {
+    "numpy": ("kernprop.kernels.reference", _check_numpy, "NumPy reference (the oracle)"),
+    "numba": ("kernprop.kernels.numba_cpu", _check_numba, "Numba CPU, parallel over rows"),
+    "cython": ("kernprop.kernels.cython", _check_cython, "Cython with OpenMP prange"),
+    "cuda": ("kernprop.kernels.numba_cuda", _check_cuda, "Numba CUDA kernels"),
+}
+
+NAMES = tuple(_REGISTRY)
+DEFAULT_BACKEND = "numba"
+
+_lock = threading.Lock()
+_status_cache: dict[str, BackendStatus] = {}
+_module_cache: dict[tuple[str, str], ModuleType] = {}
+_state = threading.local()
+_global_default = [os.environ.get("KERNPROP_BACKEND", DEFAULT_BACKEND)]
+
+
+def _require_known(name) -> str:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(NAMES)}")
+    return name
+
+
+def status(name: str) -> BackendStatus:
+    """The availability of one backend (checked once, then remembered)."""
+    _require_known(name)
+    with _lock:
+        if name not in _status_cache:
+            package, check, description = _REGISTRY[name]
+            reason = check()
+            _status_cache[name] = BackendStatus(
+                name, reason is None, reason or "", description
+            )
+        return _status_cache[name]
+
+
+def backends() -> dict[str, BackendStatus]:
+    """Every backend name mapped to its status (available, and why not)."""
+    return {name: status(name) for name in NAMES}
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run on this machine."""
+    return [name for name in NAMES if status(name).available]
+
+
+def set_backend(name: str) -> None:
+    """Set the global default backend used when an op gets ``backend=None``."""
+    _require_known(name)
+    _global_default[0] = name
+
+
+def get_backend() -> str:
+    """The backend an op uses when it gets ``backend=None``."""
+    stack = getattr(_state, "stack", None)
+    return stack[-1] if stack else _global_default[0]
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Use ``name`` as the default backend inside a ``with`` block (per thread)."""
+    _require_known(name)
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(name)
+    try:
+        yield name
+    finally:
+        stack.pop()
+
+
+def resolve(name: str | None) -> str:
+    """The backend an op will run on: ``name``, or the default when it is None."""
+    return get_backend() if name is None else _require_known(name)
+
+
+def family(backend: str | None, family_name: str) -> ModuleType:
+    """The module of one op family in one backend, imported on first use.
+
+    Raises RuntimeError with the reason when the backend cannot run here.
+    """
+    name = resolve(backend)
+    key = (name, family_name)
+    module = _module_cache.get(key)
+    if module is None:
+        state = status(name)
+        if not state.available:
+            raise RuntimeError(f"backend {name!r} is not available: {state.reason}")
+        module = importlib.import_module(f"{_REGISTRY[name][0]}.{family_name}")
+        _module_cache[key] = module
+    return module
+
+
+def set_num_threads(n: int) -> None:
+    """Set the thread count of every CPU backend (Numba and the Cython OpenMP kernels).
+
+    The default is Numba's: ``NUMBA_NUM_THREADS`` or the number of cores.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    import numba
+
+    numba.set_num_threads(n)
+    if status("cython").available:
+        importlib.import_module("kernprop._cy.parallel").set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The thread count the CPU backends use."""
+    import numba
+
+    return numba.get_num_threads()

@@ -1,0 +1,50 @@
+"""Kernel backends of kernprop, one sub-package per backend.
+
+Every backend package (``reference``, ``numba_cpu``, ``numba_cuda``, ``cython``) holds
+the same family modules with the same function names, so that ``kernprop.ops`` can
+dispatch by name alone.  This docstring is the contract every backend fulfils.
+
+Inputs reaching a backend have been validated by ``kernprop.ops``: floating arrays are
+float32 or float64, all of one dtype, of the documented shapes, with at least one row
+and one column; they may be non-contiguous views (a backend copies to contiguous memory
+when it needs to, never writing into a caller's array).  Labels are an int64 array whose
+entries are in ``[0, C)`` or equal ``ignore_index``.  Class weights, when given, are a
+1-D array of the logits' dtype and length ``C``.  Every function returns new arrays of
+the input dtype; only the optimizer steps update their arguments in place.
+
+``matmul``
+    ``matmul(a, b)``: a (M, K) @ b (K, N) -> (M, N).
+    ``linear_forward(x, w, b, activation)``: x (N, IN) @ w (IN, OUT) + b (OUT,) with
+    ``b`` possibly ``None`` and ``activation`` one of ``None, "relu", "sigmoid", "tanh"``
+    applied to the result -> (N, OUT).
+    ``linear_backward(x, w, dy, has_bias)``: -> ``(dx (N, IN), dw (IN, OUT), db (OUT,))``
+    with ``db`` ``None`` when ``has_bias`` is false.
+
+``activations``
+    ``relu_forward(x)``, ``relu_backward(x, dy)`` (gradient 0 at x == 0, as PyTorch);
+    ``sigmoid_forward(x)``, ``sigmoid_backward(y, dy)``; ``tanh_forward(x)``,
+    ``tanh_backward(y, dy)``, where ``y`` is the forward output.  Any shape.
+
+``softmax``
+    ``log_softmax_forward(x)``, ``softmax_forward(x)``: x (N, C) -> (N, C) over the last
+    axis; ``log_softmax_backward(y, dy)`` with y the forward output -> (N, C).
+
+``losses``
+    ``cross_entropy_forward(logits, labels, reduction, ignore_index, label_smoothing,
+    weight)`` -> loss, and ``cross_entropy_with_grad(...)`` with the same arguments ->
+    ``(loss, dlogits)`` from one fused pass.  ``loss`` is a 0-d value of the logits'
+    dtype (reduction "mean" or "sum") or a (N,) array ("none").  ``dlogits`` is the
+    gradient of the reduced loss; for "none" it is the gradient of the sum of the rows.
+    ``mse_forward(pred, target, reduction)``, ``mse_backward(pred, target, reduction)``.
+    ``linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothing,
+    weight, chunk_size)`` -> ``(loss, dx, dw, db)``; ``b`` may be ``None`` (then ``db``
+    is ``None``); ``chunk_size`` is a positive int (rows per chunk).  ``reduction`` is
+    "mean" or "sum" here.
+
+``optimizers`` (update in place, return ``None``)
+    ``sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay)``;
+    ``velocity`` is ``None`` when momentum is 0.
+    ``adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
+    weight_decay, decoupled)``; ``step`` is the 1-based step count after this update.
+    Arrays are C-contiguous and of one shape and dtype.
+"""

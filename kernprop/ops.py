@@ -1,0 +1,355 @@
+"""The public ops: validate the input once, then dispatch to a backend.  No math here.
+
+Every op takes ``backend=None``, meaning the default backend (``kernprop.get_backend()``).
+Arrays are float32 or float64 NumPy arrays (or CUDA device arrays on the ``cuda``
+backend), all of one dtype; the result has that dtype.  Batches are rows and weights are
+``(in_features, out_features)``, so a linear layer is ``x @ w + b``.  No op writes into
+its inputs, except the optimizer steps, which update their state in place by design.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backends import family as _family
+from .backends import resolve as _resolve
+from ._validate import (
+    ACTIVATIONS,
+    REDUCTIONS,
+    check_array,
+    check_choice,
+    check_labels,
+    check_same_dtype,
+    check_scalar,
+    check_shape,
+)
+
+# The fused linear cross-entropy holds at most about this many bytes of logits at once.
+LOGITS_CHUNK_BYTES = 32 * 1024 * 1024
+
+
+def _kernels(backend, family):
+    name = _resolve(backend)
+    return name, _family(name, family)
+
+
+# --- matmul family -------------------------------------------------------------------
+
+
+def matmul(a, b, *, backend=None):
+    """Matrix product ``a @ b`` of 2-D arrays ``a`` (M, K) and ``b`` (K, N) -> (M, N).
+
+    Any strides are accepted (transposed views, non-contiguous slices).
+    """
+    name, kernels = _kernels(backend, "matmul")
+    (m, k), _ = check_array("a", a, 2, name)
+    (k2, n), _ = check_array("b", b, 2, name)
+    check_same_dtype(a=a, b=b)
+    if k != k2:
+        raise ValueError(f"b must have shape ({k}, N) to match a of shape ({m}, {k}), got ({k2}, {n})")
+    return kernels.matmul(a, b)
+
+
+def linear(x, w, b=None, *, activation=None, backend=None):
+    """Linear layer ``activation(x @ w + b)``.
+
+    ``x`` (N, IN), ``w`` (IN, OUT), ``b`` (OUT,) or None -> (N, OUT).  ``activation``
+    is None, "relu", "sigmoid" or "tanh", applied in the same pass as the product.
+    For its backward, pass the output ``y`` to ``relu_backward`` (``y > 0`` exactly
+    where ``x @ w + b > 0``), ``sigmoid_backward`` or ``tanh_backward``, then the result
+    to ``linear_backward``.
+    """
+    name, kernels = _kernels(backend, "matmul")
+    (n, fan_in), _ = check_array("x", x, 2, name)
+    (w_in, fan_out), _ = check_array("w", w, 2, name)
+    if w_in != fan_in:
+        raise ValueError(f"w must have shape ({fan_in}, OUT) to match x of shape ({n}, {fan_in}), got ({w_in}, {fan_out})")
+    if b is not None:
+        b_shape, _ = check_array("b", b, 1, name)
+        check_shape("b", b_shape, (fan_out,), "one bias per output feature")
+    check_same_dtype(x=x, w=w, b=b)
+    check_choice("activation", activation, ACTIVATIONS)
+    return kernels.linear_forward(x, w, b, activation)
+
+
+def linear_backward(x, w, dy, has_bias=True, *, backend=None):
+    """Gradients of ``y = x @ w + b``: returns ``(dx (N, IN), dw (IN, OUT), db (OUT,))``.
+
+    ``db`` is None when ``has_bias`` is false.
+    """
+    name, kernels = _kernels(backend, "matmul")
+    (n, fan_in), _ = check_array("x", x, 2, name)
+    (w_in, fan_out), _ = check_array("w", w, 2, name)
+    if w_in != fan_in:
+        raise ValueError(f"w must have shape ({fan_in}, OUT) to match x of shape ({n}, {fan_in}), got ({w_in}, {fan_out})")
+    dy_shape, _ = check_array("dy", dy, 2, name)
+    check_shape("dy", dy_shape, (n, fan_out), "rows of x by columns of w")
+    check_same_dtype(x=x, w=w, dy=dy)
+    return kernels.linear_backward(x, w, dy, bool(has_bias))
+
+
+# --- activations family --------------------------------------------------------------
+
+
+def _unary(op, x, backend):
+    name, kernels = _kernels(backend, "activations")
+    check_array("x", x, None, name)
+    return getattr(kernels, op)(x)
+
+
+def _unary_backward(op, saved_name, saved, dy, backend):
+    name, kernels = _kernels(backend, "activations")
+    saved_shape, _ = check_array(saved_name, saved, None, name)
+    dy_shape, _ = check_array("dy", dy, None, name)
+    check_shape("dy", dy_shape, saved_shape, f"the shape of {saved_name}")
+    check_same_dtype(**{saved_name: saved, "dy": dy})
+    return getattr(kernels, op)(saved, dy)
+
+
+def relu(x, *, backend=None):
+    """``max(x, 0)`` elementwise, any shape."""
+    return _unary("relu_forward", x, backend)
+
+
+def relu_backward(x, dy, *, backend=None):
+    """``dy`` where ``x > 0``, else 0 (0 at ``x == 0``, as PyTorch)."""
+    return _unary_backward("relu_backward", "x", x, dy, backend)
+
+
+def sigmoid(x, *, backend=None):
+    """``1 / (1 + exp(-x))`` elementwise, without overflow for large ``|x|``."""
+    return _unary("sigmoid_forward", x, backend)
+
+
+def sigmoid_backward(y, dy, *, backend=None):
+    """``dy * y * (1 - y)`` where ``y = sigmoid(x)`` is the forward output."""
+    return _unary_backward("sigmoid_backward", "y", y, dy, backend)
+
+
+def tanh(x, *, backend=None):
+    """``tanh(x)`` elementwise."""
+    return _unary("tanh_forward", x, backend)
+
+
+def tanh_backward(y, dy, *, backend=None):
+    """``dy * (1 - y**2)`` where ``y = tanh(x)`` is the forward output."""
+    return _unary_backward("tanh_backward", "y", y, dy, backend)
+
+
+# --- softmax family ------------------------------------------------------------------
+
+
+def log_softmax(x, *, backend=None):
+    """Log-softmax over the last axis of ``x`` (N, C) -> (N, C).
+
+    Numerically stable: finite for logits of +-1e4; ``-inf`` entries give ``-inf``;
+    a row of all ``-inf`` gives NaN, as PyTorch does.
+    """
+    name, kernels = _kernels(backend, "softmax")
+    check_array("x", x, 2, name)
+    return kernels.log_softmax_forward(x)
+
+
+def log_softmax_backward(y, dy, *, backend=None):
+    """Gradient of log-softmax: ``dy - exp(y) * dy.sum(-1)`` with ``y`` the forward output."""
+    name, kernels = _kernels(backend, "softmax")
+    y_shape, _ = check_array("y", y, 2, name)
+    dy_shape, _ = check_array("dy", dy, 2, name)
+    check_shape("dy", dy_shape, y_shape, "the shape of y")
+    check_same_dtype(y=y, dy=dy)
+    return kernels.log_softmax_backward(y, dy)
+
+
+def softmax(x, *, backend=None):
+    """Softmax over the last axis of ``x`` (N, C) -> (N, C), rows summing to 1."""
+    name, kernels = _kernels(backend, "softmax")
+    check_array("x", x, 2, name)
+    return kernels.softmax_forward(x)
+
+
+# --- losses family -------------------------------------------------------------------
+
+
+def _cross_entropy_args(name, num_rows, num_classes, dtype, labels, ignore_index, label_smoothing, weight):
+    """Checks shared by every cross-entropy op; returns (labels as int64, ignore_index,
+    label_smoothing as float)."""
+    labels = check_labels(labels, num_rows, num_classes, ignore_index)
+    label_smoothing = check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+    if weight is not None:
+        weight_shape, weight_dtype = check_array("weight", weight, 1, name)
+        check_shape("weight", weight_shape, (num_classes,), "one weight per class")
+        if weight_dtype != dtype:
+            raise TypeError(f"weight must have the dtype of the logits ({dtype}), got {weight_dtype}")
+    return labels, int(ignore_index), label_smoothing
+
+
+def _logits_args(name, logits, labels, reduction, ignore_index, label_smoothing, weight):
+    (n, c), dtype = check_array("logits", logits, 2, name)
+    check_choice("reduction", reduction, REDUCTIONS)
+    return _cross_entropy_args(name, n, c, dtype, labels, ignore_index, label_smoothing, weight)
+
+
+def cross_entropy(
+    logits, labels, reduction="mean", ignore_index=-100, label_smoothing=0.0, weight=None,
+    *, backend=None,
+):
+    """Softmax cross-entropy of ``logits`` (N, C) against integer ``labels`` (N,).
+
+    Exactly ``torch.nn.functional.cross_entropy``: rows whose label is ``ignore_index``
+    count 0 and are left out of the mean; ``weight`` (C,) weighs each class and the
+    weighted mean divides by the sum of the weights of the non-ignored rows' labels;
+    ``label_smoothing`` mixes the target with the uniform distribution.  ``reduction``
+    "mean" or "sum" gives a 0-d value, "none" the (N,) per-row losses.  A mean over
+    rows that are all ignored is NaN (0/0), as in PyTorch.
+    """
+    name, kernels = _kernels(backend, "losses")
+    labels, ignore_index, label_smoothing = _logits_args(
+        name, logits, labels, reduction, ignore_index, label_smoothing, weight
+    )
+    return kernels.cross_entropy_forward(logits, labels, reduction, ignore_index, label_smoothing, weight)
+
+
+def cross_entropy_with_grad(
+    logits, labels, reduction="mean", ignore_index=-100, label_smoothing=0.0, weight=None,
+    *, backend=None,
+):
+    """``cross_entropy`` and its gradient from one fused pass: returns ``(loss, dlogits)``.
+
+    Without weights or smoothing, ``dlogits = (softmax(logits) - onehot(labels)) / N``
+    for "mean".  With ``reduction="none"`` it is the gradient of the sum of the rows.
+    """
+    name, kernels = _kernels(backend, "losses")
+    labels, ignore_index, label_smoothing = _logits_args(
+        name, logits, labels, reduction, ignore_index, label_smoothing, weight
+    )
+    return kernels.cross_entropy_with_grad(logits, labels, reduction, ignore_index, label_smoothing, weight)
+
+
+def _mse_args(name, pred, target, reduction):
+    pred_shape, _ = check_array("pred", pred, None, name)
+    target_shape, _ = check_array("target", target, None, name)
+    check_shape("target", target_shape, pred_shape, "the shape of pred")
+    check_same_dtype(pred=pred, target=target)
+    check_choice("reduction", reduction, REDUCTIONS)
+
+
+def mse(pred, target, reduction="mean", *, backend=None):
+    """Mean squared error ``mean((pred - target)**2)`` ("sum" sums, "none" is elementwise)."""
+    name, kernels = _kernels(backend, "losses")
+    _mse_args(name, pred, target, reduction)
+    return kernels.mse_forward(pred, target, reduction)
+
+
+def mse_backward(pred, target, reduction="mean", *, backend=None):
+    """Gradient of ``mse`` with respect to ``pred``: ``2 (pred - target)``, divided by
+    ``pred.size`` for "mean" ("none" gives the gradient of the sum)."""
+    name, kernels = _kernels(backend, "losses")
+    _mse_args(name, pred, target, reduction)
+    return kernels.mse_backward(pred, target, reduction)
+
+
+def default_chunk_size(num_classes: int, itemsize: int) -> int:
+    """Rows per chunk so that one chunk of logits stays within ``LOGITS_CHUNK_BYTES``."""
+    return max(1, LOGITS_CHUNK_BYTES // (num_classes * itemsize))
+
+
+def linear_cross_entropy(
+    x, w, b, labels, reduction="mean", ignore_index=-100, label_smoothing=0.0, weight=None,
+    chunk_size=None, *, backend=None,
+):
+    """Linear layer + cross-entropy, forward and backward fused: ``(loss, dx, dw, db)``.
+
+    ``x`` (N, IN), ``w`` (IN, C), ``b`` (C,) or None, ``labels`` (N,).  The loss is
+    ``cross_entropy(x @ w + b, labels, ...)`` and the gradients are those of that loss.
+    The rows are processed ``chunk_size`` at a time so that the full (N, C) logits are
+    never held at once (default: chunks of about 32 MiB of logits).  ``reduction`` is
+    "mean" or "sum".  ``db`` is None when ``b`` is None.
+    """
+    name, kernels = _kernels(backend, "losses")
+    (n, fan_in), dtype = check_array("x", x, 2, name)
+    (w_in, c), _ = check_array("w", w, 2, name)
+    if w_in != fan_in:
+        raise ValueError(f"w must have shape ({fan_in}, C) to match x of shape ({n}, {fan_in}), got ({w_in}, {c})")
+    if b is not None:
+        b_shape, _ = check_array("b", b, 1, name)
+        check_shape("b", b_shape, (c,), "one bias per class")
+    check_same_dtype(x=x, w=w, b=b)
+    check_choice("reduction", reduction, ("mean", "sum"))
+    labels, ignore_index, label_smoothing = _cross_entropy_args(
+        name, n, c, dtype, labels, ignore_index, label_smoothing, weight
+    )
+    if chunk_size is None:
+        chunk_size = default_chunk_size(c, dtype.itemsize)
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return kernels.linear_cross_entropy(
+        x, w, b, labels, reduction, ignore_index, label_smoothing, weight, int(chunk_size)
+    )
+
+
+# --- optimizers family ---------------------------------------------------------------
+
+
+def _optimizer_state(name, param, **state):
+    """param and its gradient/state arrays: one shape, one dtype, C-contiguous, writable
+    (they are updated in place, so a hidden copy would silently drop the update)."""
+    shape, _ = check_array("param", param, None, name)
+    for state_name, array in {"param": param, **state}.items():
+        if array is None:
+            continue
+        array_shape, _ = check_array(state_name, array, None, name)
+        check_shape(state_name, array_shape, shape, "the shape of param")
+        if isinstance(array, np.ndarray) and not array.flags.c_contiguous:
+            raise ValueError(f"{state_name} must be C-contiguous (it is updated in place)")
+        if isinstance(array, np.ndarray) and state_name != "grad" and not array.flags.writeable:
+            raise ValueError(f"{state_name} must be writable (it is updated in place)")
+    check_same_dtype(param=param, **state)
+
+
+def sgd_step(
+    param, grad, velocity=None, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
+    backend=None,
+):
+    """One SGD update of ``param`` in place, as ``torch.optim.SGD`` (dampening 0).
+
+    ``g = grad + weight_decay * param``; with momentum, ``velocity = momentum * velocity
+    + g`` (in place; start it at zeros) and the step uses ``velocity`` (or ``g +
+    momentum * velocity`` with ``nesterov``); ``param -= lr * step``.
+    """
+    name, kernels = _kernels(backend, "optimizers")
+    lr = check_scalar("lr", lr, 0.0)
+    momentum = check_scalar("momentum", momentum, 0.0, 1.0)
+    weight_decay = check_scalar("weight_decay", weight_decay, 0.0)
+    if momentum and velocity is None:
+        raise ValueError("velocity is required when momentum > 0 (an array of zeros to start)")
+    if nesterov and not momentum:
+        raise ValueError("nesterov requires momentum > 0")
+    _optimizer_state(name, param, grad=grad, velocity=velocity if momentum else None)
+    kernels.sgd_step(param, grad, velocity if momentum else None, lr, momentum, bool(nesterov), weight_decay)
+
+
+def adam_step(
+    param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=0.0, decoupled=False, backend=None,
+):
+    """One Adam update of ``param``, ``exp_avg`` and ``exp_avg_sq`` in place, as
+    ``torch.optim.Adam`` (``decoupled=True``: ``torch.optim.AdamW``).
+
+    ``step`` is the 1-based count of this update (for the bias corrections).
+    """
+    name, kernels = _kernels(backend, "optimizers")
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step must be an int >= 1 (the count of this update), got {step!r}")
+    lr = check_scalar("lr", lr, 0.0)
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    beta1 = check_scalar("betas[0]", beta1, 0.0, 1.0, high_open=True)
+    beta2 = check_scalar("betas[1]", beta2, 0.0, 1.0, high_open=True)
+    eps = check_scalar("eps", eps, 0.0)
+    weight_decay = check_scalar("weight_decay", weight_decay, 0.0)
+    _optimizer_state(name, param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    kernels.adam_step(
+        param, grad, exp_avg, exp_avg_sq, int(step), lr, beta1, beta2, eps, weight_decay, bool(decoupled)
+    )

@@ -1,0 +1,42 @@
+"""OpenMP thread control shared by every Cython kernel module.
+
+The package exposes one thread setting (``kernprop.set_num_threads``); it calls
+``set_num_threads`` here so the OpenMP runtime used by the ``cython`` backend follows
+the same count as Numba's threading layer.
+"""
+
+# _OPENMP is defined by the C compiler exactly when it compiles with -fopenmp, so the
+# module tells the truth about how it was built, whatever setup.py believed.
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int kp_openmp_enabled(void) { return 1; }
+    static void kp_set_num_threads(int n) { omp_set_num_threads(n); }
+    static int kp_get_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int kp_openmp_enabled(void) { return 0; }
+    static void kp_set_num_threads(int n) { (void)n; }
+    static int kp_get_max_threads(void) { return 1; }
+    #endif
+    """
+    int kp_openmp_enabled()
+    void kp_set_num_threads(int n)
+    int kp_get_max_threads()
+
+
+def openmp_enabled():
+    """True when the extensions were compiled with OpenMP."""
+    return bool(kp_openmp_enabled())
+
+
+def set_num_threads(int n):
+    """Set the number of OpenMP threads the Cython kernels use."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    kp_set_num_threads(n)
+
+
+def get_num_threads():
+    """The number of OpenMP threads a parallel region will use."""
+    return kp_get_max_threads()
