@@ -1,0 +1,102 @@
+"""Numba CPU activations and their backward, elementwise over any shape."""
+
+import numpy as np
+from numba import prange
+
+from ._jit import helper, kernel
+
+# Elements per parallel task: big enough to amortise scheduling, small enough to split.
+_BLOCK = 16384
+
+RELU, SIGMOID, TANH = 1, 2, 3
+ACTIVATION_CODES = {None: 0, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
+
+
+@helper
+def sigmoid_scalar(x):
+    # exp(-|x|) never overflows; pick r or e*r by sign instead of branching on exp.
+    e = np.exp(-abs(x))
+    r = 1 / (1 + e)
+    return r if x >= 0 else e * r
+
+
+@helper
+def activate(value, activation):
+    if activation == RELU:
+        return max(value, 0)
+    if activation == SIGMOID:
+        return sigmoid_scalar(value)
+    if activation == TANH:
+        return np.tanh(value)
+    return value
+
+
+@kernel
+def _activation_forward(x, activation, out):
+    # x (n,) -> out (n,), flat views of contiguous arrays
+    n = x.shape[0]
+    for block in prange((n + _BLOCK - 1) // _BLOCK):
+        start = block * _BLOCK
+        xs = x[start : min(start + _BLOCK, n)]
+        outs = out[start : start + xs.shape[0]]
+        for i in range(xs.shape[0]):
+            outs[i] = activate(xs[i], activation)
+
+
+@kernel
+def _activation_backward(saved, dy, activation, out):
+    # saved (n,) is x for relu and the forward output y for sigmoid/tanh; dy (n,) -> out (n,)
+    n = saved.shape[0]
+    for block in prange((n + _BLOCK - 1) // _BLOCK):
+        start = block * _BLOCK
+        ss = saved[start : min(start + _BLOCK, n)]
+        ds = dy[start : start + ss.shape[0]]
+        outs = out[start : start + ss.shape[0]]
+        for i in range(ss.shape[0]):
+            s = ss[i]
+            if activation == RELU:
+                outs[i] = ds[i] if s > 0 else 0
+            elif activation == SIGMOID:
+                outs[i] = ds[i] * s * (1 - s)
+            else:
+                outs[i] = ds[i] * (1 - s * s)
+
+
+def _flat(x):
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def _forward(x, activation):
+    out = np.empty(x.shape, dtype=x.dtype)
+    _activation_forward(_flat(x), ACTIVATION_CODES[activation], out.reshape(-1))
+    return out
+
+
+def _backward(saved, dy, activation):
+    out = np.empty(saved.shape, dtype=saved.dtype)
+    _activation_backward(_flat(saved), _flat(dy), ACTIVATION_CODES[activation], out.reshape(-1))
+    return out
+
+
+def relu_forward(x):
+    return _forward(x, "relu")
+
+
+def relu_backward(x, dy):
+    return _backward(x, dy, "relu")
+
+
+def sigmoid_forward(x):
+    return _forward(x, "sigmoid")
+
+
+def sigmoid_backward(y, dy):
+    return _backward(y, dy, "sigmoid")
+
+
+def tanh_forward(x):
+    return _forward(x, "tanh")
+
+
+def tanh_backward(y, dy):
+    return _backward(y, dy, "tanh")
