@@ -31,14 +31,14 @@ def _cross_entropy_rows(logits, labels, weight, ignore_index, smoothing, grad_sc
             continue
         row = logits[i]
         m, log_sum = row_max_and_log_sum_exp(row)
-        lse = m + log_sum
         target_weight = weight[label]
-        loss = (1 - smoothing) * target_weight * (lse - row[label])
+        # -logp = (m - z) + log_sum: exact for the max logit, where lse - z would cancel
+        loss = (1 - smoothing) * target_weight * ((m - row[label]) + log_sum)
         if smoothing > 0:
-            # -sum_c w_c logp_c = sum_c w_c (lse - z_c), one term per class
+            # -sum_c w_c logp_c, one term per class
             smooth = 0.0
             for c in range(num_classes):
-                smooth += weight[c] * (lse - row[c])
+                smooth += weight[c] * ((m - row[c]) + log_sum)
             loss += uniform * smooth
         row_losses[i] = loss
         if want_grad:
@@ -46,11 +46,15 @@ def _cross_entropy_rows(logits, labels, weight, ignore_index, smoothing, grad_sc
             hard = (1 - smoothing) * target_weight
             p_coef = grad_scale * (hard + uniform * weight_total)
             w_coef = grad_scale * uniform
+            target_logit = row[label]  # saved: grad_row may alias row
             grad_row = grad[i]
             for c in range(num_classes):
                 p = np.exp((row[c] - m) - log_sum)
                 grad_row[c] = p_coef * p - w_coef * weight[c]
-            grad_row[label] -= grad_scale * hard
+            # The target's entry is recomputed in float64 with the one-hot term, not
+            # corrected after rounding: a 1-class row then gets exactly 0.
+            p = np.exp((target_logit - m) - log_sum)
+            grad_row[label] = p_coef * p - w_coef * weight[label] - grad_scale * hard
 
 
 def _class_weight(weight, num_classes, dtype):
@@ -78,7 +82,7 @@ def _cross_entropy(logits, labels, reduction, ignore_index, label_smoothing, wei
     with np.errstate(divide="ignore"):
         grad_scale = np.float64(1.0) / denominator
     row_losses = np.empty(n, dtype=np.float64)
-    grad = np.empty_like(logits) if want_grad else logits[:0]
+    grad = np.empty_like(logits) if want_grad else np.empty((0, num_classes), logits.dtype)
     _cross_entropy_rows(logits, labels, weight, ignore_index, label_smoothing, grad_scale,
                         want_grad, row_losses, grad)
     return _reduce(row_losses, denominator, reduction, logits.dtype), grad

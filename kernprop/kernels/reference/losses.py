@@ -7,7 +7,7 @@ with label y and log-probabilities logp (torch.nn.functional.cross_entropy):
 
 Ignored rows (label == ignore_index) contribute 0.  "mean" divides the sum of the rows
 by the sum of w[y] over non-ignored rows (their count without weights): 0 / 0 = nan
-when every row is ignored, as in PyTorch.  The gradient of a row with respect to its
+when every row is ignored, as in PyTorch (whose gradient is then 0).  The gradient of a row with respect to its
 logits, with p = softmax(logits):
 
     (1 - eps) * w[y] * (p - onehot(y)) + (eps / C) * (sum_c w[c] * p - w)
@@ -59,8 +59,10 @@ def cross_entropy_with_grad(logits, labels, reduction, ignore_index, label_smoot
     row_losses = np.where(valid, row_losses, 0)
 
     denominator = _denominator(labels, ignore_index, w, reduction)
+    # Ignored rows get a zero gradient even when every row is ignored and the mean
+    # divides by 0 (PyTorch's nll_loss backward never touches them).
     with np.errstate(invalid="ignore", divide="ignore"):
-        grad = (grad / denominator).astype(dtype)
+        grad = np.where(valid[:, None], grad / denominator, 0).astype(dtype)
     return _reduce(row_losses, denominator, reduction, dtype), grad
 
 
