@@ -1,0 +1,184 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Cross-entropy and MSE for the ``cython`` backend.
+
+Cross-entropy, with PyTorch's semantics (kernprop/kernels/reference/losses.py has the
+formulas): for a row with label y, label smoothing eps over C classes, class weights w
+and W = sum_c w[c],
+
+    loss_row = (1 - eps) w[y] (-logp[y]) + (eps / C) sum_c w[c] (-logp[c])
+             = (1 - eps) w[y] (L - (x[y] - m)) + (eps / C) (W L - sum_c w[c] (x[c] - m))
+    dloss_row / dx[c] = ((1 - eps) w[y] + (eps / C) W) p[c] - (eps / C) w[c]
+                        - [c == y] (1 - eps) w[y]
+
+with m the row max, L = log(sum_c exp(x[c] - m)) and p[c] = exp(x[c] - m) / exp(L).
+Loss and gradient come from one fused pass per row, in the manner of Liger-Kernel's
+cross-entropy (Hsu et al., "Liger Kernel", 2024): pass 1 finds the max, pass 2 sums the
+exps (in double) and the weighted shifted logits while parking exp(x - m) in the
+gradient row, pass 3 scales it into the gradient.  The gradient row may be the logits
+row itself (the fused linear cross-entropy works in place): every logit is read before
+its slot is overwritten.  Rows whose label is ``ignore_index`` have loss 0 and gradient
+0, even when every row is ignored and "mean" divides by 0 (PyTorch's nll_loss backward
+never touches them); they skip the softmax altogether.  Per-row losses go to a float64 array that
+the loader sums, so the result does not depend on the thread count.
+"""
+
+include "_common.pxi"
+
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+
+import numpy as np
+
+
+cdef double _ce_row(const floating* x, floating* g, Py_ssize_t c, int64_t y, bint valid,
+                    const floating* w, double wsum, double eps,
+                    double inv_denom) noexcept nogil:
+    # x (c,) logits of one row, label y (valid: not ignored) -> its loss; when g != NULL,
+    # g (c,) = its gradient * inv_denom (g may be x: x[j] is read before g[j] is written)
+    cdef floating m = x[0]
+    cdef floating xy = 0, shifted, e, fa, fb
+    cdef double s = 0, sw = 0, log_s, wy = 0, loss = 0, a
+    cdef bint smoothing = eps > 0
+    cdef Py_ssize_t j
+    if not valid:
+        if g != NULL:
+            for j in range(c):
+                g[j] = 0
+        return 0.0
+    # pass 1: the row max, so every exp below has an argument <= 0
+    for j in range(1, c):
+        if x[j] > m:
+            m = x[j]
+    xy = x[y]
+    wy = w[y]
+    # pass 2: sum of exps in double, the weighted shifted logits for the smoothing term
+    for j in range(c):
+        shifted = x[j] - m
+        e = _exp(shifted)
+        s += e
+        if smoothing:
+            sw += <double>w[j] * shifted
+        if g != NULL:
+            g[j] = e
+    log_s = log(s)
+    loss = (1 - eps) * wy * (log_s - (xy - m))
+    # Skipped at eps == 0, where 0 * inf would turn a -inf logit's term into NaN.
+    if smoothing:
+        loss += (eps / c) * (wsum * log_s - sw)
+    if g == NULL:
+        return loss
+    # pass 3: g = a p - b w - [j == y] (1 - eps) w[y], with p = e / s, all / denominator
+    a = ((1 - eps) * wy + (eps / c) * wsum) / s * inv_denom
+    fa = <floating>a
+    if smoothing:
+        fb = <floating>(eps / c * inv_denom)
+        for j in range(c):
+            g[j] = fa * g[j] - fb * w[j]
+    else:
+        for j in range(c):
+            g[j] = fa * g[j]
+    g[y] -= <floating>((1 - eps) * wy * inv_denom)
+    return loss
+
+
+def ce_denominator(const int64_t[::1] labels, const floating[::1] weight,
+                   int64_t ignore_index):
+    """Sum of ``weight[label]`` over the rows not ignored (their count without weights):
+    what the "mean" reduction divides by.  Serial: it is O(N)."""
+    cdef double total = 0
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(labels.shape[0]):
+            if labels[i] != ignore_index:
+                total += weight[labels[i]]
+    return total
+
+
+def ce_forward_rows(const floating[:, ::1] logits, const int64_t[::1] labels,
+                    const floating[::1] weight, int64_t ignore_index, double eps,
+                    double[::1] row_losses):
+    # logits (N, C), labels (N,), weight (C,) -> row_losses (N,)
+    # IN  logits: rows contiguous; labels in [0, C) or ignore_index; weight: class
+    #     weights (ones when unweighted); eps: label smoothing
+    # OUT row_losses: loss of each row in float64, 0 for ignored rows
+    cdef Py_ssize_t i, n = logits.shape[0], c = logits.shape[1]
+    cdef double wsum = _sum(&weight[0], c)
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
+        row_losses[i] = _ce_row(&logits[i, 0], <floating*>NULL, c, labels[i],
+                                labels[i] != ignore_index, &weight[0], wsum, eps, 0.0)
+
+
+def ce_grad_rows(const floating[:, ::1] logits, const int64_t[::1] labels,
+                 const floating[::1] weight, int64_t ignore_index, double eps,
+                 double inv_denom, double[::1] row_losses, floating[:, ::1] grad):
+    # logits (N, C), labels (N,), weight (C,) -> row_losses (N,), grad (N, C)
+    # IN  logits, labels, weight, eps: as ce_forward_rows; inv_denom: 1 / the "mean"
+    #     denominator (1 for "sum" and "none"; inf when it is 0, which only happens when
+    #     every row is ignored, and ignored rows get 0 whatever it is)
+    # OUT row_losses: per-row losses in float64; grad: d loss / d logits, reduced as the
+    #     loss is; may be the logits array itself (then it is overwritten in place)
+    cdef Py_ssize_t i, n = logits.shape[0], c = logits.shape[1]
+    cdef double wsum = _sum(&weight[0], c)
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
+        row_losses[i] = _ce_row(&logits[i, 0], &grad[i, 0], c, labels[i],
+                                labels[i] != ignore_index, &weight[0], wsum, eps, inv_denom)
+
+
+cdef double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    # x (n,) -> sum in double
+    cdef double s = 0
+    cdef Py_ssize_t j
+    for j in range(n):
+        s += x[j]
+    return s
+
+
+cdef enum:
+    # Elements per partial sum of the MSE: fixed, so the sum's order (and its rounding)
+    # is the same for every thread count.
+    MSE_CHUNK = 8192
+
+
+def mse_elementwise(const floating[::1] pred, const floating[::1] target,
+                    floating[::1] out):
+    # pred (n,), target (n,) -> out (n,) = (pred - target)^2
+    # IN pred, target: flat; OUT out
+    cdef Py_ssize_t i, n = pred.shape[0]
+    cdef floating d
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n > PARALLEL_MIN_WORK):
+        d = pred[i] - target[i]
+        out[i] = d * d
+
+
+def mse_sum(const floating[::1] pred, const floating[::1] target):
+    """Sum of ``(pred - target)^2`` in float64: squares in the input dtype (as the
+    reference), partial sums per fixed chunk in parallel, then the chunks in order."""
+    # pred (n,), target (n,) -> float
+    cdef Py_ssize_t n = pred.shape[0]
+    cdef Py_ssize_t nchunks = (n + MSE_CHUNK - 1) // MSE_CHUNK
+    cdef Py_ssize_t ic, i, i0, i1
+    cdef floating d
+    cdef double s, total = 0
+    cdef double[::1] partial = np.zeros(nchunks, dtype=np.float64)
+    for ic in prange(nchunks, nogil=True, schedule="static", use_threads_if=nchunks > 4):
+        i0 = ic * MSE_CHUNK
+        i1 = min(n, i0 + MSE_CHUNK)
+        s = 0
+        for i in range(i0, i1):
+            d = pred[i] - target[i]
+            s = s + d * d
+        partial[ic] = s
+    for ic in range(nchunks):
+        total += partial[ic]
+    return total
+
+
+def mse_grad(const floating[::1] pred, const floating[::1] target, double divisor,
+             floating[::1] out):
+    # pred (n,), target (n,) -> out (n,) = 2 (pred - target) / divisor
+    # IN divisor: pred.size for "mean", else 1 (divided in the input dtype, as the
+    #    reference does); OUT out
+    cdef Py_ssize_t i, n = pred.shape[0]
+    cdef floating div = <floating>divisor
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n > PARALLEL_MIN_WORK):
+        out[i] = (2 * (pred[i] - target[i])) / div

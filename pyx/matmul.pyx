@@ -1,0 +1,238 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""GEMM and linear layer for the ``cython`` backend: a packed, blocked, register-tiled
+kernel in the Goto/BLIS shape (Goto & van de Geijn, "Anatomy of High-Performance
+Matrix Multiplication", ACM TOMS 2008; Van Zee & van de Geijn, "BLIS", TOMS 2015).
+
+Loops, outermost first, for C (M, N) = A (M, K) @ B (K, N):
+    pack all of B once into NR-wide column slivers, zero-padded (parallel over slivers)
+    prange over blocks of MC rows of C (each thread owns its rows: no write races)
+        for each KC-deep slice of K: pack the A block (MC, KC) into MR-tall slivers
+            for each NR sliver of B (KC, NR): stays in L1 while ...
+                for each MR sliver of A (in L2): the micro-tile, MR x NR
+                accumulators in registers over the KC-long contiguous panels
+        epilogue on the thread's own rows: + bias, activation
+Packing reads any strides, so transposed views (``w.T`` in ``dx = dy @ w.T``,
+``x.T`` in ``dw = x.T @ dy``) are never copied first.  Each element of C sums its K
+products in the same order whatever the thread count, so results do not depend on it.
+
+Variants tried (the public ``gemm`` uses the winner):
+    1. MR x NR = 4 x (32 bytes) tile, accumulators in a local 2-D array that GCC keeps
+       in registers after fully unrolling the constant loops: 8 SSE registers.
+"""
+
+include "_common.pxi"
+
+from cython.parallel cimport prange, threadid
+
+import numpy as np
+
+cdef enum:
+    # Micro-tile: MR rows of A times NR_BYTES of a row of B.  With the x86-64 baseline
+    # (SSE2, 16 registers of 16 bytes) a 4 x 32-byte tile is 8 accumulator registers,
+    # leaving room for the B row and the broadcast A value without spills.
+    MR = 4
+    NR_BYTES = 32
+    NR_MAX = 8          # NR_BYTES / sizeof(float)
+    # KC * NR * 8 bytes = 16 KiB: one B sliver sits in L1 across the MR-sliver loop;
+    # MC * KC * 8 bytes = 192 KiB: the packed A block sits in L2.
+    KC = 256
+    MC = 96             # a multiple of MR
+
+
+cdef inline void _micro_tile(Py_ssize_t kc, const floating* ap, const floating* bp,
+                             floating* c, Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                             bint accumulate) noexcept nogil:
+    # ap (kc, MR) packed, bp (kc, NR) packed -> c (mr, nr) tile with row stride ldc
+    # IN  kc: depth of the panels; ap, bp: packed, zero-padded panels
+    # OUT c: the tile of C, written (or added to when accumulate) for its valid mr x nr
+    # The constant-bound i/j loops unroll fully, so acc becomes registers and the j loop
+    # one vector multiply-add per 16 bytes of B.
+    cdef Py_ssize_t NR = NR_BYTES // sizeof(floating)
+    cdef floating acc[MR][NR_MAX]
+    cdef floating ai
+    cdef Py_ssize_t i, j, k
+    for i in range(MR):
+        for j in range(NR):
+            acc[i][j] = 0
+    for k in range(kc):
+        for i in range(MR):
+            ai = ap[i]
+            for j in range(NR):
+                acc[i][j] += ai * bp[j]
+        ap += MR
+        bp += NR
+    # Edge tiles computed in full on zero padding; only the valid part is stored.
+    if accumulate:
+        for i in range(mr):
+            for j in range(nr):
+                c[i * ldc + j] += acc[i][j]
+    else:
+        for i in range(mr):
+            for j in range(nr):
+                c[i * ldc + j] = acc[i][j]
+
+
+cdef void _pack_a(const floating* a, Py_ssize_t sa0, Py_ssize_t sa1,
+                  Py_ssize_t mc, Py_ssize_t kc, floating* out) noexcept nogil:
+    # a (mc, kc) with element strides (sa0, sa1) -> out (ceil(mc / MR), kc, MR)
+    # IN  a: a block of A, any strides (a transposed view has sa0 == 1)
+    # OUT out: MR-tall slivers, k-major so the micro-tile reads them contiguously;
+    #     rows past mc are zero so edge tiles need no special micro-kernel
+    cdef Py_ssize_t s, i, k, rows
+    for s in range((mc + MR - 1) // MR):
+        rows = min(<Py_ssize_t>MR, mc - s * MR)
+        for k in range(kc):
+            for i in range(rows):
+                out[i] = a[(s * MR + i) * sa0 + k * sa1]
+            for i in range(rows, MR):
+                out[i] = 0
+            out += MR
+
+
+cdef void _pack_b_sliver(const floating* b, Py_ssize_t sb0, Py_ssize_t sb1,
+                         Py_ssize_t kc, Py_ssize_t cols, floating* out) noexcept nogil:
+    # b (kc, cols) with element strides (sb0, sb1) -> out (kc, NR)
+    # IN  b: cols <= NR columns of a KC slice of B, any strides
+    # OUT out: the sliver, row-major, columns past cols zero
+    cdef Py_ssize_t NR = NR_BYTES // sizeof(floating)
+    cdef Py_ssize_t j, k
+    for k in range(kc):
+        for j in range(cols):
+            out[j] = b[k * sb0 + j * sb1]
+        for j in range(cols, NR):
+            out[j] = 0
+        out += NR
+
+
+cdef void _epilogue(floating* c, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t n,
+                    const floating* bias, int activation) noexcept nogil:
+    # c (rows, n) -> c (rows, n): c + bias, then the activation, in place
+    # Done by the thread that owns these rows, once all of K has been summed.
+    cdef Py_ssize_t i, j
+    cdef floating* row
+    for i in range(rows):
+        row = c + i * ldc
+        if bias != NULL:
+            for j in range(n):
+                row[j] += bias[j]
+        if activation != ACT_NONE:
+            for j in range(n):
+                row[j] = _activate(row[j], activation)
+
+
+cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                const floating* a, Py_ssize_t sa0, Py_ssize_t sa1,
+                const floating* bpacked, floating* c, Py_ssize_t ldc, bint accumulate,
+                const floating* bias, int activation,
+                floating* abufs, Py_ssize_t mc, int nthreads) noexcept nogil:
+    # a (m, k) strided, bpacked (k, npad) in slivers -> c (m, n) with row stride ldc
+    # IN  abufs: nthreads packed-A buffers of mc * KC, one per thread (no sharing)
+    # OUT c: a @ b (+ c when accumulate), then + bias and the activation
+    cdef Py_ssize_t NR = NR_BYTES // sizeof(floating)
+    cdef Py_ssize_t npad = (n + NR - 1) // NR * NR
+    cdef Py_ssize_t nblocks = (m + mc - 1) // mc
+    cdef Py_ssize_t ib, i0, rows, p0, kc, j0, ii
+    cdef floating* abuf
+    cdef const floating* bsliver
+    # Blocks of rows go round-robin to threads; each block's rows belong to one thread.
+    for ib in prange(nblocks, schedule="static", chunksize=1,
+                     num_threads=nthreads, use_threads_if=nblocks > 1):
+        i0 = ib * mc
+        rows = min(mc, m - i0)
+        abuf = abufs + threadid() * mc * KC
+        p0 = 0
+        while p0 < k:
+            kc = min(<Py_ssize_t>KC, k - p0)
+            _pack_a(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, abuf)
+            j0 = 0
+            while j0 < n:
+                # Sliver j0 / NR of this KC slice: slices before it hold p0 * npad.
+                bsliver = bpacked + p0 * npad + j0 * kc
+                ii = 0
+                while ii < rows:
+                    _micro_tile(kc, abuf + ii * kc, bsliver, c + (i0 + ii) * ldc + j0, ldc,
+                                min(<Py_ssize_t>MR, rows - ii), min(NR, n - j0),
+                                accumulate or p0 > 0)
+                    ii = ii + MR
+                j0 = j0 + NR
+            p0 = p0 + KC
+        if bias != NULL or activation != ACT_NONE:
+            _epilogue(c + i0 * ldc, ldc, rows, n, bias, activation)
+
+
+cdef void _pack_b(Py_ssize_t k, Py_ssize_t n, const floating* b, Py_ssize_t sb0,
+                  Py_ssize_t sb1, floating* out, int nthreads) noexcept nogil:
+    # b (k, n) strided -> out (k, npad) as KC slices of NR slivers, each (kc, NR)
+    # Slivers are disjoint regions of out, so threads packing different slivers never race.
+    cdef Py_ssize_t NR = NR_BYTES // sizeof(floating)
+    cdef Py_ssize_t npad = (n + NR - 1) // NR * NR
+    cdef Py_ssize_t nslivers = npad // NR
+    cdef Py_ssize_t js, p0, kc
+    for js in prange(nslivers, schedule="static", num_threads=nthreads,
+                     use_threads_if=k * n > PARALLEL_MIN_WORK):
+        p0 = 0
+        while p0 < k:
+            kc = min(<Py_ssize_t>KC, k - p0)
+            _pack_b_sliver(b + p0 * sb0 + js * NR * sb1, sb0, sb1, kc,
+                           min(NR, n - js * NR), out + p0 * npad + js * NR * kc)
+            p0 = p0 + KC
+
+
+def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
+         bint accumulate=False, bias=None, int activation=ACT_NONE):
+    """``c = activation(a @ b + bias)``, or ``c += a @ b`` with ``accumulate``.
+
+    a (M, K) and b (K, N) of any strides; c (M, N) C-contiguous rows (a row slice of a
+    C-contiguous array is fine); bias (N,) or None; activation 0 none, 1 relu,
+    2 sigmoid, 3 tanh.  The packing buffers are allocated here, outside the kernel.
+    """
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = b.shape[1]
+    cdef Py_ssize_t NR = NR_BYTES // sizeof(floating)
+    cdef Py_ssize_t npad = (n + NR - 1) // NR * NR
+    cdef Py_ssize_t isz = sizeof(floating)
+    cdef int nthreads = kp_max_threads()
+    cdef Py_ssize_t mc
+    cdef const floating[::1] bias_view
+    cdef const floating* bias_ptr = NULL
+    cdef floating[::1] bpacked, abufs
+    if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError("gemm: shapes do not match")
+    if bias is not None:
+        bias_view = bias
+        if bias_view.shape[0] != n:
+            raise ValueError("gemm: bias must have N entries")
+        bias_ptr = &bias_view[0]
+    # Rows per block: MC, or fewer so that every thread gets a block of a short matrix.
+    mc = min(<Py_ssize_t>MC, ((m + nthreads - 1) // nthreads + MR - 1) // MR * MR)
+    dtype = np.float32 if floating is float else np.float64
+    bpacked = np.empty(k * npad, dtype=dtype)
+    abufs = np.empty(nthreads * mc * KC, dtype=dtype)
+    with nogil:
+        _pack_b(k, n, &b[0, 0], b.strides[0] // isz, b.strides[1] // isz, &bpacked[0],
+                nthreads)
+        _gemm(m, n, k, &a[0, 0], a.strides[0] // isz, a.strides[1] // isz, &bpacked[0],
+              &c[0, 0], c.strides[0] // isz, accumulate, bias_ptr, activation, &abufs[0],
+              mc, nthreads)
+
+
+def column_sums(const floating[:, :] g, double[::1] out):
+    """``out += g.sum(axis=0)``, summed in double: the bias gradient ``db``.
+
+    g (N, C) of any strides; out (C,) float64, accumulated into (zero it first).
+    """
+    # g (N, C) -> out (C,)
+    # Threads own disjoint column chunks and walk all rows, so no two write one column;
+    # each column is summed in row order whatever the thread count.
+    cdef Py_ssize_t n = g.shape[0], ncols = g.shape[1]
+    cdef Py_ssize_t chunk = 256
+    cdef Py_ssize_t nchunks = (ncols + chunk - 1) // chunk
+    cdef Py_ssize_t jc, j0, j1, i, j
+    if out.shape[0] != ncols:
+        raise ValueError("column_sums: out must have C entries")
+    for jc in prange(nchunks, nogil=True, schedule="static",
+                     use_threads_if=n * ncols > PARALLEL_MIN_WORK):
+        j0 = jc * chunk
+        j1 = min(ncols, j0 + chunk)
+        for i in range(n):
+            for j in range(j0, j1):
+                out[j] += g[i, j]

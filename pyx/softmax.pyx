@@ -1,0 +1,92 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Softmax and log-softmax over the last axis for the ``cython`` backend.
+
+One C helper per row (``_row_*``) and a ``prange`` over rows: each row is read and
+written by one thread.  Stability: the row max is subtracted before ``exp``, so every
+``exp`` argument is <= 0 and cannot overflow (logits of +-1e4 stay finite); the sum of
+exponentials is kept in double.  ``-inf`` logits give ``exp(-inf) = 0``; a row of all
+``-inf`` has max ``-inf``, ``-inf - -inf`` is NaN, and the row comes out NaN, as the
+reference and PyTorch.
+"""
+
+include "_common.pxi"
+
+from cython.parallel cimport prange
+
+
+cdef inline floating _row_max(const floating* x, Py_ssize_t n) noexcept nogil:
+    # x (n,) -> max.  A NaN entry is skipped here but still makes its exp, the row
+    # sum, and so every output NaN, as np.max would.
+    cdef floating m = x[0]
+    cdef Py_ssize_t j
+    for j in range(1, n):
+        if x[j] > m:
+            m = x[j]
+    return m
+
+
+cdef void _row_log_softmax(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    # x (n,) -> out (n,) = (x - max) - log(sum(exp(x - max)))
+    cdef floating m = _row_max(x, n)
+    cdef double s = 0
+    cdef floating lse
+    cdef Py_ssize_t j
+    for j in range(n):
+        s += _exp(x[j] - m)
+    lse = <floating>log(s)
+    for j in range(n):
+        out[j] = (x[j] - m) - lse
+
+
+cdef void _row_softmax(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    # x (n,) -> out (n,) = exp(x - max) / sum(exp(x - max)); out holds the exps between
+    # the two passes so each exp is computed once.
+    cdef floating m = _row_max(x, n)
+    cdef double s = 0
+    cdef floating e, inv
+    cdef Py_ssize_t j
+    for j in range(n):
+        e = _exp(x[j] - m)
+        out[j] = e
+        s += e
+    inv = <floating>(1.0 / s)
+    for j in range(n):
+        out[j] = out[j] * inv
+
+
+cdef void _row_log_softmax_backward(const floating* y, const floating* dy, floating* out,
+                                    Py_ssize_t n) noexcept nogil:
+    # y (n,) log-softmax output, dy (n,) -> out (n,) = dy - exp(y) * sum(dy)
+    cdef double s = 0
+    cdef floating total
+    cdef Py_ssize_t j
+    for j in range(n):
+        s += dy[j]
+    total = <floating>s
+    for j in range(n):
+        out[j] = dy[j] - _exp(y[j]) * total
+
+
+def log_softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
+    # x (N, C) -> out (N, C)
+    # IN x: logits, rows contiguous; OUT out: log-probabilities
+    cdef Py_ssize_t i, n = x.shape[0], c = x.shape[1]
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
+        _row_log_softmax(&x[i, 0], &out[i, 0], c)
+
+
+def softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
+    # x (N, C) -> out (N, C)
+    # IN x: logits, rows contiguous; OUT out: probabilities, rows summing to 1
+    cdef Py_ssize_t i, n = x.shape[0], c = x.shape[1]
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
+        _row_softmax(&x[i, 0], &out[i, 0], c)
+
+
+def log_softmax_backward(const floating[:, ::1] y, const floating[:, ::1] dy,
+                         floating[:, ::1] out):
+    # y (N, C), dy (N, C) -> out (N, C)
+    # IN y: the log-softmax output; dy: upstream gradient; OUT out: gradient of the input
+    cdef Py_ssize_t i, n = y.shape[0], c = y.shape[1]
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
+        _row_log_softmax_backward(&y[i, 0], &dy[i, 0], &out[i, 0], c)
