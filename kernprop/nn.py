@@ -1,0 +1,528 @@
+"""Layers and losses for small networks, each running through kernprop's ops.
+
+Every layer is a forward/backward pair: ``forward(x)`` computes and caches what its
+backward needs, ``backward(dy)`` returns the gradient with respect to the input and
+keeps the gradients of the parameters, listed by ``gradients()`` in the order of
+``parameters()``.  Batches are rows; a ``Linear`` weight is ``(in_features,
+out_features)``, so the layer is ``x @ w + b``, as in ``kernprop.linear``.
+
+Layers run on their ``backend`` attribute (None: the default backend); setting it on a
+``Sequential`` sets it on every layer inside.  A ``Linear`` followed by an activation in
+a ``Sequential`` runs as one fused ``linear(x, w, b, activation=...)``.
+
+Called directly, layers go through the validated public ops.  Inside
+``Trainer.fit``, which validates the data once per fit, they call the backend's kernels
+directly (``kernprop.backends.family``), skipping the per-call checks (see
+``bind_kernels``); the arithmetic is the same.
+
+Initialisation draws from a ``numpy.random.Generator`` (``rng``: a Generator, an int
+seed, or None for fresh entropy): He uniform, ``U(-sqrt(6 / fan_in), +)``, for a
+``Linear`` feeding a ReLU, Glorot uniform, ``U(-sqrt(6 / (fan_in + fan_out)), +)``,
+otherwise; biases start at 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import ops
+from .backends import family, resolve
+
+__all__ = [
+    "Module",
+    "Linear",
+    "ReLU",
+    "Sigmoid",
+    "Tanh",
+    "Sequential",
+    "MLP",
+    "CrossEntropyLoss",
+    "MSELoss",
+    "make_loss",
+    "bind_kernels",
+    "from_config",
+]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# --- the functions a layer calls -----------------------------------------------------
+#
+# Two interchangeable namespaces with the kernel contract's signatures (see
+# kernprop.kernels): the public ops bound to a backend (validated, the default), and
+# the backend's kernel functions themselves (used by the Trainer once its inputs are
+# checked).  Layers only ever call ``self._kernels().<name>(...)``.
+
+
+def _validated(backend):
+    b = backend
+    return SimpleNamespace(
+        trusted=False,
+        linear_forward=lambda x, w, bias, act: ops.linear(x, w, bias, activation=act, backend=b),
+        linear_backward=lambda x, w, dy, has_bias: ops.linear_backward(x, w, dy, has_bias, backend=b),
+        relu_forward=lambda x: ops.relu(x, backend=b),
+        relu_backward=lambda x, dy: ops.relu_backward(x, dy, backend=b),
+        sigmoid_forward=lambda x: ops.sigmoid(x, backend=b),
+        sigmoid_backward=lambda y, dy: ops.sigmoid_backward(y, dy, backend=b),
+        tanh_forward=lambda x: ops.tanh(x, backend=b),
+        tanh_backward=lambda y, dy: ops.tanh_backward(y, dy, backend=b),
+        softmax_forward=lambda x: ops.softmax(x, backend=b),
+        cross_entropy_forward=lambda z, t, r, ii, ls, w: ops.cross_entropy(
+            z, t, r, ii, ls, w, backend=b
+        ),
+        cross_entropy_with_grad=lambda z, t, r, ii, ls, w: ops.cross_entropy_with_grad(
+            z, t, r, ii, ls, w, backend=b
+        ),
+        mse_forward=lambda p, t, r: ops.mse(p, t, r, backend=b),
+        mse_backward=lambda p, t, r: ops.mse_backward(p, t, r, backend=b),
+        sgd_step=lambda p, g, v, lr, m, nest, wd: ops.sgd_step(
+            p, g, v, lr=lr, momentum=m, nesterov=nest, weight_decay=wd, backend=b
+        ),
+        adam_step=lambda p, g, m, v, step, lr, b1, b2, eps, wd, dec: ops.adam_step(
+            p, g, m, v, step, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd,
+            decoupled=dec, backend=b,
+        ),
+    )
+
+
+_VALIDATED_CACHE: dict = {}
+_KERNEL_CACHE: dict = {}
+
+
+def validated_ops(backend):
+    """The public ops bound to ``backend`` (None: the default at each call)."""
+    ns = _VALIDATED_CACHE.get(backend)
+    if ns is None:
+        ns = _VALIDATED_CACHE[backend] = _validated(backend)
+    return ns
+
+
+def raw_kernels(backend):
+    """The kernel functions of ``backend`` (resolved now), unvalidated: inputs must
+    already satisfy the contract in ``kernprop.kernels``."""
+    name = resolve(backend)
+    ns = _KERNEL_CACHE.get(name)
+    if ns is None:
+        mm, act, sm, loss, opt = (
+            family(name, f) for f in ("matmul", "activations", "softmax", "losses", "optimizers")
+        )
+        ns = SimpleNamespace(
+            trusted=True,
+            name=name,
+            linear_forward=mm.linear_forward,
+            linear_backward=mm.linear_backward,
+            relu_forward=act.relu_forward,
+            relu_backward=act.relu_backward,
+            sigmoid_forward=act.sigmoid_forward,
+            sigmoid_backward=act.sigmoid_backward,
+            tanh_forward=act.tanh_forward,
+            tanh_backward=act.tanh_backward,
+            softmax_forward=sm.softmax_forward,
+            cross_entropy_forward=loss.cross_entropy_forward,
+            cross_entropy_with_grad=loss.cross_entropy_with_grad,
+            mse_forward=loss.mse_forward,
+            mse_backward=loss.mse_backward,
+            sgd_step=opt.sgd_step,
+            adam_step=opt.adam_step,
+        )
+        _KERNEL_CACHE[name] = ns
+    return ns
+
+
+@contextlib.contextmanager
+def bind_kernels(module, backend):
+    """Inside the block, ``module`` (and every layer in it) calls ``backend``'s kernels
+    directly, without the per-call checks of the public ops.  For callers that have
+    validated their inputs once (``Trainer.fit``); restores the checked path after."""
+    kernels = raw_kernels(backend)
+    layers = list(module.modules())
+    saved = [layer._bound for layer in layers]
+    for layer in layers:
+        layer._bound = kernels
+    try:
+        yield kernels
+    finally:
+        for layer, old in zip(layers, saved):
+            layer._bound = old
+
+
+# --- layers --------------------------------------------------------------------------
+
+
+def _as_rng(rng):
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {rng!r}")
+
+
+class Module:
+    """Base of every layer: a backend, parameters and their gradients."""
+
+    def __init__(self):
+        self._backend = None
+        self._bound = None  # kernel namespace set by bind_kernels, else None
+
+    # backend --------------------------------------------------------------------------
+    @property
+    def backend(self):
+        return self._backend
+
+    @backend.setter
+    def backend(self, name):
+        if name is not None:
+            resolve(name)  # unknown names fail here, not at the first step
+        self._backend = name
+        for child in self.children():
+            child.backend = name
+
+    def _kernels(self):
+        return self._bound or validated_ops(self._backend)
+
+    # structure ------------------------------------------------------------------------
+    def children(self):
+        return []
+
+    def modules(self):
+        """This module and every module inside it, depth first."""
+        yield self
+        for child in self.children():
+            yield from child.modules()
+
+    def parameters(self):
+        return []
+
+    def gradients(self):
+        return []
+
+    def config(self) -> dict:
+        """The architecture of this module as JSON-able data (see ``from_config``)."""
+        return {"type": type(self).__name__}
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+class Linear(Module):
+    """``y = x @ weight + bias``: x (N, in_features) -> y (N, out_features).
+
+    ``init`` is "glorot" (default) or "he"; ``nn.MLP`` picks "he" before a ReLU.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, rng=None, *, init="glorot",
+                 dtype=np.float32):
+        super().__init__()
+        for arg, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{arg} must be a positive int, got {value!r}")
+        if init not in ("glorot", "he"):
+            raise ValueError(f"init must be 'glorot' or 'he', got {init!r}")
+        dtype = np.dtype(dtype)
+        if dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.init = init
+        fan_in, fan_out = self.in_features, self.out_features
+        limit = math.sqrt(6.0 / fan_in) if init == "he" else math.sqrt(6.0 / (fan_in + fan_out))
+        # Draw in float64 then round, so float32 and float64 models start from the same numbers.
+        self.weight = _as_rng(rng).uniform(-limit, limit, (fan_in, fan_out)).astype(dtype)
+        self.bias = np.zeros(fan_out, dtype=dtype) if bias else None
+        self.dweight = np.zeros_like(self.weight)
+        self.dbias = np.zeros_like(self.bias) if bias else None
+        self._x = self._y = self._activation = None
+
+    @property
+    def dtype(self):
+        return self.weight.dtype
+
+    def forward(self, x, activation=None):
+        # x (N, IN) -> y = activation(x @ w + b) (N, OUT); keeps x (and y when fused)
+        y = self._kernels().linear_forward(x, self.weight, self.bias, activation)
+        self._x, self._activation = x, activation
+        self._y = y if activation is not None else None
+        return y
+
+    def backward(self, dy):
+        # dy (N, OUT) -> dx (N, IN); dweight = x.T @ dz, dbias = sum of dz over rows,
+        # dz = dy * activation'(pre-activation), computed from the cached output y.
+        if self._x is None:
+            raise RuntimeError("Linear.backward called before forward")
+        k = self._kernels()
+        if self._activation == "relu":
+            dy = k.relu_backward(self._y, dy)  # y > 0 exactly where x @ w + b > 0
+        elif self._activation == "sigmoid":
+            dy = k.sigmoid_backward(self._y, dy)
+        elif self._activation == "tanh":
+            dy = k.tanh_backward(self._y, dy)
+        dx, self.dweight, self.dbias = k.linear_backward(self._x, self.weight, dy, self.bias is not None)
+        return dx
+
+    def parameters(self):
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def gradients(self):
+        return [self.dweight] if self.bias is None else [self.dweight, self.dbias]
+
+    def config(self):
+        return {
+            "type": "Linear",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+            "init": self.init,
+            "dtype": self.weight.dtype.name,
+        }
+
+
+class _Activation(Module):
+    name = ""
+    saves_output = True  # backward takes the forward output (sigmoid, tanh) or input (relu)
+
+    def forward(self, x):
+        k = self._kernels()
+        y = getattr(k, f"{self.name}_forward")(x)
+        self._saved = y if self.saves_output else x
+        return y
+
+    def backward(self, dy):
+        if getattr(self, "_saved", None) is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return getattr(self._kernels(), f"{self.name}_backward")(self._saved, dy)
+
+
+class ReLU(_Activation):
+    """``max(x, 0)``; gradient ``dy`` where ``x > 0``."""
+
+    name = "relu"
+    saves_output = False
+
+
+class Sigmoid(_Activation):
+    """``1 / (1 + exp(-x))``; gradient ``dy * y * (1 - y)``."""
+
+    name = "sigmoid"
+
+
+class Tanh(_Activation):
+    """``tanh(x)``; gradient ``dy * (1 - y**2)``."""
+
+    name = "tanh"
+
+
+class Sequential(Module):
+    """Layers applied in order; a ``Linear`` followed by an activation runs fused."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layers[{i}] must be a kernprop.nn.Module, got {type(layer).__name__}")
+        self.layers = list(layers)
+        # The plan: (layer, fused activation name or None); a fused activation layer is
+        # skipped, its work done inside the Linear's kernel.
+        plan, i = [], 0
+        while i < len(self.layers):
+            layer = self.layers[i]
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            if isinstance(layer, Linear) and isinstance(nxt, _Activation):
+                plan.append((layer, nxt.name))
+                i += 2
+            else:
+                plan.append((layer, None))
+                i += 1
+        self._plan = plan
+        self._plan_reversed = plan[::-1]
+
+    def children(self):
+        return list(self.layers)
+
+    def forward(self, x):
+        for layer, activation in self._plan:
+            x = layer.forward(x, activation) if activation is not None else layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        for layer, _ in self._plan_reversed:
+            dy = layer.backward(dy)
+        return dy
+
+    def parameters(self):
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def gradients(self):
+        return [g for layer in self.layers for g in layer.gradients()]
+
+    def config(self):
+        return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"{type(self).__name__}(\n  {inner}\n)"
+
+
+_ACTIVATION_LAYERS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+
+
+class MLP(Sequential):
+    """``sizes = (in, hidden..., out)``: Linear + activation between every pair, the
+    last Linear without activation (its outputs are logits or regression values)."""
+
+    def __init__(self, sizes, activation="relu", rng=None, *, bias=True, dtype=np.float32):
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"sizes must list at least the input and output sizes, got {sizes}")
+        if activation not in _ACTIVATION_LAYERS:
+            raise ValueError(f"activation must be one of {tuple(_ACTIVATION_LAYERS)}, got {activation!r}")
+        rng = _as_rng(rng)
+        layers = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            hidden = i < len(sizes) - 2
+            init = "he" if hidden and activation == "relu" else "glorot"
+            layers.append(Linear(fan_in, fan_out, bias, rng, init=init, dtype=dtype))
+            if hidden:
+                layers.append(_ACTIVATION_LAYERS[activation]())
+        super().__init__(*layers)
+        self.sizes, self.activation = sizes, activation
+
+
+def from_config(config) -> Module:
+    """Rebuild a module (with freshly initialised parameters) from ``Module.config()``."""
+    if not isinstance(config, dict) or not isinstance(config.get("type"), str):
+        raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
+    kind = config["type"]
+    if kind == "Sequential":
+        layers = config.get("layers")
+        if not isinstance(layers, list):
+            raise ValueError("a Sequential config needs a 'layers' list")
+        return Sequential(*[from_config(c) for c in layers])
+    if kind == "Linear":
+        try:
+            return Linear(
+                config["in_features"], config["out_features"], bool(config["bias"]), 0,
+                init=config.get("init", "glorot"), dtype=config.get("dtype", "float32"),
+            )
+        except KeyError as exc:
+            raise ValueError(f"a Linear config needs {exc.args[0]!r}") from None
+    classes = {"ReLU": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh}
+    if kind in classes and set(config) == {"type"}:
+        return classes[kind]()
+    raise ValueError(f"unknown layer config {config!r}")
+
+
+# --- losses --------------------------------------------------------------------------
+
+
+class CrossEntropyLoss:
+    """Softmax cross-entropy of logits (N, C) against integer labels (N,), loss and
+    gradient from one fused pass (``kernprop.cross_entropy_with_grad``); every option of
+    the op: ``reduction``, ``ignore_index``, ``label_smoothing``, ``weight`` (C,)."""
+
+    name = "cross_entropy"
+    classification = True
+
+    def __init__(self, reduction="mean", ignore_index=-100, label_smoothing=0.0, weight=None):
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating)) \
+                or not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+        if weight is not None:
+            weight = np.asarray(weight)
+            if weight.ndim != 1 or weight.dtype.kind not in "fiu":
+                raise ValueError(f"weight must be a 1-D array of class weights, got {weight!r}")
+        self.reduction = reduction
+        self.ignore_index = int(ignore_index)
+        self.label_smoothing = float(label_smoothing)
+        self.weight = weight
+        self._weight_cast = None
+
+    def _weight(self, dtype):
+        if self.weight is None:
+            return None
+        if self._weight_cast is None or self._weight_cast.dtype != dtype:
+            self._weight_cast = np.ascontiguousarray(self.weight, dtype=dtype)
+        return self._weight_cast
+
+    def forward(self, logits, labels, kernels):
+        return kernels.cross_entropy_forward(
+            logits, labels, self.reduction, self.ignore_index, self.label_smoothing,
+            self._weight(logits.dtype),
+        )
+
+    def with_grad(self, logits, labels, kernels):
+        return kernels.cross_entropy_with_grad(
+            logits, labels, self.reduction, self.ignore_index, self.label_smoothing,
+            self._weight(logits.dtype),
+        )
+
+    def kwargs(self):
+        return {
+            "reduction": self.reduction,
+            "ignore_index": self.ignore_index,
+            "label_smoothing": self.label_smoothing,
+        }
+
+
+class MSELoss:
+    """Mean squared error ``mean((pred - target)**2)`` (``reduction`` "mean", "sum" or
+    "none"), through ``kernprop.mse`` and ``kernprop.mse_backward``."""
+
+    name = "mse"
+    classification = False
+    weight = None
+
+    def __init__(self, reduction="mean"):
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, pred, target, kernels):
+        return kernels.mse_forward(pred, target, self.reduction)
+
+    def with_grad(self, pred, target, kernels):
+        return (
+            kernels.mse_forward(pred, target, self.reduction),
+            kernels.mse_backward(pred, target, self.reduction),
+        )
+
+    def kwargs(self):
+        return {"reduction": self.reduction}
+
+
+LOSSES = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss}
+
+
+def make_loss(loss, **kwargs):
+    """A loss object from a name ("cross_entropy", "mse") and its options, or ``loss``
+    itself when it already is one."""
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {loss!r}")
+        try:
+            return LOSSES[loss](**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"bad option for loss {loss!r}: {exc}") from None
+    if kwargs:
+        raise TypeError("loss options are only accepted with a loss name")
+    if not (hasattr(loss, "with_grad") and hasattr(loss, "forward")):
+        raise TypeError(f"loss must be a name in {tuple(LOSSES)} or a loss object, got {loss!r}")
+    return loss

@@ -1,0 +1,209 @@
+"""Optimizers: each parameter array is updated in place by one fused kernel call
+(``kernprop.sgd_step`` / ``kernprop.adam_step``), never a Python loop over elements.
+
+An optimizer holds hyperparameters and per-parameter state (velocities, moments), made
+lazily on the first ``step`` to match the parameters it is given.  ``state_dict()``
+returns plain NumPy arrays (saved in checkpoints), ``load_state_dict`` restores them.
+
+Learning-rate schedule: ``lr_schedule(epoch) -> lr`` (epoch counted from 0) is applied
+by ``start_epoch(epoch)``, which the Trainer calls before each epoch; ``set_lr(lr)``
+changes the rate at any time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .nn import validated_ops
+
+__all__ = ["Optimizer", "SGD", "Adam"]
+
+
+def _number(name, value, low=None, high=None, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or (low is not None and value < low) or (
+        high is not None and (value > high or (high_open and value == high))
+    ):
+        bounds = f"[{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be finite and in {bounds}, got {value}")
+    return value
+
+
+class Optimizer:
+    """Base: hyperparameters, lazily made state, schedule and state_dict."""
+
+    kind = ""
+    _state_names: tuple = ()
+
+    def __init__(self, lr, lr_schedule=None):
+        self.lr = _number("lr", lr, 0.0)
+        if lr_schedule is not None and not callable(lr_schedule):
+            raise TypeError(f"lr_schedule must be callable(epoch) -> lr, got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
+        self.state: dict[str, list[np.ndarray]] = {}
+        self.steps = 0
+
+    def set_lr(self, lr):
+        self.lr = _number("lr", lr, 0.0)
+
+    def start_epoch(self, epoch):
+        """Apply the schedule (if any) for ``epoch`` (0-based)."""
+        if self.lr_schedule is not None:
+            self.set_lr(self.lr_schedule(epoch))
+
+    def _ensure_state(self, params):
+        first = self._state_names[0] if self._state_names else None
+        if first is None:
+            return
+        state = self.state.get(first)
+        if state is not None and len(state) == len(params) and all(
+            s.shape == p.shape and s.dtype == p.dtype for s, p in zip(state, params)
+        ):
+            return
+        if state is not None and self.steps:
+            raise ValueError(
+                "the optimizer state does not match these parameters "
+                f"({len(state)} state arrays for {len(params)} parameters)"
+            )
+        for name in self._state_names:
+            self.state[name] = [np.zeros_like(p) for p in params]
+
+    def step(self, params, grads, kernels=None):
+        """Update every array of ``params`` in place from ``grads`` (same order).
+
+        ``kernels``: a kernel namespace from ``kernprop.nn`` (the Trainer passes the
+        backend's raw kernels); default the validated public ops on the default backend.
+        """
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict:
+        return {"lr": self.lr}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Hyperparameters, step count and state as NumPy arrays, keyed by name."""
+        out = {"kind": np.array(self.kind), "steps": np.array(self.steps, dtype=np.int64)}
+        for key, value in self.hyperparameters().items():
+            out[key] = np.array(value, dtype=np.float64)
+        for name in self._state_names:
+            for i, array in enumerate(self.state.get(name, [])):
+                out[f"{name}.{i}"] = array.copy()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned (state arrays are copied in)."""
+        try:
+            kind = str(state["kind"])
+            if kind != self.kind:
+                raise ValueError(f"optimizer state is for {kind!r}, not {self.kind!r}")
+            steps = int(state["steps"])
+            hyper = {key: float(state[key]) for key in self.hyperparameters()}
+        except KeyError as exc:
+            raise ValueError(f"optimizer state has no entry {exc.args[0]!r}") from None
+        arrays = {}
+        for name in self._state_names:
+            indices = sorted(int(k.split(".", 1)[1]) for k in state if k.startswith(name + "."))
+            if indices != list(range(len(indices))):
+                raise ValueError(f"optimizer state {name!r} arrays are not numbered 0..n-1")
+            arrays[name] = [np.array(state[f"{name}.{i}"], copy=True, order="C") for i in indices]
+        counts = {len(v) for v in arrays.values()}
+        if len(counts) > 1:
+            raise ValueError(f"optimizer state arrays disagree in count: {counts}")
+        self._set_hyperparameters(hyper)
+        self.steps = steps
+        self.state = {k: v for k, v in arrays.items() if v}
+
+    def _set_hyperparameters(self, hyper):
+        self.lr = _number("lr", hyper["lr"], 0.0)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """``torch.optim.SGD`` (dampening 0): ``g = grad + weight_decay * p``; with momentum
+    ``v = momentum * v + g`` and the step ``v`` (``g + momentum * v`` with nesterov);
+    ``p -= lr * step``."""
+
+    kind = "sgd"
+
+    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0, lr_schedule=None):
+        super().__init__(lr, lr_schedule)
+        self.momentum = _number("momentum", momentum, 0.0, 1.0)
+        self.weight_decay = _number("weight_decay", weight_decay, 0.0)
+        if nesterov and not self.momentum:
+            raise ValueError("nesterov requires momentum > 0")
+        self.nesterov = bool(nesterov)
+        self._state_names = ("velocity",) if self.momentum else ()
+
+    def step(self, params, grads, kernels=None):
+        k = kernels or validated_ops(None)
+        self._ensure_state(params)
+        velocities = self.state["velocity"] if self.momentum else [None] * len(params)
+        lr, momentum, nesterov, wd = self.lr, self.momentum, self.nesterov, self.weight_decay
+        sgd_step = k.sgd_step
+        for p, g, v in zip(params, grads, velocities):
+            sgd_step(p, g, v, lr, momentum, nesterov, wd)
+        self.steps += 1
+
+    def hyperparameters(self):
+        return {
+            "lr": self.lr, "momentum": self.momentum, "nesterov": float(self.nesterov),
+            "weight_decay": self.weight_decay,
+        }
+
+    def _set_hyperparameters(self, hyper):
+        self.lr = _number("lr", hyper["lr"], 0.0)
+        self.momentum = _number("momentum", hyper["momentum"], 0.0, 1.0)
+        self.nesterov = bool(hyper["nesterov"])
+        self.weight_decay = _number("weight_decay", hyper["weight_decay"], 0.0)
+        self._state_names = ("velocity",) if self.momentum else ()
+
+
+class Adam(Optimizer):
+    """``torch.optim.Adam``; ``decoupled=True`` is ``torch.optim.AdamW`` (the decay
+    shrinks the weights instead of joining the gradient)."""
+
+    kind = "adam"
+    _state_names = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False,
+                 lr_schedule=None):
+        super().__init__(lr, lr_schedule)
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.betas = (_number("betas[0]", beta1, 0.0, 1.0, True), _number("betas[1]", beta2, 0.0, 1.0, True))
+        self.eps = _number("eps", eps, 0.0)
+        self.weight_decay = _number("weight_decay", weight_decay, 0.0)
+        self.decoupled = bool(decoupled)
+
+    def step(self, params, grads, kernels=None):
+        k = kernels or validated_ops(None)
+        self._ensure_state(params)
+        self.steps += 1
+        step, lr, (b1, b2), eps = self.steps, self.lr, self.betas, self.eps
+        wd, dec = self.weight_decay, self.decoupled
+        adam_step = k.adam_step
+        for p, g, m, v in zip(params, grads, self.state["exp_avg"], self.state["exp_avg_sq"]):
+            adam_step(p, g, m, v, step, lr, b1, b2, eps, wd, dec)
+
+    def hyperparameters(self):
+        return {
+            "lr": self.lr, "beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps,
+            "weight_decay": self.weight_decay, "decoupled": float(self.decoupled),
+        }
+
+    def _set_hyperparameters(self, hyper):
+        self.lr = _number("lr", hyper["lr"], 0.0)
+        self.betas = (_number("betas[0]", hyper["beta1"], 0.0, 1.0, True),
+                      _number("betas[1]", hyper["beta2"], 0.0, 1.0, True))
+        self.eps = _number("eps", hyper["eps"], 0.0)
+        self.weight_decay = _number("weight_decay", hyper["weight_decay"], 0.0)
+        self.decoupled = bool(hyper["decoupled"])
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}

@@ -1,0 +1,492 @@
+"""The training loop: ``Trainer(model, loss, optimizer).fit(X, y, epochs)``.
+
+The data are checked once per ``fit`` (shapes, dtypes, label range, that the model
+accepts them); inside the step loop the layers then call the backend's kernels directly
+(``kernprop.nn.bind_kernels``), so a step costs the kernels plus a few attribute
+lookups.  Each epoch shuffles the rows into one preallocated buffer (one gather per
+epoch, then every batch is a contiguous slice of it, copied nowhere).
+
+Determinism: the shuffling draws from ``numpy.random.default_rng(seed)``; with the same
+seed, initial weights, backend and thread count, ``fit`` gives bit-identical weights.
+
+Checkpoints (``save`` / ``Trainer.load``) are ``.npz`` files read with
+``allow_pickle=False``: a format version, the architecture as an array of JSON strings
+(one per top-level layer), the parameters, the optimizer state, the trainer settings
+(JSON) and a SHA-256 of all of it, so that a truncated or altered file is refused with
+a ValueError rather than loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import nn
+from .backends import resolve
+from .optim import OPTIMIZERS, Adam, Optimizer
+
+__all__ = ["Trainer", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_EVAL_ROWS = 4096  # rows per forward pass in evaluate / predict
+
+
+def _stderr_is_tty():
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Trainer:
+    """Trains ``model`` (a ``kernprop.nn`` module) on NumPy arrays.
+
+    loss: "cross_entropy" (integer labels; the options of ``kernprop.cross_entropy``
+        as keyword arguments: ``reduction``, ``ignore_index``, ``label_smoothing``,
+        ``weight``), "mse" (float targets; ``reduction``), or a loss object with
+        ``forward(pred, target, kernels)`` and ``with_grad(pred, target, kernels)``.
+    optimizer: a ``kernprop.optim`` optimizer (default ``Adam(1e-3)``).
+    backend: backend name, None for the default at each ``fit``.
+    batch_size: rows per step (the last batch of an epoch may be smaller).
+    seed: seeds the shuffling.
+    """
+
+    def __init__(self, model, loss="cross_entropy", optimizer=None, backend=None,
+                 batch_size=128, seed=0, **loss_kwargs):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a kernprop.nn.Module, got {type(model).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if optimizer is None:
+            optimizer = Adam(1e-3)
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a kernprop.optim optimizer, got {optimizer!r}")
+        if backend is not None:
+            resolve(backend)
+        params = model.parameters()
+        if not params:
+            raise ValueError("model has no parameters to train")
+        dtypes = {p.dtype for p in params}
+        if len(dtypes) != 1:
+            raise TypeError(f"model parameters must share one dtype, got {sorted(map(str, dtypes))}")
+        self.model = model
+        self.loss = nn.make_loss(loss, **loss_kwargs)
+        self.optimizer = optimizer
+        self.backend = backend
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.dtype = dtypes.pop()
+        self.history: dict[str, list] = {}
+        self.epochs_done = 0
+
+    @property
+    def classification(self):
+        return bool(getattr(self.loss, "classification", False))
+
+    # --- checks, once per call --------------------------------------------------------
+
+    def _check_X(self, X, name):
+        if not isinstance(X, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(X).__name__}")
+        if X.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must have dtype float32 or float64, got {X.dtype}")
+        if X.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
+        if X.shape[0] == 0 or X.shape[1] == 0:
+            raise ValueError(f"{name} must not be empty, got shape {X.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError(f"{name} must be finite (it holds NaN or inf)")
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        # One checked forward pass on a row: the model must accept these features.
+        try:
+            with _backend_of(self.model, self.backend):
+                out = self.model.forward(X[:1])
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{name} of shape {X.shape} does not fit the model: {exc}") from None
+        return X, out.shape[1] if out.ndim == 2 else None
+
+    def _check_y(self, y, n, num_outputs, name, x_name):
+        if not isinstance(y, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+        if y.ndim == 0 or y.shape[0] != n:
+            raise ValueError(
+                f"{name} must have one entry per row of {x_name}: {x_name} has {n} rows, "
+                f"{name} has shape {y.shape}"
+            )
+        if self.classification:
+            if y.dtype.kind not in "iu":
+                raise TypeError(f"{name} must hold integer class labels for cross-entropy, got dtype {y.dtype}")
+            if y.ndim != 1:
+                raise ValueError(f"{name} must be 1-D (one label per row), got shape {y.shape}")
+            y = np.ascontiguousarray(y, dtype=np.int64)
+            ignore = getattr(self.loss, "ignore_index", None)
+            bad = (y < 0) | (y >= num_outputs)
+            if ignore is not None:
+                bad &= y != ignore
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise ValueError(
+                    f"{name}[{row}] = {y[row]} is out of range: labels must be in "
+                    f"[0, {num_outputs}) for a model with {num_outputs} outputs"
+                    + (f" (or equal ignore_index={ignore})" if ignore is not None else "")
+                )
+            return y
+        if y.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
+        if y.ndim == 1:
+            y = y.reshape(n, 1)
+        if y.shape != (n, num_outputs):
+            raise ValueError(f"{name} must have shape ({n}, {num_outputs}) to match the model output, got {y.shape}")
+        if not np.isfinite(y).all():
+            raise ValueError(f"{name} must be finite (it holds NaN or inf)")
+        return np.ascontiguousarray(y, dtype=self.dtype)
+
+    def _check_data(self, X, y, x_name="X", y_name="y"):
+        X, num_outputs = self._check_X(X, x_name)
+        return X, self._check_y(y, X.shape[0], num_outputs, y_name, x_name)
+
+    # --- training ---------------------------------------------------------------------
+
+    def fit(self, X, y, epochs=1, validation_data=None, shuffle=True, callbacks=(), verbose=1):
+        """Train for ``epochs`` passes over ``(X, y)``; returns this fit's history.
+
+        X: (N, F) float32/float64 (cast to the model's dtype once); y: (N,) integer
+        labels for cross-entropy, (N, OUT) or (N,) targets for mse.
+        validation_data: ``(X_val, y_val)`` evaluated after every epoch.
+        callbacks: callables ``callback(epoch, logs)`` run after every epoch (``logs``
+        holds that epoch's values); one returning True stops training.
+        verbose: 0 silent; 1 a tqdm bar per epoch on a terminal (stderr); 2 also one
+        printed line per epoch.
+
+        History: lists per epoch of ``loss`` (mean loss per row over the epoch's
+        batches; for reduction "sum" the summed loss divided by the rows),
+        ``accuracy`` (classification), ``val_loss``, ``val_accuracy`` (with
+        validation data), ``samples_per_s`` (training throughput, step loop only).
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        if verbose not in (0, 1, 2, True, False):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        callbacks = list(callbacks) if callbacks is not None else []
+        for cb in callbacks:
+            if not callable(cb):
+                raise TypeError(f"callbacks must be callables (epoch, logs), got {cb!r}")
+        name = resolve(self.backend)
+        X, y = self._check_data(X, y)
+        val = None
+        if validation_data is not None:
+            try:
+                X_val, y_val = validation_data
+            except (TypeError, ValueError):
+                raise ValueError("validation_data must be a pair (X_val, y_val)") from None
+            val = self._check_data(X_val, y_val, "validation_data[0]", "validation_data[1]")
+
+        history = {"loss": []}
+        if self.classification:
+            history["accuracy"] = []
+        if val is not None:
+            history["val_loss"] = []
+            if self.classification:
+                history["val_accuracy"] = []
+        history["samples_per_s"] = []
+        history["lr"] = []
+
+        n, batch_size = X.shape[0], self.batch_size
+        # Preallocated shuffled copies: one gather per epoch, contiguous batch slices.
+        Xs = np.empty_like(X) if shuffle else X
+        ys = np.empty_like(y) if shuffle else y
+        starts = range(0, n, batch_size)
+        show_bar = bool(verbose) and _stderr_is_tty()
+        ignore = getattr(self.loss, "ignore_index", None) if self.classification else None
+        has_ignored = ignore is not None and bool((y == ignore).any())
+        reduction = getattr(self.loss, "reduction", "mean")
+        model, loss_fn, optimizer = self.model, self.loss, self.optimizer
+        forward, backward, gradients = model.forward, model.backward, model.gradients
+        classification = self.classification
+        bar_every = max(1, len(starts) // 50)
+
+        with nn.bind_kernels(model, name) as kernels:
+            params = model.parameters()
+            with_grad = loss_fn.with_grad
+            for epoch in range(epochs):
+                optimizer.start_epoch(self.epochs_done)
+                bar = _bar(n, self.epochs_done, epochs, show_bar)
+                t0 = time.perf_counter()
+                if shuffle:
+                    perm = self.rng.permutation(n)
+                    np.take(X, perm, axis=0, out=Xs)
+                    np.take(y, perm, axis=0, out=ys)
+                total_loss, total_weight, correct, counted = 0.0, 0, 0, 0
+                for i, start in enumerate(starts):
+                    xb = Xs[start:start + batch_size]
+                    yb = ys[start:start + batch_size]
+                    out = forward(xb)
+                    loss, dout = with_grad(out, yb, kernels)
+                    backward(dout)
+                    optimizer.step(params, gradients(), kernels)
+                    m = xb.shape[0]
+                    if reduction == "mean":
+                        total_loss += float(loss) * m
+                    else:
+                        total_loss += float(np.sum(loss))
+                    total_weight += m
+                    if classification:
+                        hit = out.argmax(axis=1) == yb
+                        if has_ignored:
+                            keep = yb != ignore
+                            correct += int(np.count_nonzero(hit & keep))
+                            counted += int(np.count_nonzero(keep))
+                        else:
+                            correct += int(np.count_nonzero(hit))
+                            counted += m
+                    if bar is not None and (i % bar_every == 0 or start + batch_size >= n):
+                        seen = min(start + batch_size, n)
+                        bar.update(seen - bar.n)
+                        elapsed = time.perf_counter() - t0
+                        bar.set_postfix(loss=f"{total_loss / total_weight:.4f}",
+                                        samples_per_s=f"{seen / max(elapsed, 1e-9):,.0f}", refresh=False)
+                elapsed = time.perf_counter() - t0
+                logs = {"loss": total_loss / total_weight}
+                if classification:
+                    logs["accuracy"] = correct / counted if counted else float("nan")
+                if val is not None:
+                    logs.update({f"val_{k}": v for k, v in self._evaluate(*val, kernels).items()})
+                logs["samples_per_s"] = n / elapsed if elapsed > 0 else float("inf")
+                logs["lr"] = optimizer.lr
+                for key in history:
+                    history[key].append(logs[key])
+                    self.history.setdefault(key, []).append(logs[key])
+                self.epochs_done += 1
+                if bar is not None:
+                    bar.set_postfix({k: _fmt(v) for k, v in logs.items() if k != "lr"}, refresh=True)
+                    bar.close()
+                if verbose == 2:
+                    print(_epoch_line(self.epochs_done, logs), flush=True)
+                if any(cb(self.epochs_done - 1, dict(logs)) is True for cb in callbacks):
+                    break
+        return history
+
+    # --- inference --------------------------------------------------------------------
+
+    def _outputs(self, X, kernels):
+        chunks = [self.model.forward(X[s:s + _EVAL_ROWS]) for s in range(0, X.shape[0], _EVAL_ROWS)]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def _evaluate(self, X, y, kernels):
+        out = self._outputs(X, kernels)
+        loss = self.loss.forward(out, y, kernels)
+        reduction = getattr(self.loss, "reduction", "mean")
+        result = {"loss": float(loss) if reduction == "mean" else float(np.sum(loss)) / X.shape[0]}
+        if self.classification:
+            keep = y != getattr(self.loss, "ignore_index", None)
+            hit = (out.argmax(axis=1) == y) & keep
+            counted = int(np.count_nonzero(keep))
+            result["accuracy"] = int(np.count_nonzero(hit)) / counted if counted else float("nan")
+        return result
+
+    def evaluate(self, X, y):
+        """``{"loss": ..., "accuracy": ...}`` (accuracy for classification) on ``(X, y)``."""
+        name = resolve(self.backend)
+        X, y = self._check_data(X, y)
+        with nn.bind_kernels(self.model, name) as kernels:
+            return self._evaluate(X, y, kernels)
+
+    def predict_proba(self, X):
+        """Class probabilities (N, C): the softmax of the model's logits."""
+        if not self.classification:
+            raise ValueError("predict_proba needs a classification loss (cross_entropy)")
+        name = resolve(self.backend)
+        X, _ = self._check_X(X, "X")
+        with nn.bind_kernels(self.model, name) as kernels:
+            return kernels.softmax_forward(self._outputs(X, kernels))
+
+    def predict(self, X):
+        """Class labels (N,) int64 for classification, else the model outputs (N, OUT)."""
+        name = resolve(self.backend)
+        X, _ = self._check_X(X, "X")
+        with nn.bind_kernels(self.model, name) as kernels:
+            out = self._outputs(X, kernels)
+        return out.argmax(axis=1).astype(np.int64) if self.classification else out
+
+    # --- checkpoints ------------------------------------------------------------------
+
+    def _checkpoint_arrays(self):
+        model = self.model
+        if isinstance(model, nn.Sequential):
+            layers, container = [layer.config() for layer in model.layers], "Sequential"
+        else:
+            layers, container = [model.config()], "single"
+        settings = {
+            "container": container,
+            "loss": getattr(self.loss, "name", "custom"),
+            "loss_kwargs": self.loss.kwargs() if hasattr(self.loss, "kwargs") else {},
+            "batch_size": self.batch_size,
+            "backend": self.backend,
+            "seed": self.seed if isinstance(self.seed, (int, type(None))) else None,
+            "epochs_done": self.epochs_done,
+            "rng_state": self.rng.bit_generator.state,
+        }
+        arrays = {
+            "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+            "architecture": np.array([json.dumps(c, sort_keys=True) for c in layers]),
+            "trainer": np.array(json.dumps(settings, sort_keys=True)),
+        }
+        for i, p in enumerate(model.parameters()):
+            arrays[f"param.{i}"] = p
+        weight = getattr(self.loss, "weight", None)
+        if weight is not None:
+            arrays["loss.weight"] = np.asarray(weight, dtype=np.float64)
+        for key, value in self.optimizer.state_dict().items():
+            arrays[f"optimizer.{key}"] = value
+        arrays["checksum"] = np.array(_checksum(arrays))
+        return arrays
+
+    def save(self, path):
+        """Write a checkpoint to ``path`` (a ``.npz`` file; written to a temporary
+        file then renamed, so a crash never leaves half a checkpoint under ``path``)."""
+        path = os.fspath(path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **self._checkpoint_arrays())
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path, backend=None, loss=None):
+        """A Trainer restored from ``save``: model, optimizer state, loss, settings and
+        the shuffling generator's state.  ``backend`` overrides the saved one; ``loss``
+        must be given when the saved trainer used a custom loss object.
+
+        Raises ValueError for a file that is truncated, altered or not a checkpoint.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no checkpoint at {path!r}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {key: z[key] for key in z.files}
+        except Exception as exc:  # noqa: BLE001 - zip, npy and pickle refusals all mean "bad file"
+            raise ValueError(f"{path!r} is not a readable kernprop checkpoint (truncated or corrupt?): {exc}") from None
+        return cls._from_arrays(arrays, path, backend, loss)
+
+    @classmethod
+    def _from_arrays(cls, arrays, path, backend, loss):
+        def bad(why):
+            return ValueError(f"{path!r} is not a valid kernprop checkpoint: {why}")
+
+        for key in ("format_version", "architecture", "trainer", "checksum"):
+            if key not in arrays:
+                raise bad(f"missing {key!r}")
+        try:
+            version = int(arrays["format_version"])
+        except (TypeError, ValueError):
+            raise bad("format_version is not an integer") from None
+        if version != FORMAT_VERSION:
+            raise bad(f"format version {version}, this kernprop reads version {FORMAT_VERSION}")
+        stored = arrays.pop("checksum")
+        if stored.dtype.kind != "U" or stored.shape != () or str(stored) != _checksum(arrays):
+            raise bad("checksum mismatch (the file was altered or damaged)")
+        try:
+            arch = arrays["architecture"]
+            if arch.dtype.kind != "U" or arch.ndim != 1:
+                raise ValueError("architecture must be a 1-D array of JSON strings")
+            layers = [nn.from_config(json.loads(str(s))) for s in arch]
+            settings = json.loads(str(arrays["trainer"]))
+            if not isinstance(settings, dict):
+                raise ValueError("trainer settings must be a JSON object")
+            model = nn.Sequential(*layers) if settings.get("container") == "Sequential" else layers[0]
+            params = model.parameters()
+            for i, p in enumerate(params):
+                key = f"param.{i}"
+                if key not in arrays:
+                    raise ValueError(f"missing {key!r} for the architecture")
+                saved = arrays[key]
+                if saved.shape != p.shape or saved.dtype != p.dtype:
+                    raise ValueError(f"{key} has shape {saved.shape} {saved.dtype}, the architecture needs {p.shape} {p.dtype}")
+                p[...] = saved
+            if f"param.{len(params)}" in arrays:
+                raise ValueError("more parameters than the architecture has")
+            opt = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer.")}
+            kind = str(opt.get("kind", ""))
+            if kind not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer kind {kind!r}")
+            optimizer = OPTIMIZERS[kind](lr=float(opt.get("lr", 0.0)))
+            optimizer.load_state_dict(opt)
+            loss_name = settings.get("loss")
+            if loss is None:
+                if loss_name not in nn.LOSSES:
+                    raise ValueError(f"the checkpoint used loss {loss_name!r}; pass loss= to load it")
+                kwargs = dict(settings.get("loss_kwargs") or {})
+                if "loss.weight" in arrays:
+                    kwargs["weight"] = arrays["loss.weight"]
+                loss = nn.make_loss(loss_name, **kwargs)
+            trainer = cls(
+                model, loss=loss, optimizer=optimizer,
+                backend=backend if backend is not None else settings.get("backend"),
+                batch_size=settings.get("batch_size", 128), seed=settings.get("seed"),
+            )
+            trainer.epochs_done = int(settings.get("epochs_done", 0))
+            if settings.get("rng_state") is not None:
+                trainer.rng.bit_generator.state = settings["rng_state"]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise bad(exc) from None
+        return trainer
+
+
+class _backend_of:
+    """Context: run ``model`` on ``backend`` through the checked ops, then restore."""
+
+    def __init__(self, model, backend):
+        self.model, self.backend = model, backend
+
+    def __enter__(self):
+        self.saved = [(m, m._backend) for m in self.model.modules()]
+        for m, _ in self.saved:
+            m._backend = self.backend if self.backend is not None else m._backend
+
+    def __exit__(self, *exc):
+        for m, b in self.saved:
+            m._backend = b
+
+
+def _checksum(arrays):
+    """SHA-256 over every entry's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def _fmt(v):
+    return f"{v:,.0f}" if v >= 1000 else f"{v:.4f}"
+
+
+def _epoch_line(epoch, logs):
+    parts = [f"epoch {epoch}"]
+    for key, value in logs.items():
+        if key == "samples_per_s":
+            parts.append(f"{value:,.0f} samples/s")
+        elif key != "lr":
+            parts.append(f"{key} {value:.4f}")
+    return "  ".join(parts)
+
+
+def _bar(total, epoch, epochs, show):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch + 1}", unit="sample", leave=True,
+                file=sys.stderr, dynamic_ncols=True)
