@@ -7,14 +7,13 @@ and W = sum_c w[c],
 
     loss_row = (1 - eps) w[y] (-logp[y]) + (eps / C) sum_c w[c] (-logp[c])
              = (1 - eps) w[y] (L - (x[y] - m)) + (eps / C) (W L - sum_c w[c] (x[c] - m))
-    dloss_row / dx[c] = ((1 - eps) w[y] + (eps / C) W) p[c] - (eps / C) w[c]
-                        - [c == y] (1 - eps) w[y]
+    dloss_row / dx[c] = (1 - eps) w[y] (p[c] - [c == y]) + (eps / C) (W p[c] - w[c])
 
 with m the row max, L = log(sum_c exp(x[c] - m)) and p[c] = exp(x[c] - m) / exp(L).
 Loss and gradient come from one fused pass per row, in the manner of Liger-Kernel's
 cross-entropy (Hsu et al., "Liger Kernel", 2024): pass 1 finds the max, pass 2 sums the
 exps (in double) and the weighted shifted logits while parking exp(x - m) in the
-gradient row, pass 3 scales it into the gradient.  The gradient row may be the logits
+gradient row, pass 3 turns it into the gradient.  The gradient row may be the logits
 row itself (the fused linear cross-entropy works in place): every logit is read before
 its slot is overwritten.  Rows whose label is ``ignore_index`` have loss 0 and gradient
 0, even when every row is ignored and "mean" divides by 0 (PyTorch's nll_loss backward
@@ -36,8 +35,8 @@ cdef double _ce_row(const floating* x, floating* g, Py_ssize_t c, int64_t y, bin
     # x (c,) logits of one row, label y (valid: not ignored) -> its loss; when g != NULL,
     # g (c,) = its gradient * inv_denom (g may be x: x[j] is read before g[j] is written)
     cdef floating m = x[0]
-    cdef floating xy = 0, shifted, e, fa, fb
-    cdef double s = 0, sw = 0, log_s, wy = 0, loss = 0, a
+    cdef floating xy, shifted, e, p, py, ft, fs, fw, inv_s
+    cdef double s = 0, sw = 0, log_s, wy, loss
     cdef bint smoothing = eps > 0
     cdef Py_ssize_t j
     if not valid:
@@ -67,17 +66,23 @@ cdef double _ce_row(const floating* x, floating* g, Py_ssize_t c, int64_t y, bin
         loss += (eps / c) * (wsum * log_s - sw)
     if g == NULL:
         return loss
-    # pass 3: g = a p - b w - [j == y] (1 - eps) w[y], with p = e / s, all / denominator
-    a = ((1 - eps) * wy + (eps / c) * wsum) / s * inv_denom
-    fa = <floating>a
+    # pass 3, term by term as the formula (not folded into one a p - b w), so that a
+    # row whose p[y] is exactly 1 (one class) gets an exactly zero gradient:
+    # g = (1 - eps) w[y] (p - onehot(y)) + (eps / C) (W p - w), all / denominator
+    ft = <floating>((1 - eps) * wy * inv_denom)
+    fs = <floating>(eps / c * inv_denom)
+    fw = <floating>wsum
+    inv_s = <floating>(1.0 / s)
+    py = _exp(xy - m) * inv_s
     if smoothing:
-        fb = <floating>(eps / c * inv_denom)
         for j in range(c):
-            g[j] = fa * g[j] - fb * w[j]
+            p = g[j] * inv_s
+            g[j] = ft * p + fs * (fw * p - w[j])
+        g[y] = ft * (py - 1) + fs * (fw * py - w[y])
     else:
         for j in range(c):
-            g[j] = fa * g[j]
-    g[y] -= <floating>((1 - eps) * wy * inv_denom)
+            g[j] = ft * (g[j] * inv_s)
+        g[y] = ft * (py - 1)
     return loss
 
 
