@@ -44,6 +44,7 @@ class Optimizer:
         self.lr_schedule = lr_schedule
         self.state: dict[str, list[np.ndarray]] = {}
         self.steps = 0
+        self._checked = None  # the parameter list the state was last checked against
 
     def set_lr(self, lr):
         self.lr = _number("lr", lr, 0.0)
@@ -54,13 +55,19 @@ class Optimizer:
             self.set_lr(self.lr_schedule(epoch))
 
     def _ensure_state(self, params):
+        # The Trainer passes the same list every step: check it once, not per step.
+        if params is self._checked:
+            return
         first = self._state_names[0] if self._state_names else None
         if first is None:
+            self._checked = params
             return
+        self._checked = None
         state = self.state.get(first)
         if state is not None and len(state) == len(params) and all(
             s.shape == p.shape and s.dtype == p.dtype for s, p in zip(state, params)
         ):
+            self._checked = params
             return
         if state is not None and self.steps:
             raise ValueError(
@@ -69,6 +76,7 @@ class Optimizer:
             )
         for name in self._state_names:
             self.state[name] = [np.zeros_like(p) for p in params]
+        self._checked = params
 
     def step(self, params, grads, kernels=None):
         """Update every array of ``params`` in place from ``grads`` (same order).
@@ -101,6 +109,7 @@ class Optimizer:
             hyper = {key: float(state[key]) for key in self.hyperparameters()}
         except KeyError as exc:
             raise ValueError(f"optimizer state has no entry {exc.args[0]!r}") from None
+        self._set_hyperparameters(hyper)  # first: it decides which state arrays exist
         arrays = {}
         for name in self._state_names:
             indices = sorted(int(k.split(".", 1)[1]) for k in state if k.startswith(name + "."))
@@ -110,9 +119,13 @@ class Optimizer:
         counts = {len(v) for v in arrays.values()}
         if len(counts) > 1:
             raise ValueError(f"optimizer state arrays disagree in count: {counts}")
-        self._set_hyperparameters(hyper)
+        for name, group in arrays.items():
+            for i, array in enumerate(group):
+                if array.dtype not in (np.float32, np.float64):
+                    raise ValueError(f"optimizer state {name}.{i} must be float32 or float64, got {array.dtype}")
         self.steps = steps
         self.state = {k: v for k, v in arrays.items() if v}
+        self._checked = None
 
     def _set_hyperparameters(self, hyper):
         self.lr = _number("lr", hyper["lr"], 0.0)
@@ -137,6 +150,7 @@ class SGD(Optimizer):
             raise ValueError("nesterov requires momentum > 0")
         self.nesterov = bool(nesterov)
         self._state_names = ("velocity",) if self.momentum else ()
+        self._checked = None
 
     def step(self, params, grads, kernels=None):
         k = kernels or validated_ops(None)

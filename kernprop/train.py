@@ -204,10 +204,12 @@ class Trainer:
         Xs = np.empty_like(X) if shuffle else X
         ys = np.empty_like(y) if shuffle else y
         starts = range(0, n, batch_size)
+        sizes = np.array([min(batch_size, n - start) for start in starts], dtype=np.float64)
+        losses = np.zeros(len(starts), dtype=np.float64)
+        preds = np.zeros(n, dtype=np.int64)
         show_bar = bool(verbose) and _stderr_is_tty()
         ignore = getattr(self.loss, "ignore_index", None) if self.classification else None
-        has_ignored = ignore is not None and bool((y == ignore).any())
-        reduction = getattr(self.loss, "reduction", "mean")
+        mean = getattr(self.loss, "reduction", "mean") == "mean"
         model, loss_fn, optimizer = self.model, self.loss, self.optimizer
         forward, backward, gradients = model.forward, model.backward, model.gradients
         classification = self.classification
@@ -224,39 +226,27 @@ class Trainer:
                     perm = self.rng.permutation(n)
                     np.take(X, perm, axis=0, out=Xs)
                     np.take(y, perm, axis=0, out=ys)
-                total_loss, total_weight, correct, counted = 0.0, 0, 0, 0
                 for i, start in enumerate(starts):
                     xb = Xs[start:start + batch_size]
-                    yb = ys[start:start + batch_size]
                     out = forward(xb)
-                    loss, dout = with_grad(out, yb, kernels)
+                    loss, dout = with_grad(out, ys[start:start + batch_size], kernels)
                     backward(dout)
                     optimizer.step(params, gradients(), kernels)
-                    m = xb.shape[0]
-                    if reduction == "mean":
-                        total_loss += float(loss) * m
-                    else:
-                        total_loss += float(np.sum(loss))
-                    total_weight += m
+                    # Bookkeeping into preallocated buffers; reduced once per epoch.
+                    losses[i] = loss if mean else np.sum(loss)
                     if classification:
-                        hit = out.argmax(axis=1) == yb
-                        if has_ignored:
-                            keep = yb != ignore
-                            correct += int(np.count_nonzero(hit & keep))
-                            counted += int(np.count_nonzero(keep))
-                        else:
-                            correct += int(np.count_nonzero(hit))
-                            counted += m
+                        out.argmax(axis=1, out=preds[start:start + batch_size])
                     if bar is not None and (i % bar_every == 0 or start + batch_size >= n):
                         seen = min(start + batch_size, n)
                         bar.update(seen - bar.n)
                         elapsed = time.perf_counter() - t0
-                        bar.set_postfix(loss=f"{total_loss / total_weight:.4f}",
+                        running = _epoch_loss(losses[:i + 1], sizes[:i + 1], mean, seen)
+                        bar.set_postfix(loss=f"{running:.4f}",
                                         samples_per_s=f"{seen / max(elapsed, 1e-9):,.0f}", refresh=False)
                 elapsed = time.perf_counter() - t0
-                logs = {"loss": total_loss / total_weight}
+                logs = {"loss": _epoch_loss(losses, sizes, mean, n)}
                 if classification:
-                    logs["accuracy"] = correct / counted if counted else float("nan")
+                    logs["accuracy"] = _accuracy(preds, ys, ignore)
                 if val is not None:
                     logs.update({f"val_{k}": v for k, v in self._evaluate(*val, kernels).items()})
                 logs["samples_per_s"] = n / elapsed if elapsed > 0 else float("inf")
@@ -422,6 +412,7 @@ class Trainer:
                 raise ValueError(f"unknown optimizer kind {kind!r}")
             optimizer = OPTIMIZERS[kind](lr=float(opt.get("lr", 0.0)))
             optimizer.load_state_dict(opt)
+            optimizer._ensure_state(params)  # the state must fit these parameters
             loss_name = settings.get("loss")
             if loss is None:
                 if loss_name not in nn.LOSSES:
@@ -457,6 +448,20 @@ class _backend_of:
     def __exit__(self, *exc):
         for m, b in self.saved:
             m._backend = b
+
+
+def _epoch_loss(losses, sizes, mean, rows):
+    """Mean loss per row: batch means weighted by batch size, or summed losses / rows."""
+    return float(losses @ sizes) / float(sizes.sum()) if mean else float(losses.sum()) / rows
+
+
+def _accuracy(preds, labels, ignore):
+    hit = preds == labels
+    if ignore is not None:
+        keep = labels != ignore
+        counted = int(np.count_nonzero(keep))
+        return int(np.count_nonzero(hit & keep)) / counted if counted else float("nan")
+    return int(np.count_nonzero(hit)) / labels.shape[0]
 
 
 def _checksum(arrays):
