@@ -44,7 +44,26 @@ def _hidden_sizes(values):
     return sizes
 
 
-def _train(args) -> int:
+def _train_mpi(args) -> int:
+    """``--distributed mpi`` (under ``mpirun -n N``): rank 0 alone prints, and an
+    exception on any rank aborts every rank instead of leaving them waiting."""
+    import contextlib
+
+    from kernprop.distributed import make_context
+
+    try:
+        dist = make_context("mpi")
+    except RuntimeError as exc:
+        print(f"kernprop train: {exc}", file=sys.stderr)
+        return 2
+    with open(os.devnull, "w") as devnull, dist.abort_on_error():
+        with contextlib.redirect_stdout(sys.stdout if dist.is_root else devnull):
+            return _train(args, dist)
+
+
+def _train(args, dist=None) -> int:
+    if getattr(args, "distributed", "none") == "mpi" and dist is None:
+        return _train_mpi(args)
     import time
 
     import numpy as np
@@ -91,11 +110,12 @@ def _train(args) -> int:
         optimizer = optim.SGD(lr, momentum=momentum, lr_schedule=cosine(lr))
     model = nn.MLP(sizes, activation=args.activation, rng=args.seed)
     trainer = Trainer(model, "cross_entropy", optimizer, backend=backend, batch_size=args.batch_size,
-                      seed=args.seed, label_smoothing=args.label_smoothing)
+                      seed=args.seed, label_smoothing=args.label_smoothing, distributed=dist)
     print(f"data: {source}: {X_train.shape[0]} train, {X_test.shape[0]} test rows, "
           f"{X_train.shape[1]} features, {num_classes} classes")
     print(f"model: MLP {'-'.join(map(str, sizes))} ({args.activation}), {args.optimizer} lr {lr:g}, "
-          f"batch {args.batch_size}, backend {backend}, {get_num_threads()} threads")
+          f"batch {args.batch_size}, backend {backend}, {get_num_threads()} threads"
+          + (f" x {dist.size} MPI ranks" if dist is not None else ""))
     interactive = sys.stderr.isatty()
 
     def report(epoch, logs):
@@ -153,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", metavar="FILE.npz", default=None,
                        help="train on arrays X (N, F) and integer labels y (N,) from this file (80/20 split)")
     train.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the numba/cython backends")
+    train.add_argument("--distributed", choices=("none", "mpi"), default="none",
+                       help="mpi: data-parallel over the ranks of mpirun -n N (--batch-size is the global batch)")
     train.set_defaults(func=_train)
     return parser
 

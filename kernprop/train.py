@@ -18,6 +18,7 @@ a ValueError rather than loaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ import time
 
 import numpy as np
 
+from . import distributed as _distributed
 from . import nn
 from .backends import resolve
 from .optim import OPTIMIZERS, Adam, Optimizer
@@ -56,10 +58,13 @@ class Trainer:
     backend: backend name, None for the default at each ``fit``.
     batch_size: rows per step (the last batch of an epoch may be smaller).
     seed: seeds the shuffling.
+    distributed: None / "none", or "mpi" for data-parallel training under ``mpirun``
+        (``batch_size`` is then the global batch, split over the ranks; see
+        ``kernprop.distributed``).
     """
 
     def __init__(self, model, loss="cross_entropy", optimizer=None, backend=None,
-                 batch_size=128, seed=0, **loss_kwargs):
+                 batch_size=128, seed=0, distributed=None, **loss_kwargs):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a kernprop.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -86,6 +91,7 @@ class Trainer:
         self.dtype = dtypes.pop()
         self.history: dict[str, list] = {}
         self.epochs_done = 0
+        self._dist = _distributed.make_context(distributed)
 
     @property
     def classification(self):
@@ -207,6 +213,8 @@ class Trainer:
         sizes = np.array([min(batch_size, n - start) for start in starts], dtype=np.float64)
         losses = np.zeros(len(starts), dtype=np.float64)
         preds = np.zeros(n, dtype=np.int64)
+        dist = self._dist
+        verbose = verbose if dist is None or dist.is_root else 0  # rank 0 alone reports
         show_bar = bool(verbose) and _stderr_is_tty()
         ignore = getattr(self.loss, "ignore_index", None) if self.classification else None
         mean = getattr(self.loss, "reduction", "mean") == "mean"
@@ -215,9 +223,14 @@ class Trainer:
         classification = self.classification
         bar_every = max(1, len(starts) // 50)
 
-        with nn.bind_kernels(model, name) as kernels:
+        with nn.bind_kernels(model, name) as kernels, _guard(dist):
             params = model.parameters()
             with_grad = loss_fn.with_grad
+            if dist is None:
+                shards = [(start, min(start + batch_size, n)) for start in starts]
+            else:  # same start on every rank, then this rank's rows of each global batch
+                dist.setup(params, optimizer, self.rng, X, y, batch_size, loss_fn)
+                shards = dist.shards(starts, n, batch_size)
             for epoch in range(epochs):
                 optimizer.start_epoch(self.epochs_done)
                 bar = _bar(n, self.epochs_done, epochs, show_bar)
@@ -227,15 +240,19 @@ class Trainer:
                     np.take(X, perm, axis=0, out=Xs)
                     np.take(y, perm, axis=0, out=ys)
                 for i, start in enumerate(starts):
-                    xb = Xs[start:start + batch_size]
-                    out = forward(xb)
-                    loss, dout = with_grad(out, ys[start:start + batch_size], kernels)
-                    backward(dout)
+                    lo, hi = shards[i]
+                    xb = Xs[lo:hi]
+                    if hi > lo:  # distributed: a rank may get no rows of a small batch
+                        out = forward(xb)
+                        loss, dout = with_grad(out, ys[lo:hi], kernels)
+                        backward(dout)
+                    if dist is not None:  # the global batch's gradients: one Allreduce
+                        loss = dist.allreduce_gradients(gradients(), loss if hi > lo else None, ys, start, lo, hi)
                     optimizer.step(params, gradients(), kernels)
                     # Bookkeeping into preallocated buffers; reduced once per epoch.
                     losses[i] = loss if mean else np.sum(loss)
-                    if classification:
-                        out.argmax(axis=1, out=preds[start:start + batch_size])
+                    if classification and hi > lo:
+                        out.argmax(axis=1, out=preds[lo:hi])
                     if bar is not None and (i % bar_every == 0 or start + batch_size >= n):
                         seen = min(start + batch_size, n)
                         bar.update(seen - bar.n)
@@ -246,6 +263,8 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 logs = {"loss": _epoch_loss(losses, sizes, mean, n)}
                 if classification:
+                    if dist is not None:
+                        dist.gather_predictions(preds)
                     logs["accuracy"] = _accuracy(preds, ys, ignore)
                 if val is not None:
                     logs.update({f"val_{k}": v for k, v in self._evaluate(*val, kernels).items()})
@@ -260,7 +279,10 @@ class Trainer:
                     bar.close()
                 if verbose == 2:
                     print(_epoch_line(self.epochs_done, logs), flush=True)
-                if any(cb(self.epochs_done - 1, dict(logs)) is True for cb in callbacks):
+                stop = any(cb(self.epochs_done - 1, dict(logs)) is True for cb in callbacks)
+                if dist is not None:
+                    stop = dist.any(stop)  # all ranks stop when one asks to
+                if stop:
                     break
         return history
 
@@ -341,14 +363,20 @@ class Trainer:
 
     def save(self, path):
         """Write a checkpoint to ``path`` (a ``.npz`` file; written to a temporary
-        file then renamed, so a crash never leaves half a checkpoint under ``path``)."""
+        file then renamed, so a crash never leaves half a checkpoint under ``path``).
+        Distributed: rank 0 writes, every rank returns once it has."""
         path = os.fspath(path)
+        if self._dist is not None and not self._dist.is_root:
+            self._dist.barrier()
+            return path
         buffer = io.BytesIO()
         np.savez(buffer, **self._checkpoint_arrays())
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "wb") as f:
             f.write(buffer.getvalue())
         os.replace(tmp, path)
+        if self._dist is not None:
+            self._dist.barrier()
         return path
 
     @classmethod
@@ -432,6 +460,11 @@ class Trainer:
         except (ValueError, TypeError, KeyError) as exc:
             raise bad(exc) from None
         return trainer
+
+
+def _guard(dist):
+    """Distributed: an exception on one rank aborts all (none waits forever)."""
+    return contextlib.nullcontext() if dist is None else dist.abort_on_error()
 
 
 class _backend_of:

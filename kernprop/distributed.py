@@ -1,0 +1,303 @@
+"""Data-parallel training over MPI (mpi4py): every rank holds the whole model, takes a
+contiguous shard of each global batch and the ranks average their gradients with one
+in-place ``Allreduce`` per step before the (identical) optimizer update.
+
+Entry points::
+
+    mpirun -n 4 kernprop train --distributed mpi              # the CLI
+    Trainer(model, ..., distributed="mpi").fit(X, y)          # under mpirun -n 4
+
+What a distributed ``Trainer.fit`` does (see ``MPIContext``):
+
+* ``setup``: checks that every rank has the same data shape, batch size, model and
+  loss (an ``allgather`` of a fingerprint; a mismatch raises the same ValueError on every
+  rank), then broadcasts from rank 0 the parameters, the optimizer state and the
+  shuffling generator's state, so every rank starts identical and draws the same
+  permutation each epoch (``seed=None`` is fine: rank 0's draw is used).
+* ``shards``: the global batch is the Trainer's ``batch_size`` rows of the shuffled
+  data; rank ``r`` of ``P`` takes the ``r``-th of ``P`` contiguous slices, sized as
+  ``numpy.array_split`` does (the first ``rows % P`` ranks get one row more).
+* ``allreduce_gradients``: packs every gradient, scaled by ``local / global`` (the
+  share of this rank in the global loss's denominator: rows, or for cross-entropy the
+  sum of class weights of the non-ignored rows), into one preallocated flat buffer,
+  with the scaled loss in its last slot, runs ONE ``Allreduce(IN_PLACE, SUM)`` and
+  unpacks.  The result is the gradient of the global batch's mean loss, exactly, also
+  when shards are uneven.  With ``reduction="sum"`` the scale is 1 (the gradient of a
+  sum is the sum of the gradients).
+* ``gather_predictions``: once per epoch the per-row predictions (each rank wrote
+  only its rows) are summed across ranks, so accuracy is computed on all rows; the loss
+  of each step is already global.  Every rank therefore sees the same ``logs``, and
+  callbacks run on every rank; a stop request from any rank stops all of them.
+
+Uneven and small batches: a global batch of ``m`` rows on ``P`` ranks gives shards of
+``m // P`` or ``m // P + 1`` rows; when ``m < P`` (a small batch size, or the last batch
+of an epoch) some ranks get 0 rows and contribute zeros: the result is still the
+global batch's gradient.  Nothing is dropped and no rank waits on another's data.
+
+Failures: an exception on any rank inside a distributed ``fit`` (or the CLI) prints
+``kernprop: rank R failed`` with the traceback and calls ``comm.Abort(1)``, so the other
+ranks are killed instead of waiting forever in the next collective.  A rank killed by a
+signal makes ``mpirun`` end the job.  MPI errors raise exceptions
+(``Set_errhandler(ERRORS_RETURN)``).  What remains the caller's duty: every rank must
+call ``fit`` / ``save`` the same number of times (they are collective).
+
+Output: rank 0 alone draws the progress bar, prints epoch lines and writes
+checkpoints (``Trainer.save``: rank 0 writes, every rank waits for it).  Validation data
+are evaluated whole on every rank (identical results, no communication).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import traceback
+
+import numpy as np
+
+__all__ = ["MPIContext", "make_context", "mpi_available", "rank", "allreduce_gradients"]
+
+DISTRIBUTED_CHOICES = ("none", "mpi")
+
+
+def mpi_available():
+    """``(True, "")`` when mpi4py imports, else ``(False, why)``."""
+    try:
+        from mpi4py import MPI  # noqa: F401
+    except ImportError as exc:
+        return False, f"mpi4py is not installed ({exc}); pip install 'kernprop[mpi]'"
+    except Exception as exc:  # noqa: BLE001 - a broken MPI library fails at import with anything
+        return False, f"mpi4py failed to load its MPI library: {exc}"
+    return True, ""
+
+
+def make_context(distributed):
+    """``None`` / ``"none"`` -> None (single process); ``"mpi"`` -> an ``MPIContext`` on
+    ``MPI.COMM_WORLD``; an ``MPIContext`` is returned as it is."""
+    if distributed is None or distributed == "none":
+        return None
+    if isinstance(distributed, MPIContext):
+        return distributed
+    if distributed != "mpi":
+        raise ValueError(f"distributed must be one of {DISTRIBUTED_CHOICES} or None, got {distributed!r}")
+    ok, why = mpi_available()
+    if not ok:
+        raise RuntimeError(f"distributed='mpi' needs mpi4py: {why}")
+    return MPIContext()
+
+
+def rank():
+    """This process's rank in ``MPI.COMM_WORLD`` (0 without mpi4py or without mpirun)."""
+    if "mpi4py" not in sys.modules and not any(
+        k in os.environ for k in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+    ):
+        return 0
+    ok, _ = mpi_available()
+    if not ok:
+        return 0
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_rank()
+
+
+class MPIContext:
+    """One communicator's view of data-parallel training (see the module docstring).
+
+    comm: an ``mpi4py.MPI.Intracomm`` (default ``MPI.COMM_WORLD``).
+    """
+
+    def __init__(self, comm=None):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        # MPI errors become Python exceptions (then abort_on_error ends the job).
+        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.is_root = self.rank == 0
+        self._buffer = None
+        self._own = None
+
+    def __repr__(self):
+        return f"MPIContext(rank={self.rank}, size={self.size})"
+
+    # --- failures ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def abort_on_error(self):
+        """Inside the block an exception on this rank aborts every rank (``Abort(1)``)
+        after printing its traceback; with one rank it is simply raised."""
+        try:
+            yield self
+        except BaseException as exc:
+            if self.size == 1 or isinstance(exc, SystemExit) and exc.code in (0, None):
+                raise
+            self.abort(exc)
+
+    def abort(self, exc=None, code=1):
+        """Print ``exc`` with this rank's number and end every rank of the job."""
+        if exc is not None:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            sys.stderr.write(f"kernprop: rank {self.rank} of {self.size} failed, aborting all ranks:\n{text}")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        self.comm.Abort(code)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def any(self, flag):
+        """True on every rank when ``flag`` is true on any rank."""
+        return bool(self.comm.allreduce(bool(flag), op=self.MPI.LOR))
+
+    # --- once per fit ------------------------------------------------------------------
+
+    def setup(self, params, optimizer, rng, X, y, batch_size, loss):
+        """Check that the ranks agree, then broadcast rank 0's parameters, optimizer
+        state and generator state (in place).  Collective: call on every rank."""
+        mine = _fingerprint(params, optimizer, X, y, batch_size, loss)
+        everyone = self.comm.allgather(mine)
+        differ = [r for r, f in enumerate(everyone) if f != everyone[0]]
+        if differ:
+            fields = [k for k in everyone[0] if everyone[differ[0]][k] != everyone[0][k]]
+            raise ValueError(
+                f"distributed fit: rank(s) {differ} disagree with rank 0 on {', '.join(fields)}; "
+                "every rank must load the same data and build the same model, loss and batch size"
+            )
+        for p in params:
+            self.comm.Bcast(p, root=0)
+        for arrays in optimizer.state.values():
+            for a in arrays:
+                self.comm.Bcast(a, root=0)
+        rng.bit_generator.state = self.comm.bcast(rng.bit_generator.state, root=0)
+
+        dtype = params[0].dtype
+        total = sum(p.size for p in params)
+        if self._buffer is None or self._buffer.dtype != dtype or self._buffer.size != total + 1:
+            self._buffer = np.empty(total + 1, dtype=dtype)  # gradients, then the loss
+        self._weights = _weight_fn(loss, y)
+        self._mean = getattr(loss, "reduction", "mean") == "mean"
+
+    def shards(self, starts, n, batch_size):
+        """``[(lo, hi)]``: this rank's rows of each global batch ``[start, start + batch_size)``
+        of ``n`` rows; also remembers them for ``gather_predictions``."""
+        own = np.zeros(n, dtype=bool)
+        bounds = []
+        for start in starts:
+            stop = min(start + batch_size, n)
+            lo, hi = shard(start, stop, self.rank, self.size)
+            own[lo:hi] = True
+            bounds.append((lo, hi))
+        self._own, self._n, self._batch_size = own, n, batch_size
+        return bounds
+
+    # --- every step --------------------------------------------------------------------
+
+    def allreduce_gradients(self, grads, loss, labels, start, lo, hi):
+        """Average ``grads`` (this rank's gradients of its shard's loss, updated in place)
+        over the ranks: afterwards they are the gradients of the global batch
+        ``labels[start:stop]``'s loss.  Returns that batch's loss (a float).
+
+        loss: this shard's loss (ignored when the shard is empty, ``lo == hi``).
+        labels: the shuffled targets of the whole epoch; the batch is
+        ``[start, start + batch_size)``, this rank's shard ``[lo, hi)``.
+        One ``Allreduce(IN_PLACE, SUM)`` of ``sum(p.size) + 1`` numbers.
+        """
+        stop = min(start + self._batch_size, self._n)
+        local, total = self._weights(labels, start, stop, lo, hi)
+        scale = local / total if self._mean and total > 0 else (1.0 if not self._mean else 0.0)
+        if local == 0:
+            scale = 0.0  # an empty or fully ignored shard: its gradient may be 0/0
+        return allreduce_gradients(self.comm, grads, self._buffer, scale,
+                                   0.0 if scale == 0.0 else float(np.sum(loss)),
+                                   nan_loss=self._mean and total == 0)
+
+    # --- every epoch -------------------------------------------------------------------
+
+    def gather_predictions(self, preds):
+        """Sum ``preds`` (N,) int64 over the ranks after zeroing the rows this rank does
+        not own: every rank then holds every row's prediction."""
+        preds[~self._own] = 0
+        self.comm.Allreduce(self.MPI.IN_PLACE, preds, op=self.MPI.SUM)
+
+
+def shard(start, stop, rank, size):
+    """Rank ``rank``'s contiguous slice ``(lo, hi)`` of rows ``[start, stop)`` split
+    over ``size`` ranks as ``numpy.array_split`` does."""
+    q, r = divmod(stop - start, size)
+    lo = start + rank * q + min(rank, r)
+    return lo, lo + q + (rank < r)
+
+
+def allreduce_gradients(comm, grads, buffer, scale, loss=0.0, nan_loss=False):
+    """``grads[i] <- sum over ranks of scale_rank * grads_rank[i]``, in place, with one
+    ``Allreduce(IN_PLACE, buffer, SUM)``; returns the sum of ``scale * loss``.
+
+    grads: arrays of one dtype; buffer: flat, of that dtype, ``sum(g.size) + 1`` long
+    (the last slot carries the loss).  ``scale`` 0 sends zeros (empty shard).
+    """
+    from mpi4py import MPI
+
+    offset = 0
+    for g in grads:
+        size = g.size
+        if scale == 0.0:
+            buffer[offset:offset + size] = 0
+        else:
+            np.multiply(g.reshape(-1), scale, out=buffer[offset:offset + size])
+        offset += size
+    buffer[offset] = scale * loss
+    comm.Allreduce(MPI.IN_PLACE, buffer[:offset + 1], op=MPI.SUM)
+    offset = 0
+    for g in grads:
+        size = g.size
+        g[...] = buffer[offset:offset + size].reshape(g.shape)
+        offset += size
+    return float("nan") if nan_loss else float(buffer[offset])
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _weight_fn(loss, y):
+    """``weights(labels, start, stop, lo, hi) -> (local, total)``: the shard's and the
+    batch's share of the mean loss's denominator."""
+    weight = getattr(loss, "weight", None)
+    ignore = getattr(loss, "ignore_index", None) if getattr(loss, "classification", False) else None
+    has_ignored = ignore is not None and bool((y == ignore).any())
+    if weight is None and not has_ignored:
+        return lambda labels, start, stop, lo, hi: (hi - lo, stop - start)  # rows (also MSE: rows * outputs)
+    if weight is None:
+        def counted(labels, start, stop, lo, hi):
+            keep = labels[start:stop] != ignore
+            return int(np.count_nonzero(keep[lo - start:hi - start])), int(np.count_nonzero(keep))
+        return counted
+    w = np.asarray(weight, dtype=np.float64)
+
+    def weighted(labels, start, stop, lo, hi):
+        # PyTorch's weighted mean: divide by the sum of the weights of the non-ignored targets.
+        batch = labels[start:stop]
+        keep = batch != ignore if ignore is not None else np.ones(batch.shape, dtype=bool)
+        tw = np.where(keep, w[np.where(keep, batch, 0)], 0.0)
+        return float(tw[lo - start:hi - start].sum()), float(tw.sum())
+    return weighted
+
+
+def _fingerprint(params, optimizer, X, y, batch_size, loss):
+    """What every rank must agree on, cheap to compute: shapes, settings and a hash of
+    the labels and of a strided sample of the rows of X."""
+    n = X.shape[0]
+    rows = X[:: max(1, n // 256)]
+    digest = hashlib.sha256(np.ascontiguousarray(rows).tobytes())
+    digest.update(np.ascontiguousarray(y).tobytes())
+    return {
+        "data shape": (X.shape, str(X.dtype), y.shape, str(y.dtype)),
+        "data contents": digest.hexdigest(),
+        "batch size": int(batch_size),
+        "parameters": [(p.shape, str(p.dtype)) for p in params],
+        "optimizer": (type(optimizer).__name__, optimizer.steps,
+                      sorted((k, len(v)) for k, v in optimizer.state.items())),
+        "loss": (type(loss).__name__, repr(sorted(loss.kwargs().items())) if hasattr(loss, "kwargs") else ""),
+    }
