@@ -26,7 +26,12 @@ from kernprop.kernels.numba_cuda import (  # noqa: E402
     softmax as cuda_softmax,
 )
 
-pytestmark = pytest.mark.cudasim
+pytestmark = [
+    pytest.mark.cudasim,
+    # The simulator does the arithmetic with NumPy scalars, which warn on inf - inf and
+    # 0 * inf where the device silently gives the nan the reference expects.
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+]
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
 # Tolerances, in one place: |got - want| <= RTOL * (|want| + largest finite |want|).
@@ -174,9 +179,9 @@ def logits_with_edges(rng, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(5, 7), (1, 1), (3, 13), (4, 300)])
+@pytest.mark.parametrize("shape", [(5, 7), (1, 1), (3, 13), (4, 70)])
 def test_softmax_family(rng, dtype, shape):
-    # (4, 300): 256 threads per row, 8 warps reduced through shared memory
+    # (4, 70): 96 threads per row, 3 warps reduced through shared memory
     x = logits_with_edges(rng, shape, dtype)
     with np.errstate(invalid="ignore"):
         for name in ("log_softmax", "softmax"):
@@ -268,7 +273,8 @@ def test_cross_entropy_every_row_ignored(rng):
 
 
 def test_cross_entropy_wide_rows(rng):
-    # 300 classes: 8 warps per row, the smoothing sum reduced through shared memory too
+    # 300 classes: 256 threads (8 warps) per row, two classes per thread, the smoothing
+    # sum reduced through shared memory too
     dtype = np.dtype(np.float32)
     logits = rand(rng, (2, 300), dtype, scale=4.0)
     labels = np.array([7, 299])
@@ -302,13 +308,13 @@ def test_mse(rng, dtype, shape, reduction):
     "chunk_size,bias,case,reduction",
     [
         (4, True, "plain", "mean"),
-        (1, False, "all", "mean"),
+        (2, False, "all", "mean"),
         (3, True, "all", "sum"),
         (None, True, "smoothing", "mean"),
     ],
 )
 def test_linear_cross_entropy(rng, dtype, chunk_size, bias, case, reduction):
-    n, fan_in, c = 7, 5, 6
+    n, fan_in, c = 5, 4, 6  # chunks of 4, 2, 3: the last one ragged
     _, labels, options = ce_inputs(rng, dtype, case, n=n, c=c)
     x, w = rand(rng, (n, fan_in), dtype), rand(rng, (fan_in, c), dtype)
     b = rand(rng, (c,), dtype) if bias else None

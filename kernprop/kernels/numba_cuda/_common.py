@@ -35,6 +35,7 @@ FULL_MASK = 0xFFFFFFFF
 ROW_THREADS = 256  # threads of a row kernel's block once the row is wider than that
 ELEMENTWISE_THREADS = 256
 MAX_GRID = 4096  # elementwise grids stop here; the grid-stride loop covers the rest
+NEG_INF = -math.inf  # a frozen constant: "-math.inf" in a kernel is a float64 negation
 
 
 # --- host <-> device ------------------------------------------------------------------
@@ -117,7 +118,7 @@ def merge_max_sum(m1, s1, m2, s2):
     # 2018, "Online normalizer calculation for softmax").  Both maxima -inf means both
     # sums are empty: exp(-inf - -inf) would be nan, so keep the sum at 0.
     m = max(m1, m2)
-    if m == -math.inf:
+    if m == NEG_INF:
         return m, s1
     return m, s1 * math.exp(m1 - m) + s2 * math.exp(m2 - m)
 

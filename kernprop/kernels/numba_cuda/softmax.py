@@ -23,6 +23,7 @@ from numba import cuda
 
 from ._common import (
     MAX_WARPS,
+    NEG_INF,
     any_device,
     block_max_sum,
     block_sum,
@@ -42,15 +43,15 @@ def row_max_sum(dtype):
 
     @cuda.jit(device=True, inline=True)
     def max_sum(x, row, scratch_m, scratch_s):
-        m = T(-math.inf)
+        m = T(NEG_INF)
         s = T(0)
         for c in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
             v = x[row, c]
             new_m = max(m, v)
-            if new_m != -math.inf:  # else v and m are -inf and add nothing (avoid nan)
+            if new_m != NEG_INF:  # else v and m are -inf and add nothing (avoid nan)
                 s = s * math.exp(m - new_m) + math.exp(v - new_m)
                 m = new_m
-        return block_max_sum(m, s, scratch_m, scratch_s, T(-math.inf), T(0))
+        return block_max_sum(m, s, scratch_m, scratch_s, T(NEG_INF), T(0))
 
     return max_sum
 
