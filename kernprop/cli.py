@@ -30,6 +30,11 @@ def _info(args) -> int:
     return 0
 
 
+# Below this many multiply-adds per step, `kernprop train` runs the CPU backends on one
+# thread unless --threads says otherwise (see _train).
+SMALL_STEP_WORK = 1 << 20
+
+
 def _hidden_sizes(values):
     """--hidden "64,32" or repeated (--hidden 64 --hidden 32) -> [64, 32]; "" -> []."""
     sizes = []
@@ -79,8 +84,6 @@ def _train(args, dist=None) -> int:
     if not state.available:
         print(f"kernprop train: backend {backend!r} is not available: {state.reason}", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        set_num_threads(args.threads)
     try:
         hidden = _hidden_sizes(args.hidden or ["128"])
         if args.data:
@@ -109,6 +112,14 @@ def _train(args, dist=None) -> int:
         momentum = 0.9 if args.optimizer == "momentum" else 0.0
         optimizer = optim.SGD(lr, momentum=momentum, lr_schedule=cosine(lr))
     model = nn.MLP(sizes, activation=args.activation, rng=args.seed)
+    threads = args.threads
+    if threads is None and backend in ("numba", "cython"):
+        # Tiny steps gain nothing from threads and lose much when the cores are busy
+        # (a parallel region waits for every thread): one thread below ~1M multiply-adds.
+        work = args.batch_size * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        threads = 1 if work < SMALL_STEP_WORK else None
+    if threads is not None:
+        set_num_threads(threads)
     trainer = Trainer(model, "cross_entropy", optimizer, backend=backend, batch_size=args.batch_size,
                       seed=args.seed, label_smoothing=args.label_smoothing, distributed=dist)
     print(f"data: {source}: {X_train.shape[0]} train, {X_test.shape[0]} test rows, "
@@ -172,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="PATH", default=None, help="write a .npz checkpoint after training")
     train.add_argument("--data", metavar="FILE.npz", default=None,
                        help="train on arrays X (N, F) and integer labels y (N,) from this file (80/20 split)")
-    train.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the numba/cython backends")
+    train.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the numba/cython backends (default: 1 for small models, "
+                       "whose steps are too short to gain from threads, else all cores)")
     train.add_argument("--distributed", choices=("none", "mpi"), default="none",
                        help="mpi: data-parallel over the ranks of mpirun -n N (--batch-size is the global batch)")
     train.set_defaults(func=_train)
