@@ -275,7 +275,8 @@ class Trainer:
                     self.history.setdefault(key, []).append(logs[key])
                 self.epochs_done += 1
                 if bar is not None:
-                    bar.set_postfix({k: _fmt(v) for k, v in logs.items() if k != "lr"}, refresh=True)
+                    short = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
+                    bar.set_postfix({short[k]: f"{v:.4f}" for k, v in logs.items() if k in short}, refresh=True)
                     bar.close()
                 if verbose == 2:
                     print(_epoch_line(self.epochs_done, logs), flush=True)
@@ -507,10 +508,6 @@ def _checksum(arrays):
     return digest.hexdigest()
 
 
-def _fmt(v):
-    return f"{v:,.0f}" if v >= 1000 else f"{v:.4f}"
-
-
 def _epoch_line(epoch, logs):
     parts = [f"epoch {epoch}"]
     for key, value in logs.items():
@@ -527,4 +524,4 @@ def _bar(total, epoch, epochs, show):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"epoch {epoch + 1}", unit="sample", leave=True,
-                file=sys.stderr, dynamic_ncols=True)
+                file=sys.stderr)
