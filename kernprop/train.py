@@ -419,7 +419,16 @@ class Trainer:
             arch = arrays["architecture"]
             if arch.dtype.kind != "U" or arch.ndim != 1:
                 raise ValueError("architecture must be a 1-D array of JSON strings")
-            layers = [nn.from_config(json.loads(str(s))) for s in arch]
+            configs = [json.loads(str(s)) for s in arch]
+            # Shapes first, from the stored arrays: a bad architecture fails here,
+            # before any layer allocates what it claims to need.
+            shapes = [shape for c in configs for shape in _parameter_shapes(c)]
+            for i, shape in enumerate(shapes):
+                saved = arrays.get(f"param.{i}")
+                if saved is None or saved.shape != shape:
+                    got = "missing" if saved is None else f"shape {saved.shape}"
+                    raise ValueError(f"param.{i} is {got}, the architecture needs {shape}")
+            layers = [nn.from_config(c) for c in configs]
             settings = json.loads(str(arrays["trainer"]))
             if not isinstance(settings, dict):
                 raise ValueError("trainer settings must be a JSON object")
@@ -496,6 +505,23 @@ def _accuracy(preds, labels, ignore):
         counted = int(np.count_nonzero(keep))
         return int(np.count_nonzero(hit & keep)) / counted if counted else float("nan")
     return int(np.count_nonzero(hit)) / labels.shape[0]
+
+
+def _parameter_shapes(config):
+    """The parameter shapes a layer config describes, without building the layer."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a layer config must be a JSON object, got {config!r}")
+    if config.get("type") == "Sequential":
+        layers = config.get("layers")
+        if not isinstance(layers, list):
+            raise ValueError("a Sequential config needs a 'layers' list")
+        return [shape for c in layers for shape in _parameter_shapes(c)]
+    if config.get("type") == "Linear":
+        fan_in, fan_out = config.get("in_features"), config.get("out_features")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (fan_in, fan_out)):
+            raise ValueError(f"a Linear config needs positive int sizes, got {config!r}")
+        return [(fan_in, fan_out), (fan_out,)] if config.get("bias") else [(fan_in, fan_out)]
+    return []
 
 
 def _checksum(arrays):

@@ -302,6 +302,21 @@ def test_checkpoint_with_consistent_checksum_but_bad_content_is_refused(checkpoi
         Trainer.load(bad)
 
 
+def test_checkpoint_claiming_a_huge_layer_is_refused_before_allocating(checkpoint, tmp_path):
+    from kernprop.train import _checksum
+
+    def change(arrays):
+        arch = [json.loads(s) for s in arrays["architecture"]]
+        arch[0]["in_features"] = 10**12
+        arrays["architecture"] = np.array([json.dumps(c) for c in arch])
+        arrays.pop("checksum")
+        arrays["checksum"] = np.array(_checksum(arrays))
+
+    bad = _rewrite(checkpoint, tmp_path / "huge.npz", change)
+    with pytest.raises(ValueError, match="param.0 is shape"):
+        Trainer.load(bad)
+
+
 def test_pickled_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "pickle.npz"
     np.savez(bad, format_version=np.array(1), architecture=np.array([{"type": "Linear"}], dtype=object))
