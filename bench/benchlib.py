@@ -1,0 +1,223 @@
+"""Shared machinery of the benchmark suites: backends, shapes, inputs, validate-then-time.
+
+Every benchmark goes through ``Harness.run``: it calls the op once (JIT compile, or
+cache load), asserts the result against the NumPy reference with float32 tolerances,
+and only then times it, with ``benchmark.group = f"{op} {shape}"`` so that the backends
+of one op and shape sit side by side, and ``extra_info`` holding the op, shape, backend,
+floating-point operations and bytes moved (for GFLOP/s and GB/s in the report).
+
+Backends: the kernprop backends (``numpy``, ``numba``, ``cython``, ``cuda``) and
+``torch`` as an outside comparison (CPU, ``torch.set_num_threads`` set to Numba's count
+in ``conftest.py``).  An unavailable one is skipped with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import kernprop
+from kernprop.backends import NAMES, status
+
+DTYPE = np.dtype(np.float32)
+BACKENDS = (*NAMES, "torch")  # numpy, numba, cython, cuda, torch
+
+# float32 tolerances: |got - want| <= RTOL * |want| + ATOL * max|want| (different
+# summation orders of long float32 sums agree to about sqrt(K) * 6e-8 of the largest term).
+RTOL = 1e-4
+ATOL = 1e-4
+
+# Timing: ops whose one call takes longer than this are timed with ``pedantic`` and a
+# fixed, small number of rounds; faster ones are calibrated by pytest-benchmark.
+SLOW_CALL_S = 0.02
+MIN_ROUNDS, MAX_ROUNDS = 3, 20
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def backend_unavailable(name):
+    """Why ``name`` cannot run here, or None when it can."""
+    if name == "torch":
+        return None if _torch() is not None else "torch is not installed"
+    state = status(name)
+    return None if state.available else state.reason
+
+
+# --- shapes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """``label`` is "small" (overhead-bound), "mlp" (MLP-sized) or "large"; ``quick``
+    runs drop the large ones."""
+
+    label: str
+    dims: tuple
+
+    @property
+    def text(self):
+        return "x".join(map(str, self.dims))
+
+    def __str__(self):
+        return self.text
+
+
+def shape_params(*shapes):
+    """pytest.param per shape, with ids like ``mlp-256x784x512``."""
+    return [pytest.param(s, id=f"{s.label}-{s.text}") for s in shapes]
+
+
+def backend_params():
+    return [pytest.param(name, id=name) for name in BACKENDS]
+
+
+# --- backends: moving data and running --------------------------------------------------
+
+
+class Device:
+    """How one backend takes inputs and gives results back: ``put`` a NumPy array (a
+    fresh copy when ``copy``, for ops that update in place), ``host`` a result back to
+    NumPy, ``sync`` before the clock stops (CUDA launches are asynchronous)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.torch = _torch() if backend == "torch" else None
+        if backend == "cuda":
+            from numba import cuda
+
+            self._cuda = cuda
+
+    def put(self, array, copy=False):
+        if self.backend == "torch":
+            return self.torch.from_numpy(np.array(array) if copy else array)
+        if self.backend == "cuda":
+            return self._cuda.to_device(np.ascontiguousarray(array))
+        return np.array(array) if copy else array
+
+    def host(self, value):
+        if value is None:
+            return None
+        if isinstance(value, (tuple, list)):
+            return type(value)(self.host(v) for v in value)
+        if self.torch is not None and isinstance(value, self.torch.Tensor):
+            return value.detach().numpy()
+        if hasattr(value, "copy_to_host"):
+            return value.copy_to_host()
+        return np.asarray(value)
+
+    def sync(self):
+        if self.backend == "cuda":
+            self._cuda.synchronize()
+
+
+# --- inputs and reference results, cached across the backends of one shape -------------
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+_INPUTS = _LRU(3)
+_REFERENCE = _LRU(6)
+
+
+def inputs(key, make):
+    """The inputs for ``key`` (made once by ``make(rng)`` and shared by every backend)."""
+    return _INPUTS.get_or(key, lambda: make(np.random.default_rng(20261122)))
+
+
+def reference(key, compute):
+    """The reference (NumPy backend) result for ``key``, computed once."""
+    return _REFERENCE.get_or(key, compute)
+
+
+def assert_close(got, want, what):
+    """Every array of ``got`` equals ``want`` within the float32 tolerances."""
+    if isinstance(want, (tuple, list)):
+        assert len(got) == len(want), f"{what}: {len(got)} results, expected {len(want)}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close(g, w, f"{what}[{i}]")
+        return
+    if want is None:
+        assert got is None, f"{what}: expected None"
+        return
+    want = np.asarray(want, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    scale = float(np.abs(want[np.isfinite(want)]).max()) if want.size else 1.0
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL * max(scale, 1e-30), err_msg=what)
+
+
+# --- validate, then time ---------------------------------------------------------------
+
+
+class Harness:
+    """One benchmark: ``run(op, shape, backend, fn, want=..., flops=..., bytes=...)``."""
+
+    def __init__(self, benchmark, config):
+        self.benchmark = benchmark
+        self.max_time = float(config.getoption("benchmark_max_time", 1.0) or 1.0)
+
+    def run(self, op, shape, backend, fn, *, check=None, want=None, flops=0, bytes=0,
+            device=None, family=""):
+        """Warm up and check ``fn()`` once, then time it.
+
+        ``check(result)`` validates the first result (default: ``assert_close`` of the
+        result brought back to NumPy against ``want()``, skipped when ``want`` is None).
+        ``flops`` and ``bytes`` are per call: the report turns them into GFLOP/s, GB/s.
+        """
+        device = device or Device(backend)
+        benchmark = self.benchmark
+        benchmark.group = f"{op} {shape}"
+        benchmark.extra_info.update(
+            op=op, shape=str(shape), shape_label=getattr(shape, "label", ""), backend=backend,
+            family=family, flops=int(flops), bytes=int(bytes),
+            threads=kernprop.get_num_threads(),
+        )
+
+        def call():
+            result = fn()
+            device.sync()
+            return result
+
+        start = time.perf_counter()
+        first = call()  # JIT compile or cache load, then the one check
+        first_s = time.perf_counter() - start
+        if check is not None:
+            check(first)
+        elif want is not None:
+            assert_close(device.host(first), want(), f"{op} {shape} on {backend}")
+        del first
+        if benchmark.disabled:
+            benchmark(call)
+            return
+        if first_s > SLOW_CALL_S:  # the first call may have compiled; time one more
+            start = time.perf_counter()
+            call()
+            first_s = time.perf_counter() - start
+        if first_s > SLOW_CALL_S:
+            rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, self.max_time // first_s)))
+            benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
+        else:
+            benchmark(call)
