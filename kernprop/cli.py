@@ -106,11 +106,16 @@ def _train(args, dist=None) -> int:
         return lambda epoch: lr * 0.5 * (1 + np.cos(np.pi * epoch / max(epochs, 1)))
 
     lr = args.lr if args.lr is not None else {"sgd": 0.1, "momentum": 0.05, "adam": 1e-2}[args.optimizer]
-    if args.optimizer == "adam":
-        optimizer = optim.Adam(lr, lr_schedule=cosine(lr))
-    else:
-        momentum = 0.9 if args.optimizer == "momentum" else 0.0
-        optimizer = optim.SGD(lr, momentum=momentum, lr_schedule=cosine(lr))
+    try:
+        if args.optimizer == "adam":
+            optimizer = optim.Adam(lr, lr_schedule=cosine(lr))
+        else:
+            momentum = 0.9 if args.optimizer == "momentum" else 0.0
+            optimizer = optim.SGD(lr, momentum=momentum, lr_schedule=cosine(lr))
+        nn.make_loss("cross_entropy", label_smoothing=args.label_smoothing)
+    except (ValueError, TypeError) as exc:
+        print(f"kernprop train: {exc}", file=sys.stderr)
+        return 2
     model = nn.MLP(sizes, activation=args.activation, rng=args.seed)
     threads = args.threads
     if threads is None and backend in ("numba", "cython"):

@@ -58,6 +58,10 @@ def test_train_reports_bad_input(tmp_path, capsys):
     assert "no array 'y'" in capsys.readouterr().err
     assert cli.main(["train", "--hidden", "64,x", "--backend", "numpy"]) == 2
     assert "--hidden" in capsys.readouterr().err
+    assert cli.main(["train", "--lr", "-1", "--backend", "numpy"]) == 2
+    assert "lr" in capsys.readouterr().err
+    assert cli.main(["train", "--label-smoothing", "2", "--backend", "numpy"]) == 2
+    assert "label_smoothing" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["train", "--epochs", "0"])
 
