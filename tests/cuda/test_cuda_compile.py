@@ -11,13 +11,17 @@ from pathlib import Path
 
 import pytest
 
+import kernprop
+
 pytestmark = pytest.mark.cudasim
 
 SCRIPT = Path(__file__).with_name("device_compile_check.py")
 
 
 def test_every_kernel_compiles_for_the_device():
-    pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+    state = kernprop.backends()["cuda"]
+    if not state.available:
+        pytest.skip(f"cuda backend unavailable: {state.reason}")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     result = subprocess.run(
         [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600

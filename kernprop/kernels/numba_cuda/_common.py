@@ -84,10 +84,12 @@ def finish(d, on_device: bool):
     return d.copy_to_host()
 
 
-def dummy(dtype):
+@lru_cache(maxsize=None)
+def dummy(dtype, ndim=1):
     """A one-element device array standing in for an absent optional argument (no bias,
-    no class weights): kernels take a flag and never read it."""
-    return cuda.device_array(1, dtype=dtype)
+    no class weights, no gradient): kernels take a flag and never touch it.  Cached, so
+    an absent argument costs no allocation per launch."""
+    return cuda.device_array((1,) * ndim, dtype=np.dtype(dtype))
 
 
 @lru_cache(maxsize=None)

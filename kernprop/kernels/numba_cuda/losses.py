@@ -30,6 +30,7 @@ from ._common import (
     MAX_WARPS,
     any_device,
     block_sum,
+    dummy,
     elementwise_grid,
     finish,
     log_sum_exp,
@@ -137,9 +138,9 @@ def _cross_entropy_rows(d_logits, d_labels, d_weight, ignore_index, smoothing, t
     kernel = _cross_entropy_kernel(dtype, grad is not None)
     kernel[n, row_threads(c)](
         d_logits, d_labels,
-        cuda.device_array(1, dtype=dtype) if d_weight is None else d_weight, d_weight is not None,
+        dummy(dtype) if d_weight is None else d_weight, d_weight is not None,
         ignore_index, smoothing, total_weight, grad_scale, row_loss,
-        cuda.device_array((1, 1), dtype=dtype) if grad is None else grad,
+        dummy(dtype, 2) if grad is None else grad,
     )
 
 
@@ -163,7 +164,7 @@ def _cross_entropy(logits, labels, reduction, ignore_index, label_smoothing, wei
     row_loss = cuda.device_array(n, dtype=dtype if reduction == "none" else np.float64)
     grad = cuda.device_array((n, c), dtype=dtype) if with_grad else None
     _cross_entropy_rows(
-        d_logits, cuda.to_device(labels), to_device(weight), ignore_index, label_smoothing,
+        d_logits, to_device(labels), to_device(weight), ignore_index, label_smoothing,
         total_weight, grad_scale, row_loss, grad,
     )
     loss = _reduce(row_loss, denominator, reduction, dtype, on_device)
@@ -262,7 +263,7 @@ def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothi
     denominator, grad_scale, total_weight = _normalisers(
         labels, weight, c, dtype, reduction, ignore_index
     )
-    d_labels = cuda.to_device(labels)
+    d_labels = to_device(labels)
     d_weight = to_device(weight)
 
     rows = min(chunk_size, n)

@@ -33,6 +33,10 @@ THREADS = THREADS_X * THREADS_Y
 A_LOADS = BM * BK // THREADS  # elements of each tile one thread stages per step: 4
 B_LOADS = BK * BN // THREADS
 
+# Tile rows of BM + 1 words: staging stores that walk down a tile column (consecutive kk)
+# then hit different shared-memory banks, instead of one bank 16 times (stride 64).
+PAD = 1
+
 COLSUM_X, COLSUM_Y = 32, 8  # column-sum block: 32 columns, 8 row-strided partial sums
 
 
@@ -51,8 +55,8 @@ def _gemm_kernel(dtype, trans_a, trans_b):
         k = b.shape[1] if trans_b else b.shape[0]
         # Both tiles are stored depth-major, so step kk of the inner loop reads one row
         # of each: a_tile[kk, rows of this thread], b_tile[kk, columns of this thread].
-        a_tile = cuda.shared.array((BK, BM), T)
-        b_tile = cuda.shared.array((BK, BN), T)
+        a_tile = cuda.shared.array((BK, BM + PAD), T)
+        b_tile = cuda.shared.array((BK, BN + PAD), T)
         acc = cuda.local.array((TM, TN), T)
         a_frag = cuda.local.array(TM, T)
         b_frag = cuda.local.array(TN, T)
@@ -177,7 +181,11 @@ def gemm(a, b, out, *, trans_a=False, trans_b=False, bias=None, activation=None,
 def column_sum(dy, db, *, accumulate=False):
     """db (C,) = dy.sum(axis=0) (+ db); device arrays."""
     kernel = _column_sum_kernel(np.dtype(dy.dtype))
-    kernel[cdiv(dy.shape[1], COLSUM_X), (COLSUM_X, COLSUM_Y)](dy, db, bool(accumulate))
+    kernel[cdiv(dy.shape[1], COLSUM_X), (# Tile rows of BM + 1 words: staging stores that walk down a tile column (consecutive kk)
+# then hit different shared-memory banks, instead of one bank 16 times (stride 64).
+PAD = 1
+
+COLSUM_X, COLSUM_Y)](dy, db, bool(accumulate))
     return db
 
 

@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda
 
-from ._common import elementwise_grid, numba_type, to_device, to_device_flat
+from ._common import dummy, elementwise_grid, numba_type, to_device, to_device_flat
 
 
 @lru_cache(maxsize=None)
@@ -84,7 +84,7 @@ def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay):
     (d_param, d_velocity, d_grad), write_back = _state(param, velocity, grad)
     dtype = np.dtype(d_param.dtype)
     if d_velocity is None:  # momentum 0: never read
-        d_velocity = cuda.device_array(1, dtype=dtype)
+        d_velocity = dummy(dtype)
     blocks, threads = elementwise_grid(d_param.shape[0])
     _kernels(dtype)[0][blocks, threads](
         d_param, d_grad, d_velocity, float(lr), float(momentum), bool(nesterov), float(weight_decay)
