@@ -38,6 +38,7 @@ __all__ = ["Trainer", "FORMAT_VERSION"]
 FORMAT_VERSION = 1
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _EVAL_ROWS = 4096  # rows per forward pass in evaluate / predict
+_PRED_EVERY = 64  # training steps whose logits are kept for one batched argmax
 
 
 def _stderr_is_tty():
@@ -211,9 +212,9 @@ class Trainer:
         ys = np.empty_like(y) if shuffle else y
         starts = range(0, n, batch_size)
         sizes = np.array([min(batch_size, n - start) for start in starts], dtype=np.float64)
-        losses = np.zeros(len(starts), dtype=np.float64)
         preds = np.zeros(n, dtype=np.int64)
         dist = self._dist
+        batched_preds = dist is None  # distributed shards are not consecutive rows
         verbose = verbose if dist is None or dist.is_root else 0  # rank 0 alone reports
         show_bar = bool(verbose) and _stderr_is_tty()
         ignore = getattr(self.loss, "ignore_index", None) if self.classification else None
@@ -239,6 +240,8 @@ class Trainer:
                     perm = self.rng.permutation(n)
                     np.take(X, perm, axis=0, out=Xs)
                     np.take(y, perm, axis=0, out=ys)
+                step_losses, pending, pending_lo = [], [], 0
+                append_loss = step_losses.append
                 for i, start in enumerate(starts):
                     lo, hi = shards[i]
                     xb = Xs[lo:hi]
@@ -249,19 +252,28 @@ class Trainer:
                     if dist is not None:  # the global batch's gradients: one Allreduce
                         loss = dist.allreduce_gradients(gradients(), loss if hi > lo else None, ys, start, lo, hi)
                     optimizer.step(params, gradients(), kernels)
-                    # Bookkeeping into preallocated buffers; reduced once per epoch.
-                    losses[i] = loss if mean else np.sum(loss)
+                    # Bookkeeping, batched: a list append per step; the losses are
+                    # reduced once per epoch and the logits' argmax taken every
+                    # _PRED_EVERY steps (consecutive batches are consecutive rows).
+                    append_loss(loss if mean else np.sum(loss))
                     if classification and hi > lo:
-                        out.argmax(axis=1, out=preds[lo:hi])
+                        if batched_preds:
+                            pending.append(out)
+                            if len(pending) == _PRED_EVERY:
+                                pending_lo = _flush_preds(pending, preds, pending_lo)
+                        else:
+                            out.argmax(axis=1, out=preds[lo:hi])
                     if bar is not None and (i % bar_every == 0 or start + batch_size >= n):
                         seen = min(start + batch_size, n)
                         bar.update(seen - bar.n)
                         elapsed = time.perf_counter() - t0
-                        running = _epoch_loss(losses[:i + 1], sizes[:i + 1], mean, seen)
+                        running = _epoch_loss(np.array(step_losses, np.float64), sizes[:i + 1], mean, seen)
                         bar.set_postfix(loss=f"{running:.4f}",
                                         samples_per_s=f"{seen / max(elapsed, 1e-9):,.0f}", refresh=False)
+                if pending:
+                    _flush_preds(pending, preds, pending_lo)
                 elapsed = time.perf_counter() - t0
-                logs = {"loss": _epoch_loss(losses, sizes, mean, n)}
+                logs = {"loss": _epoch_loss(np.array(step_losses, np.float64), sizes, mean, n)}
                 if classification:
                     if dist is not None:
                         dist.gather_predictions(preds)
@@ -491,6 +503,16 @@ class _backend_of:
     def __exit__(self, *exc):
         for m, b in self.saved:
             m._backend = b
+
+
+def _flush_preds(pending, preds, lo):
+    """Argmax of the pending logits (consecutive batches from row ``lo``) into ``preds``;
+    empties ``pending`` and returns the next row."""
+    logits = pending[0] if len(pending) == 1 else np.concatenate(pending)
+    hi = lo + logits.shape[0]
+    logits.argmax(axis=1, out=preds[lo:hi])
+    pending.clear()
+    return hi
 
 
 def _epoch_loss(losses, sizes, mean, rows):
