@@ -93,6 +93,18 @@ def test_history_evaluate_predict(backend):
     assert np.mean(labels == y) == pytest.approx(trainer.evaluate(X, y)["accuracy"])
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_training_accuracy_and_loss_match_evaluate_when_weights_stay(shuffle):
+    # lr = 0: the weights never move, so the running accuracy and loss of an epoch
+    # (72 steps of 7 rows, the last one short) equal those of evaluate.
+    X, y = _blobs(n=500)
+    trainer = Trainer(nn.MLP([6, 8, 3], rng=0), optimizer=optim.SGD(0.0), backend="numpy", batch_size=7)
+    history = trainer.fit(X, y, epochs=1, shuffle=shuffle, verbose=0)
+    result = trainer.evaluate(X, y)
+    assert history["accuracy"][0] == result["accuracy"]
+    assert history["loss"][0] == pytest.approx(result["loss"], rel=1e-5)
+
+
 def test_cross_entropy_options_pass_through(backend):
     X, y = _blobs()
     y = y.copy()
