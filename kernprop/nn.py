@@ -200,6 +200,12 @@ class Module:
     def gradients(self):
         return []
 
+    def _set_parameters(self, arrays):
+        """Rebind the parameters to ``arrays`` (same order and shapes as ``parameters()``,
+        e.g. their device copies while a Trainer runs on the GPU)."""
+        if len(arrays):
+            raise ValueError(f"{type(self).__name__} has no parameters")
+
     def config(self) -> dict:
         """The architecture of this module as JSON-able data (see ``from_config``)."""
         return {"type": type(self).__name__}
@@ -268,6 +274,13 @@ class Linear(Module):
 
     def parameters(self):
         return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def _set_parameters(self, arrays):
+        if len(arrays) != len(self.parameters()):
+            raise ValueError(f"Linear takes {len(self.parameters())} parameter arrays, got {len(arrays)}")
+        self.weight = arrays[0]
+        if self.bias is not None:
+            self.bias = arrays[1]
 
     def gradients(self):
         return [self.dweight] if self.bias is None else [self.dweight, self.dbias]
@@ -359,6 +372,15 @@ class Sequential(Module):
 
     def parameters(self):
         return [p for layer in self.layers for p in layer.parameters()]
+
+    def _set_parameters(self, arrays):
+        start = 0
+        for layer in self.layers:
+            count = len(layer.parameters())
+            layer._set_parameters(arrays[start:start + count])
+            start += count
+        if start != len(arrays):
+            raise ValueError(f"Sequential takes {start} parameter arrays, got {len(arrays)}")
 
     def gradients(self):
         return [g for layer in self.layers for g in layer.gradients()]

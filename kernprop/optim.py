@@ -31,6 +31,15 @@ def _number(name, value, low=None, high=None, high_open=False):
     return value
 
 
+def _zeros_like(p):
+    """Zeros of ``p``'s shape and dtype, on the GPU when ``p`` is a device array."""
+    if isinstance(p, np.ndarray):
+        return np.zeros_like(p)
+    from numba import cuda
+
+    return cuda.to_device(np.zeros(p.shape, dtype=p.dtype))
+
+
 class Optimizer:
     """Base: hyperparameters, lazily made state, schedule and state_dict."""
 
@@ -75,7 +84,7 @@ class Optimizer:
                 f"({len(state)} state arrays for {len(params)} parameters)"
             )
         for name in self._state_names:
-            self.state[name] = [np.zeros_like(p) for p in params]
+            self.state[name] = [_zeros_like(p) for p in params]
         self._checked = params
 
     def step(self, params, grads, kernels=None):

@@ -208,6 +208,9 @@ class Trainer:
 
         n, batch_size = X.shape[0], self.batch_size
         # Preallocated shuffled copies: one gather per epoch, contiguous batch slices.
+        # On the cuda backend the parameters, gradients and optimizer state stay on the
+        # device for the whole fit and each epoch's rows are uploaded once.
+        X_host = X
         Xs = np.empty_like(X) if shuffle else X
         ys = np.empty_like(y) if shuffle else y
         starts = range(0, n, batch_size)
@@ -224,7 +227,11 @@ class Trainer:
         classification = self.classification
         bar_every = max(1, len(starts) // 50)
 
-        with nn.bind_kernels(model, name) as kernels, _guard(dist):
+        on_gpu = name == "cuda"
+        Xs_host = Xs
+        if on_gpu and dist is not None:
+            raise ValueError("distributed training runs on the CPU backends, not on 'cuda'")
+        with nn.bind_kernels(model, name) as kernels, _guard(dist), _resident(model, optimizer, on_gpu):
             params = model.parameters()
             with_grad = loss_fn.with_grad
             if dist is None:
@@ -238,10 +245,13 @@ class Trainer:
                 t0 = time.perf_counter()
                 if shuffle:
                     perm = self.rng.permutation(n)
+                    Xs = Xs_host if on_gpu else Xs
                     np.take(X, perm, axis=0, out=Xs)
                     np.take(y, perm, axis=0, out=ys)
                 step_losses, pending, pending_lo = [], [], 0
                 append_loss = step_losses.append
+                if on_gpu:  # one upload per epoch; each batch is then a device slice
+                    Xs = _to_device(Xs_host if shuffle else X_host)
                 for i, start in enumerate(starts):
                     lo, hi = shards[i]
                     xb = Xs[lo:hi]
@@ -255,7 +265,7 @@ class Trainer:
                     # Bookkeeping, batched: a list append per step; the losses are
                     # reduced once per epoch and the logits' argmax taken every
                     # _PRED_EVERY steps (consecutive batches are consecutive rows).
-                    append_loss(loss if mean else np.sum(loss))
+                    append_loss(loss if mean else np.sum(_host(loss)))
                     if classification and hi > lo:
                         if batched_preds:
                             pending.append(out)
@@ -267,13 +277,13 @@ class Trainer:
                         seen = min(start + batch_size, n)
                         bar.update(seen - bar.n)
                         elapsed = time.perf_counter() - t0
-                        running = _epoch_loss(np.array(step_losses, np.float64), sizes[:i + 1], mean, seen)
+                        running = _epoch_loss(_loss_array(step_losses), sizes[:i + 1], mean, seen)
                         bar.set_postfix(loss=f"{running:.4f}",
                                         samples_per_s=f"{seen / max(elapsed, 1e-9):,.0f}", refresh=False)
                 if pending:
                     _flush_preds(pending, preds, pending_lo)
                 elapsed = time.perf_counter() - t0
-                logs = {"loss": _epoch_loss(np.array(step_losses, np.float64), sizes, mean, n)}
+                logs = {"loss": _epoch_loss(_loss_array(step_losses), sizes, mean, n)}
                 if classification:
                     if dist is not None:
                         dist.gather_predictions(preds)
@@ -302,12 +312,12 @@ class Trainer:
     # --- inference --------------------------------------------------------------------
 
     def _outputs(self, X, kernels):
-        chunks = [self.model.forward(X[s:s + _EVAL_ROWS]) for s in range(0, X.shape[0], _EVAL_ROWS)]
+        chunks = [_host(self.model.forward(X[s:s + _EVAL_ROWS])) for s in range(0, X.shape[0], _EVAL_ROWS)]
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def _evaluate(self, X, y, kernels):
         out = self._outputs(X, kernels)
-        loss = self.loss.forward(out, y, kernels)
+        loss = _host(self.loss.forward(out, y, kernels))
         reduction = getattr(self.loss, "reduction", "mean")
         result = {"loss": float(loss) if reduction == "mean" else float(np.sum(loss)) / X.shape[0]}
         if self.classification:
@@ -331,7 +341,7 @@ class Trainer:
         name = resolve(self.backend)
         X, _ = self._check_X(X, "X")
         with nn.bind_kernels(self.model, name) as kernels:
-            return kernels.softmax_forward(self._outputs(X, kernels))
+            return _host(kernels.softmax_forward(self._outputs(X, kernels)))
 
     def predict(self, X):
         """Class labels (N,) int64 for classification, else the model outputs (N, OUT)."""
@@ -505,10 +515,63 @@ class _backend_of:
             m._backend = b
 
 
+def _host(x):
+    """A NumPy value of a result that may live on the GPU (one copy when it does)."""
+    return x.copy_to_host() if hasattr(x, "copy_to_host") else x
+
+
+def _to_device(x):
+    from numba import cuda
+
+    return cuda.to_device(x)
+
+
+def _loss_array(step_losses):
+    return np.array([_host(v) for v in step_losses], dtype=np.float64)
+
+
+@contextlib.contextmanager
+def _resident(model, optimizer, on_gpu):
+    """While a fit runs on the GPU, the model's parameters and the optimizer's state
+    are device copies; afterwards they are copied back into the host arrays (which the
+    model holds again), so checkpoints and the CPU backends see the trained values."""
+    if not on_gpu:
+        yield
+        return
+    host_params = model.parameters()
+    host_state = optimizer.state
+    device_params = [_to_device(p) for p in host_params]
+    model._set_parameters(device_params)
+    optimizer.state = {k: [_to_device(a) for a in v] for k, v in host_state.items()}
+    optimizer._checked = None
+    try:
+        yield
+    finally:
+        for h, d in zip(host_params, device_params):
+            d.copy_to_host(h)
+        model._set_parameters(host_params)
+        state = {}
+        for key, arrays in optimizer.state.items():
+            old = host_state.get(key, [])
+            state[key] = []
+            for i, a in enumerate(arrays):
+                if i < len(old) and old[i].shape == a.shape and old[i].dtype == a.dtype:
+                    a.copy_to_host(old[i])  # the host arrays a caller may hold stay current
+                    state[key].append(old[i])
+                else:
+                    state[key].append(_host(a))
+        optimizer.state = state
+        optimizer._checked = None
+        for layer in model.modules():  # gradients back on the host too
+            if isinstance(layer, nn.Linear):
+                layer.dweight = _host(layer.dweight)
+                layer.dbias = _host(layer.dbias) if layer.dbias is not None else None
+
+
 def _flush_preds(pending, preds, lo):
     """Argmax of the pending logits (consecutive batches from row ``lo``) into ``preds``;
     empties ``pending`` and returns the next row."""
-    logits = pending[0] if len(pending) == 1 else np.concatenate(pending)
+    logits = _host(pending[0]) if len(pending) == 1 else np.concatenate([_host(p) for p in pending])
     hi = lo + logits.shape[0]
     logits.argmax(axis=1, out=preds[lo:hi])
     pending.clear()

@@ -10,6 +10,7 @@ from conftest import assert_close
 
 import kernprop
 from kernprop import nn, optim
+from kernprop.backends import status as backend_status
 from kernprop.data import load_digits, load_npz, train_test_split
 from kernprop.train import FORMAT_VERSION, Trainer
 
@@ -70,6 +71,29 @@ def test_backends_agree_with_the_reference(backend, opt):
     for got, want in zip(results[backend][0], results["numpy"][0]):
         assert_close(got, want, rtol=1e-9, name=f"{backend} parameters after training")
     assert results[backend][1] == pytest.approx(results["numpy"][1], rel=1e-9)
+
+
+@pytest.mark.cudasim
+def test_cuda_fit_keeps_parameters_on_device_and_matches_numpy():
+    # Runs on a GPU, or on the simulator (NUMBA_ENABLE_CUDASIM=1; small, as it is slow).
+    state = backend_status("cuda")
+    if not state.available:
+        pytest.skip(f"backend cuda unavailable: {state.reason}")
+    X, y = _blobs(n=16, dtype=np.float64)
+    results = {}
+    for name in ("numpy", "cuda"):
+        trainer = _trainer(name, optim.Adam(1e-2), dtype=np.float64, label_smoothing=0.1)
+        trainer.batch_size = 8
+        history = trainer.fit(X, y, epochs=2, verbose=0)
+        results[name] = trainer, history
+    (ref, ref_history), (gpu, gpu_history) = results["numpy"], results["cuda"]
+    # After fit the model holds host arrays again, with the trained values.
+    assert all(isinstance(p, np.ndarray) for p in gpu.model.parameters())
+    assert all(isinstance(a, np.ndarray) for arrays in gpu.optimizer.state.values() for a in arrays)
+    for got, want in zip(gpu.model.parameters(), ref.model.parameters()):
+        assert_close(got, want, rtol=1e-9, name="cuda parameters after training")
+    assert gpu_history["loss"] == pytest.approx(ref_history["loss"], rel=1e-9)
+    assert gpu_history["accuracy"] == ref_history["accuracy"]
 
 
 # --- fit / evaluate / predict ----------------------------------------------------------
