@@ -56,7 +56,8 @@ class Trainer:
         ``weight``), "mse" (float targets; ``reduction``), or a loss object with
         ``forward(pred, target, kernels)`` and ``with_grad(pred, target, kernels)``.
     optimizer: a ``kernprop.optim`` optimizer (default ``Adam(1e-3)``).
-    backend: backend name, None for the default at each ``fit``.
+    backend: backend name; None: the model's ``backend`` attribute if set, else the
+        default backend at each ``fit``.
     batch_size: rows per step (the last batch of an epoch may be smaller).
     seed: seeds the shuffling.
     distributed: None / "none", or "mpi" for data-parallel training under ``mpirun``
@@ -94,6 +95,10 @@ class Trainer:
         self.epochs_done = 0
         self._dist = _distributed.make_context(distributed)
 
+    def _backend_name(self):
+        """The trainer's backend, else the model's ``backend`` attribute, else the default."""
+        return resolve(self.backend if self.backend is not None else self.model.backend)
+
     @property
     def classification(self):
         return bool(getattr(self.loss, "classification", False))
@@ -114,7 +119,7 @@ class Trainer:
         X = np.ascontiguousarray(X, dtype=self.dtype)
         # One checked forward pass on a row: the model must accept these features.
         try:
-            with _backend_of(self.model, self.backend):
+            with _backend_of(self.model, self._backend_name()):
                 out = self.model.forward(X[:1])
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{name} of shape {X.shape} does not fit the model: {exc}") from None
@@ -186,7 +191,7 @@ class Trainer:
         for cb in callbacks:
             if not callable(cb):
                 raise TypeError(f"callbacks must be callables (epoch, logs), got {cb!r}")
-        name = resolve(self.backend)
+        name = self._backend_name()
         X, y = self._check_data(X, y)
         val = None
         if validation_data is not None:
@@ -329,7 +334,7 @@ class Trainer:
 
     def evaluate(self, X, y):
         """``{"loss": ..., "accuracy": ...}`` (accuracy for classification) on ``(X, y)``."""
-        name = resolve(self.backend)
+        name = self._backend_name()
         X, y = self._check_data(X, y)
         with nn.bind_kernels(self.model, name) as kernels:
             return self._evaluate(X, y, kernels)
@@ -338,14 +343,14 @@ class Trainer:
         """Class probabilities (N, C): the softmax of the model's logits."""
         if not self.classification:
             raise ValueError("predict_proba needs a classification loss (cross_entropy)")
-        name = resolve(self.backend)
+        name = self._backend_name()
         X, _ = self._check_X(X, "X")
         with nn.bind_kernels(self.model, name) as kernels:
             return _host(kernels.softmax_forward(self._outputs(X, kernels)))
 
     def predict(self, X):
         """Class labels (N,) int64 for classification, else the model outputs (N, OUT)."""
-        name = resolve(self.backend)
+        name = self._backend_name()
         X, _ = self._check_X(X, "X")
         with nn.bind_kernels(self.model, name) as kernels:
             out = self._outputs(X, kernels)

@@ -176,6 +176,14 @@ def test_learning_rate_schedule_and_set_lr():
         opt.set_lr(-1)
 
 
+def test_backend_comes_from_trainer_then_model_then_default():
+    model = nn.MLP([6, 3], rng=0)
+    assert Trainer(model)._backend_name() == kernprop.get_backend()
+    model.backend = "numpy"
+    assert Trainer(model)._backend_name() == "numpy"
+    assert Trainer(model, backend=kernprop.available_backends()[-1])._backend_name() == kernprop.available_backends()[-1]
+
+
 def test_float64_model_and_float32_data(backend):
     X, y = _blobs()
     trainer = _trainer(backend, dtype=np.float64)
