@@ -105,7 +105,7 @@ def _train(args, dist=None) -> int:
     def cosine(lr):  # cosine decay from lr to 0 over the run
         return lambda epoch: lr * 0.5 * (1 + np.cos(np.pi * epoch / max(epochs, 1)))
 
-    lr = args.lr if args.lr is not None else {"sgd": 0.1, "momentum": 0.05, "adam": 1e-2}[args.optimizer]
+    lr = args.lr if args.lr is not None else {"sgd": 0.5, "momentum": 0.1, "adam": 1e-2}[args.optimizer]
     try:
         if args.optimizer == "adam":
             optimizer = optim.Adam(lr, lr_schedule=cosine(lr))
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help='hidden layer sizes, "128" (default) or "64,32", or the option repeated')
     train.add_argument("--activation", choices=("relu", "sigmoid", "tanh"), default="relu")
     train.add_argument("--lr", type=float, default=None,
-                       help="learning rate, decayed by a cosine to 0 (default: 0.01 adam, 0.05 momentum, 0.1 sgd)")
+                       help="learning rate, decayed by a cosine to 0 (default: 0.01 adam, 0.1 momentum, 0.5 sgd)")
     train.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="adam")
     train.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default 0.1)")
     train.add_argument("--seed", type=int, default=0, help="seeds initialisation, split and shuffling (default 0)")
