@@ -13,7 +13,8 @@ with m the row max, L = log(sum_c exp(x[c] - m)) and p[c] = exp(x[c] - m) / exp(
 Loss and gradient come from one fused pass per row, in the manner of Liger-Kernel's
 cross-entropy (Hsu et al., "Liger Kernel", 2024): pass 1 finds the max, pass 2 sums the
 exps (in double) and the weighted shifted logits while parking exp(x - m) in the
-gradient row, pass 3 turns it into the gradient.  The gradient row may be the logits
+gradient row, pass 3 turns it into the gradient.  float32 exps are vectorised
+(``kp_expf`` in _common.pxi).  The gradient row may be the logits
 row itself (the fused linear cross-entropy works in place): every logit is read before
 its slot is overwritten.  Rows whose label is ``ignore_index`` have loss 0 and gradient
 0, even when every row is ignored and "mean" divides by 0 (PyTorch's nll_loss backward
@@ -34,31 +35,37 @@ cdef double _ce_row(const floating* x, floating* g, Py_ssize_t c, int64_t y, bin
                     double inv_denom) noexcept nogil:
     # x (c,) logits of one row, label y (valid: not ignored) -> its loss; when g != NULL,
     # g (c,) = its gradient * inv_denom (g may be x: x[j] is read before g[j] is written)
-    cdef floating m = x[0]
-    cdef floating xy, shifted, e, p, py, ft, fs, fw, inv_s
+    cdef floating m
+    cdef floating buf[EXP_BLOCK]
+    cdef floating xy, p, py, ft, fs, fw, inv_s, one
     cdef double s = 0, sw = 0, log_s, wy, loss
     cdef bint smoothing = eps > 0
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, j0, size
     if not valid:
         if g != NULL:
             for j in range(c):
                 g[j] = 0
         return 0.0
     # pass 1: the row max, so every exp below has an argument <= 0
-    for j in range(1, c):
-        if x[j] > m:
-            m = x[j]
+    m = _row_max(x, c)
     xy = x[y]
     wy = w[y]
-    # pass 2: sum of exps in double, the weighted shifted logits for the smoothing term
-    for j in range(c):
-        shifted = x[j] - m
-        e = _exp(shifted)
-        s += e
+    # pass 2, by blocks of EXP_BLOCK: the exps (a loop that vectorises), their sum and,
+    # for smoothing, sum_j w[j] (x[j] - m), both in double; then the exps go to g.  A
+    # block of x is read in full before that block of g (maybe x itself) is written.
+    j0 = 0
+    while j0 < c:
+        size = min(<Py_ssize_t>EXP_BLOCK, c - j0)
+        for j in range(size):
+            buf[j] = _exp(x[j0 + j] - m)
+        s += _sum4(buf, size)
         if smoothing:
-            sw += <double>w[j] * shifted
+            for j in range(j0, j0 + size):
+                sw += <double>w[j] * (x[j] - m)
         if g != NULL:
-            g[j] = e
+            for j in range(size):
+                g[j0 + j] = buf[j]
+        j0 = j0 + EXP_BLOCK
     log_s = log(s)
     loss = (1 - eps) * wy * (log_s - (xy - m))
     # Skipped at eps == 0, where 0 * inf would turn a -inf logit's term into NaN.
@@ -74,15 +81,16 @@ cdef double _ce_row(const floating* x, floating* g, Py_ssize_t c, int64_t y, bin
     fw = <floating>wsum
     inv_s = <floating>(1.0 / s)
     py = _exp(xy - m) * inv_s
+    one = 1
     if smoothing:
         for j in range(c):
             p = g[j] * inv_s
             g[j] = ft * p + fs * (fw * p - w[j])
-        g[y] = ft * (py - 1) + fs * (fw * py - w[y])
+        g[y] = ft * (py - one) + fs * (fw * py - w[y])
     else:
         for j in range(c):
             g[j] = ft * (g[j] * inv_s)
-        g[y] = ft * (py - 1)
+        g[y] = ft * (py - one)
     return loss
 
 

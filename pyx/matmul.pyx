@@ -52,7 +52,7 @@ cdef inline void _micro_tile(Py_ssize_t kc, const floating* ap, const floating* 
     cdef floating ai
     cdef Py_ssize_t i, j, k
     for i in range(MR):
-        for j in range(NR):
+        for j in range(NR_MAX):  # all of it: GCC then knows no lane is read unset
             acc[i][j] = 0
     for k in range(kc):
         for i in range(MR):

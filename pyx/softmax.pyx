@@ -14,26 +14,11 @@ include "_common.pxi"
 from cython.parallel cimport prange
 
 
-cdef inline floating _row_max(const floating* x, Py_ssize_t n) noexcept nogil:
-    # x (n,) -> max.  A NaN entry is skipped here but still makes its exp, the row
-    # sum, and so every output NaN, as np.max would.
-    cdef floating m = x[0]
-    cdef Py_ssize_t j
-    for j in range(1, n):
-        if x[j] > m:
-            m = x[j]
-    return m
-
-
 cdef void _row_log_softmax(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
     # x (n,) -> out (n,) = (x - max) - log(sum(exp(x - max)))
     cdef floating m = _row_max(x, n)
-    cdef double s = 0
-    cdef floating lse
+    cdef floating lse = <floating>log(_sum_exp(x, m, n, <floating*>NULL))
     cdef Py_ssize_t j
-    for j in range(n):
-        s += _exp(x[j] - m)
-    lse = <floating>log(s)
     for j in range(n):
         out[j] = (x[j] - m) - lse
 
@@ -42,14 +27,8 @@ cdef void _row_softmax(const floating* x, floating* out, Py_ssize_t n) noexcept 
     # x (n,) -> out (n,) = exp(x - max) / sum(exp(x - max)); out holds the exps between
     # the two passes so each exp is computed once.
     cdef floating m = _row_max(x, n)
-    cdef double s = 0
-    cdef floating e, inv
+    cdef floating inv = <floating>(1.0 / _sum_exp(x, m, n, out))
     cdef Py_ssize_t j
-    for j in range(n):
-        e = _exp(x[j] - m)
-        out[j] = e
-        s += e
-    inv = <floating>(1.0 / s)
     for j in range(n):
         out[j] = out[j] * inv
 
@@ -57,12 +36,8 @@ cdef void _row_softmax(const floating* x, floating* out, Py_ssize_t n) noexcept 
 cdef void _row_log_softmax_backward(const floating* y, const floating* dy, floating* out,
                                     Py_ssize_t n) noexcept nogil:
     # y (n,) log-softmax output, dy (n,) -> out (n,) = dy - exp(y) * sum(dy)
-    cdef double s = 0
-    cdef floating total
+    cdef floating total = <floating>_sum4(dy, n)
     cdef Py_ssize_t j
-    for j in range(n):
-        s += dy[j]
-    total = <floating>s
     for j in range(n):
         out[j] = dy[j] - _exp(y[j]) * total
 
