@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
-import kernprop
 from kernprop import nn, optim
 from kernprop.train import Trainer
 

@@ -2,7 +2,6 @@
 backends, checkpoint round trips and refusals, input checks, a short digits run."""
 
 import json
-import zipfile
 
 import numpy as np
 import pytest
