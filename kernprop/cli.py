@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--distributed", choices=("none", "mpi"), default="none",
                        help="mpi: data-parallel over the ranks of mpirun -n N (--batch-size is the global batch)")
     train.set_defaults(func=_train)
+    from kernprop import benchreport  # light: imports nothing heavy until it runs
+
+    benchreport.add_parser(sub)
     return parser
 
 

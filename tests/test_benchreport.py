@@ -1,0 +1,281 @@
+"""kernprop bench's report: parsing pytest-benchmark JSON, the Markdown tables and ratios,
+--compare, --plot, and the errors.  Synthetic JSON only: nothing is benchmarked here."""
+
+import json
+import sys
+
+import pytest
+
+import kernprop
+from kernprop import benchreport as br
+from kernprop import cli
+
+
+def _bench(op, shape, backend, median, *, label="mlp", family=None, flops=0, nbytes=0, minimum=None,
+           rounds=100):
+    """One benchmark entry as pytest-benchmark writes it (with our extra_info)."""
+    return {
+        "group": f"{op} {shape}",
+        "name": f"test_{op}[{op}-{label}-{shape}-{backend}]",
+        "fullname": f"bench/test_x.py::test_{op}[{op}-{label}-{shape}-{backend}]",
+        "params": {"op": op, "backend": backend},
+        "extra_info": {"op": op, "shape": shape, "shape_label": label, "backend": backend,
+                       "family": family or br._family_of(op), "flops": flops, "bytes": nbytes, "threads": 2},
+        "stats": {"median": median, "min": median if minimum is None else minimum, "mean": median,
+                  "iqr": 0.0, "rounds": rounds},
+    }
+
+
+def _data(benchmarks, **extra):
+    data = {
+        "machine_info": {
+            "system": "Linux", "release": "6.0", "machine": "x86_64",
+            "cpu": {"brand_raw": "Test CPU 9000", "count": 2},
+            "kernprop": {"versions": {"kernprop": "0.1.0", "numpy": "2.0"}, "threads": 2, "torch_threads": 2,
+                         "cpu_count": 2, "quick": False,
+                         "backends": {"numpy": "available", "numba": "available", "cython": "available",
+                                      "cuda": "no CUDA driver or no CUDA device", "torch": "available"}},
+        },
+        "commit_info": {"id": "abc123"},
+        "benchmarks": benchmarks,
+        "datetime": "2026-11-22T20:00:00",
+        "version": "5.3.1",
+    }
+    if extra:
+        data["kernprop_report"] = extra
+    return data
+
+
+MATMUL_FLOPS = 2 * 256 * 784 * 512
+
+
+@pytest.fixture
+def run_a():
+    return _data([
+        _bench("matmul", "256x784x512", "numpy", 4e-3, flops=MATMUL_FLOPS),
+        _bench("matmul", "256x784x512", "numba", 2e-3, flops=MATMUL_FLOPS),
+        _bench("matmul", "256x784x512", "cython", 8e-3, flops=MATMUL_FLOPS),
+        _bench("matmul", "256x784x512", "torch", 1e-3, flops=MATMUL_FLOPS),
+        _bench("matmul", "2048x2048x2048", "numpy", 0.5, label="large", flops=2 * 2048**3),
+        _bench("matmul", "2048x2048x2048", "numba", 1.0, label="large", flops=2 * 2048**3),
+        _bench("relu", "256x512", "numpy", 50e-6, nbytes=2 * 4 * 256 * 512),
+        _bench("relu", "256x512", "numba", 10e-6, nbytes=2 * 4 * 256 * 512),
+        _bench("relu", "256x512", "torch", 20e-6, nbytes=2 * 4 * 256 * 512),
+        _bench("relu", "32x64", "numpy", 3e-6, label="small", nbytes=2 * 4 * 32 * 64),
+    ], peaks={"copy_gbs": 10.0, "copy_bytes": 2**28, "gemm_gflops": 100.0, "gemm_n": 2048},
+        command="kernprop bench", commit="abc123", dirty=False)
+
+
+def _write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _row(text, *cells):
+    """The Markdown table line starting with these cells."""
+    prefix = "| " + " | ".join(cells) + " |"
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    assert lines, f"no row starting {prefix!r} in:\n{text}"
+    return [c.strip() for c in lines[0].strip("|").split("|")]
+
+
+def test_records_parse_and_sort(run_a):
+    recs = br.records(run_a)
+    assert len(recs) == 10
+    assert [r.op for r in recs][:6] == ["matmul"] * 6  # matmul family first
+    mlp = [r for r in recs if r.shape == "256x784x512"]
+    assert [r.backend for r in mlp] == ["numpy", "numba", "cython", "torch"]
+    assert recs[0].median == 4e-3 and recs[0].flops == MATMUL_FLOPS
+    # small before MLP-sized within an op
+    relu = [r.shape for r in recs if r.op == "relu"]
+    assert relu[0] == "32x64"
+
+
+def test_throughput_units():
+    gemm = br.Record("matmul", "2x2x2", "small", "numpy", "matmul", 1e-3, 1e-3, 0, 2_000_000, 48, 10, "x")
+    assert gemm.throughput() == pytest.approx((2.0, "GFLOP/s"))
+    relu = br.Record("relu", "4x4", "small", "numpy", "activations", 1e-3, 1e-3, 0, 16, 3_000_000, 10, "x")
+    assert relu.throughput() == pytest.approx((3.0, "GB/s"))
+
+
+def test_headline_ratios(run_a):
+    text = br.headline(br.records(run_a))
+    header = text.splitlines()[0]
+    assert "numba vs numpy (MLP-sized)" in header and "cython vs torch (large)" in header
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    row = dict(zip(cols, _row(text, "matmul")))
+    assert row["numba vs numpy (MLP-sized)"] == "2.00×"  # 4 ms / 2 ms
+    assert row["numba vs torch (MLP-sized)"] == "0.50×"  # 1 ms / 2 ms
+    assert row["cython vs numpy (MLP-sized)"] == "0.50×"
+    assert row["numba vs numpy (large)"] == "0.50×"      # 0.5 s / 1 s
+    assert row["cython vs numpy (large)"] == "–"         # not measured
+    relu = dict(zip(cols, _row(text, "relu")))
+    assert relu["numba vs numpy (MLP-sized)"] == "5.00×"
+    assert relu["numba vs torch (MLP-sized)"] == "2.00×"
+
+
+def test_family_table_times_throughput_and_peak(run_a):
+    text = br.family_tables(br.records(run_a), {"copy_gbs": 10.0, "gemm_gflops": 100.0})
+    assert "### matmul" in text and "### activations" in text
+    row = _row(text, "matmul", "256x784x512 (MLP-sized)")
+    # numpy 4 ms: 205.5 MFLOP / 4 ms = 51.4 GFLOP/s; torch 1 ms is the best, 206 GFLOP/s = 206% of 100
+    assert row[2] == "4 ms · 51.4 GFLOP/s"
+    assert row[5] == "1 ms · 206 GFLOP/s"
+    assert row[-1] == "206%"
+    relu = _row(text, "relu", "256x512 (MLP-sized)")
+    assert relu[3] == "10 µs · 105 GB/s"  # 1 MiB moved in 10 µs
+    assert relu[-1] == "1049%"  # 104.9 GB/s against the 10 GB/s copy peak (in cache)
+    assert relu[4] == "–"  # cython did not run relu
+
+
+def test_render_report(run_a):
+    text = br.render(run_a)
+    assert text.startswith("# kernprop benchmark report")
+    assert "Commit: `abc123`" in text and "Command: `kernprop bench`" in text
+    assert "Test CPU 9000, 2 cores" in text
+    assert "copy 10.0 GB/s" in text and "GEMM 100.0 GFLOP/s" in text
+    assert "cuda: not measured (no GPU lent" in text
+    assert "## Headline" in text and "### activations" in text
+    assert ") †" not in text and "medians are over" not in text  # no noisy medians here
+
+
+def test_noisy_medians_get_a_min_table():
+    data = _data([
+        _bench("relu", "256x512", "numpy", 50e-6, minimum=40e-6, nbytes=8),
+        _bench("relu", "256x512", "numba", 16e-3, minimum=10e-6, nbytes=8),  # descheduled rounds
+    ])
+    text = br.render(data)
+    assert "1 of 2 medians" in text
+    assert "(min 10 µs) †" in text
+    # the min-based headline: 40 µs / 10 µs
+    assert "| relu | 4.00× |" in text
+    assert "| relu | 0.00× |" in text  # the median-based one: 50 µs / 16 ms
+
+
+def test_startup_and_memory_sections(run_a):
+    ops = {"matmul": 8.0, "relu": 2.0}
+    run_a["kernprop_report"]["startup"] = {
+        "numba": {"cold": {"import": 0.2, "total": 30.0, "ops": ops, "warmup": None},
+                  "cached": {"import": 0.2, "total": 1.5, "ops": ops, "warmup": None}},
+        "cython": {"error": "failed: boom"},
+    }
+    run_a["kernprop_report"]["memory"] = {
+        "rows": 4096, "classes": 32000, "features": 512,
+        "results": [{"backend": "numba", "path": "fused linear_cross_entropy", "peak": 200 * 2**20, "seconds": 2.0},
+                    {"backend": "numba", "path": "unfused", "peak": 1100 * 2**20, "seconds": 3.0}],
+    }
+    text = br.render(run_a)
+    assert _row(text, "numba", "200 ms")[2:] == ["30 s", "1.5 s", "matmul 8 s"]
+    assert "| cython | failed: boom |" in text
+    assert _row(text, "numba", "fused linear_cross_entropy")[2] == "200.0 MiB"
+    assert _row(text, "numba", "unfused")[2] == "1.1 GiB"
+    assert "4096 rows × 32000 classes × 512 features" in text
+
+
+def test_compare(run_a):
+    b = json.loads(json.dumps(run_a))
+    b["benchmarks"] = [x for x in b["benchmarks"] if x["extra_info"]["backend"] != "cython"]
+    for x in b["benchmarks"]:
+        if x["extra_info"]["backend"] == "numba":
+            x["stats"]["median"] /= 2  # numba twice as fast in B
+    b["benchmarks"].append(_bench("mse", "32x64", "numba", 1e-5, label="small"))
+    text = br.compare(run_a, b, "a.json", "b.json")
+    assert _row(text, "matmul", "256x784x512", "numba")[3:] == ["2 ms", "1 ms", "0.500", "faster"]
+    assert _row(text, "matmul", "256x784x512", "numpy")[5:] == ["1.000", "same"]
+    assert "Only in a.json: matmul 256x784x512 cython" in text
+    assert "Only in b.json: mse 32x64 numba" in text
+    assert "9 benchmarks in both" in text
+
+
+def test_cli_compare_and_from_json(tmp_path, run_a, capsys):
+    a = _write(tmp_path, "a.json", run_a)
+    slower = json.loads(json.dumps(run_a))
+    for x in slower["benchmarks"]:
+        x["stats"]["median"] *= 3
+    b = _write(tmp_path, "b.json", slower)
+    assert cli.main(["bench", "--compare", a, b]) == 0
+    out = capsys.readouterr().out
+    assert "# Comparison: " in out and "| 3.000 | slower |" in out
+    report = tmp_path / "report.md"
+    assert cli.main(["bench", "--from-json", a, "--output", str(report)]) == 0
+    assert "## Headline" in report.read_text()
+
+
+def test_bad_json_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    other = _write(tmp_path, "other.json", {"hello": 1})
+    assert cli.main(["bench", "--compare", str(bad), other]) == 2
+    assert "not JSON" in capsys.readouterr().err
+    assert cli.main(["bench", "--from-json", other]) == 2
+    assert "not a pytest-benchmark JSON file" in capsys.readouterr().err
+    assert cli.main(["bench", "--from-json", str(tmp_path / "missing.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_missing_bench_dir(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "site-packages" / "kernprop" / "__init__.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("")
+    monkeypatch.setattr(kernprop, "__file__", str(fake))
+    with pytest.raises(br.BenchError, match="not next to the kernprop package"):
+        br.find_bench_dir()
+    assert cli.main(["bench", "--quick"]) == 2
+    assert "source checkout" in capsys.readouterr().err
+
+
+def test_bench_dir_of_this_checkout():
+    assert (br.find_bench_dir() / "test_matmul.py").is_file()
+
+
+def test_unknown_op_or_backend(capsys):
+    assert cli.main(["bench", "--ops", "matmul,nope"]) == 2
+    assert "unknown op(s) nope" in capsys.readouterr().err
+    assert cli.main(["bench", "--backends", "numba,gpu"]) == 2
+    assert "unknown backend(s) gpu" in capsys.readouterr().err
+
+
+def test_run_composes_pytest_and_measurements(tmp_path, run_a, monkeypatch):
+    """``run`` with the measuring parts replaced: the pytest command and the stored extras."""
+    seen = {}
+
+    def fake_pytest(bench_dir, json_path, quick, ops, backends, max_time, min_rounds=15):
+        seen.update(quick=quick, ops=ops, backends=backends, max_time=max_time)
+        with open(json_path, "w") as f:
+            json.dump(_data(run_a["benchmarks"]), f)
+
+    monkeypatch.setattr(br, "run_pytest", fake_pytest)
+    monkeypatch.setattr(br, "measure_peaks", lambda **kw: {"copy_gbs": 1.0, "copy_bytes": 1, "gemm_gflops": 2.0,
+                                                           "gemm_n": 8})
+    monkeypatch.setattr(br, "measure_startup", lambda backends: {"seen": {"error": ",".join(backends)}})
+    monkeypatch.setattr(br, "measure_lce_memory", lambda **kw: {"rows": kw["rows"], "classes": 1, "features": 1,
+                                                                "results": []})
+    out = tmp_path / "run.json"
+    data = br.run(quick=True, ops=["matmul", "linear_cross_entropy"], backends=["numpy", "numba"],
+                  json_path=str(out), command="kernprop bench --quick", log=lambda m: None)
+    assert seen == {"quick": True, "ops": ["matmul", "linear_cross_entropy"], "backends": ["numpy", "numba"],
+                    "max_time": 0.1}
+    extra = data["kernprop_report"]
+    assert extra["startup"] == {"seen": {"error": "numpy,numba"}}
+    assert extra["memory"]["rows"] == 512
+    assert extra["commit"] and extra["peaks"]["gemm_gflops"] == 2.0
+    saved = json.loads(out.read_text())
+    assert saved["kernprop_report"]["command"] == "kernprop bench --quick"
+    assert "## Memory" in br.render(saved)
+
+
+def test_plot_without_matplotlib(tmp_path, run_a, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(br.BenchError, match=r"pip install -e '\.\[plot\]'"):
+        br.plot(br.records(run_a), tmp_path / "x.png")
+    a = _write(tmp_path, "a.json", run_a)
+    assert cli.main(["bench", "--from-json", a, "--plot", str(tmp_path / "x.png")]) == 2
+    assert "needs matplotlib" in capsys.readouterr().err
+
+
+def test_plot_writes_png(tmp_path, run_a):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "speedups.png"
+    assert br.plot(br.records(run_a), path) == f"wrote {path}"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
