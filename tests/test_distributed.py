@@ -135,6 +135,7 @@ def test_two_ranks_match_one_rank_and_checkpoint_loads(tmp_path):
 
 FAILING = textwrap.dedent(
     """
+    import os, signal, sys
     import numpy as np
     from mpi4py import MPI
     from kernprop import nn
@@ -145,8 +146,10 @@ FAILING = textwrap.dedent(
     y = np.arange(64) % 3
 
     def explode(epoch, logs):
-        if rank == 1:
+        if rank == 1 and sys.argv[1] == "raise":
             raise RuntimeError("rank 1 blew up")
+        if rank == 1 and sys.argv[1] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
 
     trainer = Trainer(nn.MLP([8, 8, 3], rng=0), backend="numpy", batch_size=16, distributed="mpi")
     trainer.fit(X, y, 3, callbacks=[explode], verbose=0)   # rank 0 would wait in the next Allreduce
@@ -156,11 +159,15 @@ FAILING = textwrap.dedent(
 
 @needs_mpi
 @pytest.mark.mpi
-def test_an_exception_on_one_rank_aborts_all(tmp_path):
+@pytest.mark.parametrize("how", ["raise", "kill"])
+def test_a_failing_rank_ends_the_job(tmp_path, how):
+    """An exception on rank 1 aborts every rank (rank 0 is not left in the Allreduce);
+    a rank killed by a signal makes mpirun end the job.  Either way: no hang."""
     (tmp_path / "failing.py").write_text(FAILING)
-    result = run_mpi(2, [sys.executable, "failing.py"], tmp_path, timeout=45)
+    result = run_mpi(2, [sys.executable, "failing.py", how], tmp_path, timeout=45)
     assert result.returncode != 0
-    assert "rank 1 of 2 failed" in result.stderr and "rank 1 blew up" in result.stderr, result.stderr
+    if how == "raise":
+        assert "rank 1 of 2 failed" in result.stderr and "rank 1 blew up" in result.stderr, result.stderr
 
 
 @needs_mpi
