@@ -15,9 +15,16 @@ Packing reads any strides, so transposed views (``w.T`` in ``dx = dy @ w.T``,
 ``x.T`` in ``dw = x.T @ dy``) are never copied first.  Each element of C sums its K
 products in the same order whatever the thread count, so results do not depend on it.
 
-Variants tried (the public ``gemm`` uses the winner):
-    1. MR x NR = 4 x (32 bytes) tile, accumulators in a local 2-D array that GCC keeps
-       in registers after fully unrolling the constant loops: 8 SSE registers.
+Micro-kernels (chosen once per process from the CPU, ``gemm_kernel()`` names it):
+    1. ``_micro_tile``, generic: MR x NR = 4 x (32 bytes), accumulators in a local 2-D
+       array that GCC keeps in registers after fully unrolling the constant loops; with
+       the x86-64 baseline (SSE2) that is 8 of the 16 registers.  ~30 GFLOP/s float32,
+       ~15 float64 on one core here.  The fallback everywhere.
+    2. ``kp_tile_avx2_*``, C with GCC vector extensions compiled for AVX2+FMA by a
+       function ``target`` attribute (setup.py builds for the baseline, so the rest of
+       the module still runs on any x86-64): 6 x (64 bytes), 12 of the 16 ymm
+       registers.  Used when the CPU has AVX2 and FMA.  FMA rounds once per multiply-add, so results differ
+       from variant 1 in the last bits (each is still independent of the thread count).
 """
 
 include "_common.pxi"
@@ -27,16 +34,95 @@ from cython.parallel cimport prange, threadid
 import numpy as np
 
 cdef enum:
-    # Micro-tile: MR rows of A times NR_BYTES of a row of B.  With the x86-64 baseline
-    # (SSE2, 16 registers of 16 bytes) a 4 x 32-byte tile is 8 accumulator registers,
-    # leaving room for the B row and the broadcast A value without spills.
+    # Generic micro-tile: MR rows of A times NR_BYTES of a row of B.  With the x86-64
+    # baseline (SSE2, 16 registers of 16 bytes) a 4 x 32-byte tile is 8 accumulator
+    # registers, leaving room for the B row and the broadcast A value without spills.
     MR = 4
     NR_BYTES = 32
     NR_MAX = 8          # NR_BYTES / sizeof(float)
-    # KC * NR * 8 bytes = 16 KiB: one B sliver sits in L1 across the MR-sliver loop;
+    # AVX2 micro-tile: 6 x 64 bytes = 12 ymm accumulators + 2 for B + 1 broadcast.
+    MR_AVX2 = 6
+    NR_BYTES_AVX2 = 64
+    # KC * NR * 8 bytes <= 16 KiB: one B sliver sits in L1 across the MR-sliver loop;
     # MC * KC * 8 bytes = 192 KiB: the packed A block sits in L2.
     KC = 256
-    MC = 96             # a multiple of MR
+    MC = 96             # a multiple of both MR and MR_AVX2
+
+# The AVX2+FMA micro-kernels: plain C loops like _micro_tile's, compiled for AVX2+FMA by
+# the target attribute and called only when the CPU reports both (checked once).
+cdef extern from *:
+    """
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    /* 6 x (2 vectors of 32 bytes) accumulators.  GCC vector extensions (plain C, no
+       intrinsics) make the register tile explicit: the same loops over a T acc[6][NR]
+       array were left in memory by GCC 12 (7 GFLOP/s against 77). */
+    #define KP_AVX2_TILE(NAME, T, V, L)                                                 \
+    __attribute__((target("avx2,fma"))) static void NAME(                               \
+            Py_ssize_t kc, const T *ap, const T *bp, T *c, Py_ssize_t ldc,            \
+            Py_ssize_t mr, Py_ssize_t nr, int accumulate) {                          \
+        /* ap (kc, 6), bp (kc, 2 L) packed -> c (mr, nr) */                           \
+        V acc[6][2], b0, b1, a;                                                       \
+        T out[6][2 * L];                                                              \
+        Py_ssize_t i, j, k;                                                           \
+        for (i = 0; i < 6; i++) acc[i][0] = acc[i][1] = (V){0};                       \
+        for (k = 0; k < kc; k++) {                                                    \
+            memcpy(&b0, bp, sizeof(V));                                               \
+            memcpy(&b1, bp + L, sizeof(V));                                           \
+            for (i = 0; i < 6; i++) {                                                 \
+                a = (V){0} + ap[i];                                                   \
+                acc[i][0] += a * b0;                                                  \
+                acc[i][1] += a * b1;                                                  \
+            }                                                                         \
+            ap += 6;                                                                  \
+            bp += 2 * L;                                                              \
+        }                                                                             \
+        memcpy(out, acc, sizeof(out));                                                \
+        if (accumulate) {                                                             \
+            for (i = 0; i < mr; i++)                                                  \
+                for (j = 0; j < nr; j++) c[i * ldc + j] += out[i][j];                 \
+        } else {                                                                      \
+            for (i = 0; i < mr; i++)                                                  \
+                for (j = 0; j < nr; j++) c[i * ldc + j] = out[i][j];                  \
+        }                                                                             \
+    }
+    typedef float kp_v8f __attribute__((vector_size(32)));
+    typedef double kp_v4d __attribute__((vector_size(32)));
+    KP_AVX2_TILE(kp_tile_avx2_f, float, kp_v8f, 8)
+    KP_AVX2_TILE(kp_tile_avx2_d, double, kp_v4d, 4)
+    static int kp_cpu_has_avx2(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    #else
+    static void kp_tile_avx2_f(Py_ssize_t kc, const float *ap, const float *bp, float *c,
+                               Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr, int accumulate) {}
+    static void kp_tile_avx2_d(Py_ssize_t kc, const double *ap, const double *bp, double *c,
+                               Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr, int accumulate) {}
+    static int kp_cpu_has_avx2(void) { return 0; }
+    #endif
+    """
+    void kp_tile_avx2_f(Py_ssize_t kc, const float* ap, const float* bp, float* c,
+                        Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                        int accumulate) noexcept nogil
+    void kp_tile_avx2_d(Py_ssize_t kc, const double* ap, const double* bp, double* c,
+                        Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                        int accumulate) noexcept nogil
+    int kp_cpu_has_avx2() noexcept nogil
+
+cdef bint _cpu_has_avx2 = kp_cpu_has_avx2()
+cdef bint _use_avx2 = _cpu_has_avx2
+
+
+def gemm_kernel():
+    """The micro-kernel in use: "avx2" (AVX2+FMA) or "generic" (the x86-64 baseline)."""
+    return "avx2" if _use_avx2 else "generic"
+
+
+def use_generic_kernel(bint generic):
+    """Force the generic micro-kernel (True) or go back to the best the CPU has (False);
+    for tests of both kernels on one machine.  Not thread-safe: set it between calls."""
+    global _use_avx2
+    _use_avx2 = _cpu_has_avx2 and not generic
 
 
 cdef inline void _micro_tile(Py_ssize_t kc, const floating* ap, const floating* bp,
@@ -73,35 +159,48 @@ cdef inline void _micro_tile(Py_ssize_t kc, const floating* ap, const floating* 
 
 
 cdef void _pack_a(const floating* a, Py_ssize_t sa0, Py_ssize_t sa1,
-                  Py_ssize_t mc, Py_ssize_t kc, floating* out) noexcept nogil:
-    # a (mc, kc) with element strides (sa0, sa1) -> out (ceil(mc / MR), kc, MR)
-    # IN  a: a block of A, any strides (a transposed view has sa0 == 1)
-    # OUT out: MR-tall slivers, k-major so the micro-tile reads them contiguously;
+                  Py_ssize_t mc, Py_ssize_t kc, Py_ssize_t mr, floating* out) noexcept nogil:
+    # a (mc, kc) with element strides (sa0, sa1) -> out (ceil(mc / mr), kc, mr)
+    # IN  a: a block of A, any strides (a transposed view has sa0 == 1); mr: tile rows
+    # OUT out: mr-tall slivers, k-major so the micro-tile reads them contiguously;
     #     rows past mc are zero so edge tiles need no special micro-kernel
     cdef Py_ssize_t s, i, k, rows
-    for s in range((mc + MR - 1) // MR):
-        rows = min(<Py_ssize_t>MR, mc - s * MR)
+    for s in range((mc + mr - 1) // mr):
+        rows = min(mr, mc - s * mr)
         for k in range(kc):
             for i in range(rows):
-                out[i] = a[(s * MR + i) * sa0 + k * sa1]
-            for i in range(rows, MR):
+                out[i] = a[(s * mr + i) * sa0 + k * sa1]
+            for i in range(rows, mr):
                 out[i] = 0
-            out += MR
+            out += mr
 
 
 cdef void _pack_b_sliver(const floating* b, Py_ssize_t sb0, Py_ssize_t sb1,
-                         Py_ssize_t kc, Py_ssize_t cols, floating* out) noexcept nogil:
-    # b (kc, cols) with element strides (sb0, sb1) -> out (kc, NR)
-    # IN  b: cols <= NR columns of a KC slice of B, any strides
+                         Py_ssize_t kc, Py_ssize_t cols, Py_ssize_t nr,
+                         floating* out) noexcept nogil:
+    # b (kc, cols) with element strides (sb0, sb1) -> out (kc, nr)
+    # IN  b: cols <= nr columns of a KC slice of B, any strides; nr: tile columns
     # OUT out: the sliver, row-major, columns past cols zero
-    cdef Py_ssize_t NR = NR_BYTES // sizeof(floating)
     cdef Py_ssize_t j, k
     for k in range(kc):
         for j in range(cols):
             out[j] = b[k * sb0 + j * sb1]
-        for j in range(cols, NR):
+        for j in range(cols, nr):
             out[j] = 0
-        out += NR
+        out += nr
+
+
+cdef inline void _tile(bint avx2, Py_ssize_t kc, const floating* ap, const floating* bp,
+                       floating* c, Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                       bint accumulate) noexcept nogil:
+    # One micro-tile with the kernel chosen for this call (see the module docstring).
+    if avx2:
+        if floating is float:
+            kp_tile_avx2_f(kc, ap, bp, c, ldc, mr, nr, accumulate)
+        else:
+            kp_tile_avx2_d(kc, ap, bp, c, ldc, mr, nr, accumulate)
+    else:
+        _micro_tile(kc, ap, bp, c, ldc, mr, nr, accumulate)
 
 
 cdef void _epilogue(floating* c, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t n,
@@ -123,13 +222,13 @@ cdef void _epilogue(floating* c, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t n,
 cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                 const floating* a, Py_ssize_t sa0, Py_ssize_t sa1,
                 const floating* bpacked, floating* c, Py_ssize_t ldc, bint accumulate,
-                const floating* bias, int activation,
-                floating* abufs, Py_ssize_t mc, int nthreads) noexcept nogil:
+                const floating* bias, int activation, bint avx2, Py_ssize_t mr,
+                Py_ssize_t nr, floating* abufs, Py_ssize_t mc, int nthreads) noexcept nogil:
     # a (m, k) strided, bpacked (k, npad) in slivers -> c (m, n) with row stride ldc
-    # IN  abufs: nthreads packed-A buffers of mc * KC, one per thread (no sharing)
+    # IN  avx2, mr, nr: the micro-kernel and its tile; abufs: nthreads packed-A buffers
+    #     of mc * KC, one per thread (no sharing)
     # OUT c: a @ b (+ c when accumulate), then + bias and the activation
-    cdef Py_ssize_t NR = NR_BYTES // sizeof(floating)
-    cdef Py_ssize_t npad = (n + NR - 1) // NR * NR
+    cdef Py_ssize_t npad = (n + nr - 1) // nr * nr
     cdef Py_ssize_t nblocks = (m + mc - 1) // mc
     cdef Py_ssize_t ib, i0, rows, p0, kc, j0, ii
     cdef floating* abuf
@@ -143,38 +242,36 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
         p0 = 0
         while p0 < k:
             kc = min(<Py_ssize_t>KC, k - p0)
-            _pack_a(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, abuf)
+            _pack_a(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
             j0 = 0
             while j0 < n:
-                # Sliver j0 / NR of this KC slice: slices before it hold p0 * npad.
+                # Sliver j0 / nr of this KC slice: slices before it hold p0 * npad.
                 bsliver = bpacked + p0 * npad + j0 * kc
                 ii = 0
                 while ii < rows:
-                    _micro_tile(kc, abuf + ii * kc, bsliver, c + (i0 + ii) * ldc + j0, ldc,
-                                min(<Py_ssize_t>MR, rows - ii), min(NR, n - j0),
-                                accumulate or p0 > 0)
-                    ii = ii + MR
-                j0 = j0 + NR
+                    _tile(avx2, kc, abuf + ii * kc, bsliver, c + (i0 + ii) * ldc + j0, ldc,
+                          min(mr, rows - ii), min(nr, n - j0), accumulate or p0 > 0)
+                    ii = ii + mr
+                j0 = j0 + nr
             p0 = p0 + KC
         if bias != NULL or activation != ACT_NONE:
             _epilogue(c + i0 * ldc, ldc, rows, n, bias, activation)
 
 
 cdef void _pack_b(Py_ssize_t k, Py_ssize_t n, const floating* b, Py_ssize_t sb0,
-                  Py_ssize_t sb1, floating* out, int nthreads) noexcept nogil:
-    # b (k, n) strided -> out (k, npad) as KC slices of NR slivers, each (kc, NR)
+                  Py_ssize_t sb1, Py_ssize_t nr, floating* out, int nthreads) noexcept nogil:
+    # b (k, n) strided -> out (k, npad) as KC slices of nr slivers, each (kc, nr)
     # Slivers are disjoint regions of out, so threads packing different slivers never race.
-    cdef Py_ssize_t NR = NR_BYTES // sizeof(floating)
-    cdef Py_ssize_t npad = (n + NR - 1) // NR * NR
-    cdef Py_ssize_t nslivers = npad // NR
+    cdef Py_ssize_t npad = (n + nr - 1) // nr * nr
+    cdef Py_ssize_t nslivers = npad // nr
     cdef Py_ssize_t js, p0, kc
     for js in prange(nslivers, schedule="static", num_threads=nthreads,
                      use_threads_if=k * n > PARALLEL_MIN_WORK):
         p0 = 0
         while p0 < k:
             kc = min(<Py_ssize_t>KC, k - p0)
-            _pack_b_sliver(b + p0 * sb0 + js * NR * sb1, sb0, sb1, kc,
-                           min(NR, n - js * NR), out + p0 * npad + js * NR * kc)
+            _pack_b_sliver(b + p0 * sb0 + js * nr * sb1, sb0, sb1, kc,
+                           min(nr, n - js * nr), nr, out + p0 * npad + js * nr * kc)
             p0 = p0 + KC
 
 
@@ -187,8 +284,10 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
     2 sigmoid, 3 tanh.  The packing buffers are allocated here, outside the kernel.
     """
     cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = b.shape[1]
-    cdef Py_ssize_t NR = NR_BYTES // sizeof(floating)
-    cdef Py_ssize_t npad = (n + NR - 1) // NR * NR
+    cdef bint avx2 = _use_avx2
+    cdef Py_ssize_t mr = MR_AVX2 if avx2 else MR
+    cdef Py_ssize_t nr = (NR_BYTES_AVX2 if avx2 else NR_BYTES) // sizeof(floating)
+    cdef Py_ssize_t npad = (n + nr - 1) // nr * nr
     cdef Py_ssize_t isz = sizeof(floating)
     cdef int nthreads = kp_max_threads()
     cdef Py_ssize_t mc
@@ -203,16 +302,16 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
             raise ValueError("gemm: bias must have N entries")
         bias_ptr = &bias_view[0]
     # Rows per block: MC, or fewer so that every thread gets a block of a short matrix.
-    mc = min(<Py_ssize_t>MC, ((m + nthreads - 1) // nthreads + MR - 1) // MR * MR)
+    mc = min(<Py_ssize_t>MC, ((m + nthreads - 1) // nthreads + mr - 1) // mr * mr)
     dtype = np.float32 if floating is float else np.float64
     bpacked = np.empty(k * npad, dtype=dtype)
     abufs = np.empty(nthreads * mc * KC, dtype=dtype)
     with nogil:
-        _pack_b(k, n, &b[0, 0], b.strides[0] // isz, b.strides[1] // isz, &bpacked[0],
-                nthreads)
+        _pack_b(k, n, &b[0, 0], b.strides[0] // isz, b.strides[1] // isz, nr,
+                &bpacked[0], nthreads)
         _gemm(m, n, k, &a[0, 0], a.strides[0] // isz, a.strides[1] // isz, &bpacked[0],
-              &c[0, 0], c.strides[0] // isz, accumulate, bias_ptr, activation, &abufs[0],
-              mc, nthreads)
+              &c[0, 0], c.strides[0] // isz, accumulate, bias_ptr, activation, avx2, mr, nr,
+              &abufs[0], mc, nthreads)
 
 
 def column_sums(const floating[:, :] g, double[::1] out):
