@@ -35,6 +35,8 @@ ATOL = 1e-4
 # fixed, small number of rounds; faster ones are calibrated by pytest-benchmark.
 SLOW_CALL_S = 0.02
 MIN_ROUNDS, MAX_ROUNDS = 3, 20
+# Backends whose first call compiles or loads kernels, so it says little of the next one.
+JIT_BACKENDS = ("numba", "cuda")
 
 
 def _torch():
@@ -212,7 +214,7 @@ class Harness:
         if benchmark.disabled:
             benchmark(call)
             return
-        if first_s > SLOW_CALL_S:  # the first call may have compiled; time one more
+        if first_s > SLOW_CALL_S and backend in JIT_BACKENDS:  # the first call compiled; time one more
             start = time.perf_counter()
             call()
             first_s = time.perf_counter() - start

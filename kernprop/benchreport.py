@@ -510,18 +510,20 @@ def plot(recs, path, baseline="numpy") -> str:
             values[b].append(speedup(entry, b, baseline) or 0.0)
     if not labels:
         raise BenchError(f"nothing to plot: no {baseline} results in this run")
-    width = 0.8 / max(1, len(backends))
-    fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(labels) * max(1, len(backends))), 6))
+    height = 0.8 / max(1, len(backends))
+    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.22 * len(labels) * max(1, len(backends)) ** 0.5))
     for i, b in enumerate(backends):
-        xs = [j + (i - (len(backends) - 1) / 2) * width for j in range(len(labels))]
-        ax.bar(xs, values[b], width, label=b)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_ylabel(f"speed-up over {baseline} (×, log scale)")
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=70, ha="right", fontsize=7)
-    ax.legend()
-    ax.set_title("kernprop: speed-up over the NumPy reference (median time per call)")
+        ys = [j + (i - (len(backends) - 1) / 2) * height for j in range(len(labels))]
+        ax.barh(ys, [v or float("nan") for v in values[b]], height, label=b)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"speed-up over {baseline} (× faster, log scale; median time per call)")
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # first op at the top
+    ax.grid(axis="x", which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(f"kernprop: speed-up over {baseline}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
