@@ -122,18 +122,43 @@ def test_read_only_inputs(dtype, rng):
     kernprop.sgd_step(param, readonly(np.ones(10, dtype)), lr=0.1, backend="cython")
 
 
+@pytest.fixture(params=["best", "generic"])
+def gemm_kernel(request):
+    """The GEMM micro-kernel the CPU gets ("best": AVX2+FMA where it has them), then the
+    generic one forced, so both are tested on an AVX2 machine."""
+    from kernprop._cy import matmul
+
+    matmul.use_generic_kernel(request.param == "generic")
+    yield matmul.gemm_kernel()
+    matmul.use_generic_kernel(False)
+
+
+def test_gemm_kernel_reported():
+    from kernprop._cy import matmul
+
+    assert matmul.gemm_kernel() in ("avx2", "generic")
+
+
 @pytest.mark.parametrize(
     "m, k, n",
-    [(1, 1, 1), (1, 300, 1), (5, 3, 9), (4, 256, 8), (97, 257, 101), (300, 513, 17)],
+    [(1, 1, 1), (1, 300, 1), (5, 3, 9), (4, 256, 8), (6, 257, 16), (97, 257, 101), (300, 513, 17)],
 )
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
-def test_gemm_edge_tiles_and_strides(dtype, rng, m, k, n, layout):
-    # Sizes around the 4 x (32 bytes) micro-tile and the 256-deep K slice, operands of
-    # every layout (the packing reads any strides).
+def test_gemm_edge_tiles_and_strides(gemm_kernel, dtype, rng, m, k, n, layout):
+    # Sizes around the micro-tiles (4 x 32 bytes generic, 6 x 64 bytes AVX2) and the
+    # 256-deep K slice, operands of every layout (the packing reads any strides).
     a = make_array(rng, (m, k), dtype, layout)
     b = make_array(rng, (k, n), dtype, layout)
     got = kernprop.matmul(a, b, backend="cython")
     assert_close(got, ref_matmul.matmul(a, b), dtype, scale=float(np.sqrt(k)) * 4)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh"])
+def test_linear_epilogue_both_kernels(gemm_kernel, dtype, rng, activation):
+    x, w = rng.uniform(-2, 2, (45, 70)).astype(dtype), rng.uniform(-1, 1, (70, 23)).astype(dtype)
+    b = rng.uniform(-1, 1, 23).astype(dtype)
+    got = kernprop.linear(x, w, b, activation=activation, backend="cython")
+    assert_close(got, ref_matmul.linear_forward(x, w, b, activation), dtype, scale=10.0)
 
 
 def test_gemm_negative_strides(dtype, rng):
