@@ -181,11 +181,7 @@ def gemm(a, b, out, *, trans_a=False, trans_b=False, bias=None, activation=None,
 def column_sum(dy, db, *, accumulate=False):
     """db (C,) = dy.sum(axis=0) (+ db); device arrays."""
     kernel = _column_sum_kernel(np.dtype(dy.dtype))
-    kernel[cdiv(dy.shape[1], COLSUM_X), (# Tile rows of BM + 1 words: staging stores that walk down a tile column (consecutive kk)
-# then hit different shared-memory banks, instead of one bank 16 times (stride 64).
-PAD = 1
-
-COLSUM_X, COLSUM_Y)](dy, db, bool(accumulate))
+    kernel[cdiv(dy.shape[1], COLSUM_X), (COLSUM_X, COLSUM_Y)](dy, db, bool(accumulate))
     return db
 
 
