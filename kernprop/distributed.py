@@ -39,7 +39,10 @@ Failures: an exception on any rank inside a distributed ``fit`` (or the CLI) pri
 ranks are killed instead of waiting forever in the next collective.  A rank killed by a
 signal makes ``mpirun`` end the job.  MPI errors raise exceptions
 (``Set_errhandler(ERRORS_RETURN)``).  What remains the caller's duty: every rank must
-call ``fit`` / ``save`` the same number of times (they are collective).
+call ``fit`` / ``save`` the same number of times (they are collective), and a script of
+your own should run as ``mpirun -n N python -m mpi4py script.py`` (mpi4py then aborts
+the job on an uncaught exception anywhere, e.g. in rank 0's ``save``) or inside
+``with kernprop.distributed.make_context("mpi").abort_on_error():``.
 
 Output: rank 0 alone draws the progress bar, prints epoch lines and writes
 checkpoints (``Trainer.save``: rank 0 writes, every rank waits for it).  Validation data
@@ -50,13 +53,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import sys
 import traceback
 
 import numpy as np
 
-__all__ = ["MPIContext", "make_context", "mpi_available", "rank", "allreduce_gradients"]
+__all__ = ["MPIContext", "make_context", "mpi_available", "shard", "allreduce_gradients"]
 
 DISTRIBUTED_CHOICES = ("none", "mpi")
 
@@ -85,20 +87,6 @@ def make_context(distributed):
     if not ok:
         raise RuntimeError(f"distributed='mpi' needs mpi4py: {why}")
     return MPIContext()
-
-
-def rank():
-    """This process's rank in ``MPI.COMM_WORLD`` (0 without mpi4py or without mpirun)."""
-    if "mpi4py" not in sys.modules and not any(
-        k in os.environ for k in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
-    ):
-        return 0
-    ok, _ = mpi_available()
-    if not ok:
-        return 0
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD.Get_rank()
 
 
 class MPIContext:
@@ -207,9 +195,12 @@ class MPIContext:
         """
         stop = min(start + self._batch_size, self._n)
         local, total = self._weights(labels, start, stop, lo, hi)
-        scale = local / total if self._mean and total > 0 else (1.0 if not self._mean else 0.0)
         if local == 0:
             scale = 0.0  # an empty or fully ignored shard: its gradient may be 0/0
+        elif not self._mean:
+            scale = 1.0  # "sum": the gradient of a sum is the sum of the gradients
+        else:
+            scale = local / total
         return allreduce_gradients(self.comm, grads, self._buffer, scale,
                                    0.0 if scale == 0.0 else float(np.sum(loss)),
                                    nan_loss=self._mean and total == 0)
