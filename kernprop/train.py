@@ -236,8 +236,13 @@ class Trainer:
         Xs_host = Xs
         if on_gpu and dist is not None:
             raise ValueError("distributed training runs on the CPU backends, not on 'cuda'")
-        with nn.bind_kernels(model, name) as kernels, _guard(dist), _resident(model, optimizer, on_gpu):
+        pack = not on_gpu and dist is None and len(model.parameters()) > 1
+        with nn.bind_kernels(model, name) as kernels, _guard(dist), _resident(model, optimizer, on_gpu), \
+                _packed(model, optimizer, pack) as packed:
             params = model.parameters()
+            if packed is not None:  # one optimizer kernel call per step for all parameters
+                flat_params, grad_views, flat_grads = packed
+                copyto = np.copyto
             with_grad = loss_fn.with_grad
             if dist is None:
                 shards = [(start, min(start + batch_size, n)) for start in starts]
@@ -266,7 +271,12 @@ class Trainer:
                         backward(dout)
                     if dist is not None:  # the global batch's gradients: one Allreduce
                         loss = dist.allreduce_gradients(gradients(), loss if hi > lo else None, ys, start, lo, hi)
-                    optimizer.step(params, gradients(), kernels)
+                    if packed is None:
+                        optimizer.step(params, gradients(), kernels)
+                    else:
+                        for view, grad in zip(grad_views, gradients()):
+                            copyto(view, grad)
+                        optimizer.step(flat_params, flat_grads, kernels)
                     # Bookkeeping, batched: a list append per step; the losses are
                     # reduced once per epoch and the logits' argmax taken every
                     # _PRED_EVERY steps (consecutive batches are consecutive rows).
@@ -533,6 +543,55 @@ def _to_device(x):
 
 def _loss_array(step_losses):
     return np.array([_host(v) for v in step_losses], dtype=np.float64)
+
+
+@contextlib.contextmanager
+def _packed(model, optimizer, enabled):
+    """While a fit runs, the parameters, their gradients and each kind of optimizer state
+    live in one flat buffer each, the model's arrays being views into it, so that an
+    optimizer step is one kernel call for the whole model instead of one per array (the
+    update is elementwise, so the arithmetic is the same).  The gradients, new arrays
+    each step, are copied into their views.  Afterwards the values are copied back into
+    the original arrays, which the model and optimizer hold again.
+
+    Yields ``([flat params], grad views, [flat grads])``, or None when not enabled."""
+    params = model.parameters()
+    if not enabled:
+        yield None
+        return
+    optimizer._ensure_state(params)  # per-array state first (refuses a mismatched one)
+    offsets = np.cumsum([0] + [p.size for p in params])
+
+    def views(flat):
+        return [flat[o:o + p.size].reshape(p.shape) for o, p in zip(offsets, params)]
+
+    flat = np.concatenate([p.ravel() for p in params])
+    param_views = views(flat)
+    flat_grad = np.zeros_like(flat)
+    old_state = optimizer.state
+    optimizer.state = {
+        key: [np.concatenate([a.ravel() for a in arrays])]
+        for key, arrays in old_state.items() if len(arrays) == len(params)
+    }
+    optimizer._checked = None
+    model._set_parameters(param_views)
+    try:
+        yield [flat], views(flat_grad), [flat_grad]
+    finally:
+        for p, view in zip(params, param_views):
+            p[...] = view
+        model._set_parameters(params)
+        state = {}
+        for key, (flat_state,) in optimizer.state.items():
+            old = old_state.get(key)
+            if old is not None and len(old) == len(params):
+                for a, view in zip(old, views(flat_state)):
+                    a[...] = view
+                state[key] = old
+            else:
+                state[key] = [view.copy() for view in views(flat_state)]
+        optimizer.state = state
+        optimizer._checked = None
 
 
 @contextlib.contextmanager

@@ -190,6 +190,33 @@ def test_float64_model_and_float32_data(backend):
     assert trainer.model.parameters()[0].dtype == np.float64
 
 
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_fit_equals_a_hand_written_loop(backend, opt):
+    # fit packs the parameters into one buffer for a single optimizer call per step;
+    # the update is elementwise, so it matches stepping each array on its own.
+    X, y = _blobs(dtype=np.float64)
+    trainer = _trainer(backend, OPTIMIZERS[opt](), dtype=np.float64)
+    arrays = trainer.model.parameters()
+    trainer.fit(X, y, epochs=2, shuffle=False, verbose=0)
+    assert all(a is b for a, b in zip(arrays, trainer.model.parameters()))  # same arrays, updated
+
+    model, optimizer = nn.MLP([6, 8, 3], rng=0, dtype=np.float64), OPTIMIZERS[opt]()
+    model.backend = backend
+    for _ in range(2):
+        for start in range(0, 96, 16):
+            out = model.forward(X[start:start + 16])
+            _, dout = kernprop.cross_entropy_with_grad(out, y[start:start + 16], backend=backend)
+            model.backward(dout)
+            optimizer.step(model.parameters(), model.gradients(), nn.validated_ops(backend))
+    for got, want in zip(trainer.model.parameters(), model.parameters()):
+        assert_close(got, want, rtol=1e-12, name="parameters")
+    for key, value in optimizer.state_dict().items():
+        got = trainer.optimizer.state_dict()[key]
+        assert got.shape == value.shape, key
+        if value.dtype.kind == "f":
+            assert_close(got, value, rtol=1e-12, name=key)
+
+
 # --- optimizers ------------------------------------------------------------------------
 
 
