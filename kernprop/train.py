@@ -4,7 +4,10 @@ The data are checked once per ``fit`` (shapes, dtypes, label range, that the mod
 accepts them); inside the step loop the layers then call the backend's kernels directly
 (``kernprop.nn.bind_kernels``), so a step costs the kernels plus a few attribute
 lookups.  Each epoch shuffles the rows into one preallocated buffer (one gather per
-epoch, then every batch is a contiguous slice of it, copied nowhere).
+epoch, then every batch is a contiguous slice of it, copied nowhere).  During a fit the
+parameters, gradients and optimizer state sit in one flat buffer each (``_packed``), so
+the optimizer update is one kernel call per step; on the ``cuda`` backend they stay on
+the device for the whole fit (``_resident``).
 
 Determinism: the shuffling draws from ``numpy.random.default_rng(seed)``; with the same
 seed, initial weights, backend and thread count, ``fit`` gives bit-identical weights.
