@@ -42,8 +42,9 @@ def host(x):
     return x.copy_to_host() if hasattr(x, "copy_to_host") else np.asarray(x)
 
 
-def assert_close(got, want, dtype, name="result", on_device=False):
-    """Same shape, dtype, NaN/inf pattern and values within RTOL; shows the worst element."""
+def assert_close(got, want, dtype, name="result", on_device=False, scale=None):
+    """Same shape, dtype, NaN/inf pattern and values within RTOL; shows the worst element.
+    ``scale`` (default: the largest finite |want|) is added to |want| in the tolerance."""
     if on_device:
         assert not isinstance(got, np.ndarray) and hasattr(got, "copy_to_host"), (
             f"{name}: expected a device array back, got {type(got).__name__}"
@@ -54,7 +55,8 @@ def assert_close(got, want, dtype, name="result", on_device=False):
     assert got.dtype == dtype, f"{name}: dtype {got.dtype} != {dtype}"
     g, w = got.astype(np.float64), want.astype(np.float64)
     finite = w[np.isfinite(w)]
-    scale = float(np.abs(finite).max()) if finite.size else 1.0
+    if scale is None:
+        scale = float(np.abs(finite).max()) if finite.size else 1.0
     with np.errstate(invalid="ignore"):
         error = np.abs(g - w)
         limit = RTOL[dtype] * (np.abs(w) + max(scale, 1e-30))
@@ -190,6 +192,19 @@ def test_softmax_family(rng, dtype, shape):
     y = ops.log_softmax(rand(rng, shape, dtype), backend="numpy")
     got, want = both("log_softmax_backward", y, rand(rng, shape, dtype))
     assert_close(got, want, dtype, "log_softmax_backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_logits_keep_their_precision(dtype):
+    # log_softmax = (x - max) - log(sum): x - max is exact near the max, where max + log(sum)
+    # would round to the float32 spacing at 1e4 (1e-3).  Tolerance relative to O(1) values.
+    x = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, 1e4 - 1]], dtype=dtype)
+    got, want = both("log_softmax", x)
+    assert_close(got, want, dtype, "log_softmax", scale=1.0)
+    labels = np.array([0, 1, 2])
+    (loss, grad), (want_loss, want_grad) = both("cross_entropy_with_grad", x, labels, reduction="none")
+    assert_close(loss, want_loss, dtype, "row losses", scale=1.0)
+    assert_close(grad, want_grad, dtype, "dlogits", scale=1.0)
 
 
 def test_log_softmax_transposed_input(rng):

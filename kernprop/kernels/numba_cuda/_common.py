@@ -230,9 +230,11 @@ def block_max_sum(m, s, scratch_m, scratch_s, empty_m, empty_s):
 
 
 @cuda.jit(device=True, inline=True)
-def log_sum_exp(m, s, nan):
-    # log(sum(exp(x))) = m + log(s).  s == 0 only for a row of all -inf (m == -inf):
+def log_of_sum(s, nan):
+    # log(sum(exp(x - max))), for log_softmax = (x - max) - log(s): subtracting max first
+    # keeps x - max exact for the large logits near the max (max + log(s) would round to
+    # the spacing of max, 1e-3 at 1e4 in float32).  s == 0 only for a row of all -inf:
     # PyTorch gives nan there, and log(0) would raise on the simulator.
     if s > 0:
-        return m + math.log(s)
+        return math.log(s)
     return nan

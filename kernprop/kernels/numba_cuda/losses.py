@@ -33,7 +33,7 @@ from ._common import (
     dummy,
     elementwise_grid,
     finish,
-    log_sum_exp,
+    log_of_sum,
     numba_type,
     row_threads,
     to_device,
@@ -76,7 +76,7 @@ def _cross_entropy_kernel(dtype, write_grad):
         # below is a barrier (whole-warp shuffles, and syncthreads past one warp).
         target_logit = logits[row, target]
         m, s = max_sum(logits, row, scratch_m, scratch_s)
-        lse = log_sum_exp(m, s, T(math.nan))
+        log_s = log_of_sum(s, T(math.nan))  # logp = (x - m) - log_s, see log_of_sum
 
         w_target = T(0)  # ignored rows weigh 0, so their gradient is 0 with no branch
         if valid:
@@ -85,7 +85,7 @@ def _cross_entropy_kernel(dtype, write_grad):
         soft = T(smoothing) / T(num_classes)  # weight of each class in the uniform target
         smooth = T(0)
         for c in range(cuda.threadIdx.x, num_classes, cuda.blockDim.x):
-            logp = logits[row, c] - lse
+            logp = (logits[row, c] - m) - log_s
             w_c = weight[c] if has_weight else T(1)
             if write_grad:
                 # d loss_row / d logit_c = hard (p_c - [c == y]) + soft (W p_c - w_c)
@@ -104,7 +104,7 @@ def _cross_entropy_kernel(dtype, write_grad):
             # loss_row = hard (-logp_y) + soft sum_c w_c (-logp_c)
             loss = T(0)
             if valid:
-                loss = -hard * (target_logit - lse)
+                loss = -hard * ((target_logit - m) - log_s)
                 if smoothing > 0:
                     loss -= soft * smooth
             row_loss[row] = loss

@@ -28,7 +28,7 @@ from ._common import (
     block_max_sum,
     block_sum,
     finish,
-    log_sum_exp,
+    log_of_sum,
     numba_type,
     row_threads,
     to_device,
@@ -69,9 +69,9 @@ def _forward_kernel(dtype, log):
         row = cuda.blockIdx.x
         m, s = max_sum(x, row, scratch_m, scratch_s)
         if log:
-            lse = log_sum_exp(m, s, T(math.nan))
+            log_s = log_of_sum(s, T(math.nan))
             for c in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
-                out[row, c] = x[row, c] - lse
+                out[row, c] = (x[row, c] - m) - log_s
         else:
             # s >= 1 for any row with a finite max; s == 0 (all -inf) gives nan below
             inv_s = T(1) / s if s > 0 else T(math.nan)
