@@ -48,6 +48,9 @@ cdef enum:
     # 144 and 192 measured within 5% of each other.
     KC = 256
     MC = 144             # a multiple of both MR and MR_AVX2
+    # Products of fewer multiply-adds than this run on the calling thread: they take
+    # a few microseconds, about what an OpenMP fork/join costs.
+    GEMM_SERIAL_WORK = 1 << 17
 
 # The AVX2+FMA micro-kernels: plain C loops like _micro_tile's, compiled for AVX2+FMA by
 # the target attribute and called only when the CPU reports both (checked once).
@@ -236,7 +239,7 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     cdef const floating* bsliver
     # Blocks of rows go round-robin to threads; each block's rows belong to one thread.
     for ib in prange(nblocks, schedule="static", chunksize=1,
-                     num_threads=nthreads, use_threads_if=nblocks > 1):
+                     num_threads=nthreads, use_threads_if=nthreads > 1 and nblocks > 1):
         i0 = ib * mc
         rows = min(mc, m - i0)
         abuf = abufs + threadid() * mc * KC
@@ -302,6 +305,8 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
         if bias_view.shape[0] != n:
             raise ValueError("gemm: bias must have N entries")
         bias_ptr = &bias_view[0]
+    if m * n * k < GEMM_SERIAL_WORK:
+        nthreads = 1
     # Rows per block: MC, or fewer so that every thread gets a block of a short matrix.
     mc = min(<Py_ssize_t>MC, ((m + nthreads - 1) // nthreads + mr - 1) // mr * mr)
     dtype = np.float32 if floating is float else np.float64
