@@ -185,6 +185,8 @@ def fmt_time(seconds):
 def fmt_ratio(ratio):
     if ratio is None:
         return "–"
+    if ratio < 0.1:
+        return f"{ratio:.1g}×"
     return f"{ratio:.2f}×" if ratio < 10 else f"{ratio:.1f}×"
 
 
@@ -228,35 +230,41 @@ def _contenders(backends):
     return [b for b in backends if b not in BASELINES]
 
 
+HEADLINE_LABELS = ("small", "mlp", "large")
+
+
 def headline(recs, stat="median") -> str:
-    """Per op: each kernprop backend's speed-up over numpy and torch (by ``stat``), at
-    the MLP-sized shape and at the large shapes (geometric mean when several are large)."""
+    """Per op: each kernprop backend's speed-up over numpy and torch (by ``stat``) at the
+    small, MLP-sized and large shapes, as "small / MLP / large" in one cell (geometric
+    mean when a class has several shapes; "–" where not measured)."""
     rows = table(recs)
     backends = _backends_present(recs)
     contenders = _contenders(backends)
     baselines = [b for b in BASELINES if b in backends]
-    header = ["op"]
-    for label in ("MLP-sized", "large"):
-        for c in contenders:
-            for base in baselines:
-                if c != base:
-                    header.append(f"{c} vs {base} ({label})")
-    body = []
+    pairs = [(c, base) for c in contenders for base in baselines]
+    header = ["op", *(f"{c} vs {base} (small / MLP / large)" for c, base in pairs)]
     ops = []
     for op, _ in rows:
         if op not in ops:
             ops.append(op)
+    body = []
     for op in ops:
         entries = {label: [e for (o, _), e in rows.items() if o == op and _label(e) == label]
-                   for label in ("mlp", "large")}
+                   for label in HEADLINE_LABELS}
         cells = [op]
-        for label in ("mlp", "large"):
-            for c in contenders:
-                for base in baselines:
-                    if c != base:
-                        cells.append(fmt_ratio(_geomean([speedup(e, c, base, stat) for e in entries[label]])))
+        for c, base in pairs:
+            ratios = [_geomean([speedup(e, c, base, stat) for e in entries[label]]) for label in HEADLINE_LABELS]
+            cells.append(" / ".join(_short_ratio(r) for r in ratios))
         body.append(cells)
     return _md_table(header, body)
+
+
+def _short_ratio(ratio):
+    if ratio is None:
+        return "–"
+    if ratio < 0.1:
+        return f"{ratio:.1g}"
+    return f"{ratio:.2f}" if ratio < 10 else f"{ratio:.0f}"
 
 
 def _label(entry):
@@ -421,8 +429,9 @@ def render(data, title="kernprop benchmark report") -> str:
         return "\n".join(parts)
     parts += [
         "## Headline: speed-up of each backend (× faster; < 1 is slower)", "",
-        "Median time of the baseline divided by the backend's, at the MLP-sized shape and at the "
-        "large shapes (geometric mean when there are several).", "",
+        "Median time of the baseline divided by the backend's (> 1: the backend is faster), at the "
+        "small (overhead-bound), MLP-sized and large shapes of each op (geometric mean when a class "
+        "has several shapes; – where not measured).  Every shape is in the tables further down.", "",
         headline(recs), "",
     ]
     noisy = [r for r in recs if r.noisy]
@@ -754,7 +763,7 @@ def run(quick=False, ops=None, backends=None, json_path=None, max_time=None, sta
         if unknown:
             raise BenchError(f"unknown op(s) {', '.join(sorted(unknown))}; known: {', '.join(OP_ORDER)}")
     if max_time is None:
-        max_time = 0.1 if quick else 0.5
+        max_time = 0.1 if quick else 0.3
     extra = {"command": command, "note": note}
     root = bench_dir.parent
     extra["commit"] = _git(root, "rev-parse", "HEAD")
@@ -851,7 +860,7 @@ def add_parser(sub):
     bench.add_argument("--from-json", metavar="PATH", default=None,
                        help="write the report of a saved run instead of running the benchmarks")
     bench.add_argument("--max-time", type=float, default=None,
-                       help="seconds of timing per benchmark (default 0.5, --quick 0.1)")
+                       help="seconds of timing per benchmark (default 0.3, --quick 0.1)")
     bench.add_argument("--no-startup", action="store_true", help="skip the compile / cache start-up measurement")
     bench.add_argument("--no-memory", action="store_true", help="skip the linear cross-entropy memory measurement")
     bench.add_argument("--note", default=None, help="a line to put under the report's title")
