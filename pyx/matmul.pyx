@@ -4,27 +4,34 @@ kernel in the Goto/BLIS shape (Goto & van de Geijn, "Anatomy of High-Performance
 Matrix Multiplication", ACM TOMS 2008; Van Zee & van de Geijn, "BLIS", TOMS 2015).
 
 Loops, outermost first, for C (M, N) = A (M, K) @ B (K, N):
-    pack all of B once into NR-wide column slivers, zero-padded (parallel over slivers)
-    prange over blocks of MC rows of C (each thread owns its rows: no write races)
-        for each KC-deep slice of K: pack the A block (MC, KC) into MR-tall slivers
-            for each NR sliver of B (KC, NR): stays in L1 while ...
-                for each MR sliver of A (in L2): the micro-tile, MR x NR
-                accumulators in registers over the KC-long contiguous panels
-        epilogue on the thread's own rows: + bias, activation
+    for each panel of NC columns of B, for each KC-deep slice of K:
+        pack B (KC, NC) into NR-wide slivers, zero-padded (prange over slivers); the
+        packed panel is at most KC x NC, whatever the size of B
+        prange over blocks of MC rows of C (each thread owns its rows: no write races)
+            pack the A block (MC, KC) into MR-tall slivers, zero-padded
+            for each NR sliver of the B panel (KC, NR): stays in L1 while ...
+                for each MR sliver of A (in L2): the micro-tile, MR x NR accumulators
+                in registers over the KC-long contiguous slivers
+            after the last K slice: epilogue on the thread's own tiles (+ bias,
+            activation)
 Packing reads any strides, so transposed views (``w.T`` in ``dx = dy @ w.T``,
 ``x.T`` in ``dw = x.T @ dy``) are never copied first.  Each element of C sums its K
 products in the same order whatever the thread count, so results do not depend on it.
 
-Micro-kernels (chosen once per process from the CPU, ``gemm_kernel()`` names it):
+Micro-kernels (the best the CPU runs is chosen once per process; ``gemm_kernel()``
+names it, ``set_gemm_kernel`` overrides it for tests):
     1. ``_micro_tile``, generic: MR x NR = 4 x (32 bytes), accumulators in a local 2-D
        array that GCC keeps in registers after fully unrolling the constant loops; with
        the x86-64 baseline (SSE2) that is 8 of the 16 registers.  ~30 GFLOP/s float32,
        ~15 float64 on one core here.  The fallback everywhere.
     2. ``kp_tile_avx2_*``, C with GCC vector extensions compiled for AVX2+FMA by a
        function ``target`` attribute (setup.py builds for the baseline, so the rest of
-       the module still runs on any x86-64): 6 x (64 bytes), 12 of the 16 ymm
-       registers.  Used when the CPU has AVX2 and FMA.  FMA rounds once per multiply-add, so results differ
-       from variant 1 in the last bits (each is still independent of the thread count).
+       the module still runs on any x86-64): 6 x (2 x 32 bytes), 12 of the 16 ymm
+       registers.  ~70 GFLOP/s float32, ~34 float64 on one core here.
+    3. ``kp_tile_avx512_*``, the same C for AVX-512F: 6 x (2 x 64 bytes), 12 of the 32
+       zmm registers.  In isolation 105 GFLOP/s float32 against variant 2's 77.
+FMA rounds once per multiply-add, so variants differ in the last bits; each is
+independent of the thread count.
 """
 
 include "_common.pxi"
@@ -40,28 +47,38 @@ cdef enum:
     MR = 4
     NR_BYTES = 32
     NR_MAX = 8          # NR_BYTES / sizeof(float)
-    # AVX2 micro-tile: 6 x 64 bytes = 12 ymm accumulators + 2 for B + 1 broadcast.
-    MR_AVX2 = 6
-    NR_BYTES_AVX2 = 64
-    # KC * NR * 8 bytes <= 16 KiB: one B sliver sits in L1 across the MR-sliver loop;
+    # SIMD micro-tiles: 6 rows x 2 vectors = 12 accumulator registers + 2 for B + 1
+    # broadcast (of 16 ymm with AVX2, of 32 zmm with AVX-512).
+    MR_SIMD = 6
+    # KC * NR * 8 bytes <= 32 KiB: one B sliver sits in L1 across the MR-sliver loop;
     # MC * KC * 8 bytes = 288 KiB: the packed A block sits in L2 (1 MiB here).  MC 96,
     # 144 and 192 measured within 5% of each other.
     KC = 256
-    MC = 144             # a multiple of both MR and MR_AVX2
+    MC = 144             # a multiple of both MR and MR_SIMD
+    # KC * NC * 8 bytes = 8 MiB at most: the packed B panel, shared by the threads.
+    NC = 4096
     # Products of fewer multiply-adds than this run on the calling thread: they take
     # a few microseconds, about what an OpenMP fork/join costs.
     GEMM_SERIAL_WORK = 1 << 17
 
-# The AVX2+FMA micro-kernels: plain C loops like _micro_tile's, compiled for AVX2+FMA by
-# the target attribute and called only when the CPU reports both (checked once).
+# Micro-kernels, in order of preference; _cpu_kernel is the best this CPU runs.
+cdef enum:
+    KERNEL_GENERIC = 0
+    KERNEL_AVX2 = 1
+    KERNEL_AVX512 = 2
+
+KERNEL_NAMES = ("generic", "avx2", "avx512")
+
+# The SIMD micro-kernels: C with GCC vector extensions, each compiled for its ISA by a
+# function target attribute and called only when the CPU reports it (checked once).
 cdef extern from *:
     """
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    /* 6 x (2 vectors of 32 bytes) accumulators.  GCC vector extensions (plain C, no
-       intrinsics) make the register tile explicit: the same loops over a T acc[6][NR]
-       array were left in memory by GCC 12 (7 GFLOP/s against 77). */
-    #define KP_AVX2_TILE(NAME, T, V, L)                                                 \
-    __attribute__((target("avx2,fma"))) static void NAME(                               \
+    /* 6 x (2 vectors) accumulators.  Vector extensions (plain C, no intrinsics) make
+       the register tile explicit: the same loops over a T acc[6][NR] array were left
+       in memory by GCC 12 (7 GFLOP/s against 77). */
+    #define KP_SIMD_TILE(NAME, TARGET, T, V, L)                                         \
+    __attribute__((target(TARGET))) static void NAME(                                   \
             Py_ssize_t kc, const T *ap, const T *bp, T *c, Py_ssize_t ldc,            \
             Py_ssize_t mr, Py_ssize_t nr, int accumulate) {                          \
         /* ap (kc, 6), bp (kc, 2 L) packed -> c (mr, nr) */                           \
@@ -91,18 +108,27 @@ cdef extern from *:
     }
     typedef float kp_v8f __attribute__((vector_size(32)));
     typedef double kp_v4d __attribute__((vector_size(32)));
-    KP_AVX2_TILE(kp_tile_avx2_f, float, kp_v8f, 8)
-    KP_AVX2_TILE(kp_tile_avx2_d, double, kp_v4d, 4)
-    static int kp_cpu_has_avx2(void) {
+    typedef float kp_v16f __attribute__((vector_size(64)));
+    typedef double kp_v8d __attribute__((vector_size(64)));
+    KP_SIMD_TILE(kp_tile_avx2_f, "avx2,fma", float, kp_v8f, 8)
+    KP_SIMD_TILE(kp_tile_avx2_d, "avx2,fma", double, kp_v4d, 4)
+    KP_SIMD_TILE(kp_tile_avx512_f, "avx512f,fma", float, kp_v16f, 16)
+    KP_SIMD_TILE(kp_tile_avx512_d, "avx512f,fma", double, kp_v8d, 8)
+    static int kp_cpu_kernel(void) {
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) return 2;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+        return 0;
     }
     #else
-    static void kp_tile_avx2_f(Py_ssize_t kc, const float *ap, const float *bp, float *c,
-                               Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr, int accumulate) {}
-    static void kp_tile_avx2_d(Py_ssize_t kc, const double *ap, const double *bp, double *c,
-                               Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr, int accumulate) {}
-    static int kp_cpu_has_avx2(void) { return 0; }
+    #define KP_NO_TILE(NAME, T)                                                       \
+    static void NAME(Py_ssize_t kc, const T *ap, const T *bp, T *c, Py_ssize_t ldc,  \
+                     Py_ssize_t mr, Py_ssize_t nr, int accumulate) {}
+    KP_NO_TILE(kp_tile_avx2_f, float)
+    KP_NO_TILE(kp_tile_avx2_d, double)
+    KP_NO_TILE(kp_tile_avx512_f, float)
+    KP_NO_TILE(kp_tile_avx512_d, double)
+    static int kp_cpu_kernel(void) { return 0; }
     #endif
     """
     void kp_tile_avx2_f(Py_ssize_t kc, const float* ap, const float* bp, float* c,
@@ -111,22 +137,38 @@ cdef extern from *:
     void kp_tile_avx2_d(Py_ssize_t kc, const double* ap, const double* bp, double* c,
                         Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
                         int accumulate) noexcept nogil
-    int kp_cpu_has_avx2() noexcept nogil
+    void kp_tile_avx512_f(Py_ssize_t kc, const float* ap, const float* bp, float* c,
+                          Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                          int accumulate) noexcept nogil
+    void kp_tile_avx512_d(Py_ssize_t kc, const double* ap, const double* bp, double* c,
+                          Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                          int accumulate) noexcept nogil
+    int kp_cpu_kernel() noexcept nogil
 
-cdef bint _cpu_has_avx2 = kp_cpu_has_avx2()
-cdef bint _use_avx2 = _cpu_has_avx2
+cdef int _cpu_kernel = kp_cpu_kernel()
+cdef int _kernel = _cpu_kernel
+
+
+def gemm_kernels():
+    """Names of the GEMM micro-kernels this CPU can run, best last."""
+    return list(KERNEL_NAMES[: _cpu_kernel + 1])
 
 
 def gemm_kernel():
-    """The micro-kernel in use: "avx2" (AVX2+FMA) or "generic" (the x86-64 baseline)."""
-    return "avx2" if _use_avx2 else "generic"
+    """Name of the GEMM micro-kernel in use (the best the CPU runs, unless set)."""
+    return KERNEL_NAMES[_kernel]
 
 
-def use_generic_kernel(bint generic):
-    """Force the generic micro-kernel (True) or go back to the best the CPU has (False);
-    for tests of both kernels on one machine.  Not thread-safe: set it between calls."""
-    global _use_avx2
-    _use_avx2 = _cpu_has_avx2 and not generic
+def set_gemm_kernel(name=None):
+    """Use the micro-kernel ``name`` (one of ``gemm_kernels()``), or the best with None;
+    for tests of every kernel on one machine.  Not thread-safe: set it between calls."""
+    global _kernel
+    if name is None:
+        _kernel = _cpu_kernel
+    elif name in gemm_kernels():
+        _kernel = KERNEL_NAMES.index(name)
+    else:
+        raise ValueError(f"GEMM kernel {name!r} not available here; have {gemm_kernels()}")
 
 
 cdef inline void _micro_tile(Py_ssize_t kc, const floating* ap, const floating* bp,
@@ -194,11 +236,16 @@ cdef void _pack_b_sliver(const floating* b, Py_ssize_t sb0, Py_ssize_t sb1,
         out += nr
 
 
-cdef inline void _tile(bint avx2, Py_ssize_t kc, const floating* ap, const floating* bp,
+cdef inline void _tile(int kernel, Py_ssize_t kc, const floating* ap, const floating* bp,
                        floating* c, Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
                        bint accumulate) noexcept nogil:
     # One micro-tile with the kernel chosen for this call (see the module docstring).
-    if avx2:
+    if kernel == KERNEL_AVX512:
+        if floating is float:
+            kp_tile_avx512_f(kc, ap, bp, c, ldc, mr, nr, accumulate)
+        else:
+            kp_tile_avx512_d(kc, ap, bp, c, ldc, mr, nr, accumulate)
+    elif kernel == KERNEL_AVX2:
         if floating is float:
             kp_tile_avx2_f(kc, ap, bp, c, ldc, mr, nr, accumulate)
         else:
@@ -225,58 +272,64 @@ cdef void _epilogue(floating* c, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t n,
 
 cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                 const floating* a, Py_ssize_t sa0, Py_ssize_t sa1,
-                const floating* bpacked, floating* c, Py_ssize_t ldc, bint accumulate,
-                const floating* bias, int activation, bint avx2, Py_ssize_t mr,
-                Py_ssize_t nr, floating* abufs, Py_ssize_t mc, int nthreads) noexcept nogil:
-    # a (m, k) strided, bpacked (k, npad) in slivers -> c (m, n) with row stride ldc
-    # IN  avx2, mr, nr: the micro-kernel and its tile; abufs: nthreads packed-A buffers
-    #     of mc * KC, one per thread (no sharing)
+                const floating* b, Py_ssize_t sb0, Py_ssize_t sb1,
+                floating* c, Py_ssize_t ldc, bint accumulate,
+                const floating* bias, int activation, int kernel, Py_ssize_t mr,
+                Py_ssize_t nr, floating* bpanel, floating* abufs, Py_ssize_t mc,
+                int nthreads) noexcept nogil:
+    # a (m, k), b (k, n) strided -> c (m, n) with row stride ldc
+    # IN  kernel, mr, nr: the micro-kernel and its tile; bpanel: KC * round_up(min(n, NC),
+    #     nr) elements for the packed B panel; abufs: nthreads packed-A buffers of
+    #     mc * KC, one per thread (no sharing)
     # OUT c: a @ b (+ c when accumulate), then + bias and the activation
-    cdef Py_ssize_t npad = (n + nr - 1) // nr * nr
     cdef Py_ssize_t nblocks = (m + mc - 1) // mc
-    cdef Py_ssize_t ib, i0, rows, p0, kc, j0, ii
+    cdef Py_ssize_t ib, i0, rows, j0, jc, nc, p0, kc, ii
+    cdef bint last
     cdef floating* abuf
     cdef const floating* bsliver
-    # Blocks of rows go round-robin to threads; each block's rows belong to one thread.
-    for ib in prange(nblocks, schedule="static", chunksize=1,
-                     num_threads=nthreads, use_threads_if=nthreads > 1 and nblocks > 1):
-        i0 = ib * mc
-        rows = min(mc, m - i0)
-        abuf = abufs + threadid() * mc * KC
+    jc = 0
+    while jc < n:
+        nc = min(<Py_ssize_t>NC, n - jc)
         p0 = 0
         while p0 < k:
             kc = min(<Py_ssize_t>KC, k - p0)
-            _pack_a(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
-            j0 = 0
-            while j0 < n:
-                # Sliver j0 / nr of this KC slice: slices before it hold p0 * npad.
-                bsliver = bpacked + p0 * npad + j0 * kc
-                ii = 0
-                while ii < rows:
-                    _tile(avx2, kc, abuf + ii * kc, bsliver, c + (i0 + ii) * ldc + j0, ldc,
-                          min(mr, rows - ii), min(nr, n - j0), accumulate or p0 > 0)
-                    ii = ii + mr
-                j0 = j0 + nr
+            last = p0 + kc == k
+            _pack_b(kc, nc, b + p0 * sb0 + jc * sb1, sb0, sb1, nr, bpanel, nthreads)
+            # Blocks of rows go round-robin to threads; each block's rows belong to
+            # one thread for the whole panel, epilogue included.
+            for ib in prange(nblocks, schedule="static", chunksize=1, num_threads=nthreads,
+                             use_threads_if=nthreads > 1 and nblocks > 1):
+                i0 = ib * mc
+                rows = min(mc, m - i0)
+                abuf = abufs + threadid() * mc * KC
+                _pack_a(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
+                j0 = 0
+                while j0 < nc:
+                    bsliver = bpanel + j0 * kc
+                    ii = 0
+                    while ii < rows:
+                        _tile(kernel, kc, abuf + ii * kc, bsliver,
+                              c + (i0 + ii) * ldc + jc + j0, ldc, min(mr, rows - ii),
+                              min(nr, nc - j0), accumulate or p0 > 0)
+                        ii = ii + mr
+                    j0 = j0 + nr
+                if last and (bias != NULL or activation != ACT_NONE):
+                    _epilogue(c + i0 * ldc + jc, ldc, rows, nc,
+                              bias + jc if bias != NULL else NULL, activation)
             p0 = p0 + KC
-        if bias != NULL or activation != ACT_NONE:
-            _epilogue(c + i0 * ldc, ldc, rows, n, bias, activation)
+        jc = jc + NC
 
 
-cdef void _pack_b(Py_ssize_t k, Py_ssize_t n, const floating* b, Py_ssize_t sb0,
+cdef void _pack_b(Py_ssize_t kc, Py_ssize_t nc, const floating* b, Py_ssize_t sb0,
                   Py_ssize_t sb1, Py_ssize_t nr, floating* out, int nthreads) noexcept nogil:
-    # b (k, n) strided -> out (k, npad) as KC slices of nr slivers, each (kc, nr)
+    # b (kc, nc) strided -> out (ceil(nc / nr), kc, nr): nr-wide slivers, zero-padded
     # Slivers are disjoint regions of out, so threads packing different slivers never race.
-    cdef Py_ssize_t npad = (n + nr - 1) // nr * nr
-    cdef Py_ssize_t nslivers = npad // nr
-    cdef Py_ssize_t js, p0, kc
+    cdef Py_ssize_t nslivers = (nc + nr - 1) // nr
+    cdef Py_ssize_t js
     for js in prange(nslivers, schedule="static", num_threads=nthreads,
-                     use_threads_if=k * n > PARALLEL_MIN_WORK):
-        p0 = 0
-        while p0 < k:
-            kc = min(<Py_ssize_t>KC, k - p0)
-            _pack_b_sliver(b + p0 * sb0 + js * nr * sb1, sb0, sb1, kc,
-                           min(nr, n - js * nr), nr, out + p0 * npad + js * nr * kc)
-            p0 = p0 + KC
+                     use_threads_if=nthreads > 1 and kc * nc > PARALLEL_MIN_WORK):
+        _pack_b_sliver(b + js * nr * sb1, sb0, sb1, kc, min(nr, nc - js * nr), nr,
+                       out + js * nr * kc)
 
 
 def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
@@ -285,19 +338,20 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
 
     a (M, K) and b (K, N) of any strides; c (M, N) C-contiguous rows (a row slice of a
     C-contiguous array is fine); bias (N,) or None; activation 0 none, 1 relu,
-    2 sigmoid, 3 tanh.  The packing buffers are allocated here, outside the kernel.
+    2 sigmoid, 3 tanh.  The packing buffers (at most KC x NC of B, MC x KC of A per
+    thread) are allocated here, outside the kernel.
     """
     cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = b.shape[1]
-    cdef bint avx2 = _use_avx2
-    cdef Py_ssize_t mr = MR_AVX2 if avx2 else MR
-    cdef Py_ssize_t nr = (NR_BYTES_AVX2 if avx2 else NR_BYTES) // sizeof(floating)
-    cdef Py_ssize_t npad = (n + nr - 1) // nr * nr
+    cdef int kernel = _kernel
+    cdef Py_ssize_t mr = MR if kernel == KERNEL_GENERIC else MR_SIMD
+    # B bytes per tile row: 32 generic, 2 vectors of 32 (AVX2) or 64 (AVX-512) bytes
+    cdef Py_ssize_t nr = (NR_BYTES << kernel) // sizeof(floating)
     cdef Py_ssize_t isz = sizeof(floating)
     cdef int nthreads = kp_max_threads()
     cdef Py_ssize_t mc
     cdef const floating[::1] bias_view
     cdef const floating* bias_ptr = NULL
-    cdef floating[::1] bpacked, abufs
+    cdef floating[::1] bpanel, abufs
     if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n:
         raise ValueError("gemm: shapes do not match")
     if bias is not None:
@@ -310,14 +364,14 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
     # Rows per block: MC, or fewer so that every thread gets a block of a short matrix.
     mc = min(<Py_ssize_t>MC, ((m + nthreads - 1) // nthreads + mr - 1) // mr * mr)
     dtype = np.float32 if floating is float else np.float64
-    bpacked = np.empty(k * npad, dtype=dtype)
+    bpanel = np.empty(min(k, <Py_ssize_t>KC) * ((min(n, <Py_ssize_t>NC) + nr - 1) // nr * nr),
+                      dtype=dtype)
     abufs = np.empty(nthreads * mc * KC, dtype=dtype)
     with nogil:
-        _pack_b(k, n, &b[0, 0], b.strides[0] // isz, b.strides[1] // isz, nr,
-                &bpacked[0], nthreads)
-        _gemm(m, n, k, &a[0, 0], a.strides[0] // isz, a.strides[1] // isz, &bpacked[0],
-              &c[0, 0], c.strides[0] // isz, accumulate, bias_ptr, activation, avx2, mr, nr,
-              &abufs[0], mc, nthreads)
+        _gemm(m, n, k, &a[0, 0], a.strides[0] // isz, a.strides[1] // isz,
+              &b[0, 0], b.strides[0] // isz, b.strides[1] // isz,
+              &c[0, 0], c.strides[0] // isz, accumulate, bias_ptr, activation, kernel, mr, nr,
+              &bpanel[0], &abufs[0], mc, nthreads)
 
 
 def column_sums(const floating[:, :] g, double[::1] out):

@@ -122,31 +122,36 @@ def test_read_only_inputs(dtype, rng):
     kernprop.sgd_step(param, readonly(np.ones(10, dtype)), lr=0.1, backend="cython")
 
 
-@pytest.fixture(params=["best", "generic"])
+@pytest.fixture(params=["generic", "avx2", "avx512"])
 def gemm_kernel(request):
-    """The GEMM micro-kernel the CPU gets ("best": AVX2+FMA where it has them), then the
-    generic one forced, so both are tested on an AVX2 machine."""
+    """Each GEMM micro-kernel this CPU can run, forced in turn (others skipped)."""
     from kernprop._cy import matmul
 
-    matmul.use_generic_kernel(request.param == "generic")
-    yield matmul.gemm_kernel()
-    matmul.use_generic_kernel(False)
+    if request.param not in matmul.gemm_kernels():
+        pytest.skip(f"this CPU has no {request.param} (has {matmul.gemm_kernels()})")
+    matmul.set_gemm_kernel(request.param)
+    yield request.param
+    matmul.set_gemm_kernel(None)
 
 
 def test_gemm_kernel_reported():
     from kernprop._cy import matmul
 
-    assert matmul.gemm_kernel() in ("avx2", "generic")
+    assert matmul.gemm_kernels()[0] == "generic"
+    assert matmul.gemm_kernel() == matmul.gemm_kernels()[-1]
+    with pytest.raises(ValueError):
+        matmul.set_gemm_kernel("no-such-kernel")
 
 
 @pytest.mark.parametrize(
     "m, k, n",
-    [(1, 1, 1), (1, 300, 1), (5, 3, 9), (4, 256, 8), (6, 257, 16), (97, 257, 101), (300, 513, 17)],
+    [(1, 1, 1), (1, 300, 1), (5, 3, 9), (4, 256, 8), (6, 257, 16), (7, 5, 33), (97, 257, 101),
+     (300, 513, 17)],
 )
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
 def test_gemm_edge_tiles_and_strides(gemm_kernel, dtype, rng, m, k, n, layout):
-    # Sizes around the micro-tiles (4 x 32 bytes generic, 6 x 64 bytes AVX2) and the
-    # 256-deep K slice, operands of every layout (the packing reads any strides).
+    # Sizes around the micro-tiles (4 x 32 bytes generic, 6 x 64 or 128 bytes SIMD) and
+    # the 256-deep K slice, operands of every layout (the packing reads any strides).
     a = make_array(rng, (m, k), dtype, layout)
     b = make_array(rng, (k, n), dtype, layout)
     got = kernprop.matmul(a, b, backend="cython")
@@ -159,6 +164,16 @@ def test_linear_epilogue_both_kernels(gemm_kernel, dtype, rng, activation):
     b = rng.uniform(-1, 1, 23).astype(dtype)
     got = kernprop.linear(x, w, b, activation=activation, backend="cython")
     assert_close(got, ref_matmul.linear_forward(x, w, b, activation), dtype, scale=10.0)
+
+
+def test_gemm_wider_than_one_b_panel(gemm_kernel, dtype, rng):
+    # N > NC = 4096: B is packed one (KC, NC) panel at a time, and bias and activation
+    # are applied per panel after its last K slice.
+    x = rng.uniform(-1, 1, (7, 300)).astype(dtype)
+    w = rng.uniform(-1, 1, (300, 4100)).astype(dtype)[:, ::-1]
+    b = rng.uniform(-1, 1, 4100).astype(dtype)
+    got = kernprop.linear(x, w, b, activation="relu", backend="cython")
+    assert_close(got, ref_matmul.linear_forward(x, w, b, "relu"), dtype, scale=20.0)
 
 
 def test_gemm_negative_strides(dtype, rng):
