@@ -292,3 +292,10 @@ def test_plot_writes_png(tmp_path, run_a):
     path = tmp_path / "speedups.png"
     assert br.plot(br.records(run_a), path) == f"wrote {path}"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failed_memory_measurement_is_reported(run_a):
+    run_a["kernprop_report"]["memory"] = {"rows": 512, "classes": 32000, "features": 512, "results": [],
+                                          "error": "ImportError: cannot import name 'x'"}
+    text = br.render(run_a)
+    assert "Not measured at 512 × 32000 × 512: ImportError: cannot import name 'x'" in text
