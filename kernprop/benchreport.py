@@ -425,6 +425,8 @@ def render(data, title="kernprop benchmark report") -> str:
     if quick:
         meta.append("Quick run: small and MLP-sized shapes only.")
     parts += [line + "  " for line in meta]
+    if extra.get("failures"):
+        parts += ["", f"**Warning: {extra['failures']}**"]
     parts += ["", "## Machine", "", _machine_section(data, extra), ""]
     if not recs:
         parts += ["No benchmarks in this run.", ""]
@@ -731,8 +733,9 @@ def _git(root, *args):
 
 
 def run_pytest(bench_dir, json_path, quick=False, ops=None, backends=None, max_time=None,
-               min_rounds=15) -> None:
-    """``python -m pytest bench/ --benchmark-only --benchmark-json=json_path`` (streamed)."""
+               min_rounds=15) -> int:
+    """``python -m pytest bench/ --benchmark-only --benchmark-json=json_path`` (streamed);
+    returns pytest's exit status (the JSON holds the benchmarks that passed)."""
     cmd = [sys.executable, "-m", "pytest", str(bench_dir), "--benchmark-only",
            f"--benchmark-json={json_path}", "-q", "-p", "no:cacheprovider",
            f"--benchmark-min-rounds={min_rounds}", "--benchmark-columns=median,rounds",
@@ -745,8 +748,9 @@ def run_pytest(bench_dir, json_path, quick=False, ops=None, backends=None, max_t
         cmd.append("--bench-backends=" + ",".join(backends))
     print("$ " + shlex.join(cmd), file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, cwd=bench_dir.parent, stdout=sys.stderr)
-    if proc.returncode not in (0, 5) or not Path(json_path).is_file():
+    if not Path(json_path).is_file():
         raise BenchError(f"the benchmarks failed (pytest exit status {proc.returncode}); see the output above")
+    return proc.returncode
 
 
 def run(quick=False, ops=None, backends=None, json_path=None, max_time=None, startup=True, memory=True,
@@ -776,7 +780,11 @@ def run(quick=False, ops=None, backends=None, json_path=None, max_time=None, sta
     with tempfile.TemporaryDirectory(prefix="kernprop-bench-") as tmp:
         out_json = json_path or os.path.join(tmp, "bench.json")
         before = os.getloadavg()[0]
-        run_pytest(bench_dir, out_json, quick, ops, backends, max_time, min_rounds=10 if quick else 15)
+        status = run_pytest(bench_dir, out_json, quick, ops, backends, max_time, min_rounds=10 if quick else 15)
+        if status not in (0, 5, None):
+            extra["failures"] = (f"pytest exited with status {status}: some benchmarks failed their check "
+                                 "against the reference or errored (see its output); they are missing below.")
+            log("warning: " + extra["failures"])
         extra["load"] = (before, os.getloadavg()[0])
         data = load(out_json)
     from kernprop.backends import available_backends
@@ -825,7 +833,7 @@ def main(args, argv=None) -> int:
     except BenchError as exc:
         print(f"kernprop bench: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if (data.get("kernprop_report") or {}).get("failures") else 0
 
 
 def _split(values):

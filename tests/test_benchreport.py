@@ -257,6 +257,7 @@ def test_run_composes_pytest_and_measurements(tmp_path, run_a, monkeypatch):
         seen.update(quick=quick, ops=ops, backends=backends, max_time=max_time)
         with open(json_path, "w") as f:
             json.dump(_data(run_a["benchmarks"]), f)
+        return seen.get("status", 0)
 
     monkeypatch.setattr(br, "run_pytest", fake_pytest)
     monkeypatch.setattr(br, "measure_peaks", lambda **kw: {"copy_gbs": 1.0, "copy_bytes": 1, "gemm_gflops": 2.0,
@@ -275,7 +276,11 @@ def test_run_composes_pytest_and_measurements(tmp_path, run_a, monkeypatch):
     assert extra["commit"] and extra["peaks"]["gemm_gflops"] == 2.0
     saved = json.loads(out.read_text())
     assert saved["kernprop_report"]["command"] == "kernprop bench --quick"
-    assert "## Memory" in br.render(saved)
+    assert "## Memory" in br.render(saved) and "Warning" not in br.render(saved)
+
+    seen["status"] = 1  # a benchmark failed its check: the report says so at the top
+    data = br.run(quick=True, ops=["matmul"], json_path=str(out), log=lambda m: None)
+    assert "**Warning: pytest exited with status 1" in br.render(data)
 
 
 def test_plot_without_matplotlib(tmp_path, run_a, monkeypatch, capsys):
