@@ -491,6 +491,11 @@ def compare(data_a, data_b, name_a="A", name_b="B") -> str:
     gm = _geomean(ratios)
     lines += ["", f"{len(common)} benchmarks in both; geometric mean ratio "
               f"{gm:.3f}" if gm else f"{len(common)} benchmarks in both."]
+    if ratios:
+        spread = [max(r, 1 / r) for r in ratios]
+        within = [sum(x <= limit for x in spread) for limit in (1.1, 1.25, 2.0)]
+        lines.append(f"Within 10%: {within[0]}, within 25%: {within[1]}, within 2×: {within[2]}, "
+                     f"beyond 2×: {len(spread) - within[2]} (of {len(spread)}).")
     for label, keys in ((name_a, only_a), (name_b, only_b)):
         if keys:
             lines.append(f"Only in {label}: " + ", ".join(" ".join(k) for k in keys))
