@@ -827,7 +827,11 @@ def main(args, argv=None) -> int:
         if args.from_json:
             data = load(args.from_json)
         else:
-            command = shlex.join(["kernprop", *(argv if argv is not None else sys.argv[1:])])
+            words = list(argv if argv is not None else sys.argv[1:])
+            if "--note" in words[:-1]:  # the note is printed in the report already
+                i = words.index("--note")
+                del words[i:i + 2]
+            command = shlex.join(["kernprop", *words])
             data = run(quick=args.quick, ops=_split(args.ops), backends=_split(args.backends),
                        json_path=args.json, max_time=args.max_time, startup=not args.no_startup,
                        memory=not args.no_memory, command=command, note=args.note,

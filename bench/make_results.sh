@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Regenerate bench/RESULTS.md: the full `kernprop bench` report of one commit.
+#
+#   bench/make_results.sh [OUT.md [extra kernprop bench options, e.g. --quick]]
+#
+# Measures a clean checkout of HEAD (a temporary git worktree with the Cython extensions
+# built in place, imported through PYTHONPATH), so that uncommitted edits in the working
+# tree are not what gets measured.  Runs the report twice, each run under the machine-wide
+# benchmark lock (flock /tmp/kernprop-bench.lock) so that no two benchmarks share the
+# cores; the second run is the report, and its comparison with the first (how many
+# medians agree within 10% / 25% / 2x) is appended as a repeatability check.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="$(realpath -m "${1:-$repo/bench/RESULTS.md}")"
+shift || true
+lock=/tmp/kernprop-bench.lock
+python="${PYTHON:-python}"
+
+commit="$(git -C "$repo" rev-parse HEAD)"
+tmp="$(mktemp -d)"
+work="$tmp/kernprop-${commit:0:12}"
+git -C "$repo" worktree add --quiet --detach "$work" "$commit"
+cleanup() { git -C "$repo" worktree remove --force "$work" || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+cd "$work"
+echo "== building the Cython extensions of $commit in $work" >&2
+"$python" setup.py -q build_ext --inplace >/dev/null
+export PYTHONPATH="$work"
+"$python" - "$work" <<'EOF'
+import sys, kernprop
+assert kernprop.__file__.startswith(sys.argv[1]), f"imported {kernprop.__file__}, not the worktree"
+EOF
+
+note="Made by \`bench/make_results.sh\`: a clean worktree of the commit below, each run under \`flock $lock\` (no other benchmark on the cores; other work may be), run twice: this is the second run, the first is compared with it at the end."
+for run in 1 2; do
+    echo "== run $run of 2 ($(date -u +%H:%M:%S) UTC, load $(cut -d' ' -f1 /proc/loadavg))" >&2
+    plot=()
+    if [ "$run" = 2 ] && "$python" -c "import matplotlib" 2>/dev/null; then
+        plot=(--plot "${out%.md}.png")
+    fi
+    flock "$lock" "$python" -m kernprop.cli bench --json "$tmp/run$run.json" -o "$tmp/run$run.md" \
+        --note "$note" "${plot[@]}" "$@"
+done
+
+{
+    cat "$tmp/run2.md"
+    echo
+    echo "## Repeatability: run 1 against run 2"
+    echo
+    echo "The same command run twice in a row; ratio = median in run 2 / median in run 1."
+    echo
+    "$python" -m kernprop.cli bench --compare "$tmp/run1.json" "$tmp/run2.json" | sed -n '/benchmarks in both/,$p'
+    echo
+    echo "<details><summary>Every benchmark, run 1 against run 2</summary>"
+    echo
+    "$python" -m kernprop.cli bench --compare "$tmp/run1.json" "$tmp/run2.json" | sed '1,/^$/d'
+    echo
+    echo "</details>"
+} > "$out"
+cp "$tmp/run2.json" "${out%.md}.json"
+echo "wrote $out and ${out%.md}.json" >&2
