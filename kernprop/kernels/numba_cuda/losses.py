@@ -72,9 +72,11 @@ def _cross_entropy_kernel(dtype, write_grad):
         label = labels[row]
         valid = label != ignore_index
         target = label if valid else 0
-        # Read before any thread overwrites the row with its gradient: the reduction
-        # below is a barrier (whole-warp shuffles, and syncthreads past one warp).
+        # Read before any thread overwrites the row with its gradient (grad may be
+        # logits): the barrier orders this read before every write of pass 2, which
+        # warp shuffles alone (execution, not memory) would not.
         target_logit = logits[row, target]
+        cuda.syncthreads()
         m, s = max_sum(logits, row, scratch_m, scratch_s)
         log_s = log_of_sum(s, T(math.nan))  # logp = (x - m) - log_s, see log_of_sum
 
