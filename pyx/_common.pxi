@@ -100,6 +100,107 @@ cdef extern from *:
     """
     float kp_tanhf(float x) noexcept nogil
 
+# float32 row and array loops, compiled three times by GCC's target_clones (x86-64-v4:
+# AVX-512, v3: AVX2+FMA, and the baseline) with the best picked by the loader for the
+# CPU at hand.  setup.py builds for the baseline, whose 4-lane SSE vectors left softmax
+# 3x slower than Numba's native AVX-512 code; these give 16 lanes where the CPU has
+# them.  Sums run in double over 8 fixed lanes: their order depends on n alone, never
+# on threads.  Other compilers and platforms get the baseline version only.
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
+    #define KP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), unused))
+    #else
+    #define KP_CLONES __attribute__((unused))
+    #endif
+    #define KP_BLOCK 256
+    #define KP_LANES 8
+
+    static inline double kp_sum_lanes(const double *acc) {
+        return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    }
+
+    /* x (n,) -> max; lanes of running maxima by branch-free select.  A NaN is never
+       selected (unless x[0]), but its exp makes the row NaN downstream anyway. */
+    KP_CLONES static float kp_row_max_f(const float *x, Py_ssize_t n) {
+        float m[16];
+        Py_ssize_t j, l;
+        for (l = 0; l < 16; l++) m[l] = x[0];
+        for (j = 0; j + 16 <= n; j += 16)
+            for (l = 0; l < 16; l++) m[l] = kp_select_f(isgreater(x[j + l], m[l]), x[j + l], m[l]);
+        for (; j < n; j++) m[0] = kp_select_f(isgreater(x[j], m[0]), x[j], m[0]);
+        for (l = 1; l < 16; l++) m[0] = kp_select_f(isgreater(m[l], m[0]), m[l], m[0]);
+        return m[0];
+    }
+
+    /* x (n,) -> sum in double */
+    KP_CLONES static double kp_sum_f(const float *x, Py_ssize_t n) {
+        double acc[KP_LANES] = {0};
+        Py_ssize_t j, l;
+        for (j = 0; j + KP_LANES <= n; j += KP_LANES)
+            for (l = 0; l < KP_LANES; l++) acc[l] += (double)x[j + l];
+        for (; j < n; j++) acc[0] += x[j];
+        return kp_sum_lanes(acc);
+    }
+
+    /* x (n,) -> sum_j exp(x[j] - m) in double; out (n,) = the exps when out != NULL.
+       The exps go through a stack block, so out may be x itself. */
+    KP_CLONES static double kp_sum_exp_f(const float *x, float m, float *out, Py_ssize_t n) {
+        float buf[KP_BLOCK];
+        double acc[KP_LANES] = {0};
+        Py_ssize_t j0, j, l, size;
+        for (j0 = 0; j0 < n; j0 += KP_BLOCK) {
+            size = n - j0 < KP_BLOCK ? n - j0 : KP_BLOCK;
+            for (j = 0; j < size; j++) buf[j] = kp_expf(x[j0 + j] - m);
+            for (j = 0; j + KP_LANES <= size; j += KP_LANES)
+                for (l = 0; l < KP_LANES; l++) acc[l] += (double)buf[j + l];
+            for (; j < size; j++) acc[0] += buf[j];
+            if (out != NULL)
+                for (j = 0; j < size; j++) out[j0 + j] = buf[j];
+        }
+        return kp_sum_lanes(acc);
+    }
+
+    /* w, x (n,) -> sum_j w[j] (x[j] - m) in double (the label-smoothing term) */
+    KP_CLONES static double kp_dot_shift_f(const float *w, const float *x, float m, Py_ssize_t n) {
+        double acc[KP_LANES] = {0};
+        Py_ssize_t j, l;
+        for (j = 0; j + KP_LANES <= n; j += KP_LANES)
+            for (l = 0; l < KP_LANES; l++) acc[l] += (double)w[j + l] * (double)(x[j + l] - m);
+        for (; j < n; j++) acc[0] += (double)w[j] * (double)(x[j] - m);
+        return kp_sum_lanes(acc);
+    }
+
+    /* y (n,) log-probabilities, dy (n,), t = sum(dy) -> out (n,) = dy - exp(y) t */
+    KP_CLONES static void kp_exp_axpy_f(const float *y, const float *dy, float t, float *out,
+                                        Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) out[j] = dy[j] - kp_expf(y[j]) * t;
+    }
+
+    KP_CLONES static void kp_sigmoid_block_f(const float *x, float *out, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) {
+            float e = kp_expf(-fabsf(x[j]));
+            float r = 1.0f / (1.0f + e);
+            out[j] = kp_select_f(x[j] >= 0, r, e * r);
+        }
+    }
+
+    KP_CLONES static void kp_tanh_block_f(const float *x, float *out, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) out[j] = kp_tanhf(x[j]);
+    }
+    """
+    float kp_row_max_f(const float* x, Py_ssize_t n) noexcept nogil
+    double kp_sum_f(const float* x, Py_ssize_t n) noexcept nogil
+    double kp_sum_exp_f(const float* x, float m, float* out, Py_ssize_t n) noexcept nogil
+    double kp_dot_shift_f(const float* w, const float* x, float m, Py_ssize_t n) noexcept nogil
+    void kp_exp_axpy_f(const float* y, const float* dy, float t, float* out,
+                       Py_ssize_t n) noexcept nogil
+    void kp_sigmoid_block_f(const float* x, float* out, Py_ssize_t n) noexcept nogil
+    void kp_tanh_block_f(const float* x, float* out, Py_ssize_t n) noexcept nogil
+
 # Below this many elements an OpenMP region costs more than it saves (a fork/join is
 # a few microseconds; 32k elements of elementwise work take about that long).
 cdef enum:
@@ -175,6 +276,8 @@ cdef inline floating _row_max(const floating* x, Py_ssize_t n) noexcept nogil:
     # here but still makes its exp, the row sum, and so every output NaN, as np.max.
     cdef floating m0 = x[0], m1 = x[0], m2 = x[0], m3 = x[0]
     cdef Py_ssize_t j = 0
+    if floating is float:
+        return kp_row_max_f(x, n)
     while j + 4 <= n:
         m0 = x[j] if x[j] > m0 else m0
         m1 = x[j + 1] if x[j + 1] > m1 else m1
@@ -200,6 +303,8 @@ cdef inline double _sum4(const floating* x, Py_ssize_t n) noexcept nogil:
     # order is fixed by n alone, so the result never depends on threads)
     cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
     cdef Py_ssize_t j = 0
+    if floating is float:
+        return kp_sum_f(x, n)
     while j + 4 <= n:
         s0 += x[j]
         s1 += x[j + 1]
@@ -219,6 +324,8 @@ cdef inline double _sum_exp(const floating* x, floating m, Py_ssize_t n,
     cdef floating buf[EXP_BLOCK]
     cdef double s = 0
     cdef Py_ssize_t j0 = 0, j, size
+    if floating is float:
+        return kp_sum_exp_f(x, m, out, n)
     while j0 < n:
         size = min(<Py_ssize_t>EXP_BLOCK, n - j0)
         for j in range(size):

@@ -27,12 +27,23 @@ def relu_backward(const floating[::1] x, const floating[::1] dy, floating[::1] o
         out[i] = dy[i] if x[i] > 0 else 0
 
 
+cdef enum:
+    # Elements per task of the float32 block loops (CPU-specific, in _common.pxi).
+    BLOCK = 4096
+
+
 def sigmoid_forward(const floating[::1] x, floating[::1] out):
     # x (n,) -> out (n,) = 1 / (1 + exp(-x)), branch-stable (see _sigmoid)
     # IN x; OUT out
-    cdef Py_ssize_t i, n = x.shape[0]
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n > PARALLEL_MIN_WORK):
-        out[i] = _sigmoid(x[i])
+    cdef Py_ssize_t i, b, n = x.shape[0]
+    cdef Py_ssize_t nblocks = (n + BLOCK - 1) // BLOCK
+    if floating is float:
+        for b in prange(nblocks, nogil=True, schedule="static",
+                        use_threads_if=n > PARALLEL_MIN_WORK):
+            kp_sigmoid_block_f(&x[b * BLOCK], &out[b * BLOCK], min(<Py_ssize_t>BLOCK, n - b * BLOCK))
+    else:
+        for i in prange(n, nogil=True, schedule="static", use_threads_if=n > PARALLEL_MIN_WORK):
+            out[i] = _sigmoid(x[i])
 
 
 def sigmoid_backward(const floating[::1] y, const floating[::1] dy, floating[::1] out):
@@ -46,9 +57,15 @@ def sigmoid_backward(const floating[::1] y, const floating[::1] dy, floating[::1
 def tanh_forward(const floating[::1] x, floating[::1] out):
     # x (n,) -> out (n,) = tanh(x)
     # IN x; OUT out
-    cdef Py_ssize_t i, n = x.shape[0]
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n > PARALLEL_MIN_WORK):
-        out[i] = _tanh(x[i])
+    cdef Py_ssize_t i, b, n = x.shape[0]
+    cdef Py_ssize_t nblocks = (n + BLOCK - 1) // BLOCK
+    if floating is float:
+        for b in prange(nblocks, nogil=True, schedule="static",
+                        use_threads_if=n > PARALLEL_MIN_WORK):
+            kp_tanh_block_f(&x[b * BLOCK], &out[b * BLOCK], min(<Py_ssize_t>BLOCK, n - b * BLOCK))
+    else:
+        for i in prange(n, nogil=True, schedule="static", use_threads_if=n > PARALLEL_MIN_WORK):
+            out[i] = _tanh(x[i])
 
 
 def tanh_backward(const floating[::1] y, const floating[::1] dy, floating[::1] out):

@@ -53,7 +53,14 @@ cdef double _ce_row(const floating* x, floating* g, Py_ssize_t c, int64_t y, bin
     # pass 2, by blocks of EXP_BLOCK: the exps (a loop that vectorises), their sum and,
     # for smoothing, sum_j w[j] (x[j] - m), both in double; then the exps go to g.  A
     # block of x is read in full before that block of g (maybe x itself) is written.
-    j0 = 0
+    if floating is float:
+        # the same, in the CPU-specific loops of _common.pxi; sw first, as g may be x
+        if smoothing:
+            sw = kp_dot_shift_f(w, x, m, c)
+        s = kp_sum_exp_f(x, m, g, c)
+        j0 = c
+    else:
+        j0 = 0
     while j0 < c:
         size = min(<Py_ssize_t>EXP_BLOCK, c - j0)
         for j in range(size):

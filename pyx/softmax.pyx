@@ -38,6 +38,9 @@ cdef void _row_log_softmax_backward(const floating* y, const floating* dy, float
     # y (n,) log-softmax output, dy (n,) -> out (n,) = dy - exp(y) * sum(dy)
     cdef floating total = <floating>_sum4(dy, n)
     cdef Py_ssize_t j
+    if floating is float:
+        kp_exp_axpy_f(y, dy, total, out, n)
+        return
     for j in range(n):
         out[j] = dy[j] - _exp(y[j]) * total
 
