@@ -13,6 +13,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="$(realpath -m "${1:-$repo/bench/RESULTS.md}")"
 shift || true
+mkdir -p "$(dirname "$out")"
 lock=/tmp/kernprop-bench.lock
 python="${PYTHON:-python}"
 

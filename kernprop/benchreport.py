@@ -543,8 +543,12 @@ def plot(recs, path, baseline="numpy") -> str:
     ax.legend(loc="lower right")
     ax.set_title(f"kernprop: speed-up over {baseline}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise BenchError(f"cannot write the plot: {exc}") from None
+    finally:
+        plt.close(fig)
     return f"wrote {path}"
 
 
