@@ -5,6 +5,11 @@ from numba import njit
 # fastmath lets LLVM reassociate sums (so reductions vectorise) and fuse multiply-adds;
 # never the nnan/ninf flags: they would delete the -inf and NaN handling the tests check.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+# Without reassoc, for loops whose rounding order matters: (z - m) - log_s must not become
+# z - (m + log_s) (one rounding of a large m + log_s), nor Cody-Waite's x - n*C1 - n*C2
+# become x - n*(C1 + C2).  Fast-math flags are per instruction, so they survive LLVM
+# inlining these functions into reassoc kernels; Numba-level inlining would not keep them.
+PRECISE = {"contract", "nsz", "arcp"}
 
 
 def kernel(function):
@@ -15,3 +20,8 @@ def kernel(function):
 def helper(function):
     """A scalar helper inlined into kernels."""
     return njit(cache=True, fastmath=FASTMATH, inline="always")(function)
+
+
+def precise(function):
+    """A helper that keeps its own rounding order (no reassoc); LLVM inlines it."""
+    return njit(cache=True, fastmath=PRECISE)(function)

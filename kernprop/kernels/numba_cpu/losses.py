@@ -1,69 +1,127 @@
 """Numba CPU losses: fused cross-entropy (loss and gradient in one kernel), MSE, and the
-chunked fused linear + cross-entropy.  Semantics as kernprop.kernels.reference.losses."""
+chunked fused linear + cross-entropy.  Semantics as kernprop.kernels.reference.losses.
+
+Cross-entropy, per row (as Liger-Kernel's, after Milakov & Gimelshein 2018): the online
+row statistics m = max and log s = log sum exp(z - m) (``softmax.row_stats``, one read),
+the loss from m, log s and the target logit, then one write pass of the gradient
+``p_coef * exp((z - m) - log s) - w_coef * w`` with the vectorisable ``fast_exp``; the
+target's entry is recomputed in float64 so that a one-class row gets exactly 0.  Rows
+are split over threads, each row owned by one task, so results do not depend on the
+thread count.
+"""
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
-from ._jit import kernel
+from ._jit import kernel, precise
+from ._math import fast_exp
 from .matmul import column_sums, gemm
-from .softmax import row_max_and_log_sum_exp
+from .softmax import row_stats
 
 _BLOCK = 16384
+_CHUNK_ELEMENTS = 16384  # logits per parallel task
+
+
+@precise
+def _grad_row(row, m, log_s, p_coef, w_coef, weight, weighted, smoothed, grad_row):
+    # grad_row (C,) = p_coef * softmax(row) - w_coef * weight, with softmax(row) as
+    # exp((z - m) - log_s) in that order (no reassoc).  grad_row may alias row.
+    if weighted and smoothed:
+        for c in range(row.shape[0]):
+            grad_row[c] = p_coef * fast_exp((row[c] - m) - log_s) - w_coef * weight[c]
+    elif smoothed:
+        for c in range(row.shape[0]):
+            grad_row[c] = p_coef * fast_exp((row[c] - m) - log_s) - w_coef
+    else:
+        for c in range(row.shape[0]):
+            grad_row[c] = p_coef * fast_exp((row[c] - m) - log_s)
+
+
+@precise
+def _target_grad(target_logit, m, log_s, grad_scale, hard, uniform, weight_total, target_weight):
+    # float64: scale * (hard * (p - 1) + uniform * (W p - w_y)), grouped so that a
+    # one-class row (p = 1, W = w_y) gives exactly 0 (no reassoc here).
+    p = np.exp((np.float64(target_logit) - m) - log_s)
+    return grad_scale * (hard * (p - 1.0) + uniform * (weight_total * p - target_weight))
 
 
 @kernel
-def _cross_entropy_rows(logits, labels, weight, ignore_index, smoothing, grad_scale,
+def _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, smoothing, grad_scale,
                         want_grad, row_losses, grad):
-    # logits (N, C), labels (N,), weight (C,) -> row_losses (N,) float64 and, when
-    # want_grad, grad (N, C) scaled by grad_scale.  grad may be logits itself: each
-    # element is read for the row statistics before its gradient overwrites it.
+    # logits (N, C), labels (N,), weight (C,) (ignored unless weighted) -> row_losses (N,)
+    # float64 and, when want_grad, grad (N, C) scaled by grad_scale.  grad may be logits
+    # itself: a row's statistics and target logit are read before its gradient is written.
     n, num_classes = logits.shape
     weight_total = 0.0
-    for c in range(num_classes):
-        weight_total += weight[c]
+    if weighted:
+        for c in range(num_classes):
+            weight_total += weight[c]
+    else:
+        weight_total = num_classes
     uniform = smoothing / num_classes
-    for i in prange(n):
-        label = labels[i]
-        if label == ignore_index:
-            row_losses[i] = 0.0
-            if want_grad:
-                grad[i, :] = 0
-            continue
-        row = logits[i]
-        m, log_sum = row_max_and_log_sum_exp(row)
-        target_weight = weight[label]
-        # -logp = (m - z) + log_sum: exact for the max logit, where lse - z would cancel
-        loss = (1 - smoothing) * target_weight * ((m - row[label]) + log_sum)
-        if smoothing > 0:
-            # -sum_c w_c logp_c, one term per class
-            smooth = 0.0
-            for c in range(num_classes):
-                smooth += weight[c] * ((m - row[c]) + log_sum)
-            loss += uniform * smooth
-        row_losses[i] = loss
-        if want_grad:
-            # (1 - eps) w_y (p - onehot) + (eps / C) (W p - w), times 1/denominator
-            hard = (1 - smoothing) * target_weight
-            p_coef = grad_scale * (hard + uniform * weight_total)
-            w_coef = grad_scale * uniform
+    rows = max(1, _CHUNK_ELEMENTS // num_classes)
+    for task in prange((n + rows - 1) // rows):
+        for i in range(task * rows, min((task + 1) * rows, n)):
+            label = labels[i]
+            if label == ignore_index:
+                row_losses[i] = 0.0
+                if want_grad:
+                    grad_row = grad[i]
+                    for c in range(num_classes):
+                        grad_row[c] = 0
+                continue
+            row = logits[i]
+            m, log_s = row_stats(row)
+            target_weight = weight[label] if weighted else 1.0
             target_logit = row[label]  # saved: grad_row may alias row
-            grad_row = grad[i]
-            for c in range(num_classes):
-                p = np.exp((row[c] - m) - log_sum)
-                grad_row[c] = p_coef * p - w_coef * weight[c]
-            # The target's entry is recomputed in float64 with the one-hot term, not
-            # corrected after rounding: a 1-class row then gets exactly 0.
-            p = np.exp((target_logit - m) - log_sum)
-            grad_row[label] = p_coef * p - w_coef * weight[label] - grad_scale * hard
+            # -logp = (m - z) + log s: exact for the max logit, where lse - z would cancel
+            loss = (1 - smoothing) * target_weight * ((m - target_logit) + log_s)
+            if smoothing > 0:
+                # -sum_c w_c logp_c = sum_c w_c (m + log s) - sum_c w_c z_c
+                wz = 0.0
+                if weighted:
+                    for c in range(num_classes):
+                        wz += weight[c] * row[c]
+                else:
+                    for c in range(num_classes):
+                        wz += row[c]
+                loss += uniform * (weight_total * (np.float64(m) + log_s) - wz)
+            row_losses[i] = loss
+            if want_grad:
+                # (1 - eps) w_y (p - onehot) + (eps / C) (W p - w), times 1/denominator
+                hard = (1 - smoothing) * target_weight
+                p_coef = grad_scale * (hard + uniform * weight_total)
+                w_coef = grad_scale * uniform
+                one = row.dtype.type(1)
+                _grad_row(row, m, one * log_s, one * p_coef, one * w_coef, weight, weighted,
+                          smoothing > 0, grad[i])
+                # The target's entry is recomputed in float64 with the one-hot term, not
+                # corrected after rounding: a 1-class row then gets exactly 0.
+                grad[i, label] = _target_grad(target_logit, m, log_s, grad_scale, hard, uniform,
+                                              weight_total, np.float64(target_weight))
 
 
-def _class_weight(weight, num_classes, dtype):
-    return np.ones(num_classes, dtype=dtype) if weight is None else np.ascontiguousarray(weight)
+@njit(cache=True)
+def _mean_denominator_kernel(labels, ignore_index, weight, weighted):
+    # sum of the weights of the non-ignored rows' labels (their count without weights)
+    total = 0.0
+    for i in range(labels.shape[0]):
+        label = labels[i]
+        if label != ignore_index:
+            total += weight[label] if weighted else 1.0
+    return total
 
 
-def _mean_denominator(labels, ignore_index, weight):
-    valid = labels != ignore_index
-    return float(weight[labels[valid]].sum(dtype=np.float64))
+_NO_WEIGHT = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1, np.float64)}
+
+
+def _class_weight(weight, dtype):
+    # (weight array, weighted flag): a 1-element dummy when there are no class weights
+    return (_NO_WEIGHT[dtype], False) if weight is None else (np.ascontiguousarray(weight), True)
+
+
+def _mean_denominator(labels, ignore_index, weight, weighted):
+    return _mean_denominator_kernel(labels, ignore_index, weight, weighted)
 
 
 def _reduce(row_losses, denominator, reduction, dtype):
@@ -77,13 +135,13 @@ def _reduce(row_losses, denominator, reduction, dtype):
 def _cross_entropy(logits, labels, reduction, ignore_index, label_smoothing, weight, want_grad):
     n, num_classes = logits.shape
     logits = np.ascontiguousarray(logits)
-    weight = _class_weight(weight, num_classes, logits.dtype)
-    denominator = _mean_denominator(labels, ignore_index, weight) if reduction == "mean" else 1.0
+    weight, weighted = _class_weight(weight, logits.dtype)
+    denominator = _mean_denominator(labels, ignore_index, weight, weighted) if reduction == "mean" else 1.0
     with np.errstate(divide="ignore"):
         grad_scale = np.float64(1.0) / denominator
     row_losses = np.empty(n, dtype=np.float64)
     grad = np.empty_like(logits) if want_grad else np.empty((0, num_classes), logits.dtype)
-    _cross_entropy_rows(logits, labels, weight, ignore_index, label_smoothing, grad_scale,
+    _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, label_smoothing, grad_scale,
                         want_grad, row_losses, grad)
     return _reduce(row_losses, denominator, reduction, logits.dtype), grad
 
@@ -148,8 +206,8 @@ def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothi
     x = np.ascontiguousarray(x)
     w = np.ascontiguousarray(w)
     w_t = np.ascontiguousarray(w.T)
-    weight = _class_weight(weight, num_classes, dtype)
-    denominator = _mean_denominator(labels, ignore_index, weight) if reduction == "mean" else 1.0
+    weight, weighted = _class_weight(weight, dtype)
+    denominator = _mean_denominator(labels, ignore_index, weight, weighted) if reduction == "mean" else 1.0
     with np.errstate(divide="ignore"):
         grad_scale = np.float64(1.0) / denominator
 
@@ -164,7 +222,7 @@ def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothi
         x_chunk = x[start:stop]
         logits = buffer[: stop - start]
         gemm(x_chunk, w, out=logits, bias=b)
-        _cross_entropy_rows(logits, labels[start:stop], weight, ignore_index, label_smoothing,
+        _cross_entropy_rows(logits, labels[start:stop], weight, weighted, ignore_index, label_smoothing,
                             grad_scale, True, row_losses[start:stop], logits)
         gemm(logits, w_t, out=dx[start:stop])
         gemm(x_chunk.T, logits, out=dw, accumulate=True)

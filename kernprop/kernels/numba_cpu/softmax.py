@@ -1,59 +1,134 @@
-"""Numba CPU log-softmax and softmax over the last axis, one row per parallel task."""
+"""Numba CPU log-softmax and softmax over the last axis.
+
+Row statistics (``row_stats``): the max and the log of the sum of exp(x - max), taken in
+one read of the row by the online softmax of Milakov & Gimelshein (2018, "Online
+normalizer calculation for softmax"): blocks of _BLOCK elements each update a running
+max m and a float64 sum s, rescaled by exp(m_old - m_new) when the max grows.  Inside a
+block both loops vectorise: the max through ``_math.vector_max`` (a max reduction
+written in LLVM IR: LLVM does not vectorise one without the no-NaN flag, which we never
+use; ``vmaxps zmm``), the sum with ``fast_exp`` (``_math``; ``inspect_asm``:
+``vfmadd...ps`` on ymm, ``vcvtps2pd`` into the float64 sum).  Rows are split over
+threads in chunks of about _CHUNK_ELEMENTS elements; each task owns its output rows.
+
+    log_softmax: out = (x - m) - log s             (no exp of an unshifted logit)
+    softmax:     out = exp(x - m) / s, exp stored on the way and scaled afterwards
+    backward:    dx = dy - exp(y) * sum(dy)
+
+A row of all -inf has m = -inf and s = 0: (x - m) is NaN, so is the row, as in PyTorch.
+"""
 
 import numpy as np
 from numba import prange
 
-from ._jit import helper, kernel
+from ._jit import helper, kernel, precise
+from ._math import fast_exp, vector_max
+
+_BLOCK = 2048          # elements per online block (8 KiB of float32: stays in L1)
+_CHUNK_ELEMENTS = 16384  # elements per parallel task
 
 
 @helper
-def row_max_and_log_sum_exp(row):
-    # Shift by the row max so exp only sees arguments <= 0 (never exp of an unshifted
-    # logit); the sum is accumulated in float64.  Returns (max, log(sum(exp(row - max)))).
-    # A row of all -inf has max -inf; row - max is then nan, and so is the result.
-    m = row[0]
-    for c in range(1, row.shape[0]):
-        m = max(m, row[c])
+def block_max(xs):
+    # xs (n,) contiguous -> max(xs): vectorised over whole 64-byte vectors, then the tail
+    m = vector_max(xs)
+    vl = 64 // xs.itemsize
+    for c in range(xs.shape[0] // vl * vl, xs.shape[0]):
+        m = max(m, xs[c])
+    return m
+
+
+@helper
+def sum_exp_shifted(xs, m):
+    # sum(exp(xs - m)) in float64; xs (n,), m <= max(xs) so every exp argument is <= 0
     s = 0.0
-    for c in range(row.shape[0]):
-        s += np.exp(row[c] - m)
-    return m, np.log(s)
+    for c in range(xs.shape[0]):
+        s += fast_exp(xs[c] - m)
+    return s
+
+
+@helper
+def row_stats(row):
+    # row (C,) -> (m, log_s): m = max(row), log_s = log(sum(exp(row - m))) in float64.
+    # Online over blocks (Milakov & Gimelshein 2018): one pass over the row.
+    n = row.shape[0]
+    m = -np.inf
+    s = 0.0
+    for b0 in range(0, n, _BLOCK):
+        block = row[b0 : min(b0 + _BLOCK, n)]
+        block_m = block_max(block)
+        if block_m != block_m:
+            return row.dtype.type(np.nan), np.nan  # a NaN logit makes the row NaN
+        if block_m > m:
+            if s > 0:
+                s *= np.exp(np.float64(m) - np.float64(block_m))
+            m = block_m
+        if m == -np.inf:
+            continue  # only -inf so far: nothing to add (and -inf - -inf would be NaN)
+        s += sum_exp_shifted(block, row.dtype.type(m))
+    return row.dtype.type(m), np.log(s)
+
+
+@precise
+def log_softmax_row(row, m, log_s, out_row):
+    # out_row = (row - m) - log_s in this order (no reassoc: m + log_s would round)
+    for j in range(row.shape[0]):
+        out_row[j] = (row[j] - m) - log_s
+
+
+@helper
+def _rows(n, c):
+    # rows per parallel task
+    return max(1, _CHUNK_ELEMENTS // c)
 
 
 @kernel
 def _log_softmax_forward(x, out):
     # x (N, C) -> out (N, C)
-    for i in prange(x.shape[0]):
-        row = x[i]
-        m, log_sum = row_max_and_log_sum_exp(row)
-        out_row = out[i]
-        for c in range(row.shape[0]):
-            out_row[c] = (row[c] - m) - log_sum
+    n, c = x.shape
+    rows = _rows(n, c)
+    for task in prange((n + rows - 1) // rows):
+        for i in range(task * rows, min((task + 1) * rows, n)):
+            row = x[i]
+            m, log_s = row_stats(row)
+            log_softmax_row(row, m, row.dtype.type(log_s), out[i])
 
 
 @kernel
 def _softmax_forward(x, out):
-    # x (N, C) -> out (N, C)
-    for i in prange(x.shape[0]):
-        row = x[i]
-        m, log_sum = row_max_and_log_sum_exp(row)
-        out_row = out[i]
-        for c in range(row.shape[0]):
-            out_row[c] = np.exp((row[c] - m) - log_sum)
+    # x (N, C) -> out (N, C): exp(x - m) stored while summing, then scaled by 1 / s
+    n, c = x.shape
+    rows = _rows(n, c)
+    for task in prange((n + rows - 1) // rows):
+        for i in range(task * rows, min((task + 1) * rows, n)):
+            row = x[i]
+            out_row = out[i]
+            m = block_max(row)
+            s = 0.0
+            for j in range(c):
+                e = fast_exp(row[j] - m)
+                out_row[j] = e
+                s += e
+            inv = row.dtype.type(1.0 / s)
+            for j in range(c):
+                out_row[j] *= inv
 
 
 @kernel
 def _log_softmax_backward(y, dy, out):
     # y, dy (N, C) -> out (N, C): dx = dy - exp(y) * sum(dy)
-    for i in prange(y.shape[0]):
-        y_row = y[i]
-        dy_row = dy[i]
-        total = 0.0
-        for c in range(dy_row.shape[0]):
-            total += dy_row[c]
-        out_row = out[i]
-        for c in range(dy_row.shape[0]):
-            out_row[c] = dy_row[c] - np.exp(y_row[c]) * total
+    n, c = y.shape
+    rows = _rows(n, c)
+    for task in prange((n + rows - 1) // rows):
+        for i in range(task * rows, min((task + 1) * rows, n)):
+            y_row = y[i]
+            dy_row = dy[i]
+            total = 0.0
+            for j in range(c):
+                total += dy_row[j]
+            t = y.dtype.type(total)
+            out_row = out[i]
+            for j in range(c):
+                out_row[j] = dy_row[j] - fast_exp(y_row[j]) * t
 
 
 def log_softmax_forward(x):
