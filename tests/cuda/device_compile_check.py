@@ -1,10 +1,11 @@
 """Compile every CUDA kernel for a real GPU target, without a GPU.
 
 The simulator runs kernels as Python, so it never types them: code that runs there may
-still fail to compile for a device.  This script types and lowers each kernel to LLVM IR
-with numba-cuda's compiler (no driver, no device, no NVVM needed), for float32 and
-float64, and checks that float32 kernels do no float64 arithmetic except where a kernel
-accumulates in float64 on purpose.  Run it without ``NUMBA_ENABLE_CUDASIM``:
+still fail to compile for a device (a shared array shaped by an expression, say).  This
+script compiles each kernel, for float32 and float64, to PTX for sm_80 when libNVVM and
+NVRTC are installed, else types and lowers it to LLVM IR only (no driver or device
+needed either way).  It then checks that float32 kernels do no float64 arithmetic,
+except where a kernel accumulates in float64 on purpose.  Run it without ``NUMBA_ENABLE_CUDASIM``:
 
     python tests/cuda/device_compile_check.py
 
@@ -23,14 +24,16 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from numba import types  # noqa: E402
+from numba import cuda, types  # noqa: E402
 from numba.cuda.compiler import compile_cuda  # noqa: E402
 
 from kernprop.kernels.numba_cuda import activations, losses, matmul, optimizers, softmax  # noqa: E402
 
 CC = (8, 0)
-# float64 arithmetic, or a call to libdevice's float64 exp/log/sqrt/tanh (not expf...)
-DOUBLE_MATH = re.compile(r'\b(fadd|fsub|fmul|fdiv)( \w+)* double\b|@"?__nv_(exp|log|sqrt|tanh)"?\(')
+# float64 arithmetic in LLVM IR, or a call to libdevice's float64 exp/log/sqrt/tanh
+DOUBLE_IR = re.compile(r'\b(fadd|fsub|fmul|fdiv)( \w+)* double\b|@"?__nv_(exp|log|sqrt|tanh)"?\(')
+# float64 arithmetic in PTX (conversions cvt.* are fine: storing a float64 result)
+DOUBLE_PTX = re.compile(r"\b(add|sub|mul|div|fma|sqrt|rcp|neg|abs|min|max|ex2|lg2)(\.\w+)*\.f64\b")
 
 
 def arr(dtype, ndim, layout="C"):
@@ -71,21 +74,44 @@ def kernels(dtype):
     return out
 
 
+def can_make_ptx() -> bool:
+    """Whether this machine has what numba-cuda needs for PTX (libNVVM and NVRTC)."""
+
+    def probe(x):
+        x[0] = 1.0
+
+    try:
+        cuda.compile_ptx(probe, (arr(np.float32, 1),), cc=CC)
+    except Exception:  # noqa: BLE001 - any failure: no PTX here, LLVM IR it is
+        return False
+    return True
+
+
+def compile_one(kernel, argtypes, ptx):
+    """(code, pattern of float64 arithmetic in it)."""
+    if ptx:
+        code, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=CC)
+        return code, DOUBLE_PTX
+    result = compile_cuda(kernel.py_func, types.void, argtypes, cc=CC)
+    return result.library.get_llvm_str(), DOUBLE_IR
+
+
 def main() -> int:
+    ptx = can_make_ptx()
+    print(f"compiling to {'PTX' if ptx else 'LLVM IR (no libNVVM)'} for sm_{CC[0]}{CC[1]}")
     failures = 0
     for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
         for name, kernel, argtypes, wide_on_purpose in kernels(dtype):
             start = time.perf_counter()
             try:
-                result = compile_cuda(kernel.py_func, types.void, argtypes, cc=CC)
-                ir = result.library.get_llvm_str()
+                code, double_math = compile_one(kernel, argtypes, ptx)
             except Exception as exc:  # noqa: BLE001 - report every kernel, then fail
                 failures += 1
                 print(f"FAIL {dtype.name:8} {name}: {type(exc).__name__}: {exc}".splitlines()[0])
                 continue
             note = ""
             if dtype == np.float32 and not wide_on_purpose:
-                match = DOUBLE_MATH.search(ir)
+                match = double_math.search(code)
                 if match:
                     failures += 1
                     print(f"FAIL {dtype.name:8} {name}: float64 arithmetic in a float32 kernel: {match.group(0)!r}")

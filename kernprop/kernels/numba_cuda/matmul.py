@@ -35,7 +35,8 @@ B_LOADS = BK * BN // THREADS
 
 # Tile rows of BM + 1 words: staging stores that walk down a tile column (consecutive kk)
 # then hit different shared-memory banks, instead of one bank 16 times (stride 64).
-PAD = 1
+# Precomputed: a shared array's shape must be literal constants, not an expression.
+A_TILE_ROW, B_TILE_ROW = BM + 1, BN + 1
 
 COLSUM_X, COLSUM_Y = 32, 8  # column-sum block: 32 columns, 8 row-strided partial sums
 
@@ -55,8 +56,8 @@ def _gemm_kernel(dtype, trans_a, trans_b):
         k = b.shape[1] if trans_b else b.shape[0]
         # Both tiles are stored depth-major, so step kk of the inner loop reads one row
         # of each: a_tile[kk, rows of this thread], b_tile[kk, columns of this thread].
-        a_tile = cuda.shared.array((BK, BM + PAD), T)
-        b_tile = cuda.shared.array((BK, BN + PAD), T)
+        a_tile = cuda.shared.array((BK, A_TILE_ROW), T)
+        b_tile = cuda.shared.array((BK, B_TILE_ROW), T)
         acc = cuda.local.array((TM, TN), T)
         a_frag = cuda.local.array(TM, T)
         b_frag = cuda.local.array(TN, T)
