@@ -345,8 +345,16 @@ def _machine_section(data, extra):
         lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     if extra.get("load"):
         before, after = extra["load"]
-        lines.append(f"- Load average (1 min) before / after the benchmarks: {before:.2f} / {after:.2f} "
-                     "(other processes on the machine share its cores)")
+        lines.append(f"- Load average (1 min) before / after the benchmarks: {before:.2f} / {after:.2f}")
+        if isinstance(cores, int) and max(before, after) > cores:
+            lines.append(
+                f"- **The machine was busy** (load above its {cores} cores from other processes): a "
+                f"backend running {threads or 'several'} threads waits at every parallel region until "
+                "all of them are scheduled, often a scheduler tick (ms), so µs-sized ops on numba, "
+                "cython and torch show ms medians that a quiet machine would not; single-threaded "
+                "NumPy is hit least.  Compare backends within one shape, and see the fastest-round "
+                "table."
+            )
     status = kp.get("backends") or {}
     for name in BACKEND_ORDER:
         reason = status.get(name)

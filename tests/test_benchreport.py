@@ -151,6 +151,10 @@ def test_render_report(run_a):
     assert "cuda: not measured (no GPU lent" in text
     assert "## Headline" in text and "### activations" in text
     assert ") †" not in text and "medians are over" not in text  # no noisy medians here
+    assert "machine was busy" not in text
+    run_a["kernprop_report"]["load"] = [1.0, 5.0]
+    assert "Load average (1 min) before / after the benchmarks: 1.00 / 5.00" in br.render(run_a)
+    assert "**The machine was busy** (load above its 2 cores" in br.render(run_a)
 
 
 def test_noisy_medians_get_a_min_table():
