@@ -372,24 +372,42 @@ def _why(name, reason):
 def _startup_section(startup):
     if not startup:
         return ""
-    header = ["backend", "import kernprop", "first call of every op (cold)", "same, cached (second process)",
-              "slowest op (cold)"]
+    warm = any((r.get("cold") or {}).get("warmup") is not None for r in startup.values())
+    header = ["backend", "import kernprop"]
+    if warm:
+        header += ["kernprop.warmup() cold", "kernprop.warmup() cached"]
+    header += ["import + every op once, cold", "same, cached (second process)", "slowest first call (cold)"]
     body = []
     for backend, result in startup.items():
         if "error" in result:
-            body.append([backend, result["error"], "", "", ""])
+            body.append([backend, result["error"]] + [""] * (len(header) - 2))
             continue
-        cold, warm = result["cold"], result["cached"]
+        cold, cached = result["cold"], result["cached"]
         slowest = max(cold["ops"].items(), key=lambda kv: kv[1]) if cold["ops"] else ("–", None)
-        body.append([backend, fmt_time(cold["import"]), fmt_time(cold["total"]), fmt_time(warm["total"]),
-                     f"{slowest[0]} {fmt_time(slowest[1])}"])
-    note = ("Each column is one fresh Python process calling every public op once on a tiny "
-            "float32 input.  Cold: a fresh empty `NUMBA_CACHE_DIR`, so Numba compiles every "
-            "kernel; cached: a second process on the same cache directory, loading the compiled "
-            "kernels.  NumPy and Cython compile nothing; their two columns differ by imports only.")
-    if any(r.get("cold", {}).get("warmup") is not None for r in startup.values()):
-        note += "  `kernprop.warmup()` is included in the totals."
-    return note + "\n\n" + _md_table(header, body)
+        row = [backend, fmt_time(cold["import"])]
+        if warm:
+            row += [fmt_time(cold.get("warmup")), fmt_time(cached.get("warmup"))]
+        row += [fmt_time(cold["total"]), fmt_time(cached["total"]), f"{slowest[0]} {fmt_time(slowest[1])}"]
+        body.append(row)
+    note = ("Each row is two fresh Python processes that import kernprop"
+            + (", call `kernprop.warmup(backend)`" if warm else "")
+            + " and call every public op once on a tiny float32 input.  Cold: a fresh, empty "
+            "`NUMBA_CACHE_DIR`, so Numba compiles every kernel; cached: a second process on the same "
+            "cache directory, which loads the compiled kernels.  NumPy and Cython compile nothing.")
+    details = _startup_details(startup)
+    return note + "\n\n" + _md_table(header, body) + ("\n\n" + details if details else "")
+
+
+def _startup_details(startup):
+    ok = {b: r for b, r in startup.items() if "error" not in r}
+    if not ok:
+        return ""
+    ops = list(next(iter(ok.values()))["cold"]["ops"])
+    header = ["op"] + [f"{b} {kind}" for b in ok for kind in ("cold", "cached")]
+    body = [[op] + [fmt_time(r[kind]["ops"].get(op)) for r in ok.values() for kind in ("cold", "cached")]
+            for op in ops]
+    return ("<details><summary>First call of each op, per backend</summary>\n\n"
+            + _md_table(header, body) + "\n\n</details>")
 
 
 def _memory_section(memory):

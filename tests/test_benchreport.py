@@ -184,10 +184,16 @@ def test_startup_and_memory_sections(run_a):
     }
     text = br.render(run_a)
     assert _row(text, "numba", "200 ms")[2:] == ["30 s", "1.5 s", "matmul 8 s"]
+    assert _row(text, "relu", "2 s") == ["relu", "2 s", "2 s"]  # per-op details
     assert "| cython | failed: boom |" in text
     assert _row(text, "numba", "fused linear_cross_entropy")[2] == "200.0 MiB"
     assert _row(text, "numba", "unfused")[2] == "1.1 GiB"
     assert "4096 rows × 32000 classes × 512 features" in text
+    assert "warmup" not in text
+    for run in ("cold", "cached"):
+        run_a["kernprop_report"]["startup"]["numba"][run]["warmup"] = 20.0 if run == "cold" else 0.5
+    text = br.render(run_a)
+    assert _row(text, "numba", "200 ms") == ["numba", "200 ms", "20 s", "500 ms", "30 s", "1.5 s", "matmul 8 s"]
 
 
 def test_compare(run_a):
