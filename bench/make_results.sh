@@ -36,12 +36,15 @@ EOF
 note="Made by \`bench/make_results.sh\`: a clean worktree of the commit below, each run under \`flock $lock\` (no other benchmark on the cores; other work may be), run twice: this is the second run, the first is compared with it at the end."
 for run in 1 2; do
     echo "== run $run of 2 ($(date -u +%H:%M:%S) UTC, load $(cut -d' ' -f1 /proc/loadavg))" >&2
-    plot=()
-    if [ "$run" = 2 ] && "$python" -c "import matplotlib" 2>/dev/null; then
-        plot=(--plot "${out%.md}.png")
+    extra=(--no-startup --no-memory)  # run 1 is for the repeatability of the timings only
+    if [ "$run" = 2 ]; then
+        extra=()
+        if "$python" -c "import matplotlib" 2>/dev/null; then
+            extra=(--plot "${out%.md}.png")
+        fi
     fi
     flock "$lock" "$python" -m kernprop.cli bench --json "$tmp/run$run.json" -o "$tmp/run$run.md" \
-        --note "$note" "${plot[@]}" "$@"
+        --note "$note" "${extra[@]}" "$@"
 done
 
 {
