@@ -120,17 +120,30 @@ cdef extern from *:
         return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     }
 
-    /* x (n,) -> max; lanes of running maxima by branch-free select.  A NaN is never
-       selected (unless x[0]), but its exp makes the row NaN downstream anyway. */
-    KP_CLONES static float kp_row_max_f(const float *x, Py_ssize_t n) {
-        float m[16];
+    /* x (n,) -> max: 16 lanes of running maxima kept as one GCC vector (one zmm, two
+       ymm or four xmm by clone), merged by bit-mask select; the same loop over a float
+       m[16] array is not vectorised by GCC 12.  A NaN is never selected, but its exp
+       makes the row NaN downstream anyway.  Inlined where used. */
+    typedef float kp_vmax_f __attribute__((vector_size(64)));
+    typedef int kp_vmask __attribute__((vector_size(64)));
+    static inline float kp_max16_f(const float *x, Py_ssize_t n, float start) {
+        kp_vmax_f v, m = (kp_vmax_f){0} + start;
+        kp_vmask gt;
+        float lanes[16], out = start;
         Py_ssize_t j, l;
-        for (l = 0; l < 16; l++) m[l] = x[0];
-        for (j = 0; j + 16 <= n; j += 16)
-            for (l = 0; l < 16; l++) m[l] = kp_select_f(isgreater(x[j + l], m[l]), x[j + l], m[l]);
-        for (; j < n; j++) m[0] = kp_select_f(isgreater(x[j], m[0]), x[j], m[0]);
-        for (l = 1; l < 16; l++) m[0] = kp_select_f(isgreater(m[l], m[0]), m[l], m[0]);
-        return m[0];
+        for (j = 0; j + 16 <= n; j += 16) {
+            memcpy(&v, x + j, sizeof(v));
+            gt = v > m;
+            m = (kp_vmax_f)(((kp_vmask)v & gt) | ((kp_vmask)m & ~gt));
+        }
+        memcpy(lanes, &m, sizeof(lanes));
+        for (l = 0; l < 16; l++) out = kp_select_f(isgreater(lanes[l], out), lanes[l], out);
+        for (; j < n; j++) out = kp_select_f(isgreater(x[j], out), x[j], out);
+        return out;
+    }
+
+    KP_CLONES static float kp_row_max_f(const float *x, Py_ssize_t n) {
+        return kp_max16_f(x, n, x[0]);
     }
 
     /* x (n,) -> sum in double */
@@ -171,6 +184,35 @@ cdef extern from *:
         return kp_sum_lanes(acc);
     }
 
+    /* x (n,) -> out (n,) = (x - m) - lse: log-softmax, shifted before the log-sum-exp
+       is taken off so a large max loses nothing to rounding */
+    KP_CLONES static void kp_shift2_f(const float *x, float m, float lse, float *out, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) out[j] = (x[j] - m) - lse;
+    }
+
+    /* x (n,) -> x (n,) * a, in place */
+    KP_CLONES static void kp_scale_f(float *x, float a, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) x[j] = x[j] * a;
+    }
+
+    /* g (n,) holding exp(x - m) -> g = ft p + fs (fw p - w) with p = g inv_s: the
+       cross-entropy gradient but for the label's -ft (w NULL: no smoothing, fs unused) */
+    KP_CLONES static void kp_ce_grad_f(float *g, float inv_s, float ft, float fs, float fw,
+                                       const float *w, Py_ssize_t n) {
+        Py_ssize_t j;
+        float p;
+        if (w == NULL) {
+            for (j = 0; j < n; j++) g[j] = ft * (g[j] * inv_s);
+        } else {
+            for (j = 0; j < n; j++) {
+                p = g[j] * inv_s;
+                g[j] = ft * p + fs * (fw * p - w[j]);
+            }
+        }
+    }
+
     /* y (n,) log-probabilities, dy (n,), t = sum(dy) -> out (n,) = dy - exp(y) t */
     KP_CLONES static void kp_exp_axpy_f(const float *y, const float *dy, float t, float *out,
                                         Py_ssize_t n) {
@@ -198,6 +240,10 @@ cdef extern from *:
     double kp_dot_shift_f(const float* w, const float* x, float m, Py_ssize_t n) noexcept nogil
     void kp_exp_axpy_f(const float* y, const float* dy, float t, float* out,
                        Py_ssize_t n) noexcept nogil
+    void kp_shift2_f(const float* x, float m, float lse, float* out, Py_ssize_t n) noexcept nogil
+    void kp_scale_f(float* x, float a, Py_ssize_t n) noexcept nogil
+    void kp_ce_grad_f(float* g, float inv_s, float ft, float fs, float fw, const float* w,
+                      Py_ssize_t n) noexcept nogil
     void kp_sigmoid_block_f(const float* x, float* out, Py_ssize_t n) noexcept nogil
     void kp_tanh_block_f(const float* x, float* out, Py_ssize_t n) noexcept nogil
 
@@ -277,19 +323,21 @@ cdef inline floating _row_max(const floating* x, Py_ssize_t n) noexcept nogil:
     cdef floating m0 = x[0], m1 = x[0], m2 = x[0], m3 = x[0]
     cdef Py_ssize_t j = 0
     if floating is float:
-        return kp_row_max_f(x, n)
-    while j + 4 <= n:
-        m0 = x[j] if x[j] > m0 else m0
-        m1 = x[j + 1] if x[j + 1] > m1 else m1
-        m2 = x[j + 2] if x[j + 2] > m2 else m2
-        m3 = x[j + 3] if x[j + 3] > m3 else m3
-        j = j + 4
-    while j < n:
-        m0 = x[j] if x[j] > m0 else m0
-        j = j + 1
-    m0 = m1 if m1 > m0 else m0
-    m2 = m3 if m3 > m2 else m2
-    return m2 if m2 > m0 else m0
+        m0 = kp_row_max_f(x, n)
+    else:
+        while j + 4 <= n:
+            m0 = x[j] if x[j] > m0 else m0
+            m1 = x[j + 1] if x[j + 1] > m1 else m1
+            m2 = x[j + 2] if x[j + 2] > m2 else m2
+            m3 = x[j + 3] if x[j + 3] > m3 else m3
+            j = j + 4
+        while j < n:
+            m0 = x[j] if x[j] > m0 else m0
+            j = j + 1
+        m0 = m1 if m1 > m0 else m0
+        m2 = m3 if m3 > m2 else m2
+        m0 = m2 if m2 > m0 else m0
+    return m0
 
 
 cdef enum:
@@ -304,16 +352,17 @@ cdef inline double _sum4(const floating* x, Py_ssize_t n) noexcept nogil:
     cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
     cdef Py_ssize_t j = 0
     if floating is float:
-        return kp_sum_f(x, n)
-    while j + 4 <= n:
-        s0 += x[j]
-        s1 += x[j + 1]
-        s2 += x[j + 2]
-        s3 += x[j + 3]
-        j = j + 4
-    while j < n:
-        s0 += x[j]
-        j = j + 1
+        s0 = kp_sum_f(x, n)
+    else:
+        while j + 4 <= n:
+            s0 += x[j]
+            s1 += x[j + 1]
+            s2 += x[j + 2]
+            s3 += x[j + 3]
+            j = j + 4
+        while j < n:
+            s0 += x[j]
+            j = j + 1
     return (s0 + s1) + (s2 + s3)
 
 
@@ -325,7 +374,8 @@ cdef inline double _sum_exp(const floating* x, floating m, Py_ssize_t n,
     cdef double s = 0
     cdef Py_ssize_t j0 = 0, j, size
     if floating is float:
-        return kp_sum_exp_f(x, m, out, n)
+        s = kp_sum_exp_f(x, m, out, n)
+        j0 = n
     while j0 < n:
         size = min(<Py_ssize_t>EXP_BLOCK, n - j0)
         for j in range(size):

@@ -46,10 +46,10 @@ cdef double _ce_row(const floating* x, floating* g, Py_ssize_t c, int64_t y, bin
             for j in range(c):
                 g[j] = 0
         return 0.0
-    # pass 1: the row max, so every exp below has an argument <= 0
-    m = _row_max(x, c)
     xy = x[y]
     wy = w[y]
+    # pass 1: the row max, so every exp below has an argument <= 0
+    m = _row_max(x, c)
     # pass 2, by blocks of EXP_BLOCK: the exps (a loop that vectorises), their sum and,
     # for smoothing, sum_j w[j] (x[j] - m), both in double; then the exps go to g.  A
     # block of x is read in full before that block of g (maybe x itself) is written.
@@ -89,14 +89,18 @@ cdef double _ce_row(const floating* x, floating* g, Py_ssize_t c, int64_t y, bin
     inv_s = <floating>(1.0 / s)
     py = _exp(xy - m) * inv_s
     one = 1
-    if smoothing:
+    if floating is float:
+        kp_ce_grad_f(g, inv_s, ft, fs, fw, w if smoothing else <const float*>NULL, c)
+    elif smoothing:
         for j in range(c):
             p = g[j] * inv_s
             g[j] = ft * p + fs * (fw * p - w[j])
-        g[y] = ft * (py - one) + fs * (fw * py - w[y])
     else:
         for j in range(c):
             g[j] = ft * (g[j] * inv_s)
+    if smoothing:
+        g[y] = ft * (py - one) + fs * (fw * py - w[y])
+    else:
         g[y] = ft * (py - one)
     return loss
 

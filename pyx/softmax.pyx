@@ -16,21 +16,30 @@ from cython.parallel cimport prange
 
 cdef void _row_log_softmax(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
     # x (n,) -> out (n,) = (x - max) - log(sum(exp(x - max)))
-    cdef floating m = _row_max(x, n)
-    cdef floating lse = <floating>log(_sum_exp(x, m, n, <floating*>NULL))
+    cdef floating m, lse
     cdef Py_ssize_t j
-    for j in range(n):
-        out[j] = (x[j] - m) - lse
+    # Two passes before the output (max, then the exps), not one online pass: with the
+    # row in L1/L2 the online form's rescaling measured 10% slower.
+    m = _row_max(x, n)
+    lse = <floating>log(_sum_exp(x, m, n, <floating*>NULL))
+    if floating is float:
+        kp_shift2_f(x, m, lse, out, n)
+    else:
+        for j in range(n):
+            out[j] = (x[j] - m) - lse
 
 
 cdef void _row_softmax(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
     # x (n,) -> out (n,) = exp(x - max) / sum(exp(x - max)); out holds the exps between
-    # the two passes so each exp is computed once.
+    # the two passes so each exp is computed once (so the max comes first, not online).
     cdef floating m = _row_max(x, n)
     cdef floating inv = <floating>(1.0 / _sum_exp(x, m, n, out))
     cdef Py_ssize_t j
-    for j in range(n):
-        out[j] = out[j] * inv
+    if floating is float:
+        kp_scale_f(out, inv, n)
+    else:
+        for j in range(n):
+            out[j] = out[j] * inv
 
 
 cdef void _row_log_softmax_backward(const floating* y, const floating* dy, floating* out,
@@ -40,9 +49,9 @@ cdef void _row_log_softmax_backward(const floating* y, const floating* dy, float
     cdef Py_ssize_t j
     if floating is float:
         kp_exp_axpy_f(y, dy, total, out, n)
-        return
-    for j in range(n):
-        out[j] = dy[j] - _exp(y[j]) * total
+    else:
+        for j in range(n):
+            out[j] = dy[j] - _exp(y[j]) * total
 
 
 def log_softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
