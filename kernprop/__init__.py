@@ -35,6 +35,7 @@ from .ops import (
     tanh,
     tanh_backward,
 )
+from .warmup import warmup
 
 __version__ = "0.1.0"
 
@@ -66,4 +67,5 @@ __all__ = [
     "tanh",
     "tanh_backward",
     "use_backend",
+    "warmup",
 ]
