@@ -1,6 +1,6 @@
-# Shared by every Cython kernel module (``include "_common.pxi"``): the thread count
-# and the scalar math the kernels inline.  Everything here is C: no Python objects,
-# callable without the GIL.
+# Shared by every Cython kernel module (``include "_common.pxi"``): the thread count,
+# the scalar math the kernels inline, and the float32 row loops compiled per CPU
+# (target_clones).  Everything here is C: no Python objects, callable without the GIL.
 
 from cython cimport floating
 from libc.math cimport exp, fabs, fabsf, log, tanh
@@ -385,4 +385,17 @@ cdef inline double _sum_exp(const floating* x, floating m, Py_ssize_t n,
             for j in range(size):
                 out[j0 + j] = buf[j]
         j0 = j0 + EXP_BLOCK
+    return s
+
+
+cdef inline double _dot_shift(const floating* w, const floating* x, floating m,
+                              Py_ssize_t n) noexcept nogil:
+    # w, x (n,) -> sum_j w[j] (x[j] - m) in double: the label-smoothing term
+    cdef double s = 0
+    cdef Py_ssize_t j
+    if floating is float:
+        s = kp_dot_shift_f(w, x, m, n)
+    else:
+        for j in range(n):
+            s += w[j] * (x[j] - m)
     return s

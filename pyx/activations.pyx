@@ -3,7 +3,9 @@
 
 Every kernel takes flat C-contiguous arrays (the loader flattens any shape with
 ``reshape(-1)``); a ``prange`` over elements splits them into contiguous static chunks,
-each element written by one thread.  Small arrays run on the calling thread.
+each element written by one thread.  float32 sigmoid and tanh go by blocks of BLOCK
+elements to the CPU-specific loops of _common.pxi (AVX-512/AVX2 where the CPU has
+them).  Small arrays run on the calling thread.
 """
 
 include "_common.pxi"

@@ -36,11 +36,10 @@ cdef double _ce_row(const floating* x, floating* g, Py_ssize_t c, int64_t y, bin
     # x (c,) logits of one row, label y (valid: not ignored) -> its loss; when g != NULL,
     # g (c,) = its gradient * inv_denom (g may be x: x[j] is read before g[j] is written)
     cdef floating m
-    cdef floating buf[EXP_BLOCK]
     cdef floating xy, p, py, ft, fs, fw, inv_s, one
     cdef double s = 0, sw = 0, log_s, wy, loss
     cdef bint smoothing = eps > 0
-    cdef Py_ssize_t j, j0, size
+    cdef Py_ssize_t j
     if not valid:
         if g != NULL:
             for j in range(c):
@@ -50,29 +49,11 @@ cdef double _ce_row(const floating* x, floating* g, Py_ssize_t c, int64_t y, bin
     wy = w[y]
     # pass 1: the row max, so every exp below has an argument <= 0
     m = _row_max(x, c)
-    # pass 2, by blocks of EXP_BLOCK: the exps (a loop that vectorises), their sum and,
-    # for smoothing, sum_j w[j] (x[j] - m), both in double; then the exps go to g.  A
-    # block of x is read in full before that block of g (maybe x itself) is written.
-    if floating is float:
-        # the same, in the CPU-specific loops of _common.pxi; sw first, as g may be x
-        if smoothing:
-            sw = kp_dot_shift_f(w, x, m, c)
-        s = kp_sum_exp_f(x, m, g, c)
-        j0 = c
-    else:
-        j0 = 0
-    while j0 < c:
-        size = min(<Py_ssize_t>EXP_BLOCK, c - j0)
-        for j in range(size):
-            buf[j] = _exp(x[j0 + j] - m)
-        s += _sum4(buf, size)
-        if smoothing:
-            for j in range(j0, j0 + size):
-                sw += <double>w[j] * (x[j] - m)
-        if g != NULL:
-            for j in range(size):
-                g[j0 + j] = buf[j]
-        j0 = j0 + EXP_BLOCK
+    # pass 2: sum_j w[j] (x[j] - m) for the smoothing term (first: g may be x), then the
+    # sum of the exps, in double, parking the exps in g
+    if smoothing:
+        sw = _dot_shift(w, x, m, c)
+    s = _sum_exp(x, m, c, g)
     log_s = log(s)
     loss = (1 - eps) * wy * (log_s - (xy - m))
     # Skipped at eps == 0, where 0 * inf would turn a -inf logit's term into NaN.
