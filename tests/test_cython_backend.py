@@ -57,12 +57,17 @@ def _every_op(x, w, b, dy, labels, weight):
         "linear_backward": kernprop.linear_backward(x, w, dy, **run),
         "relu": kernprop.relu(x, **run),
         "sigmoid": kernprop.sigmoid(x, **run),
+        "tanh": kernprop.tanh(x, **run),
+        "log_softmax_backward": kernprop.log_softmax_backward(
+            kernprop.log_softmax(dy, **run), dy, **run
+        ),
         "log_softmax": kernprop.log_softmax(dy, **run),
         "softmax": kernprop.softmax(dy, **run),
         "cross_entropy": kernprop.cross_entropy_with_grad(
             dy, labels, label_smoothing=0.1, weight=weight, **run
         ),
         "mse": kernprop.mse(x, x[::-1], **run),
+        "mse_backward": kernprop.mse_backward(x, x[::-1], **run),
         "linear_cross_entropy": kernprop.linear_cross_entropy(
             x, w, b, labels, weight=weight, chunk_size=37, **run
         ),
@@ -74,7 +79,9 @@ def _every_op(x, w, b, dy, labels, weight):
 
 
 def _inputs(rng, dtype):
-    n, fan_in, c = 150, 70, 90
+    # Big enough that every kernel takes its parallel path (over 32k elements, over
+    # 2**17 multiply-adds for the GEMM).
+    n, fan_in, c = 300, 130, 257
     x = rng.uniform(-2, 2, (n, fan_in)).astype(dtype)
     w = rng.uniform(-1, 1, (fan_in, c)).astype(dtype)
     b = rng.uniform(-1, 1, c).astype(dtype)
