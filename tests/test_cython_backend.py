@@ -183,6 +183,18 @@ def test_gemm_wider_than_one_b_panel(gemm_kernel, dtype, rng):
     assert_close(got, ref_matmul.linear_forward(x, w, b, "relu"), dtype, scale=20.0)
 
 
+def test_strided_bias(dtype, rng):
+    # A bias view with a stride is copied for the kernel, which reads it contiguous.
+    x, w, b, _, labels, _ = _inputs(rng, dtype)
+    b_strided = np.repeat(b, 2)[::2]
+    assert not b_strided.flags.c_contiguous
+    got = kernprop.linear(x, w, b_strided, backend="cython")
+    assert_close(got, ref_matmul.linear_forward(x, w, b, None), dtype, scale=20.0)
+    loss = kernprop.linear_cross_entropy(x, w, b_strided, labels, backend="cython")[0]
+    want = ref_losses.linear_cross_entropy(x, w, b, labels, "mean", -100, 0.0, None, 64)[0]
+    assert_close(loss, want, dtype, scale=10.0)
+
+
 def test_gemm_negative_strides(dtype, rng):
     a = rng.standard_normal((33, 21)).astype(dtype)[::-1, ::-1]
     b = rng.standard_normal((21, 19)).astype(dtype)[::-1]

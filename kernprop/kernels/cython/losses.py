@@ -12,6 +12,8 @@ import numpy as np
 from kernprop._cy import losses as _cy
 from kernprop._cy import matmul as _cy_matmul
 
+from .matmul import contiguous_bias
+
 
 def _class_weight(weight, num_classes, dtype):
     if weight is None:
@@ -117,6 +119,7 @@ def linear_cross_entropy(
     dw = np.empty((fan_in, c), dtype=dtype)
     db_sums = np.zeros(c, dtype=np.float64) if b is not None else None
     w_t = w.T
+    b = contiguous_bias(b)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         x_chunk = x[start:stop]

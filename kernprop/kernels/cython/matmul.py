@@ -19,11 +19,16 @@ def matmul(a, b):
     return out
 
 
+def contiguous_bias(b):
+    """The bias as the kernel reads it: None, or a contiguous (OUT,) array."""
+    return None if b is None else np.ascontiguousarray(b)
+
+
 def linear_forward(x, w, b, activation):
     # x (N, IN), w (IN, OUT), b (OUT,) or None -> y (N, OUT); bias and activation are
     # applied by the thread that owns each block of rows, right after its product.
     y = np.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
-    _cy.gemm(x, w, y, False, b, _ACTIVATION_CODES[activation])
+    _cy.gemm(x, w, y, False, contiguous_bias(b), _ACTIVATION_CODES[activation])
     return y
 
 
