@@ -343,6 +343,27 @@ def test_linear_cross_entropy(rng, dtype, chunk_size, bias, case, reduction):
             assert_close(np.asarray(g) if name == "loss" else g, np.asarray(r), dtype, name)
 
 
+def test_linear_cross_entropy_holds_one_chunk_of_logits(rng, monkeypatch):
+    # every device allocation is recorded: the (N, C) logits must never be one of them
+    n, fan_in, c, chunk = 7, 3, 5, 2
+    shapes = []
+    allocate = cuda.device_array
+
+    def recording(shape, *args, **kwargs):
+        shapes.append(tuple(np.atleast_1d(shape)))
+        return allocate(shape, *args, **kwargs)
+
+    monkeypatch.setattr(cuda, "device_array", recording)
+    dtype = np.dtype(np.float32)
+    x, w, b = rand(rng, (n, fan_in), dtype), rand(rng, (fan_in, c), dtype), rand(rng, (c,), dtype)
+    labels = rng.integers(0, c, n)
+    got = ops.linear_cross_entropy(x, w, b, labels, chunk_size=chunk, backend="cuda")
+    want = ops.linear_cross_entropy(x, w, b, labels, backend="numpy")
+    assert (chunk, c) in shapes and (n, c) not in shapes, shapes
+    for name, g, r in zip(("loss", "dx", "dw", "db"), got, want):
+        assert_close(np.asarray(g), np.asarray(r), dtype, name)
+
+
 # --- optimizers -----------------------------------------------------------------------
 
 
