@@ -50,6 +50,23 @@ def matmul(a, b, *, backend=None):
     return kernels.matmul(a, b)
 
 
+def _linear_operands(name, x, w, b=None, out_name="OUT"):
+    """Check ``x`` (N, IN), ``w`` (IN, OUT) and an optional bias ``b`` (OUT,) of one
+    dtype; returns (N, IN, OUT, dtype)."""
+    (n, fan_in), dtype = check_array("x", x, 2, name)
+    (w_in, fan_out), _ = check_array("w", w, 2, name)
+    if w_in != fan_in:
+        raise ValueError(
+            f"w must have shape ({fan_in}, {out_name}) to match x of shape ({n}, {fan_in}), "
+            f"got ({w_in}, {fan_out})"
+        )
+    if b is not None:
+        b_shape, _ = check_array("b", b, 1, name)
+        check_shape("b", b_shape, (fan_out,), "one bias per column of w")
+    check_same_dtype(x=x, w=w, b=b)
+    return n, fan_in, fan_out, dtype
+
+
 def linear(x, w, b=None, *, activation=None, backend=None):
     """Linear layer ``activation(x @ w + b)``.
 
@@ -60,14 +77,7 @@ def linear(x, w, b=None, *, activation=None, backend=None):
     to ``linear_backward``.
     """
     name, kernels = _kernels(backend, "matmul")
-    (n, fan_in), _ = check_array("x", x, 2, name)
-    (w_in, fan_out), _ = check_array("w", w, 2, name)
-    if w_in != fan_in:
-        raise ValueError(f"w must have shape ({fan_in}, OUT) to match x of shape ({n}, {fan_in}), got ({w_in}, {fan_out})")
-    if b is not None:
-        b_shape, _ = check_array("b", b, 1, name)
-        check_shape("b", b_shape, (fan_out,), "one bias per output feature")
-    check_same_dtype(x=x, w=w, b=b)
+    _linear_operands(name, x, w, b)
     check_choice("activation", activation, ACTIVATIONS)
     return kernels.linear_forward(x, w, b, activation)
 
@@ -78,10 +88,7 @@ def linear_backward(x, w, dy, has_bias=True, *, backend=None):
     ``db`` is None when ``has_bias`` is false.
     """
     name, kernels = _kernels(backend, "matmul")
-    (n, fan_in), _ = check_array("x", x, 2, name)
-    (w_in, fan_out), _ = check_array("w", w, 2, name)
-    if w_in != fan_in:
-        raise ValueError(f"w must have shape ({fan_in}, OUT) to match x of shape ({n}, {fan_in}), got ({w_in}, {fan_out})")
+    n, _, fan_out, _ = _linear_operands(name, x, w)
     dy_shape, _ = check_array("dy", dy, 2, name)
     check_shape("dy", dy_shape, (n, fan_out), "rows of x by columns of w")
     check_same_dtype(x=x, w=w, dy=dy)
@@ -266,14 +273,7 @@ def linear_cross_entropy(
     "mean" or "sum".  ``db`` is None when ``b`` is None.
     """
     name, kernels = _kernels(backend, "losses")
-    (n, fan_in), dtype = check_array("x", x, 2, name)
-    (w_in, c), _ = check_array("w", w, 2, name)
-    if w_in != fan_in:
-        raise ValueError(f"w must have shape ({fan_in}, C) to match x of shape ({n}, {fan_in}), got ({w_in}, {c})")
-    if b is not None:
-        b_shape, _ = check_array("b", b, 1, name)
-        check_shape("b", b_shape, (c,), "one bias per class")
-    check_same_dtype(x=x, w=w, b=b)
+    n, _, c, dtype = _linear_operands(name, x, w, b, out_name="C")
     check_choice("reduction", reduction, ("mean", "sum"))
     labels, ignore_index, label_smoothing = _cross_entropy_args(
         name, n, c, dtype, labels, ignore_index, label_smoothing, weight
