@@ -518,14 +518,21 @@ def compare(data_a, data_b, name_a="A", name_b="B") -> str:
     lines += ["", f"{len(common)} benchmarks in both; geometric mean ratio "
               f"{gm:.3f}" if gm else f"{len(common)} benchmarks in both."]
     if ratios:
-        spread = [max(r, 1 / r) for r in ratios]
-        within = [sum(x <= limit for x in spread) for limit in (1.1, 1.25, 2.0)]
-        lines.append(f"Within 10%: {within[0]}, within 25%: {within[1]}, within 2×: {within[2]}, "
-                     f"beyond 2×: {len(spread) - within[2]} (of {len(spread)}).")
+        lines.append("Medians " + _agreement(ratios))
+        min_ratios = [b[k].min / a[k].min for k in common if a[k].min > 0 and b[k].min > 0]
+        if min_ratios:
+            lines.append("Fastest rounds " + _agreement(min_ratios))
     for label, keys in ((name_a, only_a), (name_b, only_b)):
         if keys:
             lines.append(f"Only in {label}: " + ", ".join(" ".join(k) for k in keys))
     return "\n".join(lines) + "\n"
+
+
+def _agreement(ratios):
+    spread = [max(r, 1 / r) for r in ratios]
+    within = [sum(x <= limit for x in spread) for limit in (1.1, 1.25, 2.0)]
+    return (f"within 10%: {within[0]}, within 25%: {within[1]}, within 2×: {within[2]}, "
+            f"beyond 2×: {len(spread) - within[2]} (of {len(spread)}).")
 
 
 # --- plotting --------------------------------------------------------------------------
@@ -840,6 +847,8 @@ def run(quick=False, ops=None, backends=None, json_path=None, max_time=None, sta
                                "error": f"{type(exc).__name__}: {exc}"}
     extra["numpy"] = np.__version__
     data["kernprop_report"] = extra
+    for bench in data["benchmarks"]:  # every round's time: megabytes, and the report needs none
+        (bench.get("stats") or {}).pop("data", None)
     if json_path:
         with open(json_path, "w") as f:
             json.dump(data, f, indent=1)

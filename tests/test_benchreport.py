@@ -209,7 +209,8 @@ def test_compare(run_a):
     assert "Only in a.json: matmul 256x784x512 cython" in text
     assert "Only in b.json: mse 32x64 numba" in text
     assert "9 benchmarks in both" in text
-    assert "Within 10%: 6, within 25%: 6, within 2×: 9, beyond 2×: 0 (of 9)." in text
+    assert "Medians within 10%: 6, within 25%: 6, within 2×: 9, beyond 2×: 0 (of 9)." in text
+    assert "Fastest rounds within 10%: 9," in text  # only the medians changed
 
 
 def test_cli_compare_and_from_json(tmp_path, run_a, capsys):
