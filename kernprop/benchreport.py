@@ -447,6 +447,11 @@ def render(data, title="kernprop benchmark report") -> str:
         meta.append(f"Commit: `{commit}`{dirty}")
     if data.get("datetime"):
         meta.append(f"Date: {data['datetime']}")
+    merged = extra.get("merged")
+    if merged:
+        taken = ", ".join(f"{n} from {name}" for name, n in zip(merged["runs"], merged["taken"]))
+        meta.append(f"Merged from {len(merged['runs'])} runs of the same command: each benchmark is the "
+                    f"run with its lowest median ({taken}); other processes only ever slow a run down.")
     quick = ((data.get("machine_info") or {}).get("kernprop") or {}).get("quick")
     if quick:
         meta.append("Quick run: small and MLP-sized shapes only.")
@@ -533,6 +538,36 @@ def _agreement(ratios):
     within = [sum(x <= limit for x in spread) for limit in (1.1, 1.25, 2.0)]
     return (f"within 10%: {within[0]}, within 25%: {within[1]}, within 2×: {within[2]}, "
             f"beyond 2×: {len(spread) - within[2]} (of {len(spread)}).")
+
+
+def merge(runs, names=None) -> dict:
+    """One run from several runs of the same command: every benchmark from the run where
+    its median is lowest (other work on the machine only ever slows a run down); the
+    machine info and the extra measurements of the last run."""
+    if not runs:
+        raise BenchError("nothing to merge")
+    names = list(names or [f"run {i + 1}" for i in range(len(runs))])
+    best: dict = {}
+    for index, run in enumerate(runs):
+        for bench in _with_stats(run):
+            rec = _record_of(bench)
+            key = rec.key
+            if key not in best or rec.median < best[key][1].median:
+                best[key] = (bench, rec, index)
+    merged = json.loads(json.dumps(runs[-1]))
+    merged["benchmarks"] = [bench for bench, _, _ in best.values()]
+    extra = merged.setdefault("kernprop_report", {})
+    counts = [sum(1 for _, _, i in best.values() if i == index) for index in range(len(runs))]
+    extra["merged"] = {"runs": names, "taken": counts}
+    return merged
+
+
+def _with_stats(run):
+    return [b for b in run.get("benchmarks", []) if "median" in (b.get("stats") or {})]
+
+
+def _record_of(bench):
+    return records({"benchmarks": [bench]})[0]
 
 
 # --- plotting --------------------------------------------------------------------------
@@ -863,7 +898,12 @@ def main(args, argv=None) -> int:
             text = compare(load(a), load(b), a, b)
             _emit(text, args.output)
             return 0
-        if args.from_json:
+        if args.merge:
+            data = merge([load(path) for path in args.merge], args.merge)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(data, f, indent=1)
+        elif args.from_json:
             data = load(args.from_json)
         else:
             words = list(argv if argv is not None else sys.argv[1:])
@@ -921,6 +961,10 @@ def add_parser(sub):
                        help="compare two saved runs: per-benchmark ratio of medians B/A (runs nothing)")
     bench.add_argument("--from-json", metavar="PATH", default=None,
                        help="write the report of a saved run instead of running the benchmarks")
+    bench.add_argument("--merge", nargs="+", metavar="RUN.json", default=None,
+                       help="write the report of saved runs of one command, each benchmark from the run "
+                            "with the lowest median (other processes only ever slow a run down); the "
+                            "extra measurements come from the last run; --json saves the merged run")
     bench.add_argument("--max-time", type=float, default=None,
                        help="seconds of timing per benchmark (default 0.3, --quick 0.1)")
     bench.add_argument("--no-startup", action="store_true", help="skip the compile / cache start-up measurement")

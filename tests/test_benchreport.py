@@ -316,3 +316,26 @@ def test_failed_memory_measurement_is_reported(run_a):
                                           "error": "ImportError: cannot import name 'x'"}
     text = br.render(run_a)
     assert "Not measured at 512 × 32000 × 512: ImportError: cannot import name 'x'" in text
+
+
+def test_merge_takes_each_benchmarks_lowest_median(tmp_path, run_a, capsys):
+    second = json.loads(json.dumps(run_a))
+    for bench in second["benchmarks"]:
+        if bench["extra_info"]["backend"] == "numba":
+            bench["stats"]["median"] /= 4  # numba 4x faster in run 2, the rest slower
+        else:
+            bench["stats"]["median"] *= 2
+    second["kernprop_report"]["memory"] = {"rows": 1, "classes": 2, "features": 3, "results": []}
+    merged = br.merge([run_a, second], ["one.json", "two.json"])
+    medians = {r.key: r.median for r in br.records(merged)}
+    assert medians[("matmul", "256x784x512", "numba")] == 0.5e-3
+    assert medians[("matmul", "256x784x512", "numpy")] == 4e-3
+    assert merged["kernprop_report"]["merged"] == {"runs": ["one.json", "two.json"], "taken": [7, 3]}
+    assert merged["kernprop_report"]["memory"]["rows"] == 1  # extras of the last run
+    text = br.render(merged)
+    assert "Merged from 2 runs of the same command" in text and "(7 from one.json, 3 from two.json)" in text
+    a, b = _write(tmp_path, "one.json", run_a), _write(tmp_path, "two.json", second)
+    out = tmp_path / "merged.json"
+    assert cli.main(["bench", "--merge", a, b, "--json", str(out)]) == 0
+    assert "| matmul | – / 8.00 / 2.00 |" in capsys.readouterr().out  # numba 0.5 ms vs numpy 4 ms
+    assert len(json.loads(out.read_text())["benchmarks"]) == 10
