@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerate bench/RESULTS.md: the full `kernprop bench` report of one commit.
 #
-#   bench/make_results.sh [OUT.md [extra kernprop bench options, e.g. --quick]]
+#   bench/make_results.sh [OUT.md [extra kernprop bench options, e.g. --quick, --threads 1]]
 #
+# NOTE="..." in the environment adds a line to the report's header.
 # Measures a clean checkout of HEAD (a temporary git worktree with the Cython extensions
 # built in place, imported through PYTHONPATH), so that uncommitted edits in the working
 # tree are not what gets measured.  Runs the report twice, each run under the machine-wide
@@ -35,7 +36,7 @@ import sys, kernprop
 assert kernprop.__file__.startswith(sys.argv[1]), f"imported {kernprop.__file__}, not the worktree"
 EOF
 
-note="Made by \`bench/make_results.sh\`: a clean worktree of the commit below, each run under \`flock $lock\` (no other benchmark on the cores; other work may be), run twice; the tables take each benchmark from the run with the lower median, and the two runs are compared at the end."
+note="Made by \`bench/make_results.sh\`: a clean worktree of the commit below, each run under \`flock $lock\` (no other benchmark on the cores; other work may be), run twice; the tables take each benchmark from the run with the lower median, and the two runs are compared at the end.${NOTE:+ $NOTE}"
 for run in 1 2; do
     echo "== run $run of 2 ($(date -u +%H:%M:%S) UTC, load $(cut -d' ' -f1 /proc/loadavg))" >&2
     extra=()

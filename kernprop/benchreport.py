@@ -906,6 +906,8 @@ def main(args, argv=None) -> int:
         elif args.from_json:
             data = load(args.from_json)
         else:
+            if args.threads:
+                set_thread_env(args.threads)
             words = list(argv if argv is not None else sys.argv[1:])
             if "--note" in words[:-1]:  # the note is printed in the report already
                 i = words.index("--note")
@@ -922,6 +924,28 @@ def main(args, argv=None) -> int:
         print(f"kernprop bench: {exc}", file=sys.stderr)
         return 2
     return 1 if (data.get("kernprop_report") or {}).get("failures") else 0
+
+
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def set_thread_env(n, environ=None):
+    """Every backend (Numba, Cython's OpenMP, torch through the bench conftest, and NumPy's
+    BLAS) on ``n`` threads, in this process (before NumPy or Numba is imported) and the
+    benchmark subprocesses; ``environ``: set these variables there instead."""
+    for name in THREAD_VARIABLES:
+        (os.environ if environ is None else environ)[name] = str(n)
+    if environ is None and ("numpy" in sys.modules or "numba" in sys.modules):  # too late for the environment
+        try:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(n)
+        except ImportError:
+            pass
+        if "numba" in sys.modules:
+            import numba
+
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def _split(values):
@@ -967,6 +991,9 @@ def add_parser(sub):
                             "extra measurements come from the last run; --json saves the merged run")
     bench.add_argument("--max-time", type=float, default=None,
                        help="seconds of timing per benchmark (default 0.3, --quick 0.1)")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="threads for every backend, numpy's BLAS and torch included (default: Numba's, "
+                            "the number of cores); 1 is the robust choice on a machine others are using")
     bench.add_argument("--no-startup", action="store_true", help="skip the compile / cache start-up measurement")
     bench.add_argument("--no-memory", action="store_true", help="skip the linear cross-entropy memory measurement")
     bench.add_argument("--note", default=None, help="a line to put under the report's title")

@@ -339,3 +339,10 @@ def test_merge_takes_each_benchmarks_lowest_median(tmp_path, run_a, capsys):
     assert cli.main(["bench", "--merge", a, b, "--json", str(out)]) == 0
     assert "| matmul | – / 8.00 / 2.00 |" in capsys.readouterr().out  # numba 0.5 ms vs numpy 4 ms
     assert len(json.loads(out.read_text())["benchmarks"]) == 10
+
+
+def test_threads_option_sets_every_backends_thread_count():
+    env = {}
+    br.set_thread_env(1, env)
+    assert env == dict.fromkeys(br.THREAD_VARIABLES, "1")
+    assert set(br.THREAD_VARIABLES) >= {"NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"}
