@@ -3,8 +3,8 @@
 Numba compiles ``np.exp`` on float32 to a scalar libm call per element (no SVML here),
 which stops LLVM from vectorising any loop that contains it; NumPy's SIMD exp is ~3x
 faster.  ``fast_exp`` is, for float32, Cephes' ``expf`` written branch-free so that a
-loop over a contiguous slice vectorises (``inspect_asm`` shows ``vfmadd...ps zmm`` and
-``vscalefps``-free integer exponent insertion ``vpslld``):
+loop over a contiguous slice vectorises (``inspect_asm`` of the callers shows the
+polynomial as ``vfmadd...ps`` on zmm and the exponent insertion as ``vpslld``):
 
     n = round(x / ln 2),  r = x - n ln 2  (Cody-Waite: ln 2 in two parts, r exact)
     exp(x) = 2^n * p(r),  p the degree-6 polynomial of Cephes (|rel err| < 2 ulp)
@@ -14,10 +14,12 @@ cases: NaN propagates (r is NaN), exp(-inf) = 0 and any x < -86.9 gives 0 (its t
 value is below 2e-38), x > ln(FLT_MAX) gives +inf.  float64 keeps ``np.exp``: its callers are
 not the float32 targets and the polynomial would need twice the degree.
 
-The helper is compiled with ``contract`` only (no ``reassoc``), and not inlined at the
-Numba level (which would give it the caller's flags): reassociation could fold
-``x - n*C1 - n*C2`` into ``x - n*(C1+C2)`` and lose the exactness of r.  LLVM inlines it
-into the caller's loop with its own flags kept, and vectorises that loop.
+The helper is compiled with ``contract`` only (no ``reassoc``) and is not inlined at the
+Numba level (that would give it the caller's flags, and Numba's inliner warns about its
+selects): reassociation could fold ``x - n*C1 - n*C2`` into ``x - n*(C1+C2)`` and lose
+the exactness of r.  LLVM inlines it into the caller's loop with its own per-instruction
+flags kept, and vectorises that loop.  Max relative error measured over [-86.9, 88.7]:
+8e-8 (about 1.4 ulp).
 """
 
 import numpy as np
@@ -77,7 +79,7 @@ def fast_exp(x):
     return np.exp(x)
 
 
-@overload(fast_exp, inline="always")
+@overload(fast_exp)
 def _fast_exp(x):
     if x == types.float32:
         return lambda x: exp_f32(x)

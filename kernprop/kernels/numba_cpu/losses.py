@@ -16,7 +16,7 @@ from numba import njit, prange
 from ._jit import kernel, precise
 from ._math import fast_exp
 from .matmul import column_sums, gemm
-from .softmax import row_stats
+from .softmax import _SHORT, _SHORT_ROWS, row_stats, short_rows_stats
 
 _BLOCK = 16384
 _CHUNK_ELEMENTS = 16384  # logits per parallel task
@@ -42,6 +42,12 @@ def _target_grad(target_logit, m, log_s, grad_scale, hard, uniform, weight_total
     # float64: scale * (hard * (p - 1) + uniform * (W p - w_y)), grouped so that a
     # one-class row (p = 1, W = w_y) gives exactly 0 (no reassoc here).
     p = np.exp((np.float64(target_logit) - m) - log_s)
+    return grad_scale * (hard * (p - 1.0) + uniform * (weight_total * p - target_weight))
+
+
+@precise
+def _target_grad_p(p, grad_scale, hard, uniform, weight_total, target_weight):
+    # as _target_grad, from p = softmax of the target (float64)
     return grad_scale * (hard * (p - 1.0) + uniform * (weight_total * p - target_weight))
 
 
@@ -92,13 +98,84 @@ def _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, smoothin
                 hard = (1 - smoothing) * target_weight
                 p_coef = grad_scale * (hard + uniform * weight_total)
                 w_coef = grad_scale * uniform
-                one = row.dtype.type(1)
-                _grad_row(row, m, one * log_s, one * p_coef, one * w_coef, weight, weighted,
-                          smoothing > 0, grad[i])
+                # coefficients in the logits' dtype keep the loop in float32 (a float64
+                # one would promote every element and call the scalar float64 exp)
+                _grad_row(row, m, row.dtype.type(log_s), row.dtype.type(p_coef),
+                          row.dtype.type(w_coef), weight, weighted, smoothing > 0, grad[i])
                 # The target's entry is recomputed in float64 with the one-hot term, not
                 # corrected after rounding: a 1-class row then gets exactly 0.
                 grad[i, label] = _target_grad(target_logit, m, log_s, grad_scale, hard, uniform,
                                               weight_total, np.float64(target_weight))
+
+
+@kernel
+def _cross_entropy_short(logits, labels, weight, weighted, ignore_index, smoothing, grad_scale,
+                         want_grad, row_losses, grad):
+    # As _cross_entropy_rows, for C < softmax._SHORT: the row statistics of a chunk of
+    # rows come from one flat vectorised exp loop (softmax.short_rows_stats), and the
+    # gradient is p_coef * e / s - w_coef * w from the stored e = exp(z - m).
+    n, num_classes = logits.shape
+    weight_total = 0.0
+    if weighted:
+        for c in range(num_classes):
+            weight_total += weight[c]
+    else:
+        weight_total = num_classes
+    uniform = smoothing / num_classes
+    for task in prange((n + _SHORT_ROWS - 1) // _SHORT_ROWS):
+        r0 = task * _SHORT_ROWS
+        r1 = min(r0 + _SHORT_ROWS, n)
+        d = np.empty(_SHORT_ROWS * num_classes, dtype=logits.dtype)
+        e = np.empty(_SHORT_ROWS * num_classes, dtype=logits.dtype)
+        m = np.empty(_SHORT_ROWS, dtype=logits.dtype)
+        sums = np.empty(_SHORT_ROWS, dtype=np.float64)
+        log_s = np.empty(_SHORT_ROWS, dtype=np.float64)
+        short_rows_stats(logits, r0, r1, d, e, m, sums, log_s)
+        for r in range(r1 - r0):
+            i = r0 + r
+            label = labels[i]
+            if label == ignore_index:
+                row_losses[i] = 0.0
+                if want_grad:
+                    grad_row = grad[i]
+                    for c in range(num_classes):
+                        grad_row[c] = 0
+                continue
+            row = logits[i]
+            dr = d[r * num_classes : (r + 1) * num_classes]
+            er = e[r * num_classes : (r + 1) * num_classes]
+            target_weight = weight[label] if weighted else 1.0
+            hard = (1 - smoothing) * target_weight
+            # -logp_y = (m - z_y) + log s = -d_y + log s
+            loss = hard * (log_s[r] - dr[label])
+            if smoothing > 0:
+                wz = 0.0
+                if weighted:
+                    for c in range(num_classes):
+                        wz += weight[c] * row[c]
+                else:
+                    for c in range(num_classes):
+                        wz += row[c]
+                loss += uniform * (weight_total * (np.float64(m[r]) + log_s[r]) - wz)
+            row_losses[i] = loss
+            if want_grad:
+                p_target = np.float64(er[label]) / sums[r]
+                p_coef = grad_scale * (hard + uniform * weight_total)
+                w_coef = grad_scale * uniform
+                scale = logits.dtype.type(p_coef / sums[r])
+                w_coef_x = logits.dtype.type(w_coef)
+                grad_row = grad[i]
+                if weighted and smoothing > 0:
+                    for c in range(num_classes):
+                        grad_row[c] = scale * er[c] - w_coef_x * weight[c]
+                elif smoothing > 0:
+                    for c in range(num_classes):
+                        grad_row[c] = scale * er[c] - w_coef_x
+                else:
+                    for c in range(num_classes):
+                        grad_row[c] = scale * er[c]
+                grad_row[label] = _target_grad_p(p_target, grad_scale, hard, uniform, weight_total,
+                                                 np.float64(target_weight))
 
 
 @njit(cache=True)
@@ -141,8 +218,9 @@ def _cross_entropy(logits, labels, reduction, ignore_index, label_smoothing, wei
         grad_scale = np.float64(1.0) / denominator
     row_losses = np.empty(n, dtype=np.float64)
     grad = np.empty_like(logits) if want_grad else np.empty((0, num_classes), logits.dtype)
-    _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, label_smoothing, grad_scale,
-                        want_grad, row_losses, grad)
+    kernel = _cross_entropy_short if num_classes < _SHORT else _cross_entropy_rows
+    kernel(logits, labels, weight, weighted, ignore_index, label_smoothing, grad_scale,
+           want_grad, row_losses, grad)
     return _reduce(row_losses, denominator, reduction, logits.dtype), grad
 
 

@@ -25,6 +25,8 @@ from ._math import fast_exp, vector_max
 
 _BLOCK = 2048          # elements per online block (8 KiB of float32: stays in L1)
 _CHUNK_ELEMENTS = 16384  # elements per parallel task
+_SHORT = 32            # rows shorter than this take the flat-chunk path
+_SHORT_ROWS = 512      # rows per task on that path
 
 
 @helper
@@ -81,16 +83,65 @@ def _rows(n, c):
     return max(1, _CHUNK_ELEMENTS // c)
 
 
+@helper
+def short_rows_stats(x, r0, r1, d, e, m, sums, log_s):
+    # Rows r0:r1 of x (N, C) with C short (< _SHORT): a row is shorter than one vector,
+    # so per-row loops would run scalar.  Instead the exps run as one flat vectorised
+    # loop over the chunk: d = x - m (per row), e = exp(d) (flat), s = row sums of e,
+    # log_s = log(s).  d, e (>= (r1-r0)*C,) and m, sums, log_s (>= r1-r0,) are outputs.
+    c = x.shape[1]
+    rows = r1 - r0
+    for r in range(rows):
+        row = x[r0 + r]
+        mr = row[0]
+        for j in range(1, c):
+            mr = max(mr, row[j])
+        m[r] = mr
+        dr = d[r * c : (r + 1) * c]
+        for j in range(c):
+            dr[j] = row[j] - mr
+    flat_d = d[: rows * c]
+    flat_e = e[: rows * c]
+    for k in range(rows * c):
+        flat_e[k] = fast_exp(flat_d[k])
+    for r in range(rows):
+        er = e[r * c : (r + 1) * c]
+        s = 0.0
+        for j in range(c):
+            s += er[j]
+        sums[r] = s
+        log_s[r] = np.log(s)
+
+
 @kernel
 def _log_softmax_forward(x, out):
-    # x (N, C) -> out (N, C)
+    # x (N, C) -> out (N, C).  Short rows (C < _SHORT): chunks of _SHORT_ROWS rows with
+    # flat vectorised exps (short_rows_stats); long rows: one row at a time, online stats.
     n, c = x.shape
-    rows = _rows(n, c)
-    for task in prange((n + rows - 1) // rows):
-        for i in range(task * rows, min((task + 1) * rows, n)):
-            row = x[i]
-            m, log_s = row_stats(row)
-            log_softmax_row(row, m, row.dtype.type(log_s), out[i])
+    if c < _SHORT:
+        for task in prange((n + _SHORT_ROWS - 1) // _SHORT_ROWS):
+            r0 = task * _SHORT_ROWS
+            r1 = min(r0 + _SHORT_ROWS, n)
+            d = np.empty(_SHORT_ROWS * c, dtype=x.dtype)
+            e = np.empty(_SHORT_ROWS * c, dtype=x.dtype)
+            m = np.empty(_SHORT_ROWS, dtype=x.dtype)
+            sums = np.empty(_SHORT_ROWS, dtype=np.float64)
+            log_s = np.empty(_SHORT_ROWS, dtype=np.float64)
+            short_rows_stats(x, r0, r1, d, e, m, sums, log_s)
+            for r in range(r1 - r0):
+                # (x - m) - log_s: d holds x - m, so no reassociation merges m and log_s
+                dr = d[r * c : (r + 1) * c]
+                out_row = out[r0 + r]
+                ls = x.dtype.type(log_s[r])
+                for j in range(c):
+                    out_row[j] = dr[j] - ls
+    else:
+        rows = _rows(n, c)
+        for task in prange((n + rows - 1) // rows):
+            for i in range(task * rows, min((task + 1) * rows, n)):
+                row = x[i]
+                m, log_s = row_stats(row)
+                log_softmax_row(row, m, row.dtype.type(log_s), out[i])
 
 
 @kernel
