@@ -15,7 +15,7 @@ from numba import njit, prange
 
 from ._jit import kernel, precise
 from ._math import fast_exp
-from .matmul import column_sums, gemm
+from .matmul import gemm
 from .softmax import _SHORT, _SHORT_ROWS, row_stats, short_rows_stats
 
 _BLOCK = 16384
@@ -279,31 +279,31 @@ def mse_backward(pred, target, reduction):
 def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothing, weight, chunk_size):
     # x (N, IN) @ w (IN, C) + b -> logits, one chunk of rows at a time: the chunk's
     # logits buffer is reused for its gradient, so at most chunk_size x C is held.
+    # Per chunk: logits = x_c @ w + b (bias in the GEMM epilogue); loss and gradient in
+    # place (one fused pass); dx_c = g @ w.T (w.T read through the packing, never
+    # copied); dw (+)= x_c.T @ g with db summed while g is packed for that product.
     n, num_classes = x.shape[0], w.shape[1]
     dtype = x.dtype
-    x = np.ascontiguousarray(x)
-    w = np.ascontiguousarray(w)
-    w_t = np.ascontiguousarray(w.T)
     weight, weighted = _class_weight(weight, dtype)
     denominator = _mean_denominator(labels, ignore_index, weight, weighted) if reduction == "mean" else 1.0
     with np.errstate(divide="ignore"):
         grad_scale = np.float64(1.0) / denominator
+    ce_rows = _cross_entropy_short if num_classes < _SHORT else _cross_entropy_rows
 
     chunk_size = min(chunk_size, n)
     buffer = np.empty((chunk_size, num_classes), dtype=dtype)
     row_losses = np.empty(n, dtype=np.float64)
-    dx = np.empty_like(x)
-    dw = np.zeros_like(w)
-    db = np.zeros(num_classes, dtype=dtype) if b is not None else None
+    dx = np.empty(x.shape, dtype=dtype)
+    dw = np.empty(w.shape, dtype=dtype)
+    db_sums = np.zeros(num_classes, dtype=np.float64) if b is not None else None
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
         x_chunk = x[start:stop]
         logits = buffer[: stop - start]
         gemm(x_chunk, w, out=logits, bias=b)
-        _cross_entropy_rows(logits, labels[start:stop], weight, weighted, ignore_index, label_smoothing,
-                            grad_scale, True, row_losses[start:stop], logits)
-        gemm(logits, w_t, out=dx[start:stop])
-        gemm(x_chunk.T, logits, out=dw, accumulate=True)
-        if db is not None:
-            column_sums(logits, out=db, accumulate=True)
+        ce_rows(logits, labels[start:stop], weight, weighted, ignore_index, label_smoothing,
+                grad_scale, True, row_losses[start:stop], logits)
+        gemm(logits, w.T, out=dx[start:stop])
+        gemm(x_chunk.T, logits, out=dw, accumulate=start > 0, column_sums_of_b=db_sums)
+    db = db_sums.astype(dtype) if b is not None else None
     return _reduce(row_losses, denominator, reduction, dtype), dx, dw, db
