@@ -11,13 +11,19 @@ ACTIVATIONS = (None, "relu", "sigmoid", "tanh")
 
 
 def is_device_array(x) -> bool:
-    return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
+    """A CUDA device array: anything with ``__cuda_array_interface__`` (CuPy, PyTorch,
+    Numba), or a Numba device array of the CUDA simulator, which lacks the interface."""
+    if isinstance(x, np.ndarray):
+        return False
+    return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
 
 
 def shape_and_dtype(x):
     """(shape, dtype) of a NumPy array or of a CUDA device array, without copying."""
     if isinstance(x, np.ndarray):
         return x.shape, x.dtype
+    if not hasattr(x, "__cuda_array_interface__"):  # the simulator's device array
+        return tuple(x.shape), np.dtype(x.dtype)
     interface = x.__cuda_array_interface__
     return tuple(interface["shape"]), np.dtype(interface["typestr"])
 
@@ -68,9 +74,13 @@ def check_labels(labels, num_rows, num_classes, ignore_index):
     Returns them as a host int64 array (the form every backend takes).
     """
     if is_device_array(labels):
-        from numba import cuda
+        # Checking needs the values: labels are small, so they come to the host.
+        if hasattr(labels, "copy_to_host"):
+            labels = labels.copy_to_host()
+        else:
+            from numba import cuda
 
-        labels = cuda.as_cuda_array(labels).copy_to_host()
+            labels = cuda.as_cuda_array(labels).copy_to_host()
     if not isinstance(labels, np.ndarray):
         raise TypeError(f"labels must be a numpy.ndarray of integers, got {type(labels).__name__}")
     if labels.dtype.kind not in "iu":

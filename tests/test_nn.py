@@ -22,7 +22,16 @@ class HalfSumSquares:
 
     def with_grad(self, pred, target, kernels):
         grad = kernels.mse_backward(pred, target, "sum")
-        return 0.5 * kernels.mse_forward(pred, target, "sum"), (0.5 * grad).astype(grad.dtype)
+        return 0.5 * kernels.mse_forward(pred, target, "sum"), _halved(grad)
+
+
+def _halved(grad):
+    if isinstance(grad, np.ndarray):
+        return (0.5 * grad).astype(grad.dtype)
+    from numba import cuda  # a device array (cuda backend): no arithmetic operators
+
+    host = grad.copy_to_host()
+    return cuda.to_device((0.5 * host).astype(host.dtype))
 
 
 def _set(layer, weight):

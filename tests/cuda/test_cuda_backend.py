@@ -12,6 +12,8 @@ import pytest
 
 import kernprop
 from kernprop import ops
+import kernprop.kernels.reference.losses  # noqa: F401  (kernprop.kernels.reference.* below)
+import kernprop.kernels.reference.optimizers  # noqa: F401
 
 STATUS = kernprop.backends()["cuda"]
 if not STATUS.available:
@@ -471,10 +473,20 @@ def test_device_optimizer_updates_in_place(rng):
 def test_ops_accept_device_arrays(rng):
     from kernprop._validate import is_device_array
 
-    d_x = cuda.to_device(rand(rng, (3, 4), np.float32))
-    if not is_device_array(d_x):
-        pytest.skip("kernprop._validate does not recognise this device array type "
-                    f"({type(d_x).__name__}: no __cuda_array_interface__ on the simulator)")
+    x = rand(rng, (3, 4), np.float32)
+    d_x = cuda.to_device(x)
+    assert is_device_array(d_x)
     out = ops.relu(d_x, backend="cuda")
     assert hasattr(out, "copy_to_host")
-    assert_close(out, np.maximum(d_x.copy_to_host(), 0), np.dtype(np.float32), "relu")
+    assert_close(out, np.maximum(x, 0), np.dtype(np.float32), "relu")
+
+    labels = np.array([0, 3, 1])
+    loss, d_grad = ops.cross_entropy_with_grad(d_x, cuda.to_device(labels), backend="cuda")
+    want_loss, want_grad = kernprop.kernels.reference.losses.cross_entropy_with_grad(
+        x, labels, "mean", -100, 0.0, None
+    )
+    assert hasattr(d_grad, "copy_to_host")
+    assert_close(d_grad, want_grad, np.dtype(np.float32), "dlogits")
+    assert abs(float(loss) - float(want_loss)) < 1e-5
+    with pytest.raises(ValueError, match=r"labels\[1\] = 7 is out of range"):
+        ops.cross_entropy(d_x, cuda.to_device(np.array([0, 7, 1])), backend="cuda")
