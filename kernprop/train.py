@@ -34,7 +34,7 @@ import numpy as np
 from . import distributed as _distributed
 from . import nn
 from .backends import resolve
-from .optim import OPTIMIZERS, Adam, Optimizer
+from .optim import OPTIMIZERS, SGD, Adam, Optimizer
 
 __all__ = ["Trainer", "FORMAT_VERSION"]
 
@@ -247,6 +247,9 @@ class Trainer:
                 flat_params, grad_views, flat_grads = packed
                 copyto = np.copyto
             with_grad = loss_fn.with_grad
+            # Small MLPs on numba: the whole step is one compiled kernel (see _fused_step).
+            fused = _fused_step(model, loss_fn, optimizer, name, packed, batch_size, self.dtype)
+            fused_step = fused.step if fused is not None else None
             if dist is None:
                 shards = [(start, min(start + batch_size, n)) for start in starts]
             else:  # same start on every rank, then this rank's rows of each global batch
@@ -268,6 +271,12 @@ class Trainer:
                 for i, start in enumerate(starts):
                     lo, hi = shards[i]
                     xb = Xs[lo:hi]
+                    if fused is not None:  # forward, loss, backward, update; argmax to preds
+                        optimizer.steps += 1
+                        append_loss(fused_step(xb, ys[lo:hi], preds[lo:hi], optimizer.lr, optimizer.steps))
+                        if bar is not None and (i % bar_every == 0 or start + batch_size >= n):
+                            _bar_update(bar, step_losses, sizes, mean, i, start, batch_size, n, t0)
+                        continue
                     if hi > lo:  # distributed: a rank may get no rows of a small batch
                         out = forward(xb)
                         loss, dout = with_grad(out, ys[lo:hi], kernels)
@@ -292,12 +301,7 @@ class Trainer:
                         else:
                             out.argmax(axis=1, out=preds[lo:hi])
                     if bar is not None and (i % bar_every == 0 or start + batch_size >= n):
-                        seen = min(start + batch_size, n)
-                        bar.update(seen - bar.n)
-                        elapsed = time.perf_counter() - t0
-                        running = _epoch_loss(_loss_array(step_losses), sizes[:i + 1], mean, seen)
-                        bar.set_postfix(loss=f"{running:.4f}",
-                                        samples_per_s=f"{seen / max(elapsed, 1e-9):,.0f}", refresh=False)
+                        _bar_update(bar, step_losses, sizes, mean, i, start, batch_size, n, t0)
                 if pending:
                     _flush_preds(pending, preds, pending_lo)
                 elapsed = time.perf_counter() - t0
@@ -325,6 +329,8 @@ class Trainer:
                     stop = dist.any(stop)  # all ranks stop when one asks to
                 if stop:
                     break
+            if fused is not None:
+                fused.store_gradients()
         return history
 
     # --- inference --------------------------------------------------------------------
@@ -633,6 +639,92 @@ def _resident(model, optimizer, on_gpu):
             if isinstance(layer, nn.Linear):
                 layer.dweight = _host(layer.dweight)
                 layer.dbias = _host(layer.dbias) if layer.dbias is not None else None
+
+
+def _bar_update(bar, step_losses, sizes, mean, i, start, batch_size, n, t0):
+    seen = min(start + batch_size, n)
+    bar.update(seen - bar.n)
+    elapsed = time.perf_counter() - t0
+    running = _epoch_loss(_loss_array(step_losses), sizes[:i + 1], mean, seen)
+    bar.set_postfix(loss=f"{running:.4f}", samples_per_s=f"{seen / max(elapsed, 1e-9):,.0f}",
+                    refresh=False)
+
+
+# The fused step runs serially: it wins while a step's multiply-adds are few enough that
+# the layer-by-layer path's call overhead and threads do not pay (see bench/TRAIN_STEP.md).
+_FUSED_MAX_MACS = 2_000_000
+
+
+class _FusedStep:
+    """A fit's whole-step kernel (``kernels.numba_cpu.mlp_step``) and where its
+    gradients go back to the layers when the fit ends."""
+
+    def __init__(self, plan, linears, grad_views):
+        self.step, self.linears, self.grad_views = plan, linears, grad_views
+
+    def store_gradients(self):
+        # the layer-by-layer path leaves the last step's gradients on the layers
+        views = iter(self.grad_views)
+        for layer in self.linears:
+            layer.dweight = next(views).copy()
+            if layer.bias is not None:
+                layer.dbias = next(views).copy()
+
+
+def _fused_step(model, loss, optimizer, backend, packed, batch_size, dtype):
+    """The fused whole-step kernel for this fit, or None where the layer-by-layer path
+    runs: it needs the numba backend, packed parameters (not distributed, not cuda), a
+    model of Linear layers each optionally followed by ReLU / Sigmoid / Tanh, loss
+    cross_entropy or mse with reduction "mean" or "sum", optimizer SGD or Adam, and a
+    step of at most _FUSED_MAX_MACS multiply-adds (forward + backward)."""
+    if backend != "numba" or packed is None:
+        return None
+    if type(optimizer) not in (SGD, Adam) or type(loss) not in (nn.CrossEntropyLoss, nn.MSELoss):
+        return None
+    if loss.reduction not in ("mean", "sum"):
+        return None
+    if isinstance(model, nn.Linear):
+        plan = [(model, None)]
+    elif type(model) in (nn.Sequential, nn.MLP):
+        plan = model._plan
+    else:
+        return None
+    layers, offset, macs, width = [], 0, 0, None
+    for layer, activation in plan:
+        if type(layer) is not nn.Linear or activation not in (None, "relu", "sigmoid", "tanh"):
+            return None
+        if width is not None and layer.in_features != width:
+            return None
+        n_in, n_out = layer.in_features, layer.out_features
+        bias_offset = offset + n_in * n_out if layer.bias is not None else -1
+        layers.append((n_in, n_out, offset, bias_offset, activation))
+        offset += n_in * n_out + (n_out if layer.bias is not None else 0)
+        macs += 3 * batch_size * n_in * n_out
+        width = n_out
+    if macs > _FUSED_MAX_MACS:
+        return None
+    from .kernels.numba_cpu.mlp_step import MLPStep
+
+    (flat,), grad_views, (flat_grad,) = packed
+    if flat.size != offset:
+        return None
+    if isinstance(optimizer, SGD):
+        velocity = optimizer.state["velocity"][0] if optimizer.momentum else None
+        opt = dict(optimizer="sgd", momentum=optimizer.momentum, nesterov=optimizer.nesterov,
+                   weight_decay=optimizer.weight_decay)
+        state = (velocity, None)
+    else:
+        opt = dict(optimizer="adam", betas=optimizer.betas, eps=optimizer.eps,
+                   weight_decay=optimizer.weight_decay, decoupled=optimizer.decoupled)
+        state = (optimizer.state["exp_avg"][0], optimizer.state["exp_avg_sq"][0])
+    if isinstance(loss, nn.CrossEntropyLoss):
+        loss_opts = dict(loss="cross_entropy", ignore_index=loss.ignore_index,
+                         label_smoothing=loss.label_smoothing, weight=loss._weight(dtype))
+    else:
+        loss_opts = dict(loss="mse")
+    step = MLPStep(layers, batch_size, dtype, flat, flat_grad, *state, reduction=loss.reduction,
+                   **loss_opts, **opt)
+    return _FusedStep(step, [layer for layer, _ in plan], grad_views)
 
 
 def _flush_preds(pending, preds, lo):

@@ -1,0 +1,344 @@
+"""A whole training step of a small MLP as one serial Numba kernel.
+
+For a model of a few thousand parameters at a small batch (the digits MLP, 64-32-10 at
+batch 32) the arithmetic of a step takes a few microseconds, and the separate kernel
+calls of the layer-by-layer path (forward, loss, backward, optimizer: 7 calls of at
+least 2.5 us each, plus their allocations) cost more than the math.  ``mlp_step`` does
+forward through every ``Linear`` (+ ReLU / Sigmoid / Tanh), softmax cross-entropy (or
+MSE) with its gradient, backward, and the SGD (momentum, nesterov, weight decay) or
+Adam(W) update in place, in one call, over buffers allocated once per fit.  Serial on
+purpose: at these sizes a thread fork costs more than the work it would split, and a
+serial step is deterministic whatever the thread count.
+
+Semantics: those of the layer-by-layer kernels (``matmul.linear_forward`` /
+``linear_backward``, ``activations``, ``losses.cross_entropy_with_grad`` /
+``mse_forward`` / ``mse_backward``, ``optimizers.sgd_step`` / ``adam_step``); sums may
+round in another order, so results agree to float tolerance, not bit for bit.
+
+Layout (what ``Trainer.fit`` keeps during a fit, see ``kernprop.train._packed``):
+``params`` and ``grads`` are flat buffers of every layer's weight (IN, OUT) row-major
+then its bias (OUT,); ``state1`` / ``state2`` the flat optimizer state (SGD velocity;
+Adam exp_avg, exp_avg_sq).  ``layers`` (L, 6) int64 rows: in, out, weight offset, bias
+offset (-1: no bias), activation code (``activations.ACTIVATION_CODES``), offset of
+the layer's output in ``work``.  ``work`` holds every layer's output (batch, OUT) and
+two gradient buffers (batch, widest layer) that backward ping-pongs between.
+"""
+
+import numpy as np
+from numba import njit
+
+from ._jit import FASTMATH
+from ._simd import MR, tile_cols
+from .activations import RELU, SIGMOID, TANH, ACTIVATION_CODES
+from .matmul import _KC, _gemm_serial
+
+__all__ = ["mlp_step", "MLPStep", "ACTIVATION_CODES"]
+
+# ints[...] / floats[...] slots
+CROSS_ENTROPY, MSE = 0, 1
+SGD, ADAM = 0, 1
+_I_LOSS, _I_MEAN, _I_IGNORE, _I_WEIGHTED, _I_OPT, _I_NESTEROV, _I_DECOUPLED, _I_DA, _I_DB, _I_CLASSIFY = range(10)
+_F_SMOOTHING, _F_MOMENTUM, _F_WD, _F_BETA1, _F_BETA2, _F_EPS = range(6)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _activation_backward(y, activation, dz):
+    # dz (B, OUT) *= activation'(.) from the forward output y (B, OUT), in place
+    b, n = dz.shape
+    for i in range(b):
+        yr = y[i]
+        dr = dz[i]
+        if activation == RELU:
+            for j in range(n):
+                dr[j] = dr[j] if yr[j] > 0 else 0
+        elif activation == SIGMOID:
+            for j in range(n):
+                dr[j] = dr[j] * yr[j] * (1 - yr[j])
+        elif activation == TANH:
+            for j in range(n):
+                dr[j] = dr[j] * (1 - yr[j] * yr[j])
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _cross_entropy(z, labels, weight, weighted, ignore_index, smoothing, mean, classify, preds, g):
+    # z (B, C) logits, labels (B,) -> the summed (or mean) loss, g (B, C) its gradient,
+    # preds (B,) the argmax of each row (when classify).  Formulas as
+    # losses._cross_entropy_short: e = exp(z - m) stored in g, s = sum e in float64,
+    # loss = (1-eps) w_y ((m - z_y) + log s) + (eps/C)(W (m + log s) - sum w z),
+    # gradient p_coef e / s - w_coef w, the target's entry recomputed in float64 so
+    # that a one-class row gets exactly 0.  "mean" divides by the summed target weights
+    # of the rows not ignored (0 / 0 = nan when all are ignored; their gradient is 0).
+    b, num_classes = z.shape
+    denominator = 0.0
+    weight_total = 0.0
+    if weighted:
+        for c in range(num_classes):
+            weight_total += weight[c]
+    else:
+        weight_total = num_classes
+    if mean:
+        for i in range(b):
+            label = labels[i]
+            if label != ignore_index:
+                denominator += weight[label] if weighted else 1.0
+        grad_scale = 1.0 / denominator
+    else:
+        denominator = 1.0
+        grad_scale = 1.0
+    uniform = smoothing / num_classes
+    total = 0.0
+    for i in range(b):
+        row = z[i]
+        gr = g[i]
+        label = labels[i]
+        m = row[0]
+        best = 0
+        for c in range(1, num_classes):
+            if row[c] > m or (row[c] != row[c] and m == m):  # first NaN wins, as argmax
+                m = row[c]
+                best = c
+        if classify:
+            preds[i] = best
+        if label == ignore_index:
+            for c in range(num_classes):
+                gr[c] = 0
+            continue
+        s = 0.0
+        for c in range(num_classes):
+            e = np.exp(row[c] - m)
+            gr[c] = e
+            s += e
+        log_s = np.log(s)
+        target_weight = weight[label] if weighted else 1.0
+        hard = (1 - smoothing) * target_weight
+        loss = hard * ((np.float64(m) - np.float64(row[label])) + log_s)
+        if smoothing > 0:
+            wz = 0.0
+            if weighted:
+                for c in range(num_classes):
+                    wz += weight[c] * row[c]
+            else:
+                for c in range(num_classes):
+                    wz += row[c]
+            loss += uniform * (weight_total * (np.float64(m) + log_s) - wz)
+        total += loss
+        p_target = np.float64(gr[label]) / s
+        p_coef = grad_scale * (hard + uniform * weight_total)
+        scale = z.dtype.type(p_coef / s)
+        w_coef = z.dtype.type(grad_scale * uniform)
+        if weighted and smoothing > 0:
+            for c in range(num_classes):
+                gr[c] = scale * gr[c] - w_coef * weight[c]
+        elif smoothing > 0:
+            for c in range(num_classes):
+                gr[c] = scale * gr[c] - w_coef
+        else:
+            for c in range(num_classes):
+                gr[c] = scale * gr[c]
+        gr[label] = grad_scale * (hard * (p_target - 1.0)
+                                  + uniform * (weight_total * p_target - target_weight))
+    return total / denominator
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _mse(pred, target, mean, g):
+    # pred, target (B, OUT) -> the summed (or mean) squared error, g its gradient
+    b, n = pred.shape
+    size = b * n
+    scale = 2.0 / size if mean else 2.0
+    total = 0.0
+    for i in range(b):
+        pr = pred[i]
+        tr = target[i]
+        gr = g[i]
+        for j in range(n):
+            d = pr[j] - tr[j]
+            total += np.float64(d) * np.float64(d)
+            gr[j] = scale * d
+    return total / size if mean else total
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _sgd(param, grad, velocity, lr, momentum, nesterov, weight_decay):
+    # param, grad, velocity (n,): as optimizers._sgd, scalars in the parameters' dtype
+    n = param.shape[0]
+    if momentum != 0:
+        if nesterov:
+            for i in range(n):
+                g = grad[i] + weight_decay * param[i]
+                v = momentum * velocity[i] + g
+                velocity[i] = v
+                param[i] -= lr * (g + momentum * v)
+        else:
+            for i in range(n):
+                g = grad[i] + weight_decay * param[i]
+                v = momentum * velocity[i] + g
+                velocity[i] = v
+                param[i] -= lr * v
+    else:
+        for i in range(n):
+            param[i] -= lr * (grad[i] + weight_decay * param[i])
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _adam(param, grad, exp_avg, exp_avg_sq, step_size, beta1, beta2, eps, weight_decay,
+          decoupled, bias_correction2_sqrt, one_minus_beta1, one_minus_beta2, decay):
+    # param, grad, exp_avg, exp_avg_sq (n,): as optimizers._adam
+    n = param.shape[0]
+    if decoupled:
+        for i in range(n):
+            p = param[i] * decay
+            g = grad[i]
+            m = beta1 * exp_avg[i] + one_minus_beta1 * g
+            v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
+            exp_avg[i] = m
+            exp_avg_sq[i] = v
+            param[i] = p - step_size * m / (np.sqrt(v) / bias_correction2_sqrt + eps)
+    else:
+        for i in range(n):
+            p = param[i]
+            g = grad[i] + weight_decay * p
+            m = beta1 * exp_avg[i] + one_minus_beta1 * g
+            v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
+            exp_avg[i] = m
+            exp_avg_sq[i] = v
+            param[i] = p - step_size * m / (np.sqrt(v) / bias_correction2_sqrt + eps)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _mlp_step(x, labels, targets, preds, params, grads, state1, state2, work, sums, apack,
+              bpack, tile, layers, ints, floats, weight, lr, step):
+    # x (B, IN0) -> one step: forward, loss and gradient, backward, update in place.
+    # Returns the batch loss, reduced as the loss's reduction, rounded to the dtype.
+    b = x.shape[0]
+    num_layers = layers.shape[0]
+    t = params.dtype.type
+    bias0 = params[0:0]
+    # forward: layer l reads x (l = 0) or layer l-1's output, writes its own
+    for l in range(num_layers):
+        n_in, n_out, w_off = layers[l, 0], layers[l, 1], layers[l, 2]
+        b_off, activation, a_off = layers[l, 3], layers[l, 4], layers[l, 5]
+        if l == 0:
+            inp = x
+        else:
+            p_out, p_off = layers[l - 1, 1], layers[l - 1, 5]
+            inp = work[p_off:p_off + b * p_out].reshape((b, p_out))
+        w = params[w_off:w_off + n_in * n_out].reshape((n_in, n_out))
+        bias = params[b_off:b_off + n_out] if b_off >= 0 else params[0:0]
+        y = work[a_off:a_off + b * n_out].reshape((b, n_out))
+        _gemm_serial(inp, w, y, False, bias, b_off >= 0, activation, apack, bpack, tile, sums, False)
+    # loss and its gradient into the first gradient buffer
+    last_out, last_off = layers[num_layers - 1, 1], layers[num_layers - 1, 5]
+    out = work[last_off:last_off + b * last_out].reshape((b, last_out))
+    da, db = ints[_I_DA], ints[_I_DB]
+    dz = work[da:da + b * last_out].reshape((b, last_out))
+    if ints[_I_LOSS] == CROSS_ENTROPY:
+        loss = _cross_entropy(out, labels, weight, ints[_I_WEIGHTED] != 0, ints[_I_IGNORE],
+                              floats[_F_SMOOTHING], ints[_I_MEAN] != 0, ints[_I_CLASSIFY] != 0,
+                              preds, dz)
+    else:
+        loss = _mse(out, targets, ints[_I_MEAN] != 0, dz)
+    # backward, last layer first; dz and dx alternate between the two buffers
+    cur, other = da, db
+    for l in range(num_layers - 1, -1, -1):
+        n_in, n_out, w_off = layers[l, 0], layers[l, 1], layers[l, 2]
+        b_off, activation, a_off = layers[l, 3], layers[l, 4], layers[l, 5]
+        dz = work[cur:cur + b * n_out].reshape((b, n_out))
+        if activation != 0:
+            _activation_backward(work[a_off:a_off + b * n_out].reshape((b, n_out)), activation, dz)
+        if l == 0:
+            inp = x
+        else:
+            p_out, p_off = layers[l - 1, 1], layers[l - 1, 5]
+            inp = work[p_off:p_off + b * p_out].reshape((b, p_out))
+        w = params[w_off:w_off + n_in * n_out].reshape((n_in, n_out))
+        dw = grads[w_off:w_off + n_in * n_out].reshape((n_in, n_out))
+        dbias = grads[b_off:b_off + n_out] if b_off >= 0 else grads[0:0]
+        dx = work[other:other + b * n_in].reshape((b, n_in))
+        # dw = x.T @ dz, db = column sums of dz (float64, taken while dz is packed),
+        # dx = dz @ w.T (not for the first layer): as matmul.linear_backward
+        if b_off >= 0:
+            for j in range(n_out):
+                sums[j] = 0.0
+        _gemm_serial(inp.T, dz, dw, False, bias0, False, 0, apack, bpack, tile, sums, b_off >= 0)
+        if b_off >= 0:
+            for j in range(n_out):
+                dbias[j] = sums[j]
+        if l > 0:
+            _gemm_serial(dz, w.T, dx, False, bias0, False, 0, apack, bpack, tile, sums, False)
+        cur, other = other, cur
+    # update, every parameter in one pass over the flat buffers
+    if ints[_I_OPT] == SGD:
+        _sgd(params, grads, state1, t(lr), t(floats[_F_MOMENTUM]), ints[_I_NESTEROV] != 0,
+             t(floats[_F_WD]))
+    else:
+        beta1, beta2, wd = floats[_F_BETA1], floats[_F_BETA2], floats[_F_WD]
+        _adam(params, grads, state1, state2, t(lr) / t(1 - beta1**step), t(beta1), t(beta2),
+              t(floats[_F_EPS]), t(wd), ints[_I_DECOUPLED] != 0, t(np.sqrt(1 - beta2**step)),
+              t(1 - beta1), t(1 - beta2), t(1 - lr * wd))
+    return t(loss)  # rounded as the layer-by-layer losses return it
+
+
+class MLPStep:
+    """One fit's fused step: the layer table, loss and optimizer settings, workspace.
+
+    layers: ``[(in, out, weight offset, bias offset or -1, activation name or None)]``,
+    offsets into the flat parameter buffer.  loss: "cross_entropy" or "mse";
+    reduction "mean" or "sum".  optimizer: "sgd" or "adam" with its hyperparameters.
+    ``__call__(x, labels_or_targets, preds, lr, step)`` runs one step and returns the
+    loss (a float rounded to the dtype); preds (B,) int64 receives each row's argmax (cross-entropy).
+    """
+
+    def __init__(self, layers, batch_size, dtype, params, grads, state1, state2, *, loss,
+                 reduction, ignore_index=-100, label_smoothing=0.0, weight=None,
+                 optimizer, momentum=0.0, nesterov=False, weight_decay=0.0, betas=(0.9, 0.999),
+                 eps=1e-8, decoupled=False):
+        dtype = np.dtype(dtype)
+        table = np.zeros((len(layers), 6), dtype=np.int64)
+        offset = 0
+        for l, (n_in, n_out, w_off, b_off, activation) in enumerate(layers):
+            table[l] = (n_in, n_out, w_off, b_off, ACTIVATION_CODES[activation], offset)
+            offset += batch_size * n_out
+        widest = max(max(n_in, n_out) for n_in, n_out, *_ in layers)
+        da, db = offset, offset + batch_size * widest
+        self.work = np.zeros(db + batch_size * widest, dtype=dtype)
+        self.sums = np.zeros(widest, dtype=np.float64)
+        # pack buffers of matmul._gemm_serial, big enough for every product of the step:
+        # (B, in) @ (in, out), (in, B) @ (B, out), (B, out) @ (out, in)
+        nr = tile_cols.py_func(dtype.itemsize)
+        big = max(batch_size, widest)
+        depth = min(big, _KC)
+        self.apack = np.zeros((-(-big // MR) * MR) * depth, dtype=dtype)
+        self.bpack = np.zeros((-(-big // nr) * nr) * depth, dtype=dtype)
+        self.tile = np.zeros((MR, nr), dtype=dtype)
+        self.layers = table
+        classify = loss == "cross_entropy"
+        self.ints = np.array([
+            CROSS_ENTROPY if classify else MSE, reduction == "mean", ignore_index,
+            weight is not None, SGD if optimizer == "sgd" else ADAM, bool(nesterov),
+            bool(decoupled), da, db, classify,
+        ], dtype=np.int64)
+        self.floats = np.array([label_smoothing, momentum, weight_decay, betas[0], betas[1], eps],
+                               dtype=np.float64)
+        self.weight = np.ascontiguousarray(weight, dtype=dtype) if weight is not None else np.ones(1, dtype)
+        self.params, self.grads = params, grads
+        self.state1 = state1 if state1 is not None else params[:0]
+        self.state2 = state2 if state2 is not None else params[:0]
+        self._no_labels = np.zeros(1, np.int64)
+        self._no_targets = np.zeros((1, 1), dtype)
+        self.classify = classify
+
+    def __call__(self, x, y, preds, lr, step):
+        if self.classify:
+            labels, targets = y, self._no_targets
+        else:
+            labels, targets, preds = self._no_labels, y, self._no_labels
+        return _mlp_step(x, labels, targets, preds, self.params, self.grads, self.state1,
+                         self.state2, self.work, self.sums, self.apack, self.bpack, self.tile,
+                         self.layers, self.ints,
+                         self.floats, self.weight, lr, step)
+
+
+def mlp_step(x, y, preds, lr, step, plan):
+    """Run one fused step of ``plan`` (an ``MLPStep``); returns the loss."""
+    return plan(x, y, preds, lr, step)

@@ -1,0 +1,264 @@
+"""The fused whole-step kernel (``kernels.numba_cpu.mlp_step``) that ``Trainer.fit`` runs
+for small MLPs on numba: the same weights, optimizer state, history and gradients as
+the layer-by-layer numba path and the numpy backend, for every optimizer and loss
+option it takes; deterministic; the layer-by-layer path where it does not apply."""
+
+import numpy as np
+import pytest
+
+import kernprop
+from kernprop import nn, optim, train
+from kernprop.train import Trainer
+
+pytestmark = pytest.mark.skipif(
+    "numba" not in kernprop.available_backends(), reason="the numba backend is not available"
+)
+
+# (rtol, atol) on weights after a few epochs: float32 sums round in another order
+TOL = {np.float32: (2e-3, 2e-4), np.float64: (1e-9, 1e-10)}
+
+OPTIMIZERS = {
+    "sgd": lambda: optim.SGD(0.1),
+    "sgd-wd": lambda: optim.SGD(0.1, weight_decay=1e-2),
+    "momentum": lambda: optim.SGD(0.05, momentum=0.9),
+    "nesterov-wd": lambda: optim.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": lambda: optim.Adam(1e-2),
+    "adam-wd": lambda: optim.Adam(1e-2, weight_decay=1e-2),
+    "adamw": lambda: optim.Adam(1e-2, weight_decay=0.1, decoupled=True),
+}
+
+LOSSES = {
+    "ce": {},
+    "ce-sum": {"reduction": "sum"},
+    "ce-smoothing": {"label_smoothing": 0.1},
+    "ce-weight": {"weight": np.array([0.5, 2.0, 1.0])},
+    "ce-ignore": {"ignore_index": 1},
+    "ce-all": {"label_smoothing": 0.2, "weight": np.array([1.5, 0.5, 1.0]), "ignore_index": 2,
+               "reduction": "sum"},
+}
+
+
+def _blobs(n=100, features=6, classes=3, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (classes, features))
+    y = rng.integers(0, classes, n)
+    X = (centers[y] + rng.normal(size=(n, features))).astype(dtype)
+    return X, y
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records whether each fit took the fused step."""
+    calls = []
+    real = train._fused_step
+
+    def recording(*args):
+        fused = real(*args)
+        calls.append(fused is not None)
+        return fused
+
+    monkeypatch.setattr(train, "_fused_step", recording)
+    return calls
+
+
+def _fit(backend, fused, monkeypatch, optimizer="adam", dtype=np.float32, loss="cross_entropy",
+         model=None, epochs=3, data=None, batch_size=16, **loss_kwargs):
+    """Trains on ``backend`` with the fused step on or off; returns the trainer and history."""
+    monkeypatch.setattr(train, "_FUSED_MAX_MACS", 10**9 if fused else -1)
+    X, y = data if data is not None else _blobs(dtype=dtype)
+    model = model() if model is not None else nn.MLP([6, 8, 3], rng=0, dtype=dtype)
+    opt = OPTIMIZERS[optimizer]()
+    trainer = Trainer(model, loss=loss, optimizer=opt, backend=backend, batch_size=batch_size,
+                      seed=0, **loss_kwargs)
+    history = trainer.fit(X, y, epochs=epochs, verbose=0)
+    return trainer, history
+
+
+def _assert_close(actual, expected, dtype, what):
+    rtol, atol = TOL[dtype]
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    err = np.abs(actual - expected) - rtol * np.abs(expected)
+    worst = np.unravel_index(np.argmax(err), err.shape) if err.size else ()
+    assert np.allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True), (
+        f"{what}: worst element {worst}: {actual[worst] if err.size else actual} vs "
+        f"{expected[worst] if err.size else expected} (rtol {rtol}, atol {atol})"
+    )
+
+
+def _compare(runs, dtype):
+    """The fused run's weights, optimizer state, history and gradients against the others."""
+    (fused, h_fused), *others = runs
+    for trainer, history in others:
+        for i, (a, b) in enumerate(zip(fused.model.parameters(), trainer.model.parameters())):
+            _assert_close(a, b, dtype, f"param {i}")
+        for key, value in trainer.optimizer.state_dict().items():
+            if value.dtype.kind == "U":
+                assert fused.optimizer.state_dict()[key] == value
+                continue
+            _assert_close(fused.optimizer.state_dict()[key], value, dtype, f"optimizer {key}")
+        for key in history:
+            if key not in ("samples_per_s",):
+                _assert_close(h_fused[key], history[key], dtype, f"history {key}")
+        for i, (a, b) in enumerate(zip(fused.model.gradients(), trainer.model.gradients())):
+            _assert_close(a, b, dtype, f"gradient {i}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_optimizers_match_unfused_and_numpy(opt, dtype, spy, monkeypatch):
+    runs = [_fit(b, f, monkeypatch, opt, dtype) for b, f in (("numba", True), ("numba", False),
+                                                            ("numpy", False))]
+    assert spy == [True, False, False]
+    _compare(runs, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_cross_entropy_options_match(loss, dtype, spy, monkeypatch):
+    kwargs = LOSSES[loss]
+    runs = [_fit(b, f, monkeypatch, "momentum", dtype, **kwargs)
+            for b, f in (("numba", True), ("numba", False), ("numpy", False))]
+    assert spy == [True, False, False]
+    _compare(runs, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_mse_matches(reduction, dtype, spy, monkeypatch):
+    X, _ = _blobs(dtype=dtype)
+    Y = np.stack([X[:, 0] - X[:, 1], 0.5 * X[:, 2]], axis=1)
+    model = lambda: nn.MLP([6, 8, 2], activation="tanh", rng=0, dtype=dtype)  # noqa: E731
+    runs = [_fit(b, f, monkeypatch, "adam", dtype, loss="mse", model=model, data=(X, Y),
+                 reduction=reduction) for b, f in (("numba", True), ("numba", False), ("numpy", False))]
+    assert spy == [True, False, False]
+    _compare(runs, dtype)
+
+
+MODELS = {
+    "sigmoid-3-layers": lambda dtype: nn.MLP([6, 9, 7, 3], activation="sigmoid", rng=1, dtype=dtype),
+    "tanh": lambda dtype: nn.MLP([6, 5, 3], activation="tanh", rng=2, dtype=dtype),
+    "no-bias": lambda dtype: nn.Sequential(nn.Linear(6, 8, bias=False, rng=3, dtype=dtype), nn.ReLU(),
+                                           nn.Linear(8, 3, rng=4, dtype=dtype)),
+    "single-linear": lambda dtype: nn.Linear(6, 3, rng=5, dtype=dtype),
+    "wide": lambda dtype: nn.MLP([6, 40, 3], rng=6, dtype=dtype),  # wider than the batch
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_architectures_match(arch, dtype, spy, monkeypatch):
+    runs = [_fit(b, f, monkeypatch, "nesterov-wd", dtype, model=lambda: MODELS[arch](dtype))
+            for b, f in (("numba", True), ("numba", False), ("numpy", False))]
+    assert spy == [True, False, False]
+    _compare(runs, dtype)
+
+
+def test_last_batch_smaller_and_batch_of_one(spy, monkeypatch):
+    for batch in (1, 7, 33):  # 100 rows: a short last batch each time
+        runs = [_fit("numba", f, monkeypatch, "adam", batch_size=batch) for f in (True, False)]
+        _compare(runs, np.float32)
+    assert spy == [True, False] * 3
+
+
+def test_deterministic(monkeypatch):
+    runs = [_fit("numba", True, monkeypatch, "adamw", epochs=4) for _ in range(2)]
+    for a, b in zip(runs[0][0].model.parameters(), runs[1][0].model.parameters()):
+        assert np.array_equal(a, b)
+    assert runs[0][1]["loss"] == runs[1][1]["loss"]
+
+
+def test_does_not_depend_on_thread_count(monkeypatch):
+    old = kernprop.get_num_threads() if hasattr(kernprop, "get_num_threads") else None
+    results = []
+    try:
+        for threads in (1, 2):
+            kernprop.set_num_threads(threads)
+            results.append(_fit("numba", True, monkeypatch, "adam")[0].model.parameters())
+    finally:
+        if old is not None:
+            kernprop.set_num_threads(old)
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+
+
+def test_all_rows_ignored_gives_nan_loss_and_no_update(spy, monkeypatch):
+    X, _ = _blobs(n=32)
+    y = np.full(32, 2)
+    runs = [_fit(b, f, monkeypatch, "sgd", data=(X, y), ignore_index=2, epochs=1)
+            for b, f in (("numba", True), ("numpy", False))]
+    assert spy == [True, False]
+    assert np.isnan(runs[0][1]["loss"][0]) and np.isnan(runs[1][1]["loss"][0])
+    for a, b in zip(runs[0][0].model.parameters(), runs[1][0].model.parameters()):
+        assert np.array_equal(a, b)
+
+
+def test_validation_callbacks_and_checkpoints_unchanged(tmp_path, monkeypatch):
+    X, y = _blobs()
+    out = {}
+    for fused in (True, False):
+        monkeypatch.setattr(train, "_FUSED_MAX_MACS", 10**9 if fused else -1)
+        seen = []
+        trainer = Trainer(nn.MLP([6, 8, 3], rng=0), optimizer=optim.Adam(1e-2), backend="numba",
+                          batch_size=16)
+        history = trainer.fit(X, y, epochs=2, validation_data=(X[:40], y[:40]), verbose=0,
+                              callbacks=[lambda epoch, logs: seen.append((epoch, sorted(logs)))])
+        path = trainer.save(tmp_path / f"{fused}.npz")
+        resumed = Trainer.load(path)
+        resumed.fit(X, y, epochs=1, verbose=0)
+        trainer.fit(X, y, epochs=1, verbose=0)
+        out[fused] = (history, seen, trainer, resumed)
+    (h1, seen1, t1, r1), (h0, seen0, t0, _) = out[True], out[False]
+    assert seen1 == seen0 and list(h1) == list(h0)
+    assert t1.optimizer.steps == t0.optimizer.steps == r1.optimizer.steps
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        _assert_close(h1[key], h0[key], np.float32, key)
+    for a, b, c in zip(t1.model.parameters(), r1.model.parameters(), t0.model.parameters()):
+        assert np.array_equal(a, b)  # resuming from a checkpoint continues the same run
+        _assert_close(a, c, np.float32, "param")
+
+
+def test_lr_schedule_applies(spy, monkeypatch):
+    runs = []
+    for backend, fused in (("numba", True), ("numpy", False)):
+        monkeypatch.setattr(train, "_FUSED_MAX_MACS", 10**9 if fused else -1)
+        X, y = _blobs()
+        trainer = Trainer(nn.MLP([6, 8, 3], rng=0), backend=backend, batch_size=16,
+                          optimizer=optim.SGD(0.1, lr_schedule=lambda epoch: 0.1 / (1 + epoch)))
+        runs.append((trainer, trainer.fit(X, y, epochs=3, verbose=0)))
+    assert spy == [True, False]
+    _compare(runs, np.float32)
+
+
+class _Loss(nn.CrossEntropyLoss):
+    pass
+
+
+@pytest.mark.parametrize("case", ["reduction-none", "custom-loss", "too-big", "numpy-backend",
+                                  "leading-activation"])
+def test_layer_by_layer_path_where_fused_does_not_apply(case, spy, monkeypatch):
+    X, y = _blobs()
+    model = nn.MLP([6, 8, 3], rng=0)
+    loss = "cross_entropy"
+    kwargs = {}
+    backend = "numba"
+    if case == "reduction-none":
+        kwargs = {"reduction": "none"}
+    elif case == "custom-loss":
+        loss = _Loss()
+    elif case == "too-big":
+        monkeypatch.setattr(train, "_FUSED_MAX_MACS", 100)
+    elif case == "numpy-backend":
+        backend = "numpy"
+    else:
+        model = nn.Sequential(nn.Tanh(), nn.Linear(6, 3, rng=0))
+    Trainer(model, loss=loss, backend=backend, batch_size=16, **kwargs).fit(X, y, epochs=1, verbose=0)
+    assert spy == [False]
+
+
+def test_digits_default_model_is_fused(spy):
+    # the digits MLP at its usual sizes takes the fused step with the shipped threshold
+    rng = np.random.default_rng(0)
+    X, y = rng.random((64, 64), dtype=np.float32), rng.integers(0, 10, 64)
+    for sizes, batch in (([64, 32, 10], 32), ([64, 128, 10], 32)):
+        Trainer(nn.MLP(sizes, rng=0), backend="numba", batch_size=batch).fit(X, y, epochs=1, verbose=0)
+    assert spy == [True, True]
