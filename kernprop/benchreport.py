@@ -346,7 +346,13 @@ def _machine_section(data, extra):
     if extra.get("load"):
         before, after = extra["load"]
         lines.append(f"- Load average (1 min) before / after the benchmarks: {before:.2f} / {after:.2f}")
-        if isinstance(cores, int) and max(before, after) > cores:
+        if isinstance(cores, int) and max(before, after) > cores and threads == 1:
+            lines.append(
+                f"- **The machine was busy** (load above its {cores} cores from other processes): "
+                "every backend, on one thread, shared its core with them at times; medians over many "
+                "rounds, and the fastest-round table, limit what that does."
+            )
+        elif isinstance(cores, int) and max(before, after) > cores:
             lines.append(
                 f"- **The machine was busy** (load above its {cores} cores from other processes): a "
                 f"backend running {threads or 'several'} threads waits at every parallel region until "

@@ -155,6 +155,9 @@ def test_render_report(run_a):
     run_a["kernprop_report"]["load"] = [1.0, 5.0]
     assert "Load average (1 min) before / after the benchmarks: 1.00 / 5.00" in br.render(run_a)
     assert "**The machine was busy** (load above its 2 cores" in br.render(run_a)
+    assert "waits at every parallel region" in br.render(run_a)
+    run_a["machine_info"]["kernprop"]["threads"] = 1
+    assert "every backend, on one thread, shared its core" in br.render(run_a)
 
 
 def test_noisy_medians_get_a_min_table():
