@@ -14,6 +14,7 @@
 # repeatability check.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
+invocation="bench/make_results.sh${*:+ $*}"
 out="$(realpath -m "${1:-$repo/bench/RESULTS.md}")"
 shift || true
 mkdir -p "$(dirname "$out")"
@@ -36,7 +37,7 @@ import sys, kernprop
 assert kernprop.__file__.startswith(sys.argv[1]), f"imported {kernprop.__file__}, not the worktree"
 EOF
 
-note="Made by \`bench/make_results.sh\`: a clean worktree of the commit below, each run under \`flock $lock\` (no other benchmark on the cores; other work may be), run twice; the tables take each benchmark from the run with the lower median, and the two runs are compared at the end.${NOTE:+ $NOTE}"
+note="Made by \`${NOTE:+NOTE=... }$invocation\`: a clean worktree of the commit below, each run under \`flock $lock\` (no other benchmark on the cores; other work may be), run twice; the tables take each benchmark from the run with the lower median, and the two runs are compared at the end.${NOTE:+ $NOTE}"
 for run in 1 2; do
     echo "== run $run of 2 ($(date -u +%H:%M:%S) UTC, load $(cut -d' ' -f1 /proc/loadavg))" >&2
     extra=()
