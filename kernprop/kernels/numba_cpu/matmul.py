@@ -4,7 +4,8 @@
 
 Loops, outermost first (Goto & van de Geijn 2008; BLIS, Van Zee & van de Geijn 2015):
   jc over N in blocks of _NC columns   (Python)
-    pc over K in blocks of _KC         (Python)
+    pc over K in blocks of about _KC   (Python; balanced: 784 = 3 x 262, not 3 x 256 + 16,
+                                        each block being a pass over C)
       pack b[pc, jc] into NR-wide micro-panels, zero-padded     (_pack_b, prange)
       pack a[:, pc]  into MR-tall micro-panels, zero-padded     (_pack_a, prange)
       tasks = blocks of _MCP * MR rows x _NCP * NR columns of C (_macro, prange):
@@ -12,9 +13,10 @@ Loops, outermost first (Goto & van de Geijn 2008; BLIS, Van Zee & van de Geijn 2
 The micro-kernel (``_simd.micro_kernel``, LLVM IR) keeps an MR x NR tile in registers
 across the whole kc loop; zero padding means edge tiles run the same code and only the
 store of the tile is clipped.  Packing reads any strides, so transposed and sliced
-operands are never copied whole.  A block of packed A (MC x KC = 144 x 256 floats,
-144 KiB) stays in the 1 MiB L2 while a B micro-panel (KC x NR = 32 KiB) is reused
-across it.  The epilogue (accumulate / bias / activation) runs on each tile as it is
+operands are never copied whole.  A block of packed A (MC x KC = 144 x 384 floats,
+216 KiB) stays in the 1 MiB L2 of this Zen 4 while a B micro-panel (KC x NR, 48 KiB) is
+reused across it.  KC = 192, 256, 384, 512 measured within 3% of each other on one
+core (90-95 GFLOP/s at 1024^3 against OpenBLAS's 101); 384 was best.  The epilogue (accumulate / bias / activation) runs on each tile as it is
 stored.  Small products (below _SERIAL_FLOPS) run the same loops in one serial kernel
 (``_gemm_serial``): a parallel launch costs more than they do.
 
@@ -32,7 +34,7 @@ from ._jit import FASTMATH, kernel
 from ._simd import MR, micro_kernel, tile_cols
 from .activations import ACTIVATION_CODES, activate
 
-_KC = 256        # depth of a packed block (K)
+_KC = 384        # depth of a packed block (K), tuned: see the module docstring
 _NC = 4096       # columns of a packed B panel (it stays in L3)
 _MCP = 12        # MR panels per task: MC = 144 rows of A per task
 _NCP = 8         # NR panels per task
@@ -175,7 +177,8 @@ def _macro(apack, bpack, kc, c, j0, beta, last, bias, has_bias, activation):
 
 
 @_serial
-def _gemm_serial(a, b, c, beta, bias, has_bias, activation, apack, bpack, tile, sums, want_sums):
+def _gemm_serial(a, b, c, beta, bias, has_bias, activation, apack, bpack, tile, sums, want_sums,
+                 kc_block):
     # The whole GEMM on one thread, for products too small to pay for a parallel launch.
     # (Reading a contiguous B in place instead of packing it was tried: slower, 7.9 vs
     # 5.1 us for 32x64x128, its rows 512 bytes apart conflict in L1.)
@@ -184,8 +187,8 @@ def _gemm_serial(a, b, c, beta, bias, has_bias, activation, apack, bpack, tile, 
     nr_full = tile_cols(c.itemsize)
     m_panels = (m + MR - 1) // MR
     n_panels = (n + nr_full - 1) // nr_full
-    for k0 in range(0, k, _KC):
-        kc = min(_KC, k - k0)
+    for k0 in range(0, k, kc_block):
+        kc = min(kc_block, k - k0)
         for ip in range(m_panels):
             _pack_a_panel(a, k0, kc, ip, apack)
         beta_k = beta or k0 > 0
@@ -205,6 +208,13 @@ _NO_SUMS = np.zeros(1, np.float64)
 _NR = {size: tile_cols.py_func(size) for size in (4, 8)}
 
 
+def _k_block(k):
+    # depth of the K blocks: as near _KC as gives equal blocks (each block is one pass
+    # of loads and stores over C, so a thin last block would cost a whole pass)
+    blocks = max(1, round(k / _KC))
+    return -(-k // blocks)
+
+
 def gemm(a, b, out=None, bias=None, activation=None, accumulate=False, column_sums_of_b=None):
     """``out = activation(a @ b + bias)`` (or ``out += a @ b`` when ``accumulate``);
     ``a``, ``b`` of any strides, ``out`` C-contiguous.  When ``column_sums_of_b`` is a
@@ -221,7 +231,7 @@ def gemm(a, b, out=None, bias=None, activation=None, accumulate=False, column_su
     want_sums = column_sums_of_b is not None
     sums = column_sums_of_b if want_sums else _NO_SUMS
     nr = _NR[dtype.itemsize]
-    kc_max = min(k, _KC)
+    kc_max = _k_block(k)
     nc_max = min(n, _NC)
     m_pad = -(-m // MR) * MR
     n_pad = -(-nc_max // nr) * nr
@@ -229,12 +239,13 @@ def gemm(a, b, out=None, bias=None, activation=None, accumulate=False, column_su
     bpack = np.empty(n_pad * kc_max, dtype=dtype)
     if 2 * m * n * k <= _SERIAL_FLOPS and n <= _NC:
         tile = np.empty((MR, nr), dtype=dtype)
-        _gemm_serial(a, b, out, accumulate, bias, has_bias, code, apack, bpack, tile, sums, want_sums)
+        _gemm_serial(a, b, out, accumulate, bias, has_bias, code, apack, bpack, tile, sums, want_sums,
+                     kc_max)
         return out
     for j0 in range(0, n, _NC):
         nc = min(_NC, n - j0)
-        for k0 in range(0, k, _KC):
-            kc = min(_KC, k - k0)
+        for k0 in range(0, k, kc_max):
+            kc = min(kc_max, k - k0)
             _pack_b(b, k0, kc, j0, nc, bpack, sums, want_sums)
             _pack_a(a, k0, kc, apack)
             _macro(apack, bpack, kc, out, j0, accumulate or k0 > 0, k0 + kc >= k,

@@ -28,9 +28,8 @@ import numpy as np
 from numba import njit
 
 from ._jit import FASTMATH
-from ._simd import MR, tile_cols
-from .activations import RELU, SIGMOID, TANH, ACTIVATION_CODES
-from .matmul import _KC, _gemm_serial
+from ._simd import MR, micro_kernel, tile_cols
+from .activations import ACTIVATION_CODES, RELU, SIGMOID, TANH, activate
 
 __all__ = ["mlp_step", "MLPStep", "ACTIVATION_CODES"]
 
@@ -39,6 +38,98 @@ CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
 _I_LOSS, _I_MEAN, _I_IGNORE, _I_WEIGHTED, _I_OPT, _I_NESTEROV, _I_DECOUPLED, _I_DA, _I_DB, _I_CLASSIFY = range(10)
 _F_SMOOTHING, _F_MOMENTUM, _F_WD, _F_BETA1, _F_BETA2, _F_EPS = range(6)
+
+
+_KC = 256  # depth of a packed block of K
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _pack_a(a, k0, kc, apack):
+    # a[:, k0:k0+kc] (M, kc), any strides -> apack as MR-row panels, each (kc, MR)
+    # (step p holds the panel's MR values of column k0+p), zero rows past M
+    m = a.shape[0]
+    for ip in range((m + MR - 1) // MR):
+        i0 = ip * MR
+        mr = min(MR, m - i0)
+        dst = apack[ip * kc * MR:(ip + 1) * kc * MR]
+        for i in range(mr):
+            row = a[i0 + i, k0:k0 + kc]
+            for p in range(kc):
+                dst[p * MR + i] = row[p]
+        for i in range(mr, MR):
+            for p in range(kc):
+                dst[p * MR + i] = 0
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _pack_b(b, k0, kc, bpack, sums, want_sums):
+    # b[k0:k0+kc, :] (kc, N), any strides -> bpack as NR-column panels, each (kc, NR),
+    # zero columns past N; sums[j] += the column sums (float64) when want_sums
+    n = b.shape[1]
+    nr_full = tile_cols(b.itemsize)
+    for jp in range((n + nr_full - 1) // nr_full):
+        jj = jp * nr_full
+        nr = min(nr_full, n - jj)
+        dst = bpack[jp * kc * nr_full:(jp + 1) * kc * nr_full]
+        for p in range(kc):
+            row = b[k0 + p, jj:jj + nr]
+            out = dst[p * nr_full:(p + 1) * nr_full]
+            for j in range(nr):
+                out[j] = row[j]
+            for j in range(nr, nr_full):
+                out[j] = 0
+            if want_sums:
+                part = sums[jj:jj + nr]
+                for j in range(nr):
+                    part[j] += row[j]
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _gemm(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums):
+    # a (M, K) @ b (K, N) -> c (M, N) C-contiguous, overwritten, then + bias and the
+    # activation; a and b of any strides (transposed views are read through packing).
+    # Serial Goto/BLIS loops as matmul._gemm_serial (kept here so that the fused step
+    # does not follow that private function's changes): pack a K block of A and of B,
+    # then the (MR, NR) register tiles of _simd.micro_kernel; an edge tile goes through
+    # ``tile`` and only its valid part is stored.
+    m, k = a.shape
+    n = b.shape[1]
+    nr_full = tile_cols(c.itemsize)
+    m_panels = (m + MR - 1) // MR
+    n_panels = (n + nr_full - 1) // nr_full
+    for k0 in range(0, k, _KC):
+        kc = min(_KC, k - k0)
+        _pack_a(a, k0, kc, apack)
+        _pack_b(b, k0, kc, bpack, sums, want_sums)
+        beta = k0 > 0
+        last = k0 + kc >= k
+        for jp in range(n_panels):
+            jj = jp * nr_full
+            nr = min(nr_full, n - jj)
+            for ip in range(m_panels):
+                i0 = ip * MR
+                mr = min(MR, m - i0)
+                full = mr == MR and nr == nr_full
+                # one call site of the micro-kernel (each is a copy of its unrolled loop)
+                dst = c if full else tile
+                micro_kernel(apack, ip * kc * MR, bpack, jp * kc * nr_full, nr_full, kc, dst,
+                             i0 * n + jj if full else 0, n if full else nr_full, beta and full)
+                if not full:
+                    for i in range(mr):
+                        row = c[i0 + i, jj:jj + nr]
+                        t = tile[i, :nr]
+                        if beta:
+                            for j in range(nr):
+                                row[j] += t[j]
+                        else:
+                            for j in range(nr):
+                                row[j] = t[j]
+                if last and (has_bias or activation != 0):
+                    bias_part = bias[jj:jj + nr]
+                    for i in range(mr):
+                        row = c[i0 + i, jj:jj + nr]
+                        for j in range(nr):
+                            row[j] = activate(row[j] + bias_part[j] if has_bias else row[j], activation)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -226,7 +317,7 @@ def _mlp_step(x, labels, targets, preds, params, grads, state1, state2, work, su
         w = params[w_off:w_off + n_in * n_out].reshape((n_in, n_out))
         bias = params[b_off:b_off + n_out] if b_off >= 0 else params[0:0]
         y = work[a_off:a_off + b * n_out].reshape((b, n_out))
-        _gemm_serial(inp, w, y, False, bias, b_off >= 0, activation, apack, bpack, tile, sums, False)
+        _gemm(inp, w, y, bias, b_off >= 0, activation, apack, bpack, tile, sums, False)
     # loss and its gradient into the first gradient buffer
     last_out, last_off = layers[num_layers - 1, 1], layers[num_layers - 1, 5]
     out = work[last_off:last_off + b * last_out].reshape((b, last_out))
@@ -260,12 +351,12 @@ def _mlp_step(x, labels, targets, preds, params, grads, state1, state2, work, su
         if b_off >= 0:
             for j in range(n_out):
                 sums[j] = 0.0
-        _gemm_serial(inp.T, dz, dw, False, bias0, False, 0, apack, bpack, tile, sums, b_off >= 0)
+        _gemm(inp.T, dz, dw, bias0, False, 0, apack, bpack, tile, sums, b_off >= 0)
         if b_off >= 0:
             for j in range(n_out):
                 dbias[j] = sums[j]
         if l > 0:
-            _gemm_serial(dz, w.T, dx, False, bias0, False, 0, apack, bpack, tile, sums, False)
+            _gemm(dz, w.T, dx, bias0, False, 0, apack, bpack, tile, sums, False)
         cur, other = other, cur
     # update, every parameter in one pass over the flat buffers
     if ints[_I_OPT] == SGD:
@@ -303,7 +394,7 @@ class MLPStep:
         da, db = offset, offset + batch_size * widest
         self.work = np.zeros(db + batch_size * widest, dtype=dtype)
         self.sums = np.zeros(widest, dtype=np.float64)
-        # pack buffers of matmul._gemm_serial, big enough for every product of the step:
+        # pack buffers of _gemm, big enough for every product of the step:
         # (B, in) @ (in, out), (in, B) @ (B, out), (B, out) @ (out, in)
         nr = tile_cols.py_func(dtype.itemsize)
         big = max(batch_size, widest)
