@@ -115,3 +115,81 @@ def test_train_step(harness, op, shape, backend):
         weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
         harness.run(op, shape, backend, step, check=check, family="train",
                     flops=6 * batch * weights, bytes=0)
+
+
+# --- a whole epoch through Trainer.fit, as `kernprop train` runs it --------------------
+#
+# dims: (steps, batch, layer sizes...).  Trainer.fit may take paths a layer-by-layer step
+# does not (on numba, small MLPs run each step as one fused kernel), so this is the
+# training speed a user sees: one epoch of `steps` batches, unshuffled (so that torch
+# sees the same batches), Adam, no validation.  torch runs the same loop by hand.
+FIT_SHAPES = shape_params(Shape("small", (16, 32, 64, 32, 10)), Shape("mlp", (8, 256, 784, 512, 256, 10)))
+
+
+def _fit_data(shape):
+    steps, batch, *sizes = shape.dims
+
+    def make(rng):
+        n = steps * batch
+        return rng.uniform(0, 1, (n, sizes[0])).astype(DTYPE), rng.integers(0, sizes[-1], n)
+
+    return inputs(("fit", shape), make)
+
+
+def _kernprop_fit(backend, sizes, batch, x, y):
+    from kernprop.train import Trainer
+
+    trainer = Trainer(nn.MLP(sizes, activation="relu", rng=0), "cross_entropy", optim.Adam(LR),
+                      backend=backend, batch_size=batch, seed=0)
+    return lambda: trainer.fit(x, y, 1, shuffle=False, verbose=0)["loss"][0]
+
+
+def _torch_fit(sizes, batch, x, y):
+    import torch
+
+    ref = nn.MLP(sizes, activation="relu", rng=0)
+    layers = []
+    for i, linear in enumerate(ref.parameters()[::2]):
+        layer = torch.nn.Linear(*linear.shape)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(linear.T.copy()))
+            layer.bias.zero_()
+        layers.append(layer)
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    starts = range(0, x.shape[0], batch)
+
+    def epoch():
+        total = 0.0
+        for start in starts:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(xt[start:start + batch]), yt[start:start + batch])
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        return total / len(starts)
+
+    return epoch
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("shape", FIT_SHAPES)
+@pytest.mark.parametrize("op", ["fit_epoch"])
+def test_fit_epoch(harness, op, shape, backend):
+    # X (steps * batch, sizes[0]), labels -> one epoch of Adam steps; returns its mean loss
+    steps, batch, *sizes = shape.dims
+    x, y = _fit_data(shape)
+    if backend == "cuda":
+        pytest.skip("fit on cuda keeps the data on the host; not benchmarked here")
+    fn = _torch_fit(sizes, batch, x, y) if backend == "torch" else _kernprop_fit(backend, sizes, batch, x, y)
+
+    def check(loss):
+        want = reference((op, shape), lambda: _kernprop_fit("numpy", sizes, batch, x, y)())
+        np.testing.assert_allclose(float(loss), float(want), rtol=1e-4, err_msg=f"{op} {shape} on {backend}")
+
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    harness.run(op, shape, backend, fn, check=check, family="train",
+                flops=6 * steps * batch * weights, bytes=0)

@@ -36,11 +36,11 @@ FAMILIES = {
     "softmax": ("log_softmax", "log_softmax_backward", "softmax"),
     "losses": ("cross_entropy", "cross_entropy_with_grad", "mse", "mse_backward", "linear_cross_entropy"),
     "optimizers": ("sgd_step", "adam_step"),
-    "train": ("train_step",),
+    "train": ("train_step", "fit_epoch"),
 }
 OP_ORDER = [op for ops in FAMILIES.values() for op in ops]
 # Throughput in GFLOP/s for these (compute-bound); GB/s for every other op.
-COMPUTE_BOUND = {"matmul", "linear", "linear_backward", "linear_cross_entropy", "train_step"}
+COMPUTE_BOUND = {"matmul", "linear", "linear_backward", "linear_cross_entropy", "train_step", "fit_epoch"}
 BACKEND_ORDER = ("numpy", "numba", "cython", "cuda", "torch")
 BASELINES = ("numpy", "torch")  # speed-ups are reported over these
 SHAPE_LABELS = {"small": "small", "mlp": "MLP-sized", "large": "large"}
