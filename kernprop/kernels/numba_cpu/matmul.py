@@ -52,10 +52,18 @@ def _pack_a_panel(a, k0, kc, ip, apack):
     i0 = ip * MR
     mr = min(MR, m - i0)
     dst = apack[ip * kc * MR : (ip + 1) * kc * MR]
-    for i in range(mr):
-        row = a[i0 + i, k0 : k0 + kc]
+    if a.strides[0] <= a.strides[1]:
+        # column-major (a transposed view, as x.T in dW = x.T @ dy): read down columns
         for p in range(kc):
-            dst[p * MR + i] = row[p]
+            col = a[i0 : i0 + mr, k0 + p]
+            out = dst[p * MR : p * MR + mr]
+            for i in range(mr):
+                out[i] = col[i]
+    else:
+        for i in range(mr):
+            row = a[i0 + i, k0 : k0 + kc]
+            for p in range(kc):
+                dst[p * MR + i] = row[p]
     for i in range(mr, MR):
         for p in range(kc):
             dst[p * MR + i] = 0
@@ -70,13 +78,23 @@ def _pack_b_panel(b, k0, kc, j0, jp, bpack, sums, want_sums):
     jj = j0 + jp * nr_full
     nr = min(nr_full, n - jj)
     dst = bpack[jp * kc * nr_full : (jp + 1) * kc * nr_full]
-    for p in range(kc):
-        row = b[k0 + p, jj : jj + nr]
-        out = dst[p * nr_full : (p + 1) * nr_full]
+    if b.strides[1] > b.strides[0]:
+        # column-major (a transposed view, as w.T in dx = dy @ w.T): read down columns
         for j in range(nr):
-            out[j] = row[j]
-        for j in range(nr, nr_full):
-            out[j] = 0
+            col = b[k0 : k0 + kc, jj + j]
+            for p in range(kc):
+                dst[p * nr_full + j] = col[p]
+    else:
+        for p in range(kc):
+            row = b[k0 + p, jj : jj + nr]
+            out = dst[p * nr_full : p * nr_full + nr]
+            for j in range(nr):
+                out[j] = row[j]
+    if nr < nr_full:
+        for p in range(kc):
+            out = dst[p * nr_full : (p + 1) * nr_full]
+            for j in range(nr, nr_full):
+                out[j] = 0
     if want_sums:
         part = sums[jj : jj + nr]
         for p in range(kc):

@@ -48,14 +48,22 @@ def _pack_a(a, k0, kc, apack):
     # a[:, k0:k0+kc] (M, kc), any strides -> apack as MR-row panels, each (kc, MR)
     # (step p holds the panel's MR values of column k0+p), zero rows past M
     m = a.shape[0]
+    by_rows = a.strides[1] <= a.strides[0]  # else a is a transposed view: read its columns
     for ip in range((m + MR - 1) // MR):
         i0 = ip * MR
         mr = min(MR, m - i0)
         dst = apack[ip * kc * MR:(ip + 1) * kc * MR]
-        for i in range(mr):
-            row = a[i0 + i, k0:k0 + kc]
+        if by_rows:
+            for i in range(mr):
+                row = a[i0 + i, k0:k0 + kc]
+                for p in range(kc):
+                    dst[p * MR + i] = row[p]
+        else:
             for p in range(kc):
-                dst[p * MR + i] = row[p]
+                col = a[i0:i0 + mr, k0 + p]
+                step = dst[p * MR:p * MR + mr]
+                for i in range(mr):
+                    step[i] = col[i]
         for i in range(mr, MR):
             for p in range(kc):
                 dst[p * MR + i] = 0
