@@ -14,6 +14,14 @@ microseconds per step (best of several epochs; the first epoch warms the JIT):
   returns a preallocated result, i.e. the Python cost of the trainer itself (an upper
   bound: it includes the stand-ins' own cost, about 3 us).
 
+``--issue7`` instead prints the table of issue 7, all in one run and each model twice:
+the digits MLP 64-32-10 and 64-128-10 at batch 32 and 784-512-256-10 ReLU at batch 256,
+per step and in samples/s, for the plain NumPy step, PyTorch eager (``nn.Sequential``,
+``F.cross_entropy``, ``backward``, ``torch.optim.SGD``; ``torch.set_num_threads(2)``)
+when installed, and ``Trainer.fit`` on numba with the fused whole-step kernel
+(``kernels/numba_cpu/mlp_step.py``) and with the layer-by-layer kernels, each with SGD
+(the plain step's update) and Adam; ``auto`` marks the path the Trainer picks.
+
 Not collected by pytest (no ``test_`` prefix).
 """
 
@@ -27,21 +35,22 @@ from types import SimpleNamespace
 import numpy as np
 
 import kernprop
-from kernprop import nn, optim
+from kernprop import nn, optim, train
 from kernprop.train import Trainer
 
 
 def plain_numpy_step(sizes, rng):
-    (n_in, n_hidden, n_out) = sizes
-    w1 = rng.uniform(-0.3, 0.3, (n_in, n_hidden)).astype(np.float32)
-    b1 = np.zeros(n_hidden, np.float32)
-    w2 = rng.uniform(-0.3, 0.3, (n_hidden, n_out)).astype(np.float32)
-    b2 = np.zeros(n_out, np.float32)
+    # ReLU MLP of any depth: forward, softmax cross-entropy (mean), backward, plain SGD
+    weights = [rng.uniform(-0.3, 0.3, (a, b)).astype(np.float32) for a, b in zip(sizes[:-1], sizes[1:])]
+    biases = [np.zeros(b, np.float32) for b in sizes[1:]]
     lr = np.float32(0.05)
 
     def step(xb, yb):
-        h = np.maximum(xb @ w1 + b1, 0)
-        z = h @ w2 + b2
+        acts = [xb]
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            z = acts[-1] @ w + b
+            acts.append(np.maximum(z, 0) if i < len(weights) - 1 else z)
+        z = acts.pop()
         z = z - z.max(1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(1, keepdims=True)
@@ -50,21 +59,110 @@ def plain_numpy_step(sizes, rng):
         dz = p
         dz[rows, yb] -= 1
         dz /= xb.shape[0]
-        dw2, db2 = h.T @ dz, dz.sum(0)
-        dh = dz @ w2.T
-        dh *= h > 0
-        dw1, db1 = xb.T @ dh, dh.sum(0)
-        for param, grad in ((w1, dw1), (b1, db1), (w2, dw2), (b2, db2)):
-            param -= lr * grad
+        for i in range(len(weights) - 1, -1, -1):
+            h = acts[i]
+            dw, db = h.T @ dz, dz.sum(0)
+            if i > 0:
+                dz = dz @ weights[i].T
+                dz *= h > 0
+            weights[i] -= lr * dw
+            biases[i] -= lr * db
         return loss
 
     return step
 
 
-def trainer_step_us(backend, optimizer, sizes, X, y, batch, epochs=5):
-    trainer = Trainer(nn.MLP(sizes, rng=0), optimizer=optimizer, backend=backend, batch_size=batch)
-    history = trainer.fit(X, y, epochs=epochs + 1, verbose=0)
+def torch_step(sizes, rng):
+    """PyTorch eager: the same ReLU MLP and SGD; None when torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(2)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    cross_entropy = torch.nn.functional.cross_entropy
+
+    def step(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        loss = cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, torch.from_numpy
+
+
+def trainer_step_us(backend, optimizer, sizes, X, y, batch, epochs=5, fused=None):
+    """Best step time of Trainer.fit; fused True / False forces the fused whole-step
+    kernel on / off (numba), None leaves the Trainer's choice."""
+    saved = train._FUSED_MAX_MACS
+    if fused is not None:
+        train._FUSED_MAX_MACS = 10**15 if fused else -1
+    try:
+        trainer = Trainer(nn.MLP(sizes, rng=0), optimizer=optimizer, backend=backend, batch_size=batch)
+        history = trainer.fit(X, y, epochs=epochs + 1, verbose=0)
+    finally:
+        train._FUSED_MAX_MACS = saved
     return batch / max(history["samples_per_s"][1:]) * 1e6
+
+
+def loop_step_us(step, X, y, batch, repeat=10, min_steps=45):
+    """Best time per step of ``step(xb, yb)`` over epochs of consecutive batches."""
+    steps = X.shape[0] // batch
+
+    def epoch():
+        for s in range(steps):
+            step(X[s * batch:(s + 1) * batch], y[s * batch:(s + 1) * batch])
+
+    epoch()
+    return min(timeit.repeat(epoch, number=1, repeat=repeat)) / steps * 1e6
+
+
+ISSUE7_MODELS = (((64, 32, 10), 32), ((64, 128, 10), 32), ((784, 512, 256, 10), 256))
+
+
+def issue7(rounds=2):
+    """Issue 7's table: each model ``rounds`` times, every contender in one run."""
+    import kernprop.train as ktrain
+
+    print(f"issue 7: train step, float32, numba threads {kernprop.get_num_threads()}, "
+          f"torch eager on 2 threads; best epoch of several, us per step (samples/s)")
+    for r in range(rounds):
+        for sizes, batch in ISSUE7_MODELS:
+            rng = np.random.default_rng(0)
+            n = max(45 * batch, 2048)
+            X = rng.random((n, sizes[0]), dtype=np.float32)
+            y = rng.integers(0, sizes[-1], n)
+            steps = 10 if batch >= 256 else 20
+            rows = {"plain numpy (sgd)": loop_step_us(plain_numpy_step(sizes, rng), X, y, batch,
+                                                      repeat=steps)}
+            made = torch_step(sizes, rng)
+            if made is not None:
+                step, from_numpy = made
+                Xt, yt = from_numpy(X), from_numpy(y)
+                rows["torch eager (sgd)"] = loop_step_us(step, Xt, yt, batch, repeat=steps)
+            macs = 3 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+            auto = macs <= ktrain._fused_limit()
+            for name, opt in (("sgd", lambda: optim.SGD(0.05)), ("adam", lambda: optim.Adam(1e-3))):
+                for fused in (True, False):
+                    label = f"numba {'fused' if fused else 'layers'} ({name})"
+                    if fused == auto:
+                        label += " auto"
+                    rows[label] = trainer_step_us("numba", opt(), sizes, X, y, batch, epochs=4, fused=fused)
+            base = rows["plain numpy (sgd)"]
+            torch_t = rows.get("torch eager (sgd)")
+            print(f"round {r + 1}: {'-'.join(map(str, sizes))} batch {batch}")
+            for label, t in rows.items():
+                ratio = f"{base / t:5.2f}x numpy"
+                if torch_t is not None:
+                    ratio += f", {torch_t / t:6.2f}x torch"
+                print(f"  {label:28s} {t:9.1f} us {batch / t * 1e6:11,.0f}/s   {ratio}", flush=True)
 
 
 def kernel_times_us(backend, sizes, batch):
@@ -127,11 +225,15 @@ def main():
     parser.add_argument("--sizes", default="64,32,10")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--issue7", action="store_true", help="issue 7's table (see the docstring)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    kernprop.set_num_threads(args.threads)
+    if args.issue7:
+        issue7()
+        return
     if len(sizes) != 3:
         parser.error("--sizes takes three sizes: in,hidden,out")
-    kernprop.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     n = 45 * args.batch
     X = rng.random((n, sizes[0]), dtype=np.float32)

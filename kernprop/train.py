@@ -270,13 +270,13 @@ class Trainer:
                     Xs = _to_device(Xs_host if shuffle else X_host)
                 for i, start in enumerate(starts):
                     lo, hi = shards[i]
-                    xb = Xs[lo:hi]
                     if fused is not None:  # forward, loss, backward, update; argmax to preds
                         optimizer.steps += 1
-                        append_loss(fused_step(xb, ys[lo:hi], preds[lo:hi], optimizer.lr, optimizer.steps))
+                        append_loss(fused_step(Xs, ys, preds, lo, hi, optimizer.lr, optimizer.steps))
                         if bar is not None and (i % bar_every == 0 or start + batch_size >= n):
                             _bar_update(bar, step_losses, sizes, mean, i, start, batch_size, n, t0)
                         continue
+                    xb = Xs[lo:hi]
                     if hi > lo:  # distributed: a rank may get no rows of a small batch
                         out = forward(xb)
                         loss, dout = with_grad(out, ys[lo:hi], kernels)
@@ -655,6 +655,11 @@ def _bar_update(bar, step_losses, sizes, mean, i, start, batch_size, n, t0):
 _FUSED_MAX_MACS = 2_000_000
 
 
+def _fused_limit():
+    """The most multiply-adds per step (3 x batch x weights) that take the fused step."""
+    return _FUSED_MAX_MACS
+
+
 class _FusedStep:
     """A fit's whole-step kernel (``kernels.numba_cpu.mlp_step``) and where its
     gradients go back to the layers when the fit ends."""
@@ -701,7 +706,7 @@ def _fused_step(model, loss, optimizer, backend, packed, batch_size, dtype):
         offset += n_in * n_out + (n_out if layer.bias is not None else 0)
         macs += 3 * batch_size * n_in * n_out
         width = n_out
-    if macs > _FUSED_MAX_MACS:
+    if macs > _fused_limit():
         return None
     from .kernels.numba_cpu.mlp_step import MLPStep
 

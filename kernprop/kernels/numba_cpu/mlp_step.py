@@ -29,6 +29,7 @@ from numba import njit
 
 from ._jit import FASTMATH
 from ._simd import MR, micro_kernel, tile_cols
+from ._math import fast_exp
 from .activations import ACTIVATION_CODES, RELU, SIGMOID, TANH, activate
 
 __all__ = ["mlp_step", "MLPStep", "ACTIVATION_CODES"]
@@ -36,7 +37,8 @@ __all__ = ["mlp_step", "MLPStep", "ACTIVATION_CODES"]
 # ints[...] / floats[...] slots
 CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
-_I_LOSS, _I_MEAN, _I_IGNORE, _I_WEIGHTED, _I_OPT, _I_NESTEROV, _I_DECOUPLED, _I_DA, _I_DB, _I_CLASSIFY = range(10)
+(_I_LOSS, _I_MEAN, _I_IGNORE, _I_WEIGHTED, _I_OPT, _I_NESTEROV, _I_DECOUPLED, _I_DA, _I_DB, _I_CLASSIFY,
+ _I_MAXES) = range(11)
 _F_SMOOTHING, _F_MOMENTUM, _F_WD, _F_BETA1, _F_BETA2, _F_EPS = range(6)
 
 
@@ -48,25 +50,24 @@ def _pack_a(a, k0, kc, apack):
     # a[:, k0:k0+kc] (M, kc), any strides -> apack as MR-row panels, each (kc, MR)
     # (step p holds the panel's MR values of column k0+p), zero rows past M
     m = a.shape[0]
-    by_rows = a.strides[1] <= a.strides[0]  # else a is a transposed view: read its columns
     for ip in range((m + MR - 1) // MR):
         i0 = ip * MR
         mr = min(MR, m - i0)
         dst = apack[ip * kc * MR:(ip + 1) * kc * MR]
-        if by_rows:
-            for i in range(mr):
-                row = a[i0 + i, k0:k0 + kc]
-                for p in range(kc):
-                    dst[p * MR + i] = row[p]
+        if mr == MR:  # contiguous writes, MR at a time (the reads gather for a C-order a)
+            for p in range(kc):
+                col = a[i0:i0 + MR, k0 + p]
+                step = dst[p * MR:(p + 1) * MR]
+                for i in range(MR):
+                    step[i] = col[i]
         else:
             for p in range(kc):
                 col = a[i0:i0 + mr, k0 + p]
-                step = dst[p * MR:p * MR + mr]
+                step = dst[p * MR:(p + 1) * MR]
                 for i in range(mr):
                     step[i] = col[i]
-        for i in range(mr, MR):
-            for p in range(kc):
-                dst[p * MR + i] = 0
+                for i in range(mr, MR):
+                    step[i] = 0
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -159,9 +160,10 @@ def _activation_backward(y, activation, dz):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _cross_entropy(z, labels, weight, weighted, ignore_index, smoothing, mean, classify, preds, g):
-    # z (B, C) logits, labels (B,) -> the summed (or mean) loss, g (B, C) its gradient,
-    # preds (B,) the argmax of each row (when classify).  Formulas as
+def _cross_entropy(z, labels, weight, weighted, ignore_index, smoothing, mean, classify, preds, g,
+                   maxes):
+    # z (B, C) logits, labels (B,) -> the summed (or mean) loss, g (B, C) its gradient
+    # (C-contiguous), preds (B,) the argmax of each row (when classify); maxes (B,) scratch.  Formulas as
     # losses._cross_entropy_short: e = exp(z - m) stored in g, s = sum e in float64,
     # loss = (1-eps) w_y ((m - z_y) + log s) + (eps/C)(W (m + log s) - sum w z),
     # gradient p_coef e / s - w_coef w, the target's entry recomputed in float64 so
@@ -189,7 +191,6 @@ def _cross_entropy(z, labels, weight, weighted, ignore_index, smoothing, mean, c
     for i in range(b):
         row = z[i]
         gr = g[i]
-        label = labels[i]
         m = row[0]
         best = 0
         for c in range(1, num_classes):
@@ -198,15 +199,25 @@ def _cross_entropy(z, labels, weight, weighted, ignore_index, smoothing, mean, c
                 best = c
         if classify:
             preds[i] = best
+        maxes[i] = m
+        for c in range(num_classes):
+            gr[c] = row[c] - m
+    # e = exp(z - m) for the whole batch in one flat loop: it vectorises (fast_exp)
+    flat = g.reshape(-1)
+    for k in range(flat.shape[0]):
+        flat[k] = fast_exp(flat[k])
+    for i in range(b):
+        row = z[i]
+        gr = g[i]
+        label = labels[i]
+        m = maxes[i]
         if label == ignore_index:
             for c in range(num_classes):
                 gr[c] = 0
             continue
         s = 0.0
         for c in range(num_classes):
-            e = np.exp(row[c] - m)
-            gr[c] = e
-            s += e
+            s += gr[c]
         log_s = np.log(s)
         target_weight = weight[label] if weighted else 1.0
         hard = (1 - smoothing) * target_weight
@@ -305,10 +316,16 @@ def _adam(param, grad, exp_avg, exp_avg_sq, step_size, beta1, beta2, eps, weight
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _mlp_step(x, labels, targets, preds, params, grads, state1, state2, work, sums, apack,
-              bpack, tile, layers, ints, floats, weight, lr, step):
-    # x (B, IN0) -> one step: forward, loss and gradient, backward, update in place.
-    # Returns the batch loss, reduced as the loss's reduction, rounded to the dtype.
+def _mlp_step(x_all, labels_all, targets_all, preds_all, lo, hi, params, grads, state1, state2,
+              work, sums, apack, bpack, tile, layers, ints, floats, weight, lr, step):
+    # x = x_all[lo:hi] (B, IN0) -> one step: forward, loss and gradient, backward, update
+    # in place.  Returns the batch loss, reduced as the loss's reduction, rounded to the
+    # dtype.  (Rows lo:hi of the whole arrays: slicing here costs nothing, in Python a
+    # few hundred ns per array.)
+    x = x_all[lo:hi]
+    labels = labels_all[lo:hi] if ints[_I_CLASSIFY] else labels_all
+    preds = preds_all[lo:hi] if ints[_I_CLASSIFY] else preds_all
+    targets = targets_all if ints[_I_CLASSIFY] else targets_all[lo:hi]
     b = x.shape[0]
     num_layers = layers.shape[0]
     t = params.dtype.type
@@ -334,7 +351,7 @@ def _mlp_step(x, labels, targets, preds, params, grads, state1, state2, work, su
     if ints[_I_LOSS] == CROSS_ENTROPY:
         loss = _cross_entropy(out, labels, weight, ints[_I_WEIGHTED] != 0, ints[_I_IGNORE],
                               floats[_F_SMOOTHING], ints[_I_MEAN] != 0, ints[_I_CLASSIFY] != 0,
-                              preds, dz)
+                              preds, dz, work[ints[_I_MAXES]:ints[_I_MAXES] + b])
     else:
         loss = _mse(out, targets, ints[_I_MEAN] != 0, dz)
     # backward, last layer first; dz and dx alternate between the two buffers
@@ -384,8 +401,9 @@ class MLPStep:
     layers: ``[(in, out, weight offset, bias offset or -1, activation name or None)]``,
     offsets into the flat parameter buffer.  loss: "cross_entropy" or "mse";
     reduction "mean" or "sum".  optimizer: "sgd" or "adam" with its hyperparameters.
-    ``__call__(x, labels_or_targets, preds, lr, step)`` runs one step and returns the
-    loss (a float rounded to the dtype); preds (B,) int64 receives each row's argmax (cross-entropy).
+    ``__call__(x, labels_or_targets, preds, lo, hi, lr, step)`` runs one step on rows
+    ``lo:hi`` and returns the loss (a float rounded to the dtype); ``preds[lo:hi]``
+    (int64) receives each row's argmax (cross-entropy).
     """
 
     def __init__(self, layers, batch_size, dtype, params, grads, state1, state2, *, loss,
@@ -400,7 +418,8 @@ class MLPStep:
             offset += batch_size * n_out
         widest = max(max(n_in, n_out) for n_in, n_out, *_ in layers)
         da, db = offset, offset + batch_size * widest
-        self.work = np.zeros(db + batch_size * widest, dtype=dtype)
+        maxes = db + batch_size * widest  # the row maxima of the logits
+        self.work = np.zeros(maxes + batch_size, dtype=dtype)
         self.sums = np.zeros(widest, dtype=np.float64)
         # pack buffers of _gemm, big enough for every product of the step:
         # (B, in) @ (in, out), (in, B) @ (B, out), (B, out) @ (out, in)
@@ -415,7 +434,7 @@ class MLPStep:
         self.ints = np.array([
             CROSS_ENTROPY if classify else MSE, reduction == "mean", ignore_index,
             weight is not None, SGD if optimizer == "sgd" else ADAM, bool(nesterov),
-            bool(decoupled), da, db, classify,
+            bool(decoupled), da, db, classify, maxes,
         ], dtype=np.int64)
         self.floats = np.array([label_smoothing, momentum, weight_decay, betas[0], betas[1], eps],
                                dtype=np.float64)
@@ -427,17 +446,17 @@ class MLPStep:
         self._no_targets = np.zeros((1, 1), dtype)
         self.classify = classify
 
-    def __call__(self, x, y, preds, lr, step):
+    def __call__(self, x, y, preds, lo, hi, lr, step):
         if self.classify:
             labels, targets = y, self._no_targets
         else:
             labels, targets, preds = self._no_labels, y, self._no_labels
-        return _mlp_step(x, labels, targets, preds, self.params, self.grads, self.state1,
+        return _mlp_step(x, labels, targets, preds, lo, hi, self.params, self.grads, self.state1,
                          self.state2, self.work, self.sums, self.apack, self.bpack, self.tile,
                          self.layers, self.ints,
                          self.floats, self.weight, lr, step)
 
 
 def mlp_step(x, y, preds, lr, step, plan):
-    """Run one fused step of ``plan`` (an ``MLPStep``); returns the loss."""
-    return plan(x, y, preds, lr, step)
+    """Run one fused step of ``plan`` (an ``MLPStep``) on all rows; returns the loss."""
+    return plan(x, y, preds, 0, x.shape[0], lr, step)
