@@ -7,7 +7,12 @@ lookups.  Each epoch shuffles the rows into one preallocated buffer (one gather 
 epoch, then every batch is a contiguous slice of it, copied nowhere).  During a fit the
 parameters, gradients and optimizer state sit in one flat buffer each (``_packed``), so
 the optimizer update is one kernel call per step; on the ``cuda`` backend they stay on
-the device for the whole fit (``_resident``).
+the device for the whole fit (``_resident``).  On the ``numba`` backend a small MLP
+(Linear layers, each optionally followed by ReLU / Sigmoid / Tanh; cross_entropy or mse
+with reduction "mean" or "sum"; SGD or Adam; not distributed) takes instead one compiled
+call per step for forward, loss, backward and update over those flat buffers
+(``kernels/numba_cpu/mlp_step.py``, chosen by ``_fused_step``), with the same results
+to float rounding.
 
 Determinism: the shuffling draws from ``numpy.random.default_rng(seed)``; with the same
 seed, initial weights, backend and thread count, ``fit`` gives bit-identical weights.
@@ -33,7 +38,7 @@ import numpy as np
 
 from . import distributed as _distributed
 from . import nn
-from .backends import resolve
+from .backends import get_num_threads, resolve
 from .optim import OPTIMIZERS, SGD, Adam, Optimizer
 
 __all__ = ["Trainer", "FORMAT_VERSION"]
@@ -650,14 +655,17 @@ def _bar_update(bar, step_losses, sizes, mean, i, start, batch_size, n, t0):
                     refresh=False)
 
 
-# The fused step runs serially: it wins while a step's multiply-adds are few enough that
-# the layer-by-layer path's call overhead and threads do not pay (see bench/TRAIN_STEP.md).
-_FUSED_MAX_MACS = 2_000_000
+# The fused step runs serially.  Measured on 2 cores (bench/TRAIN_STEP.md): with 2 numba
+# threads it wins up to ~100M multiply-adds per step (1.2x at 784-256-10 batch 128, 78M)
+# and the parallel layer-by-layer path from ~200M (0.8-1.0x at 784-512-256-10 batch 256,
+# 411M); with 1 thread it won at every size measured, up to those 411M (1.4x).
+_FUSED_MAX_MACS = 100_000_000
 
 
 def _fused_limit():
-    """The most multiply-adds per step (3 x batch x weights) that take the fused step."""
-    return _FUSED_MAX_MACS
+    """The most multiply-adds per step (3 x batch x weights) that take the fused step:
+    _FUSED_MAX_MACS with more than one numba thread, 4x that with one."""
+    return _FUSED_MAX_MACS if get_num_threads() > 1 else 4 * _FUSED_MAX_MACS
 
 
 class _FusedStep:

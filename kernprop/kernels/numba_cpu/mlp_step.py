@@ -94,22 +94,33 @@ def _pack_b(b, k0, kc, bpack, sums, want_sums):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _gemm(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums):
+def _gemm(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, bflat, b_base):
     # a (M, K) @ b (K, N) -> c (M, N) C-contiguous, overwritten, then + bias and the
     # activation; a and b of any strides (transposed views are read through packing).
     # Serial Goto/BLIS loops as matmul._gemm_serial (kept here so that the fused step
     # does not follow that private function's changes): pack a K block of A and of B,
     # then the (MR, NR) register tiles of _simd.micro_kernel; an edge tile goes through
-    # ``tile`` and only its valid part is stored.
+    # ``tile`` and only its valid part is stored.  When b_base >= 0, b is also
+    # bflat[b_base:] row-major: if it is exactly one NR panel wide, its rows already are
+    # the packed panel and the micro-kernel reads them in place.
     m, k = a.shape
     n = b.shape[1]
     nr_full = tile_cols(c.itemsize)
     m_panels = (m + MR - 1) // MR
     n_panels = (n + nr_full - 1) // nr_full
+    in_place = b_base >= 0 and n == nr_full
+    src = bflat if in_place else bpack
     for k0 in range(0, k, _KC):
         kc = min(_KC, k - k0)
         _pack_a(a, k0, kc, apack)
-        _pack_b(b, k0, kc, bpack, sums, want_sums)
+        if in_place:
+            if want_sums:
+                for p in range(kc):
+                    row = b[k0 + p]
+                    for j in range(n):
+                        sums[j] += row[j]
+        else:
+            _pack_b(b, k0, kc, bpack, sums, want_sums)
         beta = k0 > 0
         last = k0 + kc >= k
         for jp in range(n_panels):
@@ -121,7 +132,8 @@ def _gemm(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_su
                 full = mr == MR and nr == nr_full
                 # one call site of the micro-kernel (each is a copy of its unrolled loop)
                 dst = c if full else tile
-                micro_kernel(apack, ip * kc * MR, bpack, jp * kc * nr_full, nr_full, kc, dst,
+                micro_kernel(apack, ip * kc * MR, src, b_base + k0 * n if in_place else jp * kc * nr_full,
+                             nr_full, kc, dst,
                              i0 * n + jj if full else 0, n if full else nr_full, beta and full)
                 if not full:
                     for i in range(mr):
@@ -342,7 +354,7 @@ def _mlp_step(x_all, labels_all, targets_all, preds_all, lo, hi, params, grads, 
         w = params[w_off:w_off + n_in * n_out].reshape((n_in, n_out))
         bias = params[b_off:b_off + n_out] if b_off >= 0 else params[0:0]
         y = work[a_off:a_off + b * n_out].reshape((b, n_out))
-        _gemm(inp, w, y, bias, b_off >= 0, activation, apack, bpack, tile, sums, False)
+        _gemm(inp, w, y, bias, b_off >= 0, activation, apack, bpack, tile, sums, False, params, w_off)
     # loss and its gradient into the first gradient buffer
     last_out, last_off = layers[num_layers - 1, 1], layers[num_layers - 1, 5]
     out = work[last_off:last_off + b * last_out].reshape((b, last_out))
@@ -376,12 +388,12 @@ def _mlp_step(x_all, labels_all, targets_all, preds_all, lo, hi, params, grads, 
         if b_off >= 0:
             for j in range(n_out):
                 sums[j] = 0.0
-        _gemm(inp.T, dz, dw, bias0, False, 0, apack, bpack, tile, sums, b_off >= 0)
+        _gemm(inp.T, dz, dw, bias0, False, 0, apack, bpack, tile, sums, b_off >= 0, work, cur)
         if b_off >= 0:
             for j in range(n_out):
                 dbias[j] = sums[j]
         if l > 0:
-            _gemm(dz, w.T, dx, bias0, False, 0, apack, bpack, tile, sums, False)
+            _gemm(dz, w.T, dx, bias0, False, 0, apack, bpack, tile, sums, False, bpack, -1)
         cur, other = other, cur
     # update, every parameter in one pass over the flat buffers
     if ints[_I_OPT] == SGD:
