@@ -1,11 +1,13 @@
 """Numba CPU losses: fused cross-entropy (loss and gradient in one kernel), MSE, and the
 chunked fused linear + cross-entropy.  Semantics as kernprop.kernels.reference.losses.
 
-Cross-entropy, per row (as Liger-Kernel's, after Milakov & Gimelshein 2018): the online
-row statistics m = max and log s = log sum exp(z - m) (``softmax.row_stats``, one read),
-the loss from m, log s and the target logit, then one write pass of the gradient
-``p_coef * exp((z - m) - log s) - w_coef * w`` with the vectorisable ``fast_exp``; the
-target's entry is recomputed in float64 so that a one-class row gets exactly 0.  Rows
+Cross-entropy with gradient, per row (as Liger-Kernel's): m = max (vectorised), then
+e = exp(z - m) with the vectorisable ``fast_exp`` written into the gradient row while
+s = sum e accumulates in float64, the loss from m, log s and the target logit, and the
+row scaled in place to ``p_coef * e / s - w_coef * w``: one exp per element, the row in
+L1 between the passes.  The target's entry is recomputed in float64 so that a one-class
+row gets exactly 0.  Without gradient the online statistics of Milakov & Gimelshein
+(2018) (``softmax.row_stats``) give m and log s in one read.  Rows
 are split over threads, each row owned by one task, so results do not depend on the
 thread count.
 """
@@ -13,28 +15,61 @@ thread count.
 import numpy as np
 from numba import njit, prange
 
-from ._jit import kernel, precise
+from ._jit import helper, kernel, precise
 from ._math import fast_exp
 from .matmul import gemm
-from .softmax import _SHORT, _SHORT_ROWS, row_stats, short_rows_stats
+from .softmax import _SHORT, _SHORT_ROWS, block_max, row_stats, short_rows_stats
 
 _BLOCK = 16384
 _CHUNK_ELEMENTS = 16384  # logits per parallel task
 
 
-@precise
-def _grad_row(row, m, log_s, p_coef, w_coef, weight, weighted, smoothed, grad_row):
-    # grad_row (C,) = p_coef * softmax(row) - w_coef * weight, with softmax(row) as
-    # exp((z - m) - log_s) in that order (no reassoc).  grad_row may alias row.
-    if weighted and smoothed:
+@helper
+def _exp_row(row, m, e_row, weight, weighted, smoothed):
+    # e_row = exp(row - m) (may alias row: each element is read before it is written);
+    # returns (sum of e in float64, sum_c w_c z_c when smoothed else 0)
+    s = 0.0
+    wz = 0.0
+    if smoothed:
         for c in range(row.shape[0]):
-            grad_row[c] = p_coef * fast_exp((row[c] - m) - log_s) - w_coef * weight[c]
-    elif smoothed:
-        for c in range(row.shape[0]):
-            grad_row[c] = p_coef * fast_exp((row[c] - m) - log_s) - w_coef
+            z = row[c]
+            wz += weight[c] * z if weighted else z
+            e = fast_exp(z - m)
+            e_row[c] = e
+            s += e
     else:
         for c in range(row.shape[0]):
-            grad_row[c] = p_coef * fast_exp((row[c] - m) - log_s)
+            e = fast_exp(row[c] - m)
+            e_row[c] = e
+            s += e
+    return s, wz
+
+
+@helper
+def _weighted_sum(row, weight, weighted):
+    # sum_c w_c z_c in float64
+    total = 0.0
+    if weighted:
+        for c in range(row.shape[0]):
+            total += weight[c] * row[c]
+    else:
+        for c in range(row.shape[0]):
+            total += row[c]
+    return total
+
+
+@helper
+def _scale_row(g, scale, w_coef, weight, weighted, smoothed):
+    # g = scale * g - w_coef * w, in place (g holds exp(z - m); scale = p_coef / s)
+    if weighted and smoothed:
+        for c in range(g.shape[0]):
+            g[c] = scale * g[c] - w_coef * weight[c]
+    elif smoothed:
+        for c in range(g.shape[0]):
+            g[c] = scale * g[c] - w_coef
+    else:
+        for c in range(g.shape[0]):
+            g[c] *= scale
 
 
 @precise
@@ -77,31 +112,34 @@ def _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, smoothin
                         grad_row[c] = 0
                 continue
             row = logits[i]
-            m, log_s = row_stats(row)
             target_weight = weight[label] if weighted else 1.0
             target_logit = row[label]  # saved: grad_row may alias row
+            smoothed = smoothing > 0
+            if want_grad:
+                # max, then e = exp(z - m) stored in the gradient row while summing: one
+                # exp per element; the row is then scaled in place
+                grad_row = grad[i]
+                m = block_max(row)
+                s, wz = _exp_row(row, m, grad_row, weight, weighted, smoothed)
+                log_s = np.log(s)
+            else:
+                m, log_s = row_stats(row)
+                s = 0.0
+                wz = _weighted_sum(row, weight, weighted) if smoothed else 0.0
             # -logp = (m - z) + log s: exact for the max logit, where lse - z would cancel
             loss = (1 - smoothing) * target_weight * ((m - target_logit) + log_s)
-            if smoothing > 0:
+            if smoothed:
                 # -sum_c w_c logp_c = sum_c w_c (m + log s) - sum_c w_c z_c
-                wz = 0.0
-                if weighted:
-                    for c in range(num_classes):
-                        wz += weight[c] * row[c]
-                else:
-                    for c in range(num_classes):
-                        wz += row[c]
                 loss += uniform * (weight_total * (np.float64(m) + log_s) - wz)
             row_losses[i] = loss
             if want_grad:
-                # (1 - eps) w_y (p - onehot) + (eps / C) (W p - w), times 1/denominator
+                # (1 - eps) w_y (p - onehot) + (eps / C) (W p - w), times 1/denominator,
+                # with p = e / s; coefficients in the logits' dtype keep the loop float32
                 hard = (1 - smoothing) * target_weight
                 p_coef = grad_scale * (hard + uniform * weight_total)
                 w_coef = grad_scale * uniform
-                # coefficients in the logits' dtype keep the loop in float32 (a float64
-                # one would promote every element and call the scalar float64 exp)
-                _grad_row(row, m, row.dtype.type(log_s), row.dtype.type(p_coef),
-                          row.dtype.type(w_coef), weight, weighted, smoothing > 0, grad[i])
+                _scale_row(grad_row, row.dtype.type(p_coef / s), row.dtype.type(w_coef), weight,
+                           weighted, smoothed)
                 # The target's entry is recomputed in float64 with the one-hot term, not
                 # corrected after rounding: a 1-class row then gets exactly 0.
                 grad[i, label] = _target_grad(target_logit, m, log_s, grad_scale, hard, uniform,
