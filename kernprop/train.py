@@ -254,7 +254,8 @@ class Trainer:
             with_grad = loss_fn.with_grad
             # Small MLPs on numba: the whole step is one compiled kernel (see _fused_step).
             fused = _fused_step(model, loss_fn, optimizer, name, packed, batch_size, self.dtype)
-            fused_step = fused.step if fused is not None else None
+            # bound once: the shuffled Xs, ys are refilled in place every epoch
+            fused_step = fused.step.bind(Xs, ys, preds) if fused is not None else None
             if dist is None:
                 shards = [(start, min(start + batch_size, n)) for start in starts]
             else:  # same start on every rank, then this rank's rows of each global batch
@@ -277,7 +278,7 @@ class Trainer:
                     lo, hi = shards[i]
                     if fused is not None:  # forward, loss, backward, update; argmax to preds
                         optimizer.steps += 1
-                        append_loss(fused_step(Xs, ys, preds, lo, hi, optimizer.lr, optimizer.steps))
+                        append_loss(fused_step(lo, hi, optimizer.lr, optimizer.steps))
                         if bar is not None and (i % bar_every == 0 or start + batch_size >= n):
                             _bar_update(bar, step_losses, sizes, mean, i, start, batch_size, n, t0)
                         continue
