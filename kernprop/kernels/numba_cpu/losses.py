@@ -18,7 +18,7 @@ from numba import njit, prange
 from ._jit import helper, kernel, precise
 from ._math import fast_exp
 from .matmul import gemm
-from .softmax import _SHORT, _SHORT_ROWS, block_max, row_stats, short_rows_stats
+from .softmax import _SHORT, _SHORT_ROWS, _SUM_BLOCK, block_max, row_stats, short_rows_stats
 
 _BLOCK = 16384
 _CHUNK_ELEMENTS = 16384  # logits per parallel task
@@ -27,21 +27,23 @@ _CHUNK_ELEMENTS = 16384  # logits per parallel task
 @helper
 def _exp_row(row, m, e_row, weight, weighted, smoothed):
     # e_row = exp(row - m) (may alias row: each element is read before it is written);
-    # returns (sum of e in float64, sum_c w_c z_c when smoothed else 0)
+    # returns (sum of e in float64, sum_c w_c z_c when smoothed else 0).  The sum runs in
+    # the input dtype over blocks of _SUM_BLOCK (zmm-wide loop), joined in float64.
     s = 0.0
     wz = 0.0
+    n = row.shape[0]
     if smoothed:
-        for c in range(row.shape[0]):
-            z = row[c]
-            wz += weight[c] * z if weighted else z
-            e = fast_exp(z - m)
-            e_row[c] = e
-            s += e
-    else:
-        for c in range(row.shape[0]):
-            e = fast_exp(row[c] - m)
-            e_row[c] = e
-            s += e
+        wz = _weighted_sum(row, weight, weighted)
+    for b0 in range(0, n, _SUM_BLOCK):
+        b1 = min(b0 + _SUM_BLOCK, n)
+        zs = row[b0:b1]
+        es = e_row[b0:b1]
+        partial = row.dtype.type(0)
+        for c in range(b1 - b0):
+            e = fast_exp(zs[c] - m)
+            es[c] = e
+            partial += e
+        s += partial
     return s, wz
 
 
