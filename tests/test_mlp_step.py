@@ -262,3 +262,15 @@ def test_digits_default_model_is_fused(spy):
     for sizes, batch in (([64, 32, 10], 32), ([64, 128, 10], 32)):
         Trainer(nn.MLP(sizes, rng=0), backend="numba", batch_size=batch).fit(X, y, epochs=1, verbose=0)
     assert spy == [True, True]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_products_deeper_than_a_packed_block(dtype, spy, monkeypatch):
+    # K > mlp_step._KC = 256: hidden width 300 (forward of the logits) and batch 270 (the
+    # weight gradients), both through more than one packed K block, narrow and wide
+    X, y = _blobs(n=600, dtype=dtype)
+    model = lambda: nn.MLP([6, 300, 3], rng=7, dtype=dtype)  # noqa: E731
+    runs = [_fit(b, f, monkeypatch, "adam", dtype, model=model, data=(X, y), batch_size=270, epochs=2)
+            for b, f in (("numba", True), ("numba", False), ("numpy", False))]
+    assert spy == [True, False, False]
+    _compare(runs, dtype)

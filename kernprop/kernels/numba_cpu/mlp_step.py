@@ -106,6 +106,53 @@ def _pack_b(b, k0, kc, bpack, sums, want_sums):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _gemm_narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums):
+    # As _gemm, for c (M, N) narrower than a register tile (N < NR, e.g. the 10 logits):
+    # computed as c.T = b.T @ a.T, so that N fills the MR rows of a tile and M its NR
+    # columns (one tile for 10 x 32 instead of three tiles of 32 columns, 10 useful);
+    # each tile goes through ``tile`` and is stored transposed.
+    m, k = a.shape
+    n = b.shape[1]
+    nr_full = tile_cols(c.itemsize)
+    at = b.T  # (N, K): the new A
+    bt = a.T  # (K, M): the new B
+    m_panels = (n + MR - 1) // MR
+    n_panels = (m + nr_full - 1) // nr_full
+    if want_sums:
+        for p in range(k):
+            row = b[p]
+            for j in range(n):
+                sums[j] += row[j]
+    for k0 in range(0, k, _KC):
+        kc = min(_KC, k - k0)
+        _pack_a(at, k0, kc, apack)
+        _pack_b(bt, k0, kc, bpack, sums, False)
+        beta = k0 > 0
+        for jp in range(n_panels):
+            jj = jp * nr_full
+            nr = min(nr_full, m - jj)
+            for ip in range(m_panels):
+                i0 = ip * MR
+                mr = min(MR, n - i0)
+                micro_kernel(apack, ip * kc * MR, bpack, jp * kc * nr_full, nr_full, kc, tile, 0,
+                             nr_full, False)
+                # tile[i, j] is c[jj + j, i0 + i]
+                for j in range(nr):
+                    row = c[jj + j, i0:i0 + mr]
+                    if beta:
+                        for i in range(mr):
+                            row[i] += tile[i, j]
+                    else:
+                        for i in range(mr):
+                            row[i] = tile[i, j]
+    if has_bias or activation != 0:
+        for i in range(m):
+            row = c[i]
+            for j in range(n):
+                row[j] = activate(row[j] + bias[j] if has_bias else row[j], activation)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _gemm(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, bflat, b_base):
     # a (M, K) @ b (K, N) -> c (M, N) C-contiguous, overwritten, then + bias and the
     # activation; a and b of any strides (transposed views are read through packing).
@@ -118,6 +165,9 @@ def _gemm(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_su
     m, k = a.shape
     n = b.shape[1]
     nr_full = tile_cols(c.itemsize)
+    if n < nr_full and n < m:
+        _gemm_narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums)
+        return
     m_panels = (m + MR - 1) // MR
     n_panels = (n + nr_full - 1) // nr_full
     in_place = b_base >= 0 and n == nr_full
