@@ -26,9 +26,12 @@ layer) that backward ping-pongs between, and the GEMM's pack buffers.
 
 The GEMMs are the Goto/BLIS loops of ``matmul`` run serially on ``_simd``'s register
 micro-kernel (~100 GFLOP/s on one Zen 4 core); at the digits MLP's sizes packing and
-edge tiles cost about as much as the multiply-adds.  Measured per step, 64-32-10 at
-batch 32, float32, Adam: forward 4.6 us, backward 4.9 us, loss 0.9 us, update 1.1 us,
-call 0.8 us; the Trainer's loop adds ~1 us (bench/TRAIN_STEP.md).
+edge tiles cost about as much as the multiply-adds.  A product whose output is
+narrower than a tile (the logits) runs transposed (``_gemm_narrow``).  Measured per
+step, 64-32-10 at batch 32, float32 (shared 2-core Zen 4): forward 3.5 us (x @ w1 2.5,
+of which packing x 0.9), backward 4.1 us, loss 0.9 us, update 0.3 us (SGD) / 1.1 us
+(Adam); 10.3 / 11.2 us in all, 11.0 / 12.0 us called from Python; in ``Trainer.fit``
+13.5 us, with the epoch's shuffle (bench/TRAIN_STEP.md).
 """
 
 import functools
