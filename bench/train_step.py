@@ -197,6 +197,24 @@ def kernel_times_us(backend, sizes, batch):
     return out
 
 
+def fused_kernel_us(sizes, X, y, batch):
+    """One call of the numba fused whole-step kernel (what the Trainer's loop calls)."""
+    from kernprop.kernels.numba_cpu.mlp_step import MLPStep
+
+    model = nn.MLP(sizes, rng=0)
+    params = model.parameters()
+    flat = np.concatenate([p.ravel() for p in params])
+    layers, offset = [], 0
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append((a, b, offset, offset + a * b, "relu" if i < len(sizes) - 2 else None))
+        offset += a * b + b
+    plan = MLPStep(layers, batch, np.float32, flat, np.zeros_like(flat), None, None,
+                   loss="cross_entropy", reduction="mean", optimizer="sgd")
+    step = plan.bind(X, y, np.zeros(X.shape[0], np.int64))
+    step(0, batch, 0.0, 1)  # lr 0: the weights stay put
+    return min(timeit.repeat(lambda: step(0, batch, 0.0, 1), number=500, repeat=5)) / 500 * 1e6
+
+
 def overhead_us(sizes, X, y, batch):
     """The step loop with kernels that return preallocated results."""
     import kernprop.nn as knn
@@ -259,7 +277,11 @@ def main():
             print(f"  trainer {backend:6s} {name:4s}        {t:8.1f} us  ({best / t:.2f}x plain numpy)")
         times = kernel_times_us(backend, sizes, args.batch)
         print(f"  kernels {backend:6s} sum          {sum(times.values()):8.1f} us: "
-              + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
+              + ", ".join(f"{k} {v:.1f}" for k, v in times.items())
+              + (" (the layer-by-layer path)" if backend == "numba" else ""))
+        if backend == "numba":
+            print(f"  kernel  numba  mlp_step       {fused_kernel_us(sizes, X, y, args.batch):8.1f} us "
+                  "(the fused whole step, one call; sgd)")
 
 
 if __name__ == "__main__":
