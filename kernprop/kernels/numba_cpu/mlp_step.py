@@ -32,6 +32,17 @@ step, 64-32-10 at batch 32, float32 (shared 2-core Zen 4): forward 3.5 us (x @ w
 of which packing x 0.9), backward 4.1 us, loss 0.9 us, update 0.3 us (SGD) / 1.1 us
 (Adam); 10.3 / 11.2 us in all, 11.0 / 12.0 us called from Python; in ``Trainer.fit``
 13.5 us, with the epoch's shuffle (bench/TRAIN_STEP.md).
+
+Variants:
+  1. i-k-j loops over rows with an auto-vectorised inner loop: 8 us for one 32x64x32
+     product (a vector loop of 2 iterations set up per (i, k)); replaced.
+  2. ``matmul._gemm_serial`` called from here: its signature changed while it was being
+     tuned (and Numba's cache does not see a callee's edits); replaced.
+  3. the GEMM here, on ``_simd.micro_kernel`` (this file).
+
+Every kernel is ``error_model="numpy"``: Python's division check in a loop stops LLVM
+from vectorising it (Adam's update: 7 us -> 1.5 us), and 0 / 0 must give nan (the mean
+loss when every row is ignored), as in ``losses``.
 """
 
 import functools
@@ -44,7 +55,7 @@ from ._simd import MR, micro_kernel, tile_cols
 from ._math import fast_exp
 from .activations import ACTIVATION_CODES, RELU, SIGMOID, TANH, activate
 
-__all__ = ["mlp_step", "MLPStep", "ACTIVATION_CODES"]
+__all__ = ["mlp_step", "MLPStep"]
 
 # meta (int64): these slots, then the (L, 6) layer table from _HEADER on
 (_I_LOSS, _I_MEAN, _I_IGNORE, _I_WEIGHTED, _I_OPT, _I_NESTEROV, _I_DECOUPLED, _I_DA, _I_DB,
