@@ -256,6 +256,7 @@ class Trainer:
             fused = _fused_step(model, loss_fn, optimizer, name, packed, batch_size, self.dtype)
             # bound once: the shuffled Xs, ys are refilled in place every epoch
             fused_step = fused.step.bind(Xs, ys, preds) if fused is not None else None
+            steps_at_start = optimizer.steps
             if dist is None:
                 shards = [(start, min(start + batch_size, n)) for start in starts]
             else:  # same start on every rank, then this rank's rows of each global batch
@@ -263,6 +264,8 @@ class Trainer:
                 shards = dist.shards(starts, n, batch_size)
             for epoch in range(epochs):
                 optimizer.start_epoch(self.epochs_done)
+                if fused_step is not None and not fused.current(optimizer):
+                    fused_step = None  # hyperparameters changed mid-fit: layer by layer
                 bar = _bar(n, self.epochs_done, epochs, show_bar)
                 t0 = time.perf_counter()
                 if shuffle:
@@ -276,7 +279,7 @@ class Trainer:
                     Xs = _to_device(Xs_host if shuffle else X_host)
                 for i, start in enumerate(starts):
                     lo, hi = shards[i]
-                    if fused is not None:  # forward, loss, backward, update; argmax to preds
+                    if fused_step is not None:  # forward, loss, backward, update; argmax to preds
                         optimizer.steps += 1
                         append_loss(fused_step(lo, hi, optimizer.lr, optimizer.steps))
                         if bar is not None and (i % bar_every == 0 or start + batch_size >= n):
@@ -335,7 +338,7 @@ class Trainer:
                     stop = dist.any(stop)  # all ranks stop when one asks to
                 if stop:
                     break
-            if fused is not None:
+            if fused_step is not None and optimizer.steps != steps_at_start:
                 fused.store_gradients()
         return history
 
@@ -673,8 +676,17 @@ class _FusedStep:
     """A fit's whole-step kernel (``kernels.numba_cpu.mlp_step``) and where its
     gradients go back to the layers when the fit ends."""
 
-    def __init__(self, plan, linears, grad_views):
+    def __init__(self, plan, linears, grad_views, optimizer):
         self.step, self.linears, self.grad_views = plan, linears, grad_views
+        self.hyper = self._hyper(optimizer)
+
+    @staticmethod
+    def _hyper(optimizer):
+        return {k: v for k, v in optimizer.hyperparameters().items() if k != "lr"}
+
+    def current(self, optimizer):
+        # the kernel reads lr every step; the other hyperparameters are fixed at fit start
+        return self._hyper(optimizer) == self.hyper
 
     def store_gradients(self):
         # the layer-by-layer path leaves the last step's gradients on the layers
@@ -697,7 +709,7 @@ def _fused_step(model, loss, optimizer, backend, packed, batch_size, dtype):
         return None
     if loss.reduction not in ("mean", "sum"):
         return None
-    if isinstance(model, nn.Linear):
+    if type(model) is nn.Linear:
         plan = [(model, None)]
     elif type(model) in (nn.Sequential, nn.MLP):
         plan = model._plan
@@ -738,7 +750,7 @@ def _fused_step(model, loss, optimizer, backend, packed, batch_size, dtype):
         loss_opts = dict(loss="mse")
     step = MLPStep(layers, batch_size, dtype, flat, flat_grad, *state, reduction=loss.reduction,
                    **loss_opts, **opt)
-    return _FusedStep(step, [layer for layer, _ in plan], grad_views)
+    return _FusedStep(step, [layer for layer, _ in plan], grad_views, optimizer)
 
 
 def _flush_preds(pending, preds, lo):

@@ -274,3 +274,32 @@ def test_products_deeper_than_a_packed_block(dtype, spy, monkeypatch):
             for b, f in (("numba", True), ("numba", False), ("numpy", False))]
     assert spy == [True, False, False]
     _compare(runs, dtype)
+
+
+def test_hyperparameters_changed_mid_fit_are_honoured(spy, monkeypatch):
+    # a callback that changes the weight decay after the first epoch: the fit goes on
+    # layer by layer, as the layer-by-layer path would have run it from the start
+    def decay(trainer):
+        def callback(epoch, logs):
+            trainer.optimizer.weight_decay = 0.05
+        return callback
+
+    runs = []
+    for backend, fused in (("numba", True), ("numpy", False)):
+        monkeypatch.setattr(train, "_FUSED_MAX_MACS", 10**9 if fused else -1)
+        X, y = _blobs()
+        trainer = Trainer(nn.MLP([6, 8, 3], rng=0), optimizer=optim.SGD(0.1, momentum=0.5),
+                          backend=backend, batch_size=16)
+        runs.append((trainer, trainer.fit(X, y, epochs=3, verbose=0, callbacks=[decay(trainer)])))
+    assert spy == [True, False]
+    _compare(runs, np.float32)
+
+
+def test_zero_epochs_leaves_the_gradients(spy, monkeypatch):
+    model = nn.MLP([6, 8, 3], rng=0)
+    before = [g.copy() for g in model.gradients()]
+    model.gradients()[0][...] = 1.0
+    Trainer(model, backend="numba", batch_size=16).fit(*_blobs(), epochs=0, verbose=0)
+    assert spy == [True]
+    assert np.all(model.gradients()[0] == 1.0)
+    assert all(np.array_equal(a, b) for a, b in zip(model.gradients()[1:], before[1:]))
