@@ -112,3 +112,23 @@ def test_info_command_reports_backends_and_threads():
     assert "CPU threads:" in out and "cache:" in out
     if not kernprop.backends()["cuda"].available:
         assert "cuda    unavailable: " in out
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba"])
+def test_warmup_runs_every_op(name, monkeypatch):
+    from kernprop import ops
+
+    called = set()
+    for op_name in ("matmul", "linear", "linear_backward", "log_softmax", "cross_entropy_with_grad",
+                    "linear_cross_entropy", "sgd_step", "adam_step", "mse_backward", "tanh_backward"):
+        original = getattr(ops, op_name)
+
+        def spy(*args, _original=original, _name=op_name, **kwargs):
+            called.add(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(ops, op_name, spy)
+    seconds = kernprop.warmup(name, ("float32",))
+    assert seconds > 0
+    assert called == {"matmul", "linear", "linear_backward", "log_softmax", "cross_entropy_with_grad",
+                      "linear_cross_entropy", "sgd_step", "adam_step", "mse_backward", "tanh_backward"}
