@@ -86,6 +86,41 @@ def _fast_exp(x):
     return lambda x: np.exp(x)
 
 
+# Cephes tanhf: an odd polynomial below |x| = 0.625, where 1 - 2 / (exp(2|x|) + 1) would
+# lose relative precision to cancellation, and that formula above it.
+_TANH_SMALL = np.float32(0.625)
+_T0 = np.float32(-5.70498872745e-3)
+_T1 = np.float32(2.06390887954e-2)
+_T2 = np.float32(-5.37397155531e-2)
+_T3 = np.float32(1.33314422036e-1)
+_T4 = np.float32(-3.33332819422e-1)
+
+
+@njit(cache=True, fastmath={"contract", "nsz"})
+def tanh_f32(x):
+    # x float32 -> tanh(x) float32; both branches computed and selected so loops
+    # vectorise.  exp_f32(2|x|) overflows to inf for large |x|, giving exactly +-1;
+    # NaN fails the comparison and propagates through the exp branch.
+    ax = abs(x)
+    z = x * x
+    small = ((((_T0 * z + _T1) * z + _T2) * z + _T3) * z + _T4) * z * x + x
+    large = _ONE - _TWO / (exp_f32(_TWO * ax) + _ONE)
+    large = large if x >= _ZERO else -large
+    return small if ax < _TANH_SMALL else large
+
+
+def fast_tanh(x):
+    """tanh of a float scalar: the vectorisable float32 version, or np.tanh for float64."""
+    return np.tanh(x)
+
+
+@overload(fast_tanh)
+def _fast_tanh(x):
+    if x == types.float32:
+        return lambda x: tanh_f32(x)
+    return lambda x: np.tanh(x)
+
+
 @intrinsic
 def vector_max(typingctx, xs):
     """max of ``xs`` (1-D contiguous float array) over its first ``len(xs) // VL * VL``
