@@ -96,7 +96,7 @@ _T3 = np.float32(1.33314422036e-1)
 _T4 = np.float32(-3.33332819422e-1)
 
 
-@njit(cache=True, fastmath={"contract", "nsz"})
+@njit(cache=True, fastmath={"contract", "nsz"}, error_model="numpy")
 def tanh_f32(x):
     # x float32 -> tanh(x) float32; both branches computed and selected so loops
     # vectorise.  exp_f32(2|x|) overflows to inf for large |x|, giving exactly +-1;
