@@ -88,6 +88,18 @@ def _target_grad_p(p, grad_scale, hard, uniform, weight_total, target_weight):
     return grad_scale * (hard * (p - 1.0) + uniform * (weight_total * p - target_weight))
 
 
+@helper
+def _weight_total(weight, weighted, num_classes):
+    # W = sum of the class weights (C without weights), the smoothing gradient's p factor
+    total = 0.0
+    if weighted:
+        for c in range(num_classes):
+            total += weight[c]
+    else:
+        total = num_classes
+    return total
+
+
 @kernel
 def _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, smoothing, grad_scale,
                         want_grad, row_losses, grad):
@@ -95,12 +107,7 @@ def _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, smoothin
     # float64 and, when want_grad, grad (N, C) scaled by grad_scale.  grad may be logits
     # itself: a row's statistics and target logit are read before its gradient is written.
     n, num_classes = logits.shape
-    weight_total = 0.0
-    if weighted:
-        for c in range(num_classes):
-            weight_total += weight[c]
-    else:
-        weight_total = num_classes
+    weight_total = _weight_total(weight, weighted, num_classes)
     uniform = smoothing / num_classes
     rows = max(1, _CHUNK_ELEMENTS // num_classes)
     for task in prange((n + rows - 1) // rows):
@@ -155,12 +162,7 @@ def _cross_entropy_short(logits, labels, weight, weighted, ignore_index, smoothi
     # rows come from one flat vectorised exp loop (softmax.short_rows_stats), and the
     # gradient is p_coef * e / s - w_coef * w from the stored e = exp(z - m).
     n, num_classes = logits.shape
-    weight_total = 0.0
-    if weighted:
-        for c in range(num_classes):
-            weight_total += weight[c]
-    else:
-        weight_total = num_classes
+    weight_total = _weight_total(weight, weighted, num_classes)
     uniform = smoothing / num_classes
     for task in prange((n + _SHORT_ROWS - 1) // _SHORT_ROWS):
         r0 = task * _SHORT_ROWS
