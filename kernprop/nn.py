@@ -63,7 +63,9 @@ def _validated(backend):
     return SimpleNamespace(
         trusted=False,
         linear_forward=lambda x, w, bias, act: ops.linear(x, w, bias, activation=act, backend=b),
-        linear_backward=lambda x, w, dy, has_bias: ops.linear_backward(x, w, dy, has_bias, backend=b),
+        linear_backward=lambda x, w, dy, has_bias, need_dx=True: ops.linear_backward(
+            x, w, dy, has_bias, need_dx=need_dx, backend=b
+        ),
         relu_forward=lambda x: ops.relu(x, backend=b),
         relu_backward=lambda x, dy: ops.relu_backward(x, dy, backend=b),
         sigmoid_forward=lambda x: ops.sigmoid(x, backend=b),
@@ -213,6 +215,17 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    def forward(self, x):
+        """The output for input ``x``, keeping what ``backward`` needs."""
+        raise NotImplementedError
+
+    def backward(self, dy, need_input_grad=True):
+        """Gradient of the input from ``dy``, the gradient of the last ``forward``'s
+        output; fills ``gradients()``.  ``need_input_grad=False`` lets a module skip the
+        input gradient where nothing reads it (the Trainer passes it for the whole
+        model) and return None."""
+        raise NotImplementedError
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
         return f"{type(self).__name__}({args})"
@@ -257,7 +270,7 @@ class Linear(Module):
         self._y = y if activation is not None else None
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_input_grad=True):
         # dy (N, OUT) -> dx (N, IN); dweight = x.T @ dz, dbias = sum of dz over rows,
         # dz = dy * activation'(pre-activation), computed from the cached output y.
         if self._x is None:
@@ -269,7 +282,8 @@ class Linear(Module):
             dy = k.sigmoid_backward(self._y, dy)
         elif self._activation == "tanh":
             dy = k.tanh_backward(self._y, dy)
-        dx, self.dweight, self.dbias = k.linear_backward(self._x, self.weight, dy, self.bias is not None)
+        dx, self.dweight, self.dbias = k.linear_backward(self._x, self.weight, dy, self.bias is not None,
+                                                          need_input_grad)
         return dx
 
     def parameters(self):
@@ -306,7 +320,7 @@ class _Activation(Module):
         self._saved = y if self.saves_output else x
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_input_grad=True):
         if getattr(self, "_saved", None) is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return getattr(self._kernels(), f"{self.name}_backward")(self._saved, dy)
@@ -365,9 +379,10 @@ class Sequential(Module):
             x = layer.forward(x, activation) if activation is not None else layer.forward(x)
         return x
 
-    def backward(self, dy):
+    def backward(self, dy, need_input_grad=True):
+        first = self._plan[0][0]
         for layer, _ in self._plan_reversed:
-            dy = layer.backward(dy)
+            dy = layer.backward(dy, need_input_grad or layer is not first)
         return dy
 
     def parameters(self):

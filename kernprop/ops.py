@@ -82,17 +82,19 @@ def linear(x, w, b=None, *, activation=None, backend=None):
     return kernels.linear_forward(x, w, b, activation)
 
 
-def linear_backward(x, w, dy, has_bias=True, *, backend=None):
+def linear_backward(x, w, dy, has_bias=True, *, need_dx=True, backend=None):
     """Gradients of ``y = x @ w + b``: returns ``(dx (N, IN), dw (IN, OUT), db (OUT,))``.
 
-    ``db`` is None when ``has_bias`` is false.
+    ``db`` is None when ``has_bias`` is false.  ``need_dx=False`` skips ``dx`` (returned
+    as None), a third of the work, for a layer whose input needs no gradient (a
+    network's first layer).
     """
     name, kernels = _kernels(backend, "matmul")
     n, _, fan_out, _ = _linear_operands(name, x, w)
     dy_shape, _ = check_array("dy", dy, 2, name)
     check_shape("dy", dy_shape, (n, fan_out), "rows of x by columns of w")
     check_same_dtype(x=x, w=w, dy=dy)
-    return kernels.linear_backward(x, w, dy, bool(has_bias))
+    return kernels.linear_backward(x, w, dy, bool(has_bias), bool(need_dx))
 
 
 # --- activations family --------------------------------------------------------------

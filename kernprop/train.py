@@ -289,7 +289,7 @@ class Trainer:
                     if hi > lo:  # distributed: a rank may get no rows of a small batch
                         out = forward(xb)
                         loss, dout = with_grad(out, ys[lo:hi], kernels)
-                        backward(dout)
+                        backward(dout, need_input_grad=False)
                     if dist is not None:  # the global batch's gradients: one Allreduce
                         loss = dist.allreduce_gradients(gradients(), loss if hi > lo else None, ys, start, lo, hi)
                     if packed is None:

@@ -58,6 +58,23 @@ def test_linear_backward_matches_reference(backend, dtype, rng, m, k, n, has_bia
         assert db is None
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (37, 53, 29)])
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_linear_backward_without_dx(backend, dtype, rng, m, k, n, has_bias):
+    # a first layer's input needs no gradient: dx is None, dw and db as with dx
+    x = make_array(rng, (m, k), dtype, "transposed")
+    w = make_array(rng, (k, n), dtype)
+    dy = make_array(rng, (m, n), dtype, "strided")
+    dx, dw, db = kernprop.linear_backward(x, w, dy, has_bias, need_dx=False, backend=backend)
+    _, want_dw, want_db = ref.linear_backward(x, w, dy, has_bias)
+    assert dx is None
+    assert_close(dw, want_dw, dtype, scale=gemm_scale(x.T, dy), name="dw")
+    if has_bias:
+        assert_close(db, want_db, dtype, scale=float(np.abs(dy).sum(axis=0).max()), name="db")
+    else:
+        assert db is None
+
+
 def test_inputs_are_not_written(backend, dtype, rng):
     x, w, b, dy = readonly(
         make_array(rng, (9, 4), dtype), make_array(rng, (4, 6), dtype),

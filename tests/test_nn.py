@@ -158,6 +158,22 @@ def test_input_gradient_matches_finite_differences(backend):
     assert_close(dx, numeric, rtol=1e-6, name="dx")
 
 
+def test_backward_without_input_grad_keeps_parameter_gradients(backend):
+    # the Trainer's backward: no dx for the first layer, the same parameter gradients
+    rng = np.random.default_rng(2)
+    model = nn.MLP([5, 7, 3], activation="relu", rng=0, dtype=np.float64)
+    model.backend = backend
+    X, dy = rng.normal(size=(4, 5)), rng.normal(size=(4, 3))
+    model.forward(X)
+    dx = model.backward(dy)
+    want = [g.copy() for g in model.gradients()]
+    model.forward(X)
+    assert model.backward(dy, need_input_grad=False) is None
+    assert dx is not None and dx.shape == X.shape
+    for got, expected in zip(model.gradients(), want):
+        np.testing.assert_array_equal(got, expected)
+
+
 # --- layers --------------------------------------------------------------------------
 
 

@@ -17,8 +17,9 @@ the input dtype; only the optimizer steps update their arguments in place.
     ``linear_forward(x, w, b, activation)``: x (N, IN) @ w (IN, OUT) + b (OUT,) with
     ``b`` possibly ``None`` and ``activation`` one of ``None, "relu", "sigmoid", "tanh"``
     applied to the result -> (N, OUT).
-    ``linear_backward(x, w, dy, has_bias)``: -> ``(dx (N, IN), dw (IN, OUT), db (OUT,))``
-    with ``db`` ``None`` when ``has_bias`` is false.
+    ``linear_backward(x, w, dy, has_bias, need_dx=True)``: -> ``(dx (N, IN), dw (IN,
+    OUT), db (OUT,))`` with ``db`` ``None`` when ``has_bias`` is false and ``dx`` ``None``
+    (not computed: a network's first layer) when ``need_dx`` is false.
 
 ``activations``
     ``relu_forward(x)``, ``relu_backward(x, dy)`` (gradient 0 at x == 0, as PyTorch);

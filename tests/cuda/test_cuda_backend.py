@@ -138,6 +138,9 @@ def test_linear_backward(rng, dtype, has_bias):
         assert_close(db, rb, dtype, "db")
     else:
         assert db is None
+    (dx, dw, db), _ = both("linear_backward", x, w, dy, has_bias, need_dx=False)
+    assert dx is None
+    assert_close(dw, rw, dtype, "dw without dx")
 
 
 # --- activations ----------------------------------------------------------------------

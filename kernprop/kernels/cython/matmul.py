@@ -32,12 +32,14 @@ def linear_forward(x, w, b, activation):
     return y
 
 
-def linear_backward(x, w, dy, has_bias):
+def linear_backward(x, w, dy, has_bias, need_dx=True):
     # y = x @ w + b: dx (N, IN) = dy @ w.T, dw (IN, OUT) = x.T @ dy, db (OUT,) = dy summed
     # over rows (in float64, then cast)
-    dx = np.empty(x.shape, dtype=x.dtype)
+    dx = None
+    if need_dx:
+        dx = np.empty(x.shape, dtype=x.dtype)
+        _cy.gemm(dy, w.T, dx)
     dw = np.empty(w.shape, dtype=x.dtype)
-    _cy.gemm(dy, w.T, dx)
     _cy.gemm(x.T, dy, dw)
     db = None
     if has_bias:

@@ -308,10 +308,10 @@ def linear_forward(x, w, b, activation):
     return gemm(x, w, bias=b, activation=activation)
 
 
-def linear_backward(x, w, dy, has_bias):
+def linear_backward(x, w, dy, has_bias, need_dx=True):
     # y = x @ w + b: dx = dy @ w.T, dw = x.T @ dy, db = column sums of dy, summed while
     # dy is packed as the B operand of dw (one read of dy for both).
-    dx = gemm(dy, w.T)
+    dx = gemm(dy, w.T) if need_dx else None
     sums = np.zeros(dy.shape[1], dtype=np.float64) if has_bias else None
     dw = gemm(x.T, dy, column_sums_of_b=sums)
     db = sums.astype(dy.dtype) if has_bias else None

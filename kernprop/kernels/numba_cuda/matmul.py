@@ -206,14 +206,16 @@ def linear_forward(x, w, b, activation):
     return finish(out, on_device)
 
 
-def linear_backward(x, w, dy, has_bias):
+def linear_backward(x, w, dy, has_bias, need_dx=True):
     # y = x @ w + b: dx = dy @ w.T (N, IN), dw = x.T @ dy (IN, OUT), db = dy.sum(0) (OUT,)
     on_device = any_device(x, w, dy)
     d_x, d_w, d_dy = to_device(x), to_device(w), to_device(dy)
     dtype = np.dtype(d_x.dtype)
-    grad_x = cuda.device_array(d_x.shape, dtype=dtype)
+    grad_x = None
+    if need_dx:
+        grad_x = cuda.device_array(d_x.shape, dtype=dtype)
+        gemm(d_dy, d_w, grad_x, trans_b=True)
     grad_w = cuda.device_array(d_w.shape, dtype=dtype)
-    gemm(d_dy, d_w, grad_x, trans_b=True)
     gemm(d_x, d_dy, grad_w, trans_a=True)
     grad_b = None
     if has_bias:

@@ -20,9 +20,9 @@ def linear_forward(x, w, b, activation):
     return y
 
 
-def linear_backward(x, w, dy, has_bias):
+def linear_backward(x, w, dy, has_bias, need_dx=True):
     # y = x @ w + b: dx = dy @ w.T, dw = x.T @ dy, db = sum of dy over rows
-    dx = dy @ w.T
+    dx = dy @ w.T if need_dx else None
     dw = x.T @ dy
     db = dy.sum(axis=0) if has_bias else None
     return dx, dw, db
