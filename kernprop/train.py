@@ -271,8 +271,10 @@ class Trainer:
                 if shuffle:
                     perm = self.rng.permutation(n)
                     Xs = Xs_host if on_gpu else Xs
-                    np.take(X, perm, axis=0, out=Xs)
-                    np.take(y, perm, axis=0, out=ys)
+                    # mode="clip": a permutation is in range, and the default "raise"
+                    # gathers into a temporary before copying to out (2.7x slower)
+                    np.take(X, perm, axis=0, out=Xs, mode="clip")
+                    np.take(y, perm, axis=0, out=ys, mode="clip")
                 step_losses, pending, pending_lo = [], [], 0
                 append_loss = step_losses.append
                 if on_gpu:  # one upload per epoch; each batch is then a device slice

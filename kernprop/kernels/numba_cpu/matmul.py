@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, kernel
+from . import serial_gemm
 from ._simd import MR, micro_kernel, tile_cols
 from .activations import ACTIVATION_CODES, activate
 
@@ -251,13 +252,22 @@ def gemm(a, b, out=None, bias=None, activation=None, accumulate=False, column_su
     want_sums = column_sums_of_b is not None
     sums = column_sums_of_b if want_sums else _NO_SUMS
     nr = _NR[dtype.itemsize]
+    small = 2 * m * n * k <= _SERIAL_FLOPS
+    if small and n < nr and n < m and not accumulate:
+        # an output narrower than a tile (logits): transposed, N filling the tile's rows
+        depth = min(k, serial_gemm.KC)
+        apack = np.empty(-(-n // MR) * MR * depth, dtype=dtype)
+        bpack = np.empty(-(-m // nr) * nr * depth, dtype=dtype)
+        tile = np.empty((MR, nr), dtype=dtype)
+        serial_gemm.gemm_narrow(a, b, out, bias, has_bias, code, apack, bpack, tile, sums, want_sums)
+        return out
     kc_max = _k_block(k)
     nc_max = min(n, _NC)
     m_pad = -(-m // MR) * MR
     n_pad = -(-nc_max // nr) * nr
     apack = np.empty(m_pad * kc_max, dtype=dtype)
     bpack = np.empty(n_pad * kc_max, dtype=dtype)
-    if 2 * m * n * k <= _SERIAL_FLOPS and n <= _NC:
+    if small and n <= _NC:
         tile = np.empty((MR, nr), dtype=dtype)
         _gemm_serial(a, b, out, accumulate, bias, has_bias, code, apack, bpack, tile, sums, want_sums,
                      kc_max)

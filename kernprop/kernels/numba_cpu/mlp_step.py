@@ -24,10 +24,10 @@ one row per layer: in, out, weight offset, bias offset (-1: no bias), activation
 ``work`` holds every layer's output (batch, OUT), two gradient buffers (batch, widest
 layer) that backward ping-pongs between, and the GEMM's pack buffers.
 
-The GEMMs are the Goto/BLIS loops of ``matmul`` run serially on ``_simd``'s register
-micro-kernel (~100 GFLOP/s on one Zen 4 core); at the digits MLP's sizes packing and
-edge tiles cost about as much as the multiply-adds.  A product whose output is
-narrower than a tile (the logits) runs transposed (``_gemm_narrow``).  Measured per
+The GEMMs are ``serial_gemm``'s: the Goto/BLIS loops of ``matmul`` run serially on
+``_simd``'s register micro-kernel (~100 GFLOP/s on one Zen 4 core); at the digits MLP's
+sizes packing and edge tiles cost about as much as the multiply-adds.  A product whose
+output is narrower than a tile (the logits) runs transposed (``gemm_narrow``).  Measured per
 step, 64-32-10 at batch 32, float32 (shared 2-core Zen 4): forward 3.5 us (x @ w1 2.5,
 of which packing x 0.9), backward 4.1 us, loss 0.9 us, update 0.3 us (SGD) / 1.1 us
 (Adam); 10.3 / 11.2 us in all, 11.0 / 12.0 us called from Python; in ``Trainer.fit``
@@ -38,7 +38,8 @@ Variants:
      product (a vector loop of 2 iterations set up per (i, k)); replaced.
   2. ``matmul._gemm_serial`` called from here: its signature changed while it was being
      tuned (and Numba's cache does not see a callee's edits); replaced.
-  3. the GEMM here, on ``_simd.micro_kernel`` (this file).
+  3. a GEMM over the step's own buffers, on ``_simd.micro_kernel`` (``serial_gemm``,
+     which ``matmul`` now also calls for its narrow products).
 
 Every kernel is ``error_model="numpy"``: Python's division check in a loop stops LLVM
 from vectorising it (Adam's update: 7 us -> 1.5 us), and 0 / 0 must give nan (the mean
@@ -51,9 +52,10 @@ import numpy as np
 from numba import njit
 
 from ._jit import FASTMATH
-from ._simd import MR, micro_kernel, tile_cols
+from ._simd import MR, tile_cols
 from ._math import fast_exp
 from .activations import ACTIVATION_CODES, RELU, SIGMOID, TANH, activate
+from .serial_gemm import KC as _KC, gemm as _gemm
 
 __all__ = ["mlp_step", "MLPStep"]
 
@@ -66,167 +68,6 @@ _F_SMOOTHING, _F_MOMENTUM, _F_WD, _F_BETA1, _F_BETA2, _F_EPS = range(6)
 _F_SUMS = 8
 CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
-
-
-_KC = 256  # depth of a packed block of K
-
-
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _pack_a(a, k0, kc, apack):
-    # a[:, k0:k0+kc] (M, kc), any strides -> apack as MR-row panels, each (kc, MR)
-    # (step p holds the panel's MR values of column k0+p), zero rows past M
-    m = a.shape[0]
-    for ip in range((m + MR - 1) // MR):
-        i0 = ip * MR
-        mr = min(MR, m - i0)
-        dst = apack[ip * kc * MR:(ip + 1) * kc * MR]
-        if mr == MR:  # contiguous writes, MR at a time (the reads gather for a C-order a)
-            for p in range(kc):
-                col = a[i0:i0 + MR, k0 + p]
-                step = dst[p * MR:(p + 1) * MR]
-                for i in range(MR):
-                    step[i] = col[i]
-        else:
-            for p in range(kc):
-                col = a[i0:i0 + mr, k0 + p]
-                step = dst[p * MR:(p + 1) * MR]
-                for i in range(mr):
-                    step[i] = col[i]
-                for i in range(mr, MR):
-                    step[i] = 0
-
-
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _pack_b(b, k0, kc, bpack, sums, want_sums):
-    # b[k0:k0+kc, :] (kc, N), any strides -> bpack as NR-column panels, each (kc, NR),
-    # zero columns past N; sums[j] += the column sums (float64) when want_sums
-    n = b.shape[1]
-    nr_full = tile_cols(b.itemsize)
-    for jp in range((n + nr_full - 1) // nr_full):
-        jj = jp * nr_full
-        nr = min(nr_full, n - jj)
-        dst = bpack[jp * kc * nr_full:(jp + 1) * kc * nr_full]
-        for p in range(kc):
-            row = b[k0 + p, jj:jj + nr]
-            out = dst[p * nr_full:(p + 1) * nr_full]
-            for j in range(nr):
-                out[j] = row[j]
-            for j in range(nr, nr_full):
-                out[j] = 0
-            if want_sums:
-                part = sums[jj:jj + nr]
-                for j in range(nr):
-                    part[j] += row[j]
-
-
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _gemm_narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums):
-    # As _gemm, for c (M, N) narrower than a register tile (N < NR, e.g. the 10 logits):
-    # computed as c.T = b.T @ a.T, so that N fills the MR rows of a tile and M its NR
-    # columns (one tile for 10 x 32 instead of three tiles of 32 columns, 10 useful);
-    # each tile goes through ``tile`` and is stored transposed.
-    m, k = a.shape
-    n = b.shape[1]
-    nr_full = tile_cols(c.itemsize)
-    at = b.T  # (N, K): the new A
-    bt = a.T  # (K, M): the new B
-    m_panels = (n + MR - 1) // MR
-    n_panels = (m + nr_full - 1) // nr_full
-    if want_sums:
-        for p in range(k):
-            row = b[p]
-            for j in range(n):
-                sums[j] += row[j]
-    for k0 in range(0, k, _KC):
-        kc = min(_KC, k - k0)
-        _pack_a(at, k0, kc, apack)
-        _pack_b(bt, k0, kc, bpack, sums, False)
-        beta = k0 > 0
-        for jp in range(n_panels):
-            jj = jp * nr_full
-            nr = min(nr_full, m - jj)
-            for ip in range(m_panels):
-                i0 = ip * MR
-                mr = min(MR, n - i0)
-                micro_kernel(apack, ip * kc * MR, bpack, jp * kc * nr_full, nr_full, kc, tile, 0,
-                             nr_full, False)
-                # tile[i, j] is c[jj + j, i0 + i]
-                for j in range(nr):
-                    row = c[jj + j, i0:i0 + mr]
-                    if beta:
-                        for i in range(mr):
-                            row[i] += tile[i, j]
-                    else:
-                        for i in range(mr):
-                            row[i] = tile[i, j]
-    if has_bias or activation != 0:
-        for i in range(m):
-            row = c[i]
-            for j in range(n):
-                row[j] = activate(row[j] + bias[j] if has_bias else row[j], activation)
-
-
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _gemm(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, bflat, b_base):
-    # a (M, K) @ b (K, N) -> c (M, N) C-contiguous, overwritten, then + bias and the
-    # activation; a and b of any strides (transposed views are read through packing).
-    # Serial Goto/BLIS loops as matmul._gemm_serial (kept here so that the fused step
-    # does not follow that private function's changes): pack a K block of A and of B,
-    # then the (MR, NR) register tiles of _simd.micro_kernel; an edge tile goes through
-    # ``tile`` and only its valid part is stored.  When b_base >= 0, b is also
-    # bflat[b_base:] row-major: if it is exactly one NR panel wide, its rows already are
-    # the packed panel and the micro-kernel reads them in place.
-    m, k = a.shape
-    n = b.shape[1]
-    nr_full = tile_cols(c.itemsize)
-    if n < nr_full and n < m:
-        _gemm_narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums)
-        return
-    m_panels = (m + MR - 1) // MR
-    n_panels = (n + nr_full - 1) // nr_full
-    in_place = b_base >= 0 and n == nr_full
-    src = bflat if in_place else bpack
-    for k0 in range(0, k, _KC):
-        kc = min(_KC, k - k0)
-        _pack_a(a, k0, kc, apack)
-        if in_place:
-            if want_sums:
-                for p in range(kc):
-                    row = b[k0 + p]
-                    for j in range(n):
-                        sums[j] += row[j]
-        else:
-            _pack_b(b, k0, kc, bpack, sums, want_sums)
-        beta = k0 > 0
-        last = k0 + kc >= k
-        for jp in range(n_panels):
-            jj = jp * nr_full
-            nr = min(nr_full, n - jj)
-            for ip in range(m_panels):
-                i0 = ip * MR
-                mr = min(MR, m - i0)
-                full = mr == MR and nr == nr_full
-                # one call site of the micro-kernel (each is a copy of its unrolled loop)
-                dst = c if full else tile
-                micro_kernel(apack, ip * kc * MR, src, b_base + k0 * n if in_place else jp * kc * nr_full,
-                             nr_full, kc, dst,
-                             i0 * n + jj if full else 0, n if full else nr_full, beta and full)
-                if not full:
-                    for i in range(mr):
-                        row = c[i0 + i, jj:jj + nr]
-                        t = tile[i, :nr]
-                        if beta:
-                            for j in range(nr):
-                                row[j] += t[j]
-                        else:
-                            for j in range(nr):
-                                row[j] = t[j]
-                if last and (has_bias or activation != 0):
-                    bias_part = bias[jj:jj + nr]
-                    for i in range(mr):
-                        row = c[i0 + i, jj:jj + nr]
-                        for j in range(nr):
-                            row[j] = activate(row[j] + bias_part[j] if has_bias else row[j], activation)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
