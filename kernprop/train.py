@@ -255,17 +255,18 @@ class Trainer:
             # Small MLPs on numba: the whole step is one compiled kernel (see _fused_step).
             fused = _fused_step(model, loss_fn, optimizer, name, packed, batch_size, self.dtype)
             # bound once: the shuffled Xs, ys are refilled in place every epoch
-            fused_step = fused.step.bind(Xs, ys, preds) if fused is not None else None
+            fused_steps = fused.step.bind_steps(Xs, ys, preds) if fused is not None else None
             steps_at_start = optimizer.steps
             if dist is None:
                 shards = [(start, min(start + batch_size, n)) for start in starts]
+                bounds = np.array(shards, dtype=np.int64).reshape(-1, 2)
             else:  # same start on every rank, then this rank's rows of each global batch
                 dist.setup(params, optimizer, self.rng, X, y, batch_size, loss_fn)
                 shards = dist.shards(starts, n, batch_size)
             for epoch in range(epochs):
                 optimizer.start_epoch(self.epochs_done)
-                if fused_step is not None and not fused.current(optimizer):
-                    fused_step = None  # hyperparameters changed mid-fit: layer by layer
+                if fused_steps is not None and not fused.current(optimizer):
+                    fused_steps = None  # hyperparameters changed mid-fit: layer by layer
                 bar = _bar(n, self.epochs_done, epochs, show_bar)
                 t0 = time.perf_counter()
                 if shuffle:
@@ -279,14 +280,21 @@ class Trainer:
                 append_loss = step_losses.append
                 if on_gpu:  # one upload per epoch; each batch is then a device slice
                     Xs = _to_device(Xs_host if shuffle else X_host)
-                for i, start in enumerate(starts):
+                if fused_steps is not None:
+                    # forward, loss, backward, update and the argmax into preds: the
+                    # epoch's steps in one call, or one call per bar update
+                    step_losses = np.empty(len(starts))
+                    chunk = bar_every if bar is not None else max(1, len(starts))
+                    for first in range(0, len(starts), chunk):
+                        last = min(first + chunk, len(starts))
+                        fused_steps(bounds[first:last], optimizer.lr, optimizer.steps + 1,
+                                    step_losses[first:last])
+                        optimizer.steps += last - first
+                        if bar is not None:
+                            _bar_update(bar, step_losses[:last], sizes, mean, last - 1, starts[last - 1],
+                                        batch_size, n, t0)
+                for i, start in enumerate(starts if fused_steps is None else ()):
                     lo, hi = shards[i]
-                    if fused_step is not None:  # forward, loss, backward, update; argmax to preds
-                        optimizer.steps += 1
-                        append_loss(fused_step(lo, hi, optimizer.lr, optimizer.steps))
-                        if bar is not None and (i % bar_every == 0 or start + batch_size >= n):
-                            _bar_update(bar, step_losses, sizes, mean, i, start, batch_size, n, t0)
-                        continue
                     xb = Xs[lo:hi]
                     if hi > lo:  # distributed: a rank may get no rows of a small batch
                         out = forward(xb)
@@ -340,7 +348,7 @@ class Trainer:
                     stop = dist.any(stop)  # all ranks stop when one asks to
                 if stop:
                     break
-            if fused_step is not None and optimizer.steps != steps_at_start:
+            if fused_steps is not None and optimizer.steps != steps_at_start:
                 fused.store_gradients()
         return history
 
@@ -562,6 +570,8 @@ def _to_device(x):
 
 
 def _loss_array(step_losses):
+    if isinstance(step_losses, np.ndarray):  # the fused steps' losses
+        return step_losses
     return np.array([_host(v) for v in step_losses], dtype=np.float64)
 
 

@@ -62,7 +62,7 @@ def spy(monkeypatch):
 
 
 def _fit(backend, fused, monkeypatch, optimizer="adam", dtype=np.float32, loss="cross_entropy",
-         model=None, epochs=3, data=None, batch_size=16, **loss_kwargs):
+         model=None, epochs=3, data=None, batch_size=16, verbose=0, **loss_kwargs):
     """Trains on ``backend`` with the fused step on or off; returns the trainer and history."""
     monkeypatch.setattr(train, "_FUSED_MAX_MACS", 10**9 if fused else -1)
     X, y = data if data is not None else _blobs(dtype=dtype)
@@ -70,7 +70,7 @@ def _fit(backend, fused, monkeypatch, optimizer="adam", dtype=np.float32, loss="
     opt = OPTIMIZERS[optimizer]()
     trainer = Trainer(model, loss=loss, optimizer=opt, backend=backend, batch_size=batch_size,
                       seed=0, **loss_kwargs)
-    history = trainer.fit(X, y, epochs=epochs, verbose=0)
+    history = trainer.fit(X, y, epochs=epochs, verbose=verbose)
     return trainer, history
 
 
@@ -303,3 +303,20 @@ def test_zero_epochs_leaves_the_gradients(spy, monkeypatch):
     assert spy == [True]
     assert np.all(model.gradients()[0] == 1.0)
     assert all(np.array_equal(a, b) for a, b in zip(model.gradients()[1:], before[1:]))
+
+
+def test_progress_bar_chunks_give_the_same_weights(spy, monkeypatch, capsys):
+    # with a bar the epoch's fused steps run in one call per bar update, without it in
+    # one call per epoch: the same steps, so bit-identical weights, losses, accuracy
+    runs = []
+    for tty in (False, True):
+        monkeypatch.setattr(train, "_stderr_is_tty", lambda: tty)
+        trainer, history = _fit("numba", True, monkeypatch, batch_size=8, epochs=2, verbose=1)
+        runs.append((trainer.model.parameters(), history))
+    assert spy == [True, True]
+    assert "epoch 2: 100%" in capsys.readouterr().err  # the bar did run
+    (params_one, hist_one), (params_chunked, hist_chunked) = runs
+    for a, b in zip(params_one, params_chunked):
+        np.testing.assert_array_equal(a, b)
+    assert hist_one["loss"] == hist_chunked["loss"]
+    assert hist_one["accuracy"] == hist_chunked["accuracy"]
