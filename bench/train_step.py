@@ -20,7 +20,10 @@ per step and in samples/s, for the plain NumPy step, PyTorch eager (``nn.Sequent
 ``F.cross_entropy``, ``backward``, ``torch.optim.SGD``; ``torch.set_num_threads(2)``)
 when installed, and ``Trainer.fit`` on numba with the fused whole-step kernel
 (``kernels/numba_cpu/mlp_step.py``) and with the layer-by-layer kernels, each with SGD
-(the plain step's update) and Adam; ``auto`` marks the path the Trainer picks.
+(the plain step's update) and Adam; ``auto`` marks the path the Trainer picks.  The
+NumPy and torch loops step through the rows in order, so those Trainer rows run
+``fit(shuffle=False)``: the same work, a full step each; the last row is fit's default,
+its per-epoch shuffle (a permutation and a gather of X) included.
 
 Not collected by pytest (no ``test_`` prefix).
 """
@@ -98,7 +101,7 @@ def torch_step(sizes, rng):
     return step, torch.from_numpy
 
 
-def trainer_step_us(backend, optimizer, sizes, X, y, batch, epochs=5, fused=None):
+def trainer_step_us(backend, optimizer, sizes, X, y, batch, epochs=5, fused=None, shuffle=True):
     """Best step time of Trainer.fit; fused True / False forces the fused whole-step
     kernel on / off (numba), None leaves the Trainer's choice."""
     saved = train._FUSED_MAX_MACS
@@ -106,7 +109,7 @@ def trainer_step_us(backend, optimizer, sizes, X, y, batch, epochs=5, fused=None
         train._FUSED_MAX_MACS = 10**15 if fused else -1
     try:
         trainer = Trainer(nn.MLP(sizes, rng=0), optimizer=optimizer, backend=backend, batch_size=batch)
-        history = trainer.fit(X, y, epochs=epochs + 1, verbose=0)
+        history = trainer.fit(X, y, epochs=epochs + 1, verbose=0, shuffle=shuffle)
     finally:
         train._FUSED_MAX_MACS = saved
     return batch / max(history["samples_per_s"][1:]) * 1e6
@@ -154,7 +157,11 @@ def issue7(rounds=2):
                     label = f"numba {'fused' if fused else 'layers'} ({name})"
                     if fused == auto:
                         label += " auto"
-                    rows[label] = trainer_step_us("numba", opt(), sizes, X, y, batch, epochs=4, fused=fused)
+                    rows[label] = trainer_step_us("numba", opt(), sizes, X, y, batch, epochs=4, fused=fused,
+                                                  shuffle=False)
+            # fit's default: the epoch's shuffle (a permutation and a gather of X) counted too
+            rows["numba auto (sgd) + shuffle"] = trainer_step_us("numba", optim.SGD(0.05), sizes, X, y, batch,
+                                                                 epochs=4)
             base = rows["plain numpy (sgd)"]
             torch_t = rows.get("torch eager (sgd)")
             print(f"round {r + 1}: {'-'.join(map(str, sizes))} batch {batch}")
