@@ -11,7 +11,8 @@
 # cores.  The report takes each benchmark from the run with the lower median (other work
 # on the machine only ever slows a run down: `kernprop bench --merge`), and the comparison
 # of the two runs (how many medians agree within 10% / 25% / 2x) is appended as a
-# repeatability check.
+# repeatability check.  The default (2-thread) report ends with issue 7's training-step
+# table (bench/train_step.py --issue7), also run twice.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 invocation="bench/make_results.sh${*:+ $*}"
@@ -68,5 +69,18 @@ fi
     "$python" -m kernprop.cli bench --compare "$tmp/run1.json" "$tmp/run2.json" | sed '1,/^$/d'
     echo
     echo "</details>"
-} > "$out"
+    if [ -z "$*" ]; then  # the default 2-thread report: issue 7's training-step table too
+        echo
+        echo "## Training step: Trainer.fit against a plain NumPy step and PyTorch eager"
+        echo
+        echo "\`flock $lock python bench/train_step.py --issue7 --threads 2\` in the same worktree, run twice (every round is a row group; see bench/TRAIN_STEP.md for what each row is)."
+        for run in 1 2; do
+            echo
+            echo '```'
+            flock "$lock" "$python" bench/train_step.py --issue7 --threads 2 2>/dev/null
+            echo '```'
+        done
+    fi
+} > "$out.tmp"
+mv "$out.tmp" "$out"
 echo "wrote $out and ${out%.md}.json" >&2
