@@ -32,8 +32,9 @@ from numba import njit, prange
 
 from ._jit import FASTMATH, kernel
 from . import serial_gemm
-from ._simd import MR, micro_kernel, tile_cols
-from .activations import ACTIVATION_CODES, activate
+from .serial_gemm import tile_product
+from ._simd import MR, tile_cols
+from .activations import ACTIVATION_CODES
 
 _KC = 384        # depth of a packed block (K), tuned: see the module docstring
 _NC = 4096       # columns of a packed B panel (it stays in L3)
@@ -105,38 +106,6 @@ def _pack_b_panel(b, k0, kc, j0, jp, bpack, sums, want_sums):
 
 
 @_serial
-def _tile(apack, a_off, bsrc, b_off, b_stride, kc, c, i0, j0, mr, nr, beta, last,
-          bias, has_bias, activation, tile):
-    # C tile c[i0:i0+mr, j0:j0+nr] (+)= packed A panel @ B panel.  A full tile goes
-    # straight from the registers to c; an edge tile goes through the (MR, NR) buffer
-    # ``tile`` and only its valid part is stored.  On the last K block the bias and the
-    # activation are applied while the tile is still in L1.
-    nr_full = tile_cols(c.itemsize)
-    full = mr == MR and nr == nr_full
-    # one call site of the micro-kernel (each one is a copy of its unrolled loop)
-    dst = c if full else tile
-    micro_kernel(apack, a_off, bsrc, b_off, b_stride, kc, dst, i0 * c.shape[1] + j0 if full else 0,
-                 c.shape[1] if full else nr_full, beta and full)
-    if not full:
-        for i in range(mr):
-            row = c[i0 + i, j0 : j0 + nr]
-            t = tile[i, :nr]
-            if beta:
-                for j in range(nr):
-                    row[j] += t[j]
-            else:
-                for j in range(nr):
-                    row[j] = t[j]
-    if last and (has_bias or activation != 0):
-        bias_part = bias[j0 : j0 + nr]
-        for i in range(mr):
-            row = c[i0 + i, j0 : j0 + nr]
-            for j in range(nr):
-                value = row[j] + bias_part[j] if has_bias else row[j]
-                row[j] = activate(value, activation)
-
-
-@_serial
 def _macro_block(apack, bpack, kc, c, j0, ip0, ip1, jp0, jp1, tile, beta, last, bias, has_bias,
                  activation):
     # One task: MR panels ip0:ip1 x NR panels jp0:jp1 of the packed B panel that starts
@@ -151,7 +120,7 @@ def _macro_block(apack, bpack, kc, c, j0, ip0, ip1, jp0, jp1, tile, beta, last, 
         for jp in range(jp0, jp1):
             jj = jp * nr_full
             nr = min(nr_full, nc - jj)
-            _tile(apack, ip * kc * MR, bpack, jp * kc * nr_full, nr_full, kc, c, i0, j0 + jj,
+            tile_product(apack, ip * kc * MR, bpack, jp * kc * nr_full, nr_full, kc, c, i0, j0 + jj,
                   min(MR, m - i0), nr, beta, last, bias, has_bias, activation, tile)
 
 
@@ -220,7 +189,7 @@ def _gemm_serial(a, b, c, beta, bias, has_bias, activation, apack, bpack, tile, 
             nr = min(nr_full, n - jj)
             for ip in range(m_panels):
                 i0 = ip * MR
-                _tile(apack, ip * kc * MR, bpack, jp * kc * nr_full, nr_full, kc, c, i0, jj,
+                tile_product(apack, ip * kc * MR, bpack, jp * kc * nr_full, nr_full, kc, c, i0, jj,
                       min(MR, m - i0), nr, beta_k, last, bias, has_bias, activation, tile)
 
 

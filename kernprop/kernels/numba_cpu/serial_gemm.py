@@ -21,7 +21,7 @@ from ._jit import FASTMATH
 from ._simd import MR, micro_kernel, tile_cols
 from .activations import activate
 
-__all__ = ["KC", "gemm", "gemm_narrow"]
+__all__ = ["KC", "gemm", "gemm_narrow", "tile_product"]
 
 KC = 256  # depth of a packed block of K (the callers size their pack buffers by it)
 
@@ -72,6 +72,38 @@ def _pack_b(b, k0, kc, bpack, sums, want_sums):
                 part = sums[jj:jj + nr]
                 for j in range(nr):
                     part[j] += row[j]
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def tile_product(apack, a_off, bsrc, b_off, b_stride, kc, c, i0, j0, mr, nr, beta, last,
+          bias, has_bias, activation, tile):
+    # C tile c[i0:i0+mr, j0:j0+nr] (+)= packed A panel @ B panel.  A full tile goes
+    # straight from the registers to c; an edge tile goes through the (MR, NR) buffer
+    # ``tile`` and only its valid part is stored.  On the last K block the bias and the
+    # activation are applied while the tile is still in L1.
+    nr_full = tile_cols(c.itemsize)
+    full = mr == MR and nr == nr_full
+    # one call site of the micro-kernel (each one is a copy of its unrolled loop)
+    dst = c if full else tile
+    micro_kernel(apack, a_off, bsrc, b_off, b_stride, kc, dst, i0 * c.shape[1] + j0 if full else 0,
+                 c.shape[1] if full else nr_full, beta and full)
+    if not full:
+        for i in range(mr):
+            row = c[i0 + i, j0 : j0 + nr]
+            t = tile[i, :nr]
+            if beta:
+                for j in range(nr):
+                    row[j] += t[j]
+            else:
+                for j in range(nr):
+                    row[j] = t[j]
+    if last and (has_bias or activation != 0):
+        bias_part = bias[j0 : j0 + nr]
+        for i in range(mr):
+            row = c[i0 + i, j0 : j0 + nr]
+            for j in range(nr):
+                value = row[j] + bias_part[j] if has_bias else row[j]
+                row[j] = activate(value, activation)
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -159,25 +191,5 @@ def gemm(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sum
             for ip in range(m_panels):
                 i0 = ip * MR
                 mr = min(MR, m - i0)
-                full = mr == MR and nr == nr_full
-                # one call site of the micro-kernel (each is a copy of its unrolled loop)
-                dst = c if full else tile
-                micro_kernel(apack, ip * kc * MR, src, b_base + k0 * n if in_place else jp * kc * nr_full,
-                             nr_full, kc, dst,
-                             i0 * n + jj if full else 0, n if full else nr_full, beta and full)
-                if not full:
-                    for i in range(mr):
-                        row = c[i0 + i, jj:jj + nr]
-                        t = tile[i, :nr]
-                        if beta:
-                            for j in range(nr):
-                                row[j] += t[j]
-                        else:
-                            for j in range(nr):
-                                row[j] = t[j]
-                if last and (has_bias or activation != 0):
-                    bias_part = bias[jj:jj + nr]
-                    for i in range(mr):
-                        row = c[i0 + i, jj:jj + nr]
-                        for j in range(nr):
-                            row[j] = activate(row[j] + bias_part[j] if has_bias else row[j], activation)
+                tile_product(apack, ip * kc * MR, src, b_base + k0 * n if in_place else jp * kc * nr_full,
+                             nr_full, kc, c, i0, jj, mr, nr, beta, last, bias, has_bias, activation, tile)
