@@ -217,6 +217,29 @@ def test_fit_equals_a_hand_written_loop(backend, opt):
             assert_close(got, value, rtol=1e-12, name=key)
 
 
+@pytest.mark.parametrize("opt", ["momentum-nesterov-wd", "adamw"])
+def test_packed_and_unpacked_parameters_train_identically(backend, opt, monkeypatch):
+    # big models skip packing (a gradient copy per step costs more than the optimizer
+    # calls it saves); the update is elementwise, so both give the same bits
+    import kernprop.train as ktrain
+
+    monkeypatch.setattr(ktrain, "_FUSED_MAX_MACS", -1)  # the layer-by-layer path on numba too
+    X, y = _blobs(dtype=np.float32)
+    runs = []
+    for max_params in (10**9, 0):
+        monkeypatch.setattr(ktrain, "_PACK_MAX_PARAMS", max_params)
+        trainer = _trainer(backend, OPTIMIZERS[opt]())
+        history = trainer.fit(X, y, epochs=2, verbose=0)
+        runs.append((trainer.model.parameters(), trainer.optimizer.state_dict(), history["loss"]))
+    (params_a, state_a, loss_a), (params_b, state_b, loss_b) = runs
+    assert ktrain._pack_pays(params_a, "numpy", 16) is False  # the second run did not pack
+    for a, b in zip(params_a, params_b):
+        np.testing.assert_array_equal(a, b)
+    for key in state_a:
+        np.testing.assert_array_equal(state_a[key], state_b[key])
+    assert loss_a == loss_b
+
+
 # --- optimizers ------------------------------------------------------------------------
 
 
