@@ -4,13 +4,15 @@ The data are checked once per ``fit`` (shapes, dtypes, label range, that the mod
 accepts them); inside the step loop the layers then call the backend's kernels directly
 (``kernprop.nn.bind_kernels``), so a step costs the kernels plus a few attribute
 lookups.  Each epoch shuffles the rows into one preallocated buffer (one gather per
-epoch, then every batch is a contiguous slice of it, copied nowhere).  During a fit the
-parameters, gradients and optimizer state sit in one flat buffer each (``_packed``), so
-the optimizer update is one kernel call per step; on the ``cuda`` backend they stay on
-the device for the whole fit (``_resident``).  On the ``numba`` backend a small MLP
-(Linear layers, each optionally followed by ReLU / Sigmoid / Tanh; cross_entropy or mse
-with reduction "mean" or "sum"; SGD or Adam; not distributed) takes instead one compiled
-call per step for forward, loss, backward and update over those flat buffers
+epoch, then every batch is a contiguous slice of it, copied nowhere).  The backward pass
+skips the input gradient of the first layer, which nothing reads.  During a fit of a
+small model the parameters, gradients and optimizer state sit in one flat buffer each
+(``_packed``, where ``_pack_pays``), so the optimizer update is one kernel call per step;
+on the ``cuda`` backend they stay on the device for the whole fit (``_resident``).  On
+the ``numba`` backend a small MLP (Linear layers, each optionally followed by ReLU /
+Sigmoid / Tanh; cross_entropy or mse with reduction "mean" or "sum"; SGD or Adam; not
+distributed) takes instead one compiled call per epoch (per progress-bar update when a
+bar shows) for every step's forward, loss, backward and update over those flat buffers
 (``kernels/numba_cpu/mlp_step.py``, chosen by ``_fused_step``), with the same results
 to float rounding.
 
