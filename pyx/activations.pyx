@@ -25,8 +25,12 @@ def relu_backward(const floating[::1] x, const floating[::1] dy, floating[::1] o
     # x (n,), dy (n,) -> out (n,) = dy where x > 0 else 0 (0 at x == 0, as PyTorch)
     # IN x: the forward input; dy: upstream gradient; OUT out
     cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating g
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n > PARALLEL_MIN_WORK):
-        out[i] = dy[i] if x[i] > 0 else 0
+        # dy loaded unconditionally: a load under the condition keeps the C compiler from
+        # turning the branch into a vector select (random signs, 256x512 float32: 205 -> 12 us)
+        g = dy[i]
+        out[i] = g if x[i] > 0 else 0
 
 
 cdef enum:
