@@ -276,13 +276,18 @@ def cross_entropy_with_grad(logits, labels, reduction, ignore_index, label_smoot
 
 @kernel
 def _squared_error_sum(pred, target):
-    # pred, target (n,) -> sum of squares in float64
+    # pred, target (n,) -> sum of squares in float64.  Each block is sliced before its
+    # loop: indexing the whole arrays by i, LLVM kept its per-element index checks and
+    # did not vectorise (4096x1000 float32: 5.7 -> 0.55 ms).
     n = pred.shape[0]
     total = 0.0
     for block in prange((n + _BLOCK - 1) // _BLOCK):
+        lo = block * _BLOCK
+        hi = min(lo + _BLOCK, n)
+        p, t = pred[lo:hi], target[lo:hi]
         partial = 0.0
-        for i in range(block * _BLOCK, min((block + 1) * _BLOCK, n)):
-            d = np.float64(pred[i]) - np.float64(target[i])
+        for i in range(hi - lo):
+            d = np.float64(p[i]) - np.float64(t[i])
             partial += d * d
         total += partial
     return total
@@ -291,11 +296,20 @@ def _squared_error_sum(pred, target):
 @kernel
 def _squared_error(pred, target, scale, square, out):
     # pred, target (n,) -> out = (pred - target)^2 when square, else scale * (pred - target)
+    # with scale rounded to the dtype first, as NumPy does with a Python float
     n = pred.shape[0]
+    s = pred.dtype.type(scale)
     for block in prange((n + _BLOCK - 1) // _BLOCK):
-        for i in range(block * _BLOCK, min((block + 1) * _BLOCK, n)):
-            d = pred[i] - target[i]
-            out[i] = d * d if square else scale * d
+        lo = block * _BLOCK
+        hi = min(lo + _BLOCK, n)
+        p, t, o = pred[lo:hi], target[lo:hi], out[lo:hi]
+        if square:
+            for i in range(hi - lo):
+                d = p[i] - t[i]
+                o[i] = d * d
+        else:
+            for i in range(hi - lo):
+                o[i] = s * (p[i] - t[i])
 
 
 def _flat(x):
