@@ -156,6 +156,30 @@ cdef extern from *:
         return kp_sum_lanes(acc);
     }
 
+    /* a, b (n,) -> sum of (a - b)^2, each square in float (as the reference), summed
+       in double */
+    KP_CLONES static double kp_sq_diff_sum_f(const float *a, const float *b, Py_ssize_t n) {
+        double acc[KP_LANES] = {0};
+        Py_ssize_t j, l;
+        for (j = 0; j + KP_LANES <= n; j += KP_LANES)
+            for (l = 0; l < KP_LANES; l++) {
+                float d = a[j + l] - b[j + l];
+                acc[l] += (double)(d * d);
+            }
+        for (; j < n; j++) {
+            float d = a[j] - b[j];
+            acc[0] += (double)(d * d);
+        }
+        return kp_sum_lanes(acc);
+    }
+
+    /* a, b (n,) -> out (n,) = 2 (a - b) / div, divided as the reference divides */
+    KP_CLONES static void kp_mse_grad_f(const float *a, const float *b, float div, float *out,
+                                        Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) out[j] = (2.0f * (a[j] - b[j])) / div;
+    }
+
     /* x (n,) -> sum_j exp(x[j] - m) in double; out (n,) = the exps when out != NULL.
        The exps go through a stack block, so out may be x itself. */
     KP_CLONES static double kp_sum_exp_f(const float *x, float m, float *out, Py_ssize_t n) {
@@ -236,6 +260,9 @@ cdef extern from *:
     """
     float kp_row_max_f(const float* x, Py_ssize_t n) noexcept nogil
     double kp_sum_f(const float* x, Py_ssize_t n) noexcept nogil
+    double kp_sq_diff_sum_f(const float* a, const float* b, Py_ssize_t n) noexcept nogil
+    void kp_mse_grad_f(const float* a, const float* b, float div, float* out,
+                       Py_ssize_t n) noexcept nogil
     double kp_sum_exp_f(const float* x, float m, float* out, Py_ssize_t n) noexcept nogil
     double kp_dot_shift_f(const float* w, const float* x, float m, Py_ssize_t n) noexcept nogil
     void kp_exp_axpy_f(const float* y, const float* dy, float t, float* out,
