@@ -29,7 +29,11 @@ def test_forward_and_backward_match_reference(backend, dtype, rng, op, shape, la
     y = forward(x, backend=backend)
     assert_close(y, ref_forward(x), dtype, name=f"{op}")
     saved = x if op == "relu" else ref_forward(x)
-    assert_close(backward(saved, dy, backend=backend), ref_backward(saved, dy), dtype, name=f"{op}_backward")
+    # in units of |dy|: the reference's own float32 1 - y*y cancels near |y| = 1 (up to
+    # 1e-4 relative), so a kernel closer to the exact value can be farther from it
+    dy_scale = float(np.abs(dy).max())
+    assert_close(backward(saved, dy, backend=backend), ref_backward(saved, dy), dtype, scale=dy_scale,
+                 name=f"{op}_backward")
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -86,6 +86,36 @@ def _fast_exp(x):
     return lambda x: np.exp(x)
 
 
+@njit(cache=True, fastmath={"contract", "nsz"}, error_model="numpy")
+def sigmoid_f32(x):
+    # x float32 -> 1 / (1 + exp(-x)) float32.  exp(-|x|) never overflows; r or e*r is
+    # picked by sign, a select.  Every constant float32: an integer literal would make
+    # Numba compute in float64 (half the vector lanes; 256x512: 52 -> 33 us).
+    e = exp_f32(-abs(x))
+    r = _ONE / (_ONE + e)
+    return r if x >= _ZERO else e * r
+
+
+def fast_sigmoid(x):
+    """The logistic function of a float scalar, vectorisable for float32."""
+    e = np.exp(-abs(x))
+    r = 1.0 / (1.0 + e)
+    return r if x >= 0 else e * r
+
+
+@overload(fast_sigmoid)
+def _fast_sigmoid(x):
+    if x == types.float32:
+        return lambda x: sigmoid_f32(x)
+
+    def sigmoid_f64(x):
+        e = np.exp(-abs(x))
+        r = 1.0 / (1.0 + e)
+        return r if x >= 0 else e * r
+
+    return sigmoid_f64
+
+
 # Cephes tanhf: an odd polynomial below |x| = 0.625, where 1 - 2 / (exp(2|x|) + 1) would
 # lose relative precision to cancellation, and that formula above it.
 _TANH_SMALL = np.float32(0.625)

@@ -4,7 +4,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, kernel
-from ._math import fast_exp, fast_tanh
+from ._math import fast_sigmoid, fast_tanh
 
 # Elements per parallel task: big enough to amortise scheduling, small enough to split.
 _BLOCK = 16384
@@ -15,11 +15,8 @@ ACTIVATION_CODES = {None: 0, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
 
 @helper
 def sigmoid_scalar(x):
-    # exp(-|x|) never overflows; pick r or e*r by sign instead of branching on exp.
-    # fast_exp vectorises for float32 (np.exp is a scalar libm call in Numba here).
-    e = fast_exp(-abs(x))
-    r = 1 / (1 + e)
-    return r if x >= 0 else e * r
+    # branch-free and in the input's precision (see _math.sigmoid_f32)
+    return fast_sigmoid(x)
 
 
 @helper
@@ -62,14 +59,21 @@ def _activation_backward(saved, dy, activation, out):
         ss = saved[start : min(start + _BLOCK, n)]
         ds = dy[start : start + ss.shape[0]]
         outs = out[start : start + ss.shape[0]]
-        for i in range(ss.shape[0]):
-            s = ss[i]
-            if activation == RELU:
-                outs[i] = ds[i] if s > 0 else 0
-            elif activation == SIGMOID:
-                outs[i] = ds[i] * s * (1 - s)
-            else:
-                outs[i] = ds[i] * (1 - s * s)
+        # One loop per activation, as in _activation_forward, and constants of the
+        # array's dtype: an integer literal makes Numba compute float32 in float64.
+        zero, one = ss.dtype.type(0), ss.dtype.type(1)
+        if activation == RELU:
+            for i in range(ss.shape[0]):
+                g = ds[i]
+                outs[i] = g if ss[i] > zero else zero
+        elif activation == SIGMOID:
+            for i in range(ss.shape[0]):
+                s = ss[i]
+                outs[i] = ds[i] * s * (one - s)
+        else:
+            for i in range(ss.shape[0]):
+                s = ss[i]
+                outs[i] = ds[i] * (one - s * s)
 
 
 def _flat(x):

@@ -73,19 +73,22 @@ SGD, ADAM = 0, 1
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _activation_backward(y, activation, dz):
     # dz (B, OUT) *= activation'(.) from the forward output y (B, OUT), in place
+    # (constants of the dtype: an integer literal makes Numba compute float32 in float64)
     b, n = dz.shape
+    zero, one = dz.dtype.type(0), dz.dtype.type(1)
     for i in range(b):
         yr = y[i]
         dr = dz[i]
         if activation == RELU:
             for j in range(n):
-                dr[j] = dr[j] if yr[j] > 0 else 0
+                g = dr[j]
+                dr[j] = g if yr[j] > zero else zero
         elif activation == SIGMOID:
             for j in range(n):
-                dr[j] = dr[j] * yr[j] * (1 - yr[j])
+                dr[j] = dr[j] * yr[j] * (one - yr[j])
         elif activation == TANH:
             for j in range(n):
-                dr[j] = dr[j] * (1 - yr[j] * yr[j])
+                dr[j] = dr[j] * (one - yr[j] * yr[j])
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
