@@ -2,7 +2,7 @@
 
 Numba compiles a kernel on its first call for each signature (dtype, layout, read-only
 flag); with ``cache=True`` the machine code is written to ``__pycache__`` and a later
-process only loads it.  ``warmup`` calls each op once on tiny arrays, so that the first
+process only loads it.  ``warmup`` calls each op on small arrays, so that the first
 step of a training run is not the one that pays.  It covers: matmul and linear (serial
 and parallel GEMM paths, contiguous and transposed operands), linear_backward, every
 activation forward and backward, log-softmax / softmax and backward, cross-entropy with
@@ -28,7 +28,7 @@ def _to_backend(backend, array):
 
 
 def warmup(backend="numba", dtypes=("float32",)) -> float:
-    """Call every op once on tiny arrays of each dtype in ``dtypes`` on ``backend``, so
+    """Call every op on small arrays of each dtype in ``dtypes`` on ``backend``, so
     that its kernels are compiled (first run) or loaded from Numba's cache (later runs).
 
     Returns the seconds it took.  Example: ``kernprop.warmup("numba", ("float32",))``.
@@ -48,29 +48,34 @@ def warmup(backend="numba", dtypes=("float32",)) -> float:
             for activation in (None, "relu", "sigmoid", "tanh"):
                 ops.linear(x, w, b, activation=activation, backend=backend)
             ops.linear_backward(x, w, dy, True, backend=backend)
-        x, dy = array(4, 6), array(4, 6)
-        for forward, backward, saved in (
-            (ops.relu, ops.relu_backward, "x"),
-            (ops.sigmoid, ops.sigmoid_backward, "y"),
-            (ops.tanh, ops.tanh_backward, "y"),
-        ):
-            y = forward(x, backend=backend)
-            backward(x if saved == "x" else y, dy, backend=backend)
-        y = ops.log_softmax(x, backend=backend)
-        ops.log_softmax_backward(y, dy, backend=backend)
-        ops.softmax(x, backend=backend)
+        # Elementwise and row kernels: a small input runs their serial build, a larger
+        # one (above numba_cpu._jit.SERIAL_ELEMENTS) the parallel one.
+        for rows, cols in ((4, 6), (64, 300)):
+            x, dy = array(rows, cols), array(rows, cols)
+            for forward, backward, saved in (
+                (ops.relu, ops.relu_backward, "x"),
+                (ops.sigmoid, ops.sigmoid_backward, "y"),
+                (ops.tanh, ops.tanh_backward, "y"),
+            ):
+                y = forward(x, backend=backend)
+                backward(x if saved == "x" else y, dy, backend=backend)
+            y = ops.log_softmax(x, backend=backend)
+            ops.log_softmax_backward(y, dy, backend=backend)
+            ops.softmax(x, backend=backend)
+            labels = rng.integers(0, cols, rows)
+            class_weight = _to_backend(backend, np.ones(cols, dtype=dtype))
+            for weight in (None, class_weight):
+                ops.cross_entropy(x, labels, weight=weight, backend=backend)
+                ops.cross_entropy_with_grad(x, labels, weight=weight, backend=backend)
+            ops.mse(x, dy, backend=backend)
+            ops.mse_backward(x, dy, backend=backend)
+            size = rows * cols
+            param, grad = array(size), array(size)
+            ops.sgd_step(param, grad, lr=0.1, backend=backend)
+            ops.sgd_step(param, grad, array(size), lr=0.1, momentum=0.9, backend=backend)
+            ops.adam_step(param, grad, array(size), _to_backend(backend, np.ones(size, dtype=dtype)), 1,
+                          backend=backend)
         labels = np.array([0, 1, 5, 2], dtype=np.int64)
-        class_weight = _to_backend(backend, np.ones(6, dtype=dtype))
-        for weight in (None, class_weight):
-            ops.cross_entropy(x, labels, weight=weight, backend=backend)
-            ops.cross_entropy_with_grad(x, labels, weight=weight, backend=backend)
-        ops.mse(x, dy, backend=backend)
-        ops.mse_backward(x, dy, backend=backend)
         features, w, b = array(4, 3), array(3, 6), array(6)
         ops.linear_cross_entropy(features, w, b, labels, chunk_size=2, backend=backend)
-        param, grad = array(5), array(5)
-        ops.sgd_step(param, grad, lr=0.1, backend=backend)
-        ops.sgd_step(param, grad, array(5), lr=0.1, momentum=0.9, backend=backend)
-        ops.adam_step(param, grad, array(5), _to_backend(backend, np.ones(5, dtype=dtype)), 1,
-                      backend=backend)
     return time.perf_counter() - start

@@ -65,27 +65,54 @@ def test_thread_count_is_one_setting():
         kernprop.set_num_threads(0)
 
 
-def test_results_do_not_depend_on_thread_count(rng):
-    x = rng.normal(size=(257, 31))
-    labels = rng.integers(0, 31, 257)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_do_not_depend_on_thread_count(rng, dtype):
+    # One numba thread runs the serial builds (kernels' twins, the serial GEMM loops),
+    # more run the parallel ones: the same bits either way.  Inputs above the serial
+    # cut-off (SERIAL_ELEMENTS, _SERIAL_FLOPS) so that both builds are exercised.
+    x = rng.normal(size=(257, 131)).astype(dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    w = rng.normal(size=(131, 97)).astype(dtype)
+    labels = rng.integers(0, 131, 257)
+
+    def run():
+        param = x.copy()
+        kernprop.adam_step(param, dy, np.zeros_like(x), np.zeros_like(x), 1, lr=0.1, backend="numba")
+        return [
+            kernprop.cross_entropy_with_grad(x, labels, backend="numba")[1],
+            kernprop.log_softmax(x, backend="numba"),
+            kernprop.sigmoid(x, backend="numba"),
+            kernprop.tanh_backward(np.tanh(x), dy, backend="numba"),
+            kernprop.relu_backward(x, dy, backend="numba"),
+            kernprop.mse_backward(x, dy, backend="numba"),
+            kernprop.linear(x, w, activation="relu", backend="numba"),
+            *kernprop.linear_backward(x, w, x @ w, backend="numba"),
+            param,
+        ]
+
     before = kernprop.get_num_threads()
     results = []
     try:
-        for threads in sorted({1, before}):
+        for threads in sorted({1, 2, before}):
             kernprop.set_num_threads(threads)
-            results.append(kernprop.cross_entropy_with_grad(x, labels, backend="numba")[1])
+            results.append(run())
     finally:
         kernprop.set_num_threads(before)
-    np.testing.assert_array_equal(results[0], results[-1])
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            np.testing.assert_array_equal(got, want)
 
 
 CACHE_PROBE = textwrap.dedent(
     """
-    import numpy as np, kernprop
+    import numpy as np
     from kernprop.kernels.numba_cpu import softmax
-    kernprop.log_softmax(np.ones((3, 4)), backend="numba")
-    stats = softmax._log_softmax_forward.stats
-    print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+    kernel = softmax._log_softmax_forward
+    x = np.ones((300, 100))
+    kernel(x, np.empty_like(x))  # the parallel build
+    kernel.serial(x, np.empty_like(x))  # its serial twin (small inputs, one thread)
+    stats = [kernel.stats, kernel.serial.stats]
+    print(sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats))
     """
 )
 
@@ -98,9 +125,9 @@ def test_numba_cache_survives_a_change_of_thread_count(tmp_path):
         return int(out[0]), int(out[1])
 
     hits, misses = run(2)
-    assert misses == 1 and hits == 0, "the first process compiles"
+    assert misses == 2 and hits == 0, "the first process compiles both builds"
     hits, misses = run(1)
-    assert hits == 1 and misses == 0, "a second process with another thread count loads the cache"
+    assert hits == 2 and misses == 0, "a second process with another thread count loads both from the cache"
 
 
 def test_info_command_reports_backends_and_threads():

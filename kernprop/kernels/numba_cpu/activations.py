@@ -3,7 +3,7 @@
 import numpy as np
 from numba import prange
 
-from ._jit import helper, kernel
+from ._jit import helper, kernel, sized
 from ._math import fast_sigmoid, fast_tanh
 
 # Elements per parallel task: big enough to amortise scheduling, small enough to split.
@@ -82,13 +82,14 @@ def _flat(x):
 
 def _forward(x, activation):
     out = np.empty(x.shape, dtype=x.dtype)
-    _activation_forward(_flat(x), ACTIVATION_CODES[activation], out.reshape(-1))
+    sized(_activation_forward, x.size)(_flat(x), ACTIVATION_CODES[activation], out.reshape(-1))
     return out
 
 
 def _backward(saved, dy, activation):
     out = np.empty(saved.shape, dtype=saved.dtype)
-    _activation_backward(_flat(saved), _flat(dy), ACTIVATION_CODES[activation], out.reshape(-1))
+    sized(_activation_backward, dy.size)(_flat(saved), _flat(dy), ACTIVATION_CODES[activation],
+                                        out.reshape(-1))
     return out
 
 

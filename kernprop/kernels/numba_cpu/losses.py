@@ -15,7 +15,7 @@ thread count.
 import numpy as np
 from numba import njit, prange
 
-from ._jit import helper, kernel, precise
+from ._jit import helper, kernel, precise, sized
 from ._math import fast_exp
 from .matmul import gemm
 from .softmax import _SHORT, _SHORT_ROWS, _SUM_BLOCK, block_max, row_stats, short_rows_stats
@@ -260,7 +260,7 @@ def _cross_entropy(logits, labels, reduction, ignore_index, label_smoothing, wei
         grad_scale = np.float64(1.0) / denominator
     row_losses = np.empty(n, dtype=np.float64)
     grad = np.empty_like(logits) if want_grad else np.empty((0, num_classes), logits.dtype)
-    kernel = _cross_entropy_short if num_classes < _SHORT else _cross_entropy_rows
+    kernel = sized(_cross_entropy_short if num_classes < _SHORT else _cross_entropy_rows, logits.size)
     kernel(logits, labels, weight, weighted, ignore_index, label_smoothing, grad_scale,
            want_grad, row_losses, grad)
     return _reduce(row_losses, denominator, reduction, logits.dtype), grad
@@ -319,16 +319,16 @@ def _flat(x):
 def mse_forward(pred, target, reduction):
     if reduction == "none":
         out = np.empty(pred.shape, dtype=pred.dtype)
-        _squared_error(_flat(pred), _flat(target), 1.0, True, out.reshape(-1))
+        sized(_squared_error, pred.size)(_flat(pred), _flat(target), 1.0, True, out.reshape(-1))
         return out
-    total = _squared_error_sum(_flat(pred), _flat(target))
+    total = sized(_squared_error_sum, pred.size)(_flat(pred), _flat(target))
     return pred.dtype.type(total / pred.size if reduction == "mean" else total)
 
 
 def mse_backward(pred, target, reduction):
     scale = 2.0 / pred.size if reduction == "mean" else 2.0
     out = np.empty(pred.shape, dtype=pred.dtype)
-    _squared_error(_flat(pred), _flat(target), scale, False, out.reshape(-1))
+    sized(_squared_error, pred.size)(_flat(pred), _flat(target), scale, False, out.reshape(-1))
     return out
 
 

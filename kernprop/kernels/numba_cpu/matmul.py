@@ -17,8 +17,10 @@ operands are never copied whole.  A block of packed A (MC x KC = 144 x 384 float
 216 KiB) stays in the 1 MiB L2 of this Zen 4, and an A micro-panel (KC x MR, 18 KiB) in
 L1 while the task's B micro-panels stream past it.  KC = 192, 256, 384, 512 measured within 3% of each other on one
 core (90-95 GFLOP/s at 1024^3 against OpenBLAS's 101); 384 was best.  The epilogue (accumulate / bias / activation) runs on each tile as it is
-stored.  Small products (below _SERIAL_FLOPS) run the same loops in one serial kernel
-(``_gemm_serial``): a parallel launch costs more than they do.
+stored.  Small products (below _SERIAL_FLOPS), and every product when Numba runs one
+thread, run the same loops in one serial kernel (``_gemm_serial``): a parallel launch
+costs more than they do, and with one thread it only adds overhead.  Outputs narrower
+than a tile go to ``serial_gemm.gemm_narrow``.
 
 Variants:
   1. i-k-j over C tiles with an auto-vectorised inner loop (~35-42 GFLOP/s, replaced).
@@ -28,9 +30,9 @@ Variants:
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
-from ._jit import FASTMATH, kernel
+from ._jit import FASTMATH, kernel, sized
 from . import serial_gemm
 from .serial_gemm import tile_product
 from ._simd import MR, tile_cols
@@ -236,7 +238,10 @@ def gemm(a, b, out=None, bias=None, activation=None, accumulate=False, column_su
     n_pad = -(-nc_max // nr) * nr
     apack = np.empty(m_pad * kc_max, dtype=dtype)
     bpack = np.empty(n_pad * kc_max, dtype=dtype)
-    if small and n <= _NC:
+    # One thread: the serial loops, never slower than the parallel ones on one thread
+    # (256x784x512 float32: 2.3 vs 3.1 ms; 1024^3: 23.2 vs 23.4 ms), and no parallel
+    # kernel to compile (6 s cold) for a run that never uses one.
+    if (small or get_num_threads() == 1) and n <= _NC:
         tile = np.empty((MR, nr), dtype=dtype)
         _gemm_serial(a, b, out, accumulate, bias, has_bias, code, apack, bpack, tile, sums, want_sums,
                      kc_max)
@@ -273,7 +278,7 @@ def column_sums(x, out=None, accumulate=False):
     """Sum of the rows of ``x`` (M, N) -> (N,)."""
     if out is None:
         out = np.empty(x.shape[1], dtype=x.dtype)
-    _column_sums(x, out, accumulate)
+    sized(_column_sums, x.size)(x, out, accumulate)
     return out
 
 

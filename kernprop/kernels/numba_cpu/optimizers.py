@@ -9,7 +9,7 @@ on zmm registers and no float64 (``...pd``) arithmetic.
 import numpy as np
 from numba import prange
 
-from ._jit import kernel
+from ._jit import kernel, sized
 
 _BLOCK = 16384
 
@@ -75,13 +75,13 @@ def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay):
     t = param.dtype.type
     flat_param = _flat(param)
     flat_velocity = flat_param if velocity is None else _flat(velocity)
-    _sgd(flat_param, _flat(np.ascontiguousarray(grad)), flat_velocity, t(lr), t(momentum), nesterov,
-         t(weight_decay))
+    sized(_sgd, param.size)(flat_param, _flat(np.ascontiguousarray(grad)), flat_velocity, t(lr),
+                            t(momentum), nesterov, t(weight_decay))
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, decoupled):
     t = param.dtype.type  # float32 math for float32 parameters (see sgd_step)
-    _adam(
+    sized(_adam, param.size)(
         _flat(param), _flat(np.ascontiguousarray(grad)), _flat(exp_avg), _flat(exp_avg_sq),
         t(lr), t(beta1), t(beta2), t(eps), t(weight_decay), decoupled,
         t(1 - beta1**step), t(np.sqrt(1 - beta2**step)), t(1 - beta1), t(1 - beta2),

@@ -20,7 +20,7 @@ A row of all -inf has m = -inf and s = 0: (x - m) is NaN, so is the row, as in P
 import numpy as np
 from numba import prange
 
-from ._jit import helper, kernel, precise
+from ._jit import helper, kernel, precise, sized
 from ._math import fast_exp, vector_max
 
 _BLOCK = 2048          # elements per online block (8 KiB of float32: stays in L1)
@@ -192,17 +192,17 @@ def _log_softmax_backward(y, dy, out):
 
 def log_softmax_forward(x):
     out = np.empty(x.shape, dtype=x.dtype)
-    _log_softmax_forward(np.ascontiguousarray(x), out)
+    sized(_log_softmax_forward, x.size)(np.ascontiguousarray(x), out)
     return out
 
 
 def softmax_forward(x):
     out = np.empty(x.shape, dtype=x.dtype)
-    _softmax_forward(np.ascontiguousarray(x), out)
+    sized(_softmax_forward, x.size)(np.ascontiguousarray(x), out)
     return out
 
 
 def log_softmax_backward(y, dy):
     out = np.empty(y.shape, dtype=y.dtype)
-    _log_softmax_backward(np.ascontiguousarray(y), np.ascontiguousarray(dy), out)
+    sized(_log_softmax_backward, y.size)(np.ascontiguousarray(y), np.ascontiguousarray(dy), out)
     return out
