@@ -41,7 +41,7 @@ def _kernprop_step(backend, sizes, x, y, stack):
     def step():
         out = model.forward(x)
         loss, dout = loss_fn.with_grad(out, y, kernels)
-        model.backward(dout)
+        model.backward(dout, need_input_grad=False)  # as fit: no gradient for the data
         opt.step(params, model.gradients(), kernels)
         result["loss"] = loss
         return loss
