@@ -33,7 +33,7 @@ def _exp_row(row, m, e_row, weight, weighted, smoothed):
     wz = 0.0
     n = row.shape[0]
     if smoothed:
-        wz = _weighted_sum(row, weight, weighted)
+        wz = weighted_sum(row, weight, weighted)
     for b0 in range(0, n, _SUM_BLOCK):
         b1 = min(b0 + _SUM_BLOCK, n)
         zs = row[b0:b1]
@@ -48,7 +48,7 @@ def _exp_row(row, m, e_row, weight, weighted, smoothed):
 
 
 @helper
-def _weighted_sum(row, weight, weighted):
+def weighted_sum(row, weight, weighted):
     # sum_c w_c z_c in float64
     total = 0.0
     if weighted:
@@ -61,17 +61,19 @@ def _weighted_sum(row, weight, weighted):
 
 
 @helper
-def _scale_row(g, scale, w_coef, weight, weighted, smoothed):
-    # g = scale * g - w_coef * w, in place (g holds exp(z - m); scale = p_coef / s)
+def scale_row(e_row, g, scale, w_coef, weight, weighted, smoothed):
+    # g = scale * e_row - w_coef * w (e_row = exp(z - m), scale = p_coef / s; without
+    # smoothing no w term, without class weights w = 1); e_row may be g itself.  The
+    # target's entry is the caller's.
     if weighted and smoothed:
         for c in range(g.shape[0]):
-            g[c] = scale * g[c] - w_coef * weight[c]
+            g[c] = scale * e_row[c] - w_coef * weight[c]
     elif smoothed:
         for c in range(g.shape[0]):
-            g[c] = scale * g[c] - w_coef
+            g[c] = scale * e_row[c] - w_coef
     else:
         for c in range(g.shape[0]):
-            g[c] *= scale
+            g[c] = scale * e_row[c]
 
 
 @precise
@@ -83,7 +85,7 @@ def _target_grad(target_logit, m, log_s, grad_scale, hard, uniform, weight_total
 
 
 @precise
-def _target_grad_p(p, grad_scale, hard, uniform, weight_total, target_weight):
+def target_grad_p(p, grad_scale, hard, uniform, weight_total, target_weight):
     # as _target_grad, from p = softmax of the target (float64)
     return grad_scale * (hard * (p - 1.0) + uniform * (weight_total * p - target_weight))
 
@@ -134,7 +136,7 @@ def _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, smoothin
             else:
                 m, log_s = row_stats(row)
                 s = 0.0
-                wz = _weighted_sum(row, weight, weighted) if smoothed else 0.0
+                wz = weighted_sum(row, weight, weighted) if smoothed else 0.0
             # -logp = (m - z) + log s: exact for the max logit, where lse - z would cancel
             loss = (1 - smoothing) * target_weight * ((m - target_logit) + log_s)
             if smoothed:
@@ -147,7 +149,7 @@ def _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, smoothin
                 hard = (1 - smoothing) * target_weight
                 p_coef = grad_scale * (hard + uniform * weight_total)
                 w_coef = grad_scale * uniform
-                _scale_row(grad_row, row.dtype.type(p_coef / s), row.dtype.type(w_coef), weight,
+                scale_row(grad_row, grad_row, row.dtype.type(p_coef / s), row.dtype.type(w_coef), weight,
                            weighted, smoothed)
                 # The target's entry is recomputed in float64 with the one-hot term, not
                 # corrected after rounding: a 1-class row then gets exactly 0.
@@ -207,16 +209,8 @@ def _cross_entropy_short(logits, labels, weight, weighted, ignore_index, smoothi
                 scale = logits.dtype.type(p_coef / sums[r])
                 w_coef_x = logits.dtype.type(w_coef)
                 grad_row = grad[i]
-                if weighted and smoothing > 0:
-                    for c in range(num_classes):
-                        grad_row[c] = scale * er[c] - w_coef_x * weight[c]
-                elif smoothing > 0:
-                    for c in range(num_classes):
-                        grad_row[c] = scale * er[c] - w_coef_x
-                else:
-                    for c in range(num_classes):
-                        grad_row[c] = scale * er[c]
-                grad_row[label] = _target_grad_p(p_target, grad_scale, hard, uniform, weight_total,
+                scale_row(er, grad_row, scale, w_coef_x, weight, weighted, smoothing > 0)
+                grad_row[label] = target_grad_p(p_target, grad_scale, hard, uniform, weight_total,
                                                  np.float64(target_weight))
 
 

@@ -55,6 +55,7 @@ from ._jit import FASTMATH
 from ._simd import MR, tile_cols
 from ._math import fast_exp
 from .activations import ACTIVATION_CODES, RELU, SIGMOID, TANH, activate
+from .losses import scale_row, target_grad_p, weighted_sum
 from .serial_gemm import KC as _KC, gemm as _gemm
 
 __all__ = ["mlp_step", "MLPStep"]
@@ -155,30 +156,16 @@ def _cross_entropy(z, labels, weight, weighted, ignore_index, smoothing, mean, c
         hard = (1 - smoothing) * target_weight
         loss = hard * ((np.float64(m) - np.float64(row[label])) + log_s)
         if smoothing > 0:
-            wz = 0.0
-            if weighted:
-                for c in range(num_classes):
-                    wz += weight[c] * row[c]
-            else:
-                for c in range(num_classes):
-                    wz += row[c]
+            wz = weighted_sum(row, weight, weighted)
             loss += uniform * (weight_total * (np.float64(m) + log_s) - wz)
         total += loss
         p_target = np.float64(gr[label]) / s
         p_coef = grad_scale * (hard + uniform * weight_total)
         scale = z.dtype.type(p_coef / s)
         w_coef = z.dtype.type(grad_scale * uniform)
-        if weighted and smoothing > 0:
-            for c in range(num_classes):
-                gr[c] = scale * gr[c] - w_coef * weight[c]
-        elif smoothing > 0:
-            for c in range(num_classes):
-                gr[c] = scale * gr[c] - w_coef
-        else:
-            for c in range(num_classes):
-                gr[c] = scale * gr[c]
-        gr[label] = grad_scale * (hard * (p_target - 1.0)
-                                  + uniform * (weight_total * p_target - target_weight))
+        scale_row(gr, gr, scale, w_coef, weight, weighted, smoothing > 0)
+        gr[label] = target_grad_p(p_target, grad_scale, hard, uniform, weight_total,
+                                  np.float64(target_weight))
     return total / denominator
 
 
