@@ -96,24 +96,24 @@ def sigmoid_f32(x):
     return r if x >= _ZERO else e * r
 
 
-def fast_sigmoid(x):
-    """The logistic function of a float scalar, vectorisable for float32."""
+@njit(cache=True, error_model="numpy")
+def sigmoid_f64(x):
+    # the same selects in float64 (np.exp: the float64 callers are not the SIMD targets)
     e = np.exp(-abs(x))
     r = 1.0 / (1.0 + e)
     return r if x >= 0 else e * r
+
+
+def fast_sigmoid(x):
+    """The logistic function of a float scalar, vectorisable for float32."""
+    return sigmoid_f64(x)
 
 
 @overload(fast_sigmoid)
 def _fast_sigmoid(x):
     if x == types.float32:
         return lambda x: sigmoid_f32(x)
-
-    def sigmoid_f64(x):
-        e = np.exp(-abs(x))
-        r = 1.0 / (1.0 + e)
-        return r if x >= 0 else e * r
-
-    return sigmoid_f64
+    return lambda x: sigmoid_f64(x)
 
 
 # Cephes tanhf: an odd polynomial below |x| = 0.625, where 1 - 2 / (exp(2|x|) + 1) would

@@ -193,13 +193,7 @@ def _cross_entropy_short(logits, labels, weight, weighted, ignore_index, smoothi
             # -logp_y = (m - z_y) + log s = -d_y + log s
             loss = hard * (log_s[r] - dr[label])
             if smoothing > 0:
-                wz = 0.0
-                if weighted:
-                    for c in range(num_classes):
-                        wz += weight[c] * row[c]
-                else:
-                    for c in range(num_classes):
-                        wz += row[c]
+                wz = weighted_sum(row, weight, weighted)
                 loss += uniform * (weight_total * (np.float64(m[r]) + log_s[r]) - wz)
             row_losses[i] = loss
             if want_grad:
