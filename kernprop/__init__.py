@@ -35,6 +35,7 @@ from .ops import (
     tanh,
     tanh_backward,
 )
+from .precision import get_matmul_precision, matmul_precision, set_matmul_precision
 from .warmup import warmup
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_grad",
     "get_backend",
+    "get_matmul_precision",
     "get_num_threads",
     "linear",
     "linear_backward",
@@ -54,11 +56,13 @@ __all__ = [
     "log_softmax",
     "log_softmax_backward",
     "matmul",
+    "matmul_precision",
     "mse",
     "mse_backward",
     "relu",
     "relu_backward",
     "set_backend",
+    "set_matmul_precision",
     "set_num_threads",
     "sgd_step",
     "sigmoid",

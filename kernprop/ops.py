@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backends import family as _family
+from .precision import resolve_precision as _resolve_precision
 from .backends import resolve as _resolve
 from ._validate import (
     ACTIVATIONS,
@@ -36,10 +37,12 @@ def _kernels(backend, family):
 # --- matmul family -------------------------------------------------------------------
 
 
-def matmul(a, b, *, backend=None):
+def matmul(a, b, *, precision=None, backend=None):
     """Matrix product ``a @ b`` of 2-D arrays ``a`` (M, K) and ``b`` (K, N) -> (M, N).
 
-    Any strides are accepted (transposed views, non-contiguous slices).
+    Any strides are accepted (transposed views, non-contiguous slices).  ``precision``
+    ("fp32", "bf16x3", "bf16"; None: ``kernprop.get_matmul_precision()``) says how a
+    float32 product is computed (``kernprop.precision``); float64 is always float64.
     """
     name, kernels = _kernels(backend, "matmul")
     (m, k), _ = check_array("a", a, 2, name)
@@ -47,7 +50,7 @@ def matmul(a, b, *, backend=None):
     check_same_dtype(a=a, b=b)
     if k != k2:
         raise ValueError(f"b must have shape ({k}, N) to match a of shape ({m}, {k}), got ({k2}, {n})")
-    return kernels.matmul(a, b)
+    return kernels.matmul(a, b, _resolve_precision(precision, a.dtype))
 
 
 def _linear_operands(name, x, w, b=None, out_name="OUT"):
@@ -67,34 +70,36 @@ def _linear_operands(name, x, w, b=None, out_name="OUT"):
     return n, fan_in, fan_out, dtype
 
 
-def linear(x, w, b=None, *, activation=None, backend=None):
+def linear(x, w, b=None, *, activation=None, precision=None, backend=None):
     """Linear layer ``activation(x @ w + b)``.
 
     ``x`` (N, IN), ``w`` (IN, OUT), ``b`` (OUT,) or None -> (N, OUT).  ``activation``
     is None, "relu", "sigmoid" or "tanh", applied in the same pass as the product.
     For its backward, pass the output ``y`` to ``relu_backward`` (``y > 0`` exactly
     where ``x @ w + b > 0``), ``sigmoid_backward`` or ``tanh_backward``, then the result
-    to ``linear_backward``.
+    to ``linear_backward``.  ``precision`` is the product's, as in ``matmul``.
     """
     name, kernels = _kernels(backend, "matmul")
     _linear_operands(name, x, w, b)
     check_choice("activation", activation, ACTIVATIONS)
-    return kernels.linear_forward(x, w, b, activation)
+    return kernels.linear_forward(x, w, b, activation, _resolve_precision(precision, x.dtype))
 
 
-def linear_backward(x, w, dy, has_bias=True, *, need_dx=True, backend=None):
+def linear_backward(x, w, dy, has_bias=True, *, need_dx=True, precision=None, backend=None):
     """Gradients of ``y = x @ w + b``: returns ``(dx (N, IN), dw (IN, OUT), db (OUT,))``.
 
     ``db`` is None when ``has_bias`` is false.  ``need_dx=False`` skips ``dx`` (returned
     as None), a third of the work, for a layer whose input needs no gradient (a
-    network's first layer).
+    network's first layer).  ``precision`` is that of both products, as in ``matmul``.
     """
     name, kernels = _kernels(backend, "matmul")
     n, _, fan_out, _ = _linear_operands(name, x, w)
     dy_shape, _ = check_array("dy", dy, 2, name)
     check_shape("dy", dy_shape, (n, fan_out), "rows of x by columns of w")
     check_same_dtype(x=x, w=w, dy=dy)
-    return kernels.linear_backward(x, w, dy, bool(has_bias), bool(need_dx))
+    return kernels.linear_backward(
+        x, w, dy, bool(has_bias), bool(need_dx), _resolve_precision(precision, x.dtype)
+    )
 
 
 # --- activations family --------------------------------------------------------------
@@ -264,7 +269,7 @@ def default_chunk_size(num_classes: int, itemsize: int) -> int:
 
 def linear_cross_entropy(
     x, w, b, labels, reduction="mean", ignore_index=-100, label_smoothing=0.0, weight=None,
-    chunk_size=None, *, backend=None,
+    chunk_size=None, *, precision=None, backend=None,
 ):
     """Linear layer + cross-entropy, forward and backward fused: ``(loss, dx, dw, db)``.
 
@@ -272,7 +277,9 @@ def linear_cross_entropy(
     ``cross_entropy(x @ w + b, labels, ...)`` and the gradients are those of that loss.
     The rows are processed ``chunk_size`` at a time so that the full (N, C) logits are
     never held at once (default: chunks of about 32 MiB of logits).  ``reduction`` is
-    "mean" or "sum".  ``db`` is None when ``b`` is None.
+    "mean" or "sum".  ``db`` is None when ``b`` is None.  ``precision`` is that of
+    the three products (logits, dx, dw), as in ``matmul``; the softmax and the loss are
+    always computed in the input's dtype.
     """
     name, kernels = _kernels(backend, "losses")
     n, _, c, dtype = _linear_operands(name, x, w, b, out_name="C")
@@ -285,7 +292,8 @@ def linear_cross_entropy(
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     return kernels.linear_cross_entropy(
-        x, w, b, labels, reduction, ignore_index, label_smoothing, weight, int(chunk_size)
+        x, w, b, labels, reduction, ignore_index, label_smoothing, weight, int(chunk_size),
+        _resolve_precision(precision, dtype),
     )
 
 

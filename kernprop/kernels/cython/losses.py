@@ -97,7 +97,8 @@ def mse_backward(pred, target, reduction):
 
 
 def linear_cross_entropy(
-    x, w, b, labels, reduction, ignore_index, label_smoothing, weight, chunk_size
+    x, w, b, labels, reduction, ignore_index, label_smoothing, weight, chunk_size,
+    precision="fp32",
 ):
     # x (N, IN), w (IN, C), b (C,) or None, labels (N,) -> loss, dx (N, IN),
     # dw (IN, C), db (C,) or None.  Per chunk of rows: logits = x_chunk @ w + b into the

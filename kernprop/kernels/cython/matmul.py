@@ -12,7 +12,7 @@ from kernprop._cy import matmul as _cy
 _ACTIVATION_CODES = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
 
-def matmul(a, b):
+def matmul(a, b, precision="fp32"):
     # a (M, K), b (K, N) -> (M, N)
     out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
     _cy.gemm(a, b, out)
@@ -24,7 +24,7 @@ def contiguous_bias(b):
     return None if b is None else np.ascontiguousarray(b)
 
 
-def linear_forward(x, w, b, activation):
+def linear_forward(x, w, b, activation, precision="fp32"):
     # x (N, IN), w (IN, OUT), b (OUT,) or None -> y (N, OUT); bias and activation are
     # applied by the thread that owns each block of rows, right after its product.
     y = np.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
@@ -32,7 +32,7 @@ def linear_forward(x, w, b, activation):
     return y
 
 
-def linear_backward(x, w, dy, has_bias, need_dx=True):
+def linear_backward(x, w, dy, has_bias, need_dx=True, precision="fp32"):
     # y = x @ w + b: dx (N, IN) = dy @ w.T, dw (IN, OUT) = x.T @ dy, db (OUT,) = dy summed
     # over rows (in float64, then cast)
     dx = None

@@ -320,7 +320,8 @@ def mse_backward(pred, target, reduction):
     return out
 
 
-def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothing, weight, chunk_size):
+def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothing, weight, chunk_size,
+                         precision="fp32"):
     # x (N, IN) @ w (IN, C) + b -> logits, one chunk of rows at a time: the chunk's
     # logits buffer is reused for its gradient, so at most chunk_size x C is held.
     # Per chunk: logits = x_c @ w + b (bias in the GEMM epilogue); loss and gradient in

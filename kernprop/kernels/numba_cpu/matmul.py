@@ -282,17 +282,17 @@ def column_sums(x, out=None, accumulate=False):
     return out
 
 
-def matmul(a, b):
+def matmul(a, b, precision="fp32"):
     # a (M, K) @ b (K, N) -> (M, N)
     return gemm(a, b)
 
 
-def linear_forward(x, w, b, activation):
+def linear_forward(x, w, b, activation, precision="fp32"):
     # x (N, IN) @ w (IN, OUT) + b (OUT,), activation fused into the GEMM epilogue
     return gemm(x, w, bias=b, activation=activation)
 
 
-def linear_backward(x, w, dy, has_bias, need_dx=True):
+def linear_backward(x, w, dy, has_bias, need_dx=True, precision="fp32"):
     # y = x @ w + b: dx = dy @ w.T, dw = x.T @ dy, db = column sums of dy, summed while
     # dy is packed as the B operand of dw (one read of dy for both).
     dx = gemm(dy, w.T) if need_dx else None

@@ -255,7 +255,8 @@ def mse_backward(pred, target, reduction):
 # --- fused linear cross-entropy -------------------------------------------------------
 
 
-def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothing, weight, chunk_size):
+def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothing, weight, chunk_size,
+                         precision="fp32"):
     # x (N, IN), w (IN, C), b (C,) or None, labels (N,) -> loss, dx (N, IN), dw (IN, C), db (C,)
     on_device = any_device(x, w, b, weight)
     d_x, d_w, d_b = to_device(x), to_device(w), to_device(b)

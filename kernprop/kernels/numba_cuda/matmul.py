@@ -13,7 +13,9 @@ Kernels:
 
 ``linear_forward`` fuses bias and activation into the GEMM's epilogue;
 ``linear_backward`` runs dx = dy @ w.T and dw = x.T @ dy through gemm_kernel with
-transposed indexing, and db through column_sum_kernel.
+transposed indexing, and db through column_sum_kernel.  Every ``precision`` runs the
+float32 kernel for now (more accurate than "bf16x3" or "bf16" asks: see
+``kernprop.precision``); ``kernel_info`` says so.
 """
 
 from __future__ import annotations
@@ -186,10 +188,15 @@ def column_sum(dy, db, *, accumulate=False):
     return db
 
 
+def kernel_info():
+    """Which kernel each float32 matmul precision runs on this backend."""
+    return {precision: "fp32 shared-memory tiles (no bf16 kernel yet)" for precision in ("fp32", "bf16x3", "bf16")}
+
+
 # --- the contract ---------------------------------------------------------------------
 
 
-def matmul(a, b):
+def matmul(a, b, precision="fp32"):
     # a (M, K), b (K, N) -> (M, N)
     on_device = any_device(a, b)
     da, db_ = to_device(a), to_device(b)
@@ -197,7 +204,7 @@ def matmul(a, b):
     return finish(gemm(da, db_, out), on_device)
 
 
-def linear_forward(x, w, b, activation):
+def linear_forward(x, w, b, activation, precision="fp32"):
     # x (N, IN), w (IN, OUT), b (OUT,) or None -> activation(x @ w + b) (N, OUT)
     on_device = any_device(x, w, b)
     dx, dw = to_device(x), to_device(w)
@@ -206,7 +213,7 @@ def linear_forward(x, w, b, activation):
     return finish(out, on_device)
 
 
-def linear_backward(x, w, dy, has_bias, need_dx=True):
+def linear_backward(x, w, dy, has_bias, need_dx=True, precision="fp32"):
     # y = x @ w + b: dx = dy @ w.T (N, IN), dw = x.T @ dy (IN, OUT), db = dy.sum(0) (OUT,)
     on_device = any_device(x, w, dy)
     d_x, d_w, d_dy = to_device(x), to_device(w), to_device(dy)

@@ -15,7 +15,7 @@ logits, with p = softmax(logits):
 
 import numpy as np
 
-from .matmul import linear_backward
+from .matmul import linear_backward, product
 from .softmax import log_softmax_forward
 
 
@@ -87,14 +87,15 @@ def mse_backward(pred, target, reduction):
 
 
 def linear_cross_entropy(
-    x, w, b, labels, reduction, ignore_index, label_smoothing, weight, chunk_size
+    x, w, b, labels, reduction, ignore_index, label_smoothing, weight, chunk_size,
+    precision="fp32",
 ):
     # The oracle materialises all logits; chunk_size only matters to the fast backends.
-    logits = x @ w
+    logits = product(x, w, precision)
     if b is not None:
         logits = logits + b
     loss, dlogits = cross_entropy_with_grad(
         logits, labels, reduction, ignore_index, label_smoothing, weight
     )
-    dx, dw, db = linear_backward(x, w, dlogits, b is not None)
+    dx, dw, db = linear_backward(x, w, dlogits, b is not None, True, precision)
     return loss, dx, dw, db
