@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kernprop import benchreport  # light: imports nothing heavy until it runs
 
     benchreport.add_parser(sub)
+    from kernprop import cuda_check  # light: numba-cuda is imported only when it runs
+
+    cuda_check.add_parser(sub)
     return parser
 
 
