@@ -19,13 +19,15 @@ row itself (the fused linear cross-entropy works in place): every logit is read 
 its slot is overwritten.  Rows whose label is ``ignore_index`` have loss 0 and gradient
 0, even when every row is ignored and "mean" divides by 0 (PyTorch's nll_loss backward
 never touches them); they skip the softmax altogether.  Per-row losses go to a float64 array that
-the loader sums, so the result does not depend on the thread count.
+the loader sums, so the result does not depend on the thread count.  float32 rows
+shorter than ``SHORT_ROW`` go in blocks of rows through ``kp_short_ce_f``
+(_short_rows.pxi), vectorised across the rows of a block.
 """
 
 include "_common.pxi"
+include "_short_rows.pxi"
 
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
 
 import numpy as np
 
@@ -108,6 +110,15 @@ def ce_forward_rows(const floating[:, ::1] logits, const int64_t[::1] labels,
     # OUT row_losses: loss of each row in float64, 0 for ignored rows
     cdef Py_ssize_t i, n = logits.shape[0], c = logits.shape[1]
     cdef double wsum = _sum(&weight[0], c)
+    cdef Py_ssize_t rows = kp_short_block_rows(c), nblocks = (n + rows - 1) // rows
+    if floating is float:
+        if c < SHORT_ROW:
+            for i in prange(nblocks, nogil=True, schedule="static",
+                            use_threads_if=n * c > PARALLEL_MIN_WORK):
+                kp_short_ce_f(&logits[i * rows, 0], &labels[i * rows], min(rows, n - i * rows),
+                              c, ignore_index, &weight[0], wsum, eps, 0.0,
+                              &row_losses[i * rows], <float*>NULL)
+            return
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
         row_losses[i] = _ce_row(&logits[i, 0], <floating*>NULL, c, labels[i],
                                 labels[i] != ignore_index, &weight[0], wsum, eps, 0.0)
@@ -124,6 +135,15 @@ def ce_grad_rows(const floating[:, ::1] logits, const int64_t[::1] labels,
     #     loss is; may be the logits array itself (then it is overwritten in place)
     cdef Py_ssize_t i, n = logits.shape[0], c = logits.shape[1]
     cdef double wsum = _sum(&weight[0], c)
+    cdef Py_ssize_t rows = kp_short_block_rows(c), nblocks = (n + rows - 1) // rows
+    if floating is float:
+        if c < SHORT_ROW:
+            for i in prange(nblocks, nogil=True, schedule="static",
+                            use_threads_if=n * c > PARALLEL_MIN_WORK):
+                kp_short_ce_f(&logits[i * rows, 0], &labels[i * rows], min(rows, n - i * rows),
+                              c, ignore_index, &weight[0], wsum, eps, inv_denom,
+                              &row_losses[i * rows], &grad[i * rows, 0])
+            return
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
         row_losses[i] = _ce_row(&logits[i, 0], &grad[i, 0], c, labels[i],
                                 labels[i] != ignore_index, &weight[0], wsum, eps, inv_denom)

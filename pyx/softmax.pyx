@@ -7,9 +7,14 @@ written by one thread.  Stability: the row max is subtracted before ``exp``, so 
 exponentials is kept in double.  ``-inf`` logits give ``exp(-inf) = 0``; a row of all
 ``-inf`` has max ``-inf``, ``-inf - -inf`` is NaN, and the row comes out NaN, as the
 reference and PyTorch.
+
+float32 rows shorter than ``SHORT_ROW`` go in blocks of rows through the row-blocked
+kernels of _short_rows.pxi (vectorised across the rows of a block), a ``prange`` over
+the blocks.
 """
 
 include "_common.pxi"
+include "_short_rows.pxi"
 
 from cython.parallel cimport prange
 
@@ -58,6 +63,14 @@ def log_softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
     # x (N, C) -> out (N, C)
     # IN x: logits, rows contiguous; OUT out: log-probabilities
     cdef Py_ssize_t i, n = x.shape[0], c = x.shape[1]
+    cdef Py_ssize_t rows = kp_short_block_rows(c), nblocks = (n + rows - 1) // rows
+    if floating is float:
+        if c < SHORT_ROW:
+            for i in prange(nblocks, nogil=True, schedule="static",
+                            use_threads_if=n * c > PARALLEL_MIN_WORK):
+                kp_short_log_softmax_f(&x[i * rows, 0], &out[i * rows, 0],
+                                       min(rows, n - i * rows), c)
+            return
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
         _row_log_softmax(&x[i, 0], &out[i, 0], c)
 
@@ -66,6 +79,14 @@ def softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
     # x (N, C) -> out (N, C)
     # IN x: logits, rows contiguous; OUT out: probabilities, rows summing to 1
     cdef Py_ssize_t i, n = x.shape[0], c = x.shape[1]
+    cdef Py_ssize_t rows = kp_short_block_rows(c), nblocks = (n + rows - 1) // rows
+    if floating is float:
+        if c < SHORT_ROW:
+            for i in prange(nblocks, nogil=True, schedule="static",
+                            use_threads_if=n * c > PARALLEL_MIN_WORK):
+                kp_short_softmax_f(&x[i * rows, 0], &out[i * rows, 0],
+                                   min(rows, n - i * rows), c)
+            return
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
         _row_softmax(&x[i, 0], &out[i, 0], c)
 
@@ -75,5 +96,13 @@ def log_softmax_backward(const floating[:, ::1] y, const floating[:, ::1] dy,
     # y (N, C), dy (N, C) -> out (N, C)
     # IN y: the log-softmax output; dy: upstream gradient; OUT out: gradient of the input
     cdef Py_ssize_t i, n = y.shape[0], c = y.shape[1]
+    cdef Py_ssize_t rows = kp_short_block_rows(c), nblocks = (n + rows - 1) // rows
+    if floating is float:
+        if c < SHORT_ROW:
+            for i in prange(nblocks, nogil=True, schedule="static",
+                            use_threads_if=n * c > PARALLEL_MIN_WORK):
+                kp_short_log_softmax_backward_f(&y[i * rows, 0], &dy[i * rows, 0],
+                                                &out[i * rows, 0], min(rows, n - i * rows), c)
+            return
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
         _row_log_softmax_backward(&y[i, 0], &dy[i, 0], &out[i, 0], c)

@@ -212,3 +212,71 @@ def test_linear_cross_entropy_chunks_in_place(dtype, rng):
         )
         for g, r, name in zip(got, want, ("loss", "dx", "dw", "db")):
             assert_close(g, r, dtype, rtol=1e-4 if dtype == np.float32 else 1e-11, name=name)
+
+
+# Short rows (C < 128) go through the row-blocked float32 kernels (pyx/_short_rows.pxi):
+# blocks of rows, a partial last block, and enough elements for the parallel path.
+SHORT_SHAPES = [(5000, 10), (4099, 3), (3001, 31), (2000, 1), (700, 127), (513, 2)]
+
+
+@pytest.mark.parametrize("shape", SHORT_SHAPES)
+def test_short_rows_match_reference(rng, shape):
+    from kernprop.kernels.reference import softmax as ref_softmax
+
+    x = rng.uniform(-8, 8, shape).astype(np.float32)
+    x[3, 0] = -np.inf
+    dy = rng.uniform(-1, 1, shape).astype(np.float32)
+    run = dict(backend="cython")
+    assert_close(kernprop.log_softmax(x, **run), ref_softmax.log_softmax_forward(x), np.float32)
+    assert_close(kernprop.softmax(x, **run), ref_softmax.softmax_forward(x), np.float32)
+    y = ref_softmax.log_softmax_forward(x)
+    assert_close(kernprop.log_softmax_backward(y, dy, **run), ref_softmax.log_softmax_backward(y, dy),
+                 np.float32, scale=float(np.abs(dy).sum(axis=1).max()))
+
+
+@pytest.mark.parametrize("shape", SHORT_SHAPES)
+@pytest.mark.parametrize("smoothing, weighted, reduction", [
+    (0.0, False, "mean"), (0.2, False, "sum"), (0.0, True, "none"), (0.3, True, "mean")])
+def test_short_rows_cross_entropy(rng, shape, smoothing, weighted, reduction):
+    n, c = shape
+    x = rng.uniform(-8, 8, shape).astype(np.float32)
+    labels = rng.integers(0, c, n)
+    labels[::7] = -100
+    weight = rng.uniform(0.5, 2, c).astype(np.float32) if weighted else None
+    args = (reduction, -100, smoothing, weight)
+    want_loss, want_grad = ref_losses.cross_entropy_with_grad(x, labels, *args)
+    loss, grad = kernprop.cross_entropy_with_grad(
+        x, labels, reduction=reduction, label_smoothing=smoothing, weight=weight, backend="cython")
+    scale = 8.0 * (1 if reduction == "none" else n)
+    assert_close(loss, want_loss, np.float32, scale=scale, name="loss")
+    assert_close(grad, want_grad, np.float32, scale=float(np.abs(want_grad).max()), name="grad")
+    loss_only = kernprop.cross_entropy(
+        x, labels, reduction=reduction, label_smoothing=smoothing, weight=weight, backend="cython")
+    np.testing.assert_array_equal(loss_only, loss)
+
+
+def test_short_rows_do_not_depend_on_thread_count(threads, rng):
+    n, fan_in, c = 5000, 40, 10
+    x = rng.uniform(-2, 2, (n, fan_in)).astype(np.float32)
+    w = rng.uniform(-1, 1, (fan_in, c)).astype(np.float32)
+    b = rng.uniform(-1, 1, c).astype(np.float32)
+    logits = rng.uniform(-5, 5, (n, c)).astype(np.float32)
+    labels = rng.integers(0, c, n)
+    labels[::5] = -100
+    weight = rng.uniform(0.5, 2, c).astype(np.float32)
+    run = dict(backend="cython")
+
+    def every():
+        return [
+            kernprop.log_softmax(logits, **run), kernprop.softmax(logits, **run),
+            kernprop.log_softmax_backward(logits, logits[::-1], **run),
+            *kernprop.cross_entropy_with_grad(logits, labels, label_smoothing=0.1, weight=weight, **run),
+            *kernprop.linear_cross_entropy(x, w, b, labels, weight=weight, chunk_size=999, **run),
+        ]
+
+    threads(1)
+    one = every()
+    threads(2)
+    two = every()
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
