@@ -3,8 +3,8 @@
 Each family module has private kernels (``_name``) that only compute, and launchers with
 the contract's names that allocate outputs with NumPy (cheaper than ``np.empty`` inside
 ``@njit``) and call the kernels.  Where LLVM will not vectorise what we write in Python,
-the loop is written in LLVM IR as a Numba intrinsic: the GEMM micro-kernel
-(``_simd``), a max reduction and a float32 exp (``_math``).  Every module docstring
+the loop is written in LLVM IR as a Numba intrinsic: the GEMM micro-kernels
+(``gemm/microkernels.py``), a max reduction and a float32 exp (``_math``).  Every module docstring
 says how its loops were checked to vectorise (``inspect_asm``).  The thread count is
 ``kernprop.set_num_threads`` (Numba's); no kernel calls BLAS.  ``kernprop.warmup``
 compiles or loads every kernel a training run needs; speeds against NumPy and PyTorch

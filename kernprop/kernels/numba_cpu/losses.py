@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from ._jit import helper, kernel, precise, sized
 from ._math import fast_exp
-from .matmul import gemm
+from .gemm import gemm
 from .softmax import _SHORT, _SHORT_ROWS, _SUM_BLOCK, block_max, row_stats, short_rows_stats
 
 _BLOCK = 16384
@@ -345,10 +345,10 @@ def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothi
         stop = min(start + chunk_size, n)
         x_chunk = x[start:stop]
         logits = buffer[: stop - start]
-        gemm(x_chunk, w, out=logits, bias=b)
+        gemm(x_chunk, w, out=logits, bias=b, precision=precision)
         ce_rows(logits, labels[start:stop], weight, weighted, ignore_index, label_smoothing,
                 grad_scale, True, row_losses[start:stop], logits)
-        gemm(logits, w.T, out=dx[start:stop])
-        gemm(x_chunk.T, logits, out=dw, accumulate=start > 0, column_sums_of_b=db_sums)
+        gemm(logits, w.T, out=dx[start:stop], precision=precision)
+        gemm(x_chunk.T, logits, out=dw, accumulate=start > 0, column_sums_of_b=db_sums, precision=precision)
     db = db_sums.astype(dtype) if b is not None else None
     return _reduce(row_losses, denominator, reduction, dtype), dx, dw, db

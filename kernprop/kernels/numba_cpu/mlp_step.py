@@ -24,10 +24,10 @@ one row per layer: in, out, weight offset, bias offset (-1: no bias), activation
 ``work`` holds every layer's output (batch, OUT), two gradient buffers (batch, widest
 layer) that backward ping-pongs between, and the GEMM's pack buffers.
 
-The GEMMs are ``serial_gemm``'s: the Goto/BLIS loops of ``matmul`` run serially on
-``_simd``'s register micro-kernel (~100 GFLOP/s on one Zen 4 core); at the digits MLP's
-sizes packing and edge tiles cost about as much as the multiply-adds.  A product whose
-output is narrower than a tile (the logits) runs transposed (``gemm_narrow``).  Measured per
+The GEMMs are the GEMM engine's serial driver (``gemm.drivers.serial``) over the step's
+own buffers, always fp32: at these sizes packing and edge tiles cost about as much as
+the multiply-adds, so a bf16 conversion would not pay.  A product whose output is
+narrower than a tile (the logits) runs transposed (``gemm.drivers.narrow``).  Measured per
 step, 64-32-10 at batch 32, float32 (shared 2-core Zen 4): forward 3.5 us (x @ w1 2.5,
 of which packing x 0.9), backward 4.1 us, loss 0.9 us, update 0.3 us (SGD) / 1.1 us
 (Adam); 10.3 / 11.2 us in all, 11.0 / 12.0 us called from Python; in ``Trainer.fit``
@@ -38,8 +38,7 @@ Variants:
      product (a vector loop of 2 iterations set up per (i, k)); replaced.
   2. ``matmul._gemm_serial`` called from here: its signature changed while it was being
      tuned (and Numba's cache does not see a callee's edits); replaced.
-  3. a GEMM over the step's own buffers, on ``_simd.micro_kernel`` (``serial_gemm``,
-     which ``matmul`` now also calls for its narrow products).
+  3. the GEMM engine's serial driver over the step's own buffers (this one).
 
 Every kernel is ``error_model="numpy"``: Python's division check in a loop stops LLVM
 from vectorising it (Adam's update: 7 us -> 1.5 us), and 0 / 0 must give nan (the mean
@@ -52,11 +51,11 @@ import numpy as np
 from numba import njit
 
 from ._jit import FASTMATH
-from ._simd import MR, tile_cols
+from .gemm import KC as _KC, MR, tile_cols
 from ._math import fast_exp
 from .activations import ACTIVATION_CODES, RELU, SIGMOID, TANH, activate
 from .losses import scale_row, target_grad_p, weighted_sum
-from .serial_gemm import KC as _KC, gemm as _gemm
+from .gemm.drivers import serial as _serial_gemm
 
 __all__ = ["mlp_step", "MLPStep"]
 
@@ -269,7 +268,8 @@ def _mlp_step(params, grads, state1, state2, work, hyper, meta, x_all, labels_al
         w = params[w_off:w_off + n_in * n_out].reshape((n_in, n_out))
         bias = params[b_off:b_off + n_out] if b_off >= 0 else bias0
         y = work[a_off:a_off + b * n_out].reshape((b, n_out))
-        _gemm(inp, w, y, bias, b_off >= 0, activation, apack, bpack, tile, sums, False, params, w_off)
+        _serial_gemm(inp, w, y, False, bias, b_off >= 0, activation, apack, bpack, tile, sums, False, _KC, 1,
+                     params, w_off)
     # loss and its gradient into the first gradient buffer
     last_out, last_off = layers[num_layers - 1, 1], layers[num_layers - 1, 5]
     out = work[last_off:last_off + b * last_out].reshape((b, last_out))
@@ -304,12 +304,14 @@ def _mlp_step(params, grads, state1, state2, work, hyper, meta, x_all, labels_al
         if b_off >= 0:
             for j in range(n_out):
                 sums[j] = 0.0
-        _gemm(inp.T, dz, dw, bias0, False, 0, apack, bpack, tile, sums, b_off >= 0, work, cur)
+        _serial_gemm(inp.T, dz, dw, False, bias0, False, 0, apack, bpack, tile, sums, b_off >= 0, _KC, 1,
+                     work, cur)
         if b_off >= 0:
             for j in range(n_out):
                 dbias[j] = sums[j]
         if l > 0:
-            _gemm(dz, w.T, dx, bias0, False, 0, apack, bpack, tile, sums, False, bpack, -1)
+            _serial_gemm(dz, w.T, dx, False, bias0, False, 0, apack, bpack, tile, sums, False, _KC, 1,
+                         bpack, -1)
         cur, other = other, cur
     # update, every parameter in one pass over the flat buffers
     if meta[_I_OPT] == SGD:

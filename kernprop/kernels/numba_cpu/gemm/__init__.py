@@ -1,0 +1,186 @@
+"""The GEMM engine of the Numba CPU backend: every product of the backend runs here.
+
+    out (M, N) = act(a (M, K) @ b (K, N) + bias)      or      out += a @ b
+
+One engine in the BLIS/oneDNN shape: packing (``packing``: float panels, and bf16 pair
+panels converted while packing), the loops over a caller-owned workspace (``drivers``:
+the tile with its epilogue, the serial and parallel drivers, the narrow-output case),
+and micro-kernels per instruction set and precision (``microkernels``), chosen at run
+time from what the CPU runs, measures and passes a self-check (``selection``).
+``matmul``, ``linear``, ``linear_backward``, ``linear_cross_entropy`` and the fused
+training step (``mlp_step``, through ``serial``) all call it.
+
+Blocking comes from the CPU's caches (``blocking``): the depth KC of a K block keeps an
+A micro-panel (KC x MR) in half of L1 while B micro-panels stream past it; a task's
+B block (KC x NCP*NR) fits in half of L2.
+
+Precision: float64 always runs the float64 FMA kernel; float32 runs the kernel that
+``selection`` chose for "fp32", "bf16x3" or "bf16" (``kernel_info`` shows them).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+from numba import get_num_threads
+
+from ..activations import ACTIVATION_CODES
+from . import drivers, selection
+from .microkernels import MR, tile_cols
+from .selection import BF16_PACK, KERNELS
+
+__all__ = ["KC", "MR", "blocking", "gemm", "kernel_info", "select_kernel", "serial", "tile_cols", "kernel_for"]
+
+# Depth of a K block for the fused step's serial products (its pack buffers are sized
+# by it); the engine's own products use ``blocking()``.
+KC = 256
+NC = 4096  # columns of a packed B panel (it stays in L3)
+_SERIAL_FLOPS = 4_000_000  # below this a parallel launch costs more than the product
+
+
+def _cache_bytes(level, kind):
+    # the size of this CPU's cache of a level and type ("Data"/"Unified"), from sysfs
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(base)):
+            path = os.path.join(base, entry)
+            with open(os.path.join(path, "level")) as f:
+                if int(f.read()) != level:
+                    continue
+            with open(os.path.join(path, "type")) as f:
+                if f.read().strip() not in kind:
+                    continue
+            with open(os.path.join(path, "size")) as f:
+                text = f.read().strip().upper()
+            scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1], 1)
+            return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def blocking(itemsize=4):
+    """(KC, MC panels per task, NC panels per task) for elements of ``itemsize`` bytes,
+    from the L1d and L2 sizes (32 KiB and 1 MiB when they cannot be read)."""
+    l1 = _cache_bytes(1, ("Data",)) or 32 * 1024
+    l2 = _cache_bytes(2, ("Unified", "Data")) or 1024 * 1024
+    kc = max(128, min(512, l1 // (2 * MR * itemsize)) // 16 * 16)
+    nr = tile_cols(itemsize)
+    ncp = max(2, min(16, l2 // (2 * kc * nr * itemsize)))
+    return kc, 12, ncp
+
+
+def _reference_product(a, b, precision):
+    from ...reference.matmul import product
+
+    return product(a, b, precision)
+
+
+_NO_BIAS = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1, np.float64)}
+_NO_SUMS = np.zeros(1, np.float64)
+
+
+def _k_block(k, kc_target):
+    # depth of the K blocks: as near kc_target as gives equal blocks (each block is one
+    # pass of loads and stores over C, so a thin last block would cost a whole pass)
+    blocks = max(1, round(k / kc_target))
+    return -(-k // blocks)
+
+
+def _run(a, b, out, bias, activation, accumulate, column_sums_of_b, kernel, precision):
+    m, k = a.shape
+    n = b.shape[1]
+    dtype = a.dtype
+    has_bias = bias is not None
+    bias = bias if has_bias else _NO_BIAS[dtype]
+    code = ACTIVATION_CODES[activation]
+    want_sums = column_sums_of_b is not None
+    sums = column_sums_of_b if want_sums else _NO_SUMS
+    pack_dtype = kernel.pack_dtype or dtype
+    terms = kernel.terms(precision)
+    nr = tile_cols(dtype.itemsize)
+    kc_target, mc_panels, nc_panels = blocking(dtype.itemsize)
+    # pack steps per K block: bf16 pairs halve them, bf16x3 triples K first
+    steps = lambda kc: (kc * terms + 1) // 2 if pack_dtype == BF16_PACK else kc  # noqa: E731
+    tile = np.empty((MR, nr), dtype=dtype)
+    small = 2 * m * n * k <= _SERIAL_FLOPS
+    if small and n < nr and n < m and not accumulate:
+        depth = min(k, KC)
+        apack = np.empty(-(-n // MR) * MR * steps(depth), dtype=pack_dtype)
+        bpack = np.empty(-(-m // nr) * nr * steps(depth), dtype=pack_dtype)
+        drivers.narrow(a, b, out, bias, has_bias, code, apack, bpack, tile, sums, want_sums, KC, terms)
+        return out
+    kc_max = _k_block(k, kc_target)
+    nc_max = min(n, NC)
+    apack = np.empty(-(-m // MR) * MR * steps(kc_max), dtype=pack_dtype)
+    bpack = np.empty(-(-nc_max // nr) * nr * steps(kc_max), dtype=pack_dtype)
+    # One thread: the serial loops, never slower than the parallel ones on one thread
+    # (256x784x512 float32: 2.3 vs 3.1 ms; 1024^3: 23.2 vs 23.4 ms), and no parallel
+    # kernel to compile for a run that never uses one.
+    if (small or get_num_threads() == 1) and n <= NC:
+        drivers.serial(a, b, out, accumulate, bias, has_bias, code, apack, bpack, tile, sums, want_sums,
+                       kc_max, terms, bpack, -1)
+        return out
+    for j0 in range(0, n, NC):
+        nc = min(NC, n - j0)
+        for k0 in range(0, k, kc_max):
+            kc = min(kc_max, k - k0)
+            drivers.pack_b(b, k0, kc, j0, nc, bpack, sums, want_sums, terms, nr)
+            drivers.pack_a(a, k0, kc, apack, terms)
+            drivers.macro(apack, bpack, kc, terms, out, j0, nc, accumulate or k0 > 0, k0 + kc >= k,
+                          bias, has_bias, code, mc_panels, nc_panels)
+    return out
+
+
+def _forced_product(a, b, precision, kernel):
+    return _run(a, b, np.empty((a.shape[0], b.shape[1]), a.dtype), None, None, False, None, kernel, precision)
+
+
+_selection = selection.Selection(_forced_product, _reference_product)
+
+
+def kernel_for(precision):
+    """The ``selection.Kernel`` that runs float32 products at ``precision`` here."""
+    return _selection.kernel(precision)
+
+
+def kernel_info():
+    """{precision: the micro-kernel it runs here, with the reason when it is not the
+    precision's own}, e.g. ``{"bf16": "bf16 avx512_bf16 vdpbf16ps 12x32", ...}``."""
+    return _selection.info()
+
+
+def select_kernel(precision, name):
+    """Force micro-kernel ``name`` ("fp32" or "bf16"; None: the rule again) for float32
+    products at ``precision``; returns the previous kernel's name.  A kernel less
+    accurate than the precision, unavailable on this CPU or failing its self-check is a
+    ValueError."""
+    return _selection.select(precision, name)
+
+
+def measured_peaks():
+    """One core's measured peak GFLOP/s per kernel (measured once per process)."""
+    return dict(_selection.peaks())
+
+
+def gemm(a, b, out=None, bias=None, activation=None, accumulate=False, column_sums_of_b=None,
+         precision="fp32"):
+    """``out = activation(a @ b + bias)`` (or ``out += a @ b`` when ``accumulate``);
+    ``a``, ``b`` of any strides, ``out`` C-contiguous.  When ``column_sums_of_b`` is a
+    float64 (N,) array, the column sums of ``b`` are added to it during packing.
+    ``precision`` applies to float32 operands (see ``kernprop.precision``).  Returns ``out``."""
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    kernel = selection.FP32 if a.dtype.itemsize == 8 else _selection.kernel(precision)
+    return _run(a, b, out, bias, activation, accumulate, column_sums_of_b, kernel, precision)
+
+
+def serial(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, bflat, b_base):
+    """The serial driver for callers that own their buffers and are compiled themselves
+    (``mlp_step``): float32/float64 panels of K blocks of ``KC``; see ``drivers.serial``.
+    Compiled code calls ``drivers.serial`` directly."""
+    drivers.serial(a, b, c, False, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, KC, 1,
+                   bflat, b_base)

@@ -1,0 +1,246 @@
+"""The GEMM engine's loops: tiles with their epilogue, the serial and parallel drivers.
+
+    c (M, N) = act(a (M, K) @ b (K, N) + bias)      or      c += a @ b
+
+Loops, outermost first (Goto & van de Geijn 2008; BLIS, Van Zee & van de Geijn 2015):
+  jc over N in blocks of NC columns   (Python)
+    pc over K in blocks of about KC   (Python; balanced: 784 = 3 x 262, not 3 x 256 + 16,
+                                       each block being a pass over C)
+      pack b[pc, jc] into NR-wide micro-panels            (_pack_b, prange)
+      pack a[:, pc]  into MR-tall micro-panels            (_pack_a, prange)
+      tasks = blocks of MCP * MR rows x NCP * NR columns of C (_macro, prange):
+        ir over the task's MR panels: jr over its NR panels: micro-kernel
+The A micro-panel stays in L1 while the task's B micro-panels stream from L2 (measured
+on Zen 4: 1024^3 on 2 threads 175 -> 200 GFLOP/s against the B-panel-outer order).
+``serial`` runs the same loops on one thread over caller-owned buffers: products too
+small to pay for a parallel launch, every product when Numba runs one thread, and the
+fused training step (``mlp_step``).  ``narrow`` computes an output narrower than a tile
+(the 10 logits of a classifier) transposed, so the narrow side fills the tile's rows.
+
+The micro-kernel follows the pack buffers' dtype (``microkernels.micro_tile``): float
+panels run ``fma_tile``, uint32 (bf16 pair) panels ``bf16_tile``; ``terms`` is 3 for
+bf16x3 (see ``packing``).  The epilogue (accumulate, bias, activation) runs on each
+tile as it is stored, on the last K block.
+"""
+
+import numpy as np
+from numba import prange, types
+from numba.extending import overload
+
+from .._jit import ERROR_MODEL, FASTMATH, kernel
+from ..activations import activate
+from .microkernels import MR, bf16_tile, fma_tile, tile_cols
+from .packing import pack_a_panel, pack_b_panel, pack_steps
+from numba import njit
+
+_JIT = {"cache": True, "fastmath": FASTMATH, "error_model": ERROR_MODEL}
+
+
+def micro_tile(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta):
+    """The micro-kernel of the pack buffers' dtype (see ``microkernels``)."""
+
+
+@overload(micro_tile, jit_options=_JIT)
+def _micro_tile(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta):
+    if ap.dtype == types.uint32:
+        def run_bf16(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta):
+            bf16_tile(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta)
+        return run_bf16
+
+    def run_fma(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta):
+        fma_tile(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta)
+    return run_fma
+
+
+@njit(**_JIT)
+def tile_product(apack, a_off, bsrc, b_off, b_stride, steps, c, i0, j0, mr, nr, beta, last,
+                 bias, has_bias, activation, tile):
+    # C tile c[i0:i0+mr, j0:j0+nr] (+)= packed A panel @ B panel.  A full tile goes
+    # straight from the registers to c; an edge tile goes through the (MR, NR) buffer
+    # ``tile`` and only its valid part is stored.  On the last K block the bias and the
+    # activation are applied while the tile is still in L1.
+    nr_full = tile_cols(c.itemsize)
+    full = mr == MR and nr == nr_full
+    # one call site of the micro-kernel (each one is a copy of its unrolled loop)
+    dst = c if full else tile
+    micro_tile(apack, a_off, bsrc, b_off, b_stride, steps, dst, i0 * c.shape[1] + j0 if full else 0,
+               c.shape[1] if full else nr_full, beta and full)
+    if not full:
+        for i in range(mr):
+            row = c[i0 + i, j0:j0 + nr]
+            t = tile[i, :nr]
+            if beta:
+                for j in range(nr):
+                    row[j] += t[j]
+            else:
+                for j in range(nr):
+                    row[j] = t[j]
+    if last and (has_bias or activation != 0):
+        bias_part = bias[j0:j0 + nr]
+        for i in range(mr):
+            row = c[i0 + i, j0:j0 + nr]
+            for j in range(nr):
+                value = row[j] + bias_part[j] if has_bias else row[j]
+                row[j] = activate(value, activation)
+
+
+@njit(**_JIT)
+def narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, kc_block, terms):
+    # As ``serial``, for c (M, N) narrower than a register tile (N < NR, e.g. the 10
+    # logits): computed as c.T = b.T @ a.T, so that N fills the MR rows of a tile and M
+    # its NR columns (one tile for 10 x 32 instead of three tiles of 32 columns, 10
+    # useful); each tile goes through ``tile`` and is stored transposed.  The bf16x3
+    # terms keep their roles crossed (b.T takes A's), which gives the same three products.
+    m, k = a.shape
+    n = b.shape[1]
+    nr_full = tile_cols(c.itemsize)
+    at = b.T  # (N, K): the new A
+    bt = a.T  # (K, M): the new B
+    m_panels = (n + MR - 1) // MR
+    n_panels = (m + nr_full - 1) // nr_full
+    if want_sums:
+        for p in range(k):
+            row = b[p]
+            for j in range(n):
+                sums[j] += row[j]
+    for k0 in range(0, k, kc_block):
+        kc = min(kc_block, k - k0)
+        steps = pack_steps(kc, terms, apack)
+        for ip in range(m_panels):
+            pack_a_panel(at, k0, kc, ip, apack, terms)
+        for jp in range(n_panels):
+            pack_b_panel(bt, k0, kc, 0, jp, bpack, sums, False, terms)
+        beta = k0 > 0
+        for jp in range(n_panels):
+            jj = jp * nr_full
+            nr = min(nr_full, m - jj)
+            for ip in range(m_panels):
+                i0 = ip * MR
+                mr = min(MR, n - i0)
+                micro_tile(apack, ip * steps * MR, bpack, jp * steps * nr_full, nr_full, steps, tile, 0,
+                           nr_full, False)
+                # tile[i, j] is c[jj + j, i0 + i]
+                for j in range(nr):
+                    row = c[jj + j, i0:i0 + mr]
+                    if beta:
+                        for i in range(mr):
+                            row[i] += tile[i, j]
+                    else:
+                        for i in range(mr):
+                            row[i] = tile[i, j]
+    if has_bias or activation != 0:
+        for i in range(m):
+            row = c[i]
+            for j in range(n):
+                row[j] = activate(row[j] + bias[j] if has_bias else row[j], activation)
+
+
+@njit(**_JIT)
+def serial(a, b, c, beta, bias, has_bias, activation, apack, bpack, tile, sums, want_sums,
+           kc_block, terms, bflat, b_base):
+    # a (M, K) @ b (K, N) -> c (M, N) C-contiguous, overwritten (added to when beta),
+    # then + bias and the activation on the last K block; a and b of any strides.  The
+    # Goto/BLIS loops on one thread over caller-owned buffers: ``apack`` holds
+    # ceil(M / MR) * MR and ``bpack`` ceil(N / NR) * NR micro-kernel steps of a K block
+    # of ``kc_block``, ``tile`` is (MR, NR).  When b_base >= 0, b is also bflat[b_base:]
+    # row-major (float packs only): if it is exactly one NR panel wide its rows already
+    # are the packed panel and the micro-kernel reads them in place.  (Reading a wider
+    # contiguous B in place was tried: slower, 7.9 vs 5.1 us for 32x64x128; its rows
+    # 512 bytes apart conflict in L1.)
+    m, k = a.shape
+    n = b.shape[1]
+    nr_full = tile_cols(c.itemsize)
+    if n < nr_full and n < m and not beta:
+        narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, kc_block, terms)
+        return
+    m_panels = (m + MR - 1) // MR
+    n_panels = (n + nr_full - 1) // nr_full
+    in_place = b_base >= 0 and n == nr_full
+    for k0 in range(0, k, kc_block):
+        kc = min(kc_block, k - k0)
+        steps = pack_steps(kc, terms, apack)
+        for ip in range(m_panels):
+            pack_a_panel(a, k0, kc, ip, apack, terms)
+        beta_k = beta or k0 > 0
+        last = k0 + kc >= k
+        if in_place:
+            if want_sums:
+                for p in range(kc):
+                    row = b[k0 + p]
+                    for j in range(n):
+                        sums[j] += row[j]
+            for ip in range(m_panels):
+                i0 = ip * MR
+                tile_product(apack, ip * kc * MR, bflat, b_base + k0 * n, nr_full, kc, c, i0, 0,
+                             min(MR, m - i0), n, beta_k, last, bias, has_bias, activation, tile)
+            continue
+        for jp in range(n_panels):
+            pack_b_panel(b, k0, kc, 0, jp, bpack, sums, want_sums, terms)
+            jj = jp * nr_full
+            nr = min(nr_full, n - jj)
+            for ip in range(m_panels):
+                i0 = ip * MR
+                tile_product(apack, ip * steps * MR, bpack, jp * steps * nr_full, nr_full, steps, c, i0,
+                             jj, min(MR, m - i0), nr, beta_k, last, bias, has_bias, activation, tile)
+
+
+# --- the parallel driver's kernels ------------------------------------------------------
+
+
+@njit(**_JIT)
+def _macro_block(apack, bpack, steps, c, j0, nc, ip0, ip1, jp0, jp1, tile, beta, last, bias,
+                 has_bias, activation):
+    # One task: MR panels ip0:ip1 x NR panels jp0:jp1 of the packed B panel that starts
+    # at column j0.  The A micro-panel stays in L1 across the task's NR panels, which
+    # stream from L2.
+    m = c.shape[0]
+    nr_full = tile_cols(c.itemsize)
+    for ip in range(ip0, ip1):
+        i0 = ip * MR
+        for jp in range(jp0, jp1):
+            jj = jp * nr_full
+            nr = min(nr_full, nc - jj)
+            tile_product(apack, ip * steps * MR, bpack, jp * steps * nr_full, nr_full, steps, c, i0,
+                         j0 + jj, min(MR, m - i0), nr, beta, last, bias, has_bias, activation, tile)
+
+
+@njit(**_JIT)
+def _split(panels, per_block):
+    # (blocks, panels per block): at most per_block each, as even as possible, so that
+    # the static schedule of prange gives each thread the same work.
+    blocks = (panels + per_block - 1) // per_block
+    return blocks, (panels + blocks - 1) // blocks
+
+
+@kernel
+def pack_a(a, k0, kc, apack, terms):
+    # a (M, K) any strides -> apack, all MR panels of columns k0:k0+kc
+    for ip in prange((a.shape[0] + MR - 1) // MR):
+        pack_a_panel(a, k0, kc, ip, apack, terms)
+
+
+@kernel
+def pack_b(b, k0, kc, j0, nc, bpack, sums, want_sums, terms, nr_full):
+    # b (K, N) any strides -> bpack, the NR panels of b[k0:k0+kc, j0:j0+nc]
+    for jp in prange((nc + nr_full - 1) // nr_full):
+        pack_b_panel(b, k0, kc, j0, jp, bpack, sums, want_sums, terms)
+
+
+@kernel
+def macro(apack, bpack, kc, terms, c, j0, nc, beta, last, bias, has_bias, activation, mc_panels,
+          nc_panels):
+    # c (M, N) C-contiguous: the tasks of one packed (A block, B panel) pair, each task
+    # owning its rectangle of C (no two threads write one element).
+    m = c.shape[0]
+    nr_full = tile_cols(c.itemsize)
+    steps = pack_steps(kc, terms, apack)
+    m_panels = (m + MR - 1) // MR
+    n_panels = (nc + nr_full - 1) // nr_full
+    m_blocks, m_per = _split(m_panels, mc_panels)
+    n_blocks, n_per = _split(n_panels, nc_panels)
+    for task in prange(m_blocks * n_blocks):
+        tile = np.empty((MR, nr_full), dtype=c.dtype)
+        ip0 = (task // n_blocks) * m_per
+        jp0 = (task % n_blocks) * n_per
+        _macro_block(apack, bpack, steps, c, j0, nc, ip0, min(ip0 + m_per, m_panels), jp0,
+                     min(jp0 + n_per, n_panels), tile, beta, last, bias, has_bias, activation)

@@ -1,0 +1,236 @@
+"""Packing: operands copied into the micro-kernels' panel layouts, from any strides.
+
+A K block of A becomes MR-row panels, one step of MR values per K step; a K block of B
+becomes NR-column panels, one step of NR values per K step; rows and columns past the
+edge are zeros, so edge tiles run the same micro-kernel.  The element type of the pack
+buffer is the micro-kernel's: float32/float64 panels feed ``fma_tile``, uint32 panels
+(two bfloat16 per word: K steps 2q and 2q+1) feed ``bf16_tile``.  ``pack_a_panel`` and
+``pack_b_panel`` choose the layout from the buffer's dtype when Numba types the call.
+
+The bf16 panels are converted while packing, with integer round to nearest even on the
+float32 bits (a hardware conversion may flush subnormals; the reference rounds the same
+way, ``kernels/reference/matmul.round_bf16``).  With ``terms = 3`` (precision bf16x3)
+each K step becomes three virtual steps, ``hi*hi + hi*lo + lo*hi``: A contributes
+(hi, hi, lo) and B (hi, lo, hi), where ``hi = bf16(x)`` and ``lo = bf16(x - hi)``; the
+product is then one bf16 GEMM over 3K.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from .._jit import ERROR_MODEL, FASTMATH
+from .microkernels import MR, tile_cols
+
+_JIT = {"cache": True, "fastmath": FASTMATH, "error_model": ERROR_MODEL}
+
+
+@intrinsic
+def _float_bits(typingctx, x):
+    # float32 -> its IEEE bits as uint32
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _bits_float(typingctx, u):
+    # uint32 bits -> float32
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+@njit(inline="always", **_JIT)
+def bf16_bits(x):
+    """The bfloat16 nearest to float32 ``x`` (ties to even), as the low 16 bits of a
+    uint32.  A NaN stays a (quiet) NaN; subnormals are rounded, not flushed."""
+    u = _float_bits(np.float32(x))
+    rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    quiet_nan = (u >> np.uint32(16)) | np.uint32(0x40)
+    # a select, not a branch, so that the packing loops vectorise
+    return quiet_nan if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rounded
+
+
+@njit(inline="always", **_JIT)
+def _term_bits(x, t, terms, b_role):
+    # term t of x: hi = bf16(x), or for bf16x3 the residual lo = bf16(x - hi) where the
+    # product hi*hi + hi*lo + lo*hi asks for it (A: hi, hi, lo; B: hi, lo, hi)
+    hi = bf16_bits(x)
+    if terms == 1 or t == 0 or (t == 1) != b_role:
+        return hi
+    return bf16_bits(np.float32(x) - _bits_float(hi << np.uint32(16)))
+
+
+def pack_steps(kc, terms, pack):
+    """Micro-kernel steps of a K block of ``kc`` (pairs of bf16 virtual steps for a uint32 pack)."""
+
+
+@overload(pack_steps, jit_options=_JIT)
+def _pack_steps(kc, terms, pack):
+    if pack.dtype == types.uint32:
+        return lambda kc, terms, pack: (kc * terms + 1) // 2
+    return lambda kc, terms, pack: kc
+
+
+def pack_a_panel(a, k0, kc, ip, apack, terms):
+    """a[ip*MR : ip*MR+MR, k0 : k0+kc] -> panel ip of ``apack`` (zero rows past M)."""
+
+
+@overload(pack_a_panel, jit_options=_JIT)
+def _pack_a_panel(a, k0, kc, ip, apack, terms):
+    if apack.dtype == types.uint32:
+        return _pack_a_panel_bf16
+    return _pack_a_panel_float
+
+
+def _pack_a_panel_float(a, k0, kc, ip, apack, terms):
+    m = a.shape[0]
+    i0 = ip * MR
+    mr = min(MR, m - i0)
+    dst = apack[ip * kc * MR:(ip + 1) * kc * MR]
+    if a.strides[0] <= a.strides[1]:
+        # column-major (a transposed view, as x.T in dW = x.T @ dy): read down columns
+        for p in range(kc):
+            col = a[i0:i0 + mr, k0 + p]
+            out = dst[p * MR:p * MR + mr]
+            for i in range(mr):
+                out[i] = col[i]
+    else:
+        for i in range(mr):
+            row = a[i0 + i, k0:k0 + kc]
+            for p in range(kc):
+                dst[p * MR + i] = row[p]
+    for i in range(mr, MR):
+        for p in range(kc):
+            dst[p * MR + i] = 0
+
+
+def _pack_a_panel_bf16(a, k0, kc, ip, apack, terms):
+    m = a.shape[0]
+    i0 = ip * MR
+    mr = min(MR, m - i0)
+    virtual = kc * terms
+    steps = (virtual + 1) // 2
+    dst = apack[ip * steps * MR:(ip + 1) * steps * MR]
+    if terms == 1:
+        # a row's K pairs are adjacent floats: read each row once, along K
+        pairs = kc // 2
+        for i in range(mr):
+            row = a[i0 + i, k0:k0 + kc]
+            for q in range(pairs):
+                dst[q * MR + i] = bf16_bits(row[2 * q]) | (bf16_bits(row[2 * q + 1]) << np.uint32(16))
+            if kc % 2:
+                dst[pairs * MR + i] = bf16_bits(row[kc - 1])
+        for q in range(steps):
+            for i in range(mr, MR):
+                dst[q * MR + i] = 0
+        return
+    for q in range(steps):
+        v0 = 2 * q
+        v1 = v0 + 1
+        out = dst[q * MR:(q + 1) * MR]
+        for i in range(mr):
+            low = _term_bits(a[i0 + i, k0 + v0 // terms], v0 % terms, terms, False)
+            high = np.uint32(0)
+            if v1 < virtual:
+                high = _term_bits(a[i0 + i, k0 + v1 // terms], v1 % terms, terms, False)
+            out[i] = low | (high << np.uint32(16))
+        for i in range(mr, MR):
+            out[i] = 0
+
+
+def pack_b_panel(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
+    """b[k0 : k0+kc, j0+jp*NR : +NR] -> panel jp of ``bpack`` (zero columns past N);
+    ``sums[j] += `` the column sums of b (float64) when ``want_sums``."""
+
+
+@overload(pack_b_panel, jit_options=_JIT)
+def _pack_b_panel(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
+    if bpack.dtype == types.uint32:
+        return _pack_b_panel_bf16
+    return _pack_b_panel_float
+
+
+@njit(**_JIT)
+def _column_sums_of_block(b, k0, kc, jj, nr, sums):
+    part = sums[jj:jj + nr]
+    for p in range(kc):
+        row = b[k0 + p, jj:jj + nr]
+        for j in range(nr):
+            part[j] += row[j]
+
+
+def _pack_b_panel_float(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
+    n = b.shape[1]
+    nr_full = tile_cols(b.itemsize)
+    jj = j0 + jp * nr_full
+    nr = min(nr_full, n - jj)
+    dst = bpack[jp * kc * nr_full:(jp + 1) * kc * nr_full]
+    if b.strides[1] > b.strides[0]:
+        # column-major (a transposed view, as w.T in dx = dy @ w.T): read down columns
+        for j in range(nr):
+            col = b[k0:k0 + kc, jj + j]
+            for p in range(kc):
+                dst[p * nr_full + j] = col[p]
+    else:
+        for p in range(kc):
+            row = b[k0 + p, jj:jj + nr]
+            out = dst[p * nr_full:p * nr_full + nr]
+            for j in range(nr):
+                out[j] = row[j]
+    if nr < nr_full:
+        for p in range(kc):
+            out = dst[p * nr_full:(p + 1) * nr_full]
+            for j in range(nr, nr_full):
+                out[j] = 0
+    if want_sums:
+        _column_sums_of_block(b, k0, kc, jj, nr, sums)
+
+
+def _pack_b_panel_bf16(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
+    n = b.shape[1]
+    nr_full = tile_cols(4)
+    jj = j0 + jp * nr_full
+    nr = min(nr_full, n - jj)
+    virtual = kc * terms
+    steps = (virtual + 1) // 2
+    dst = bpack[jp * steps * nr_full:(jp + 1) * steps * nr_full]
+    if terms == 1:
+        # two rows of B become one row of pairs: vectorised along the columns
+        for q in range(steps):
+            out = dst[q * nr_full:(q + 1) * nr_full]
+            row0 = b[k0 + 2 * q, jj:jj + nr]
+            if 2 * q + 1 < kc:
+                row1 = b[k0 + 2 * q + 1, jj:jj + nr]
+                for j in range(nr):
+                    out[j] = bf16_bits(row0[j]) | (bf16_bits(row1[j]) << np.uint32(16))
+            else:
+                for j in range(nr):
+                    out[j] = bf16_bits(row0[j])
+            for j in range(nr, nr_full):
+                out[j] = 0
+        if want_sums:
+            _column_sums_of_block(b, k0, kc, jj, nr, sums)
+        return
+    for q in range(steps):
+        v0 = 2 * q
+        v1 = v0 + 1
+        out = dst[q * nr_full:(q + 1) * nr_full]
+        row0 = b[k0 + v0 // terms, jj:jj + nr]
+        t0 = v0 % terms
+        if v1 < virtual:
+            row1 = b[k0 + v1 // terms, jj:jj + nr]
+            t1 = v1 % terms
+            for j in range(nr):
+                out[j] = _term_bits(row0[j], t0, terms, True) | (_term_bits(row1[j], t1, terms, True) << np.uint32(16))
+        else:
+            for j in range(nr):
+                out[j] = _term_bits(row0[j], t0, terms, True)
+        for j in range(nr, nr_full):
+            out[j] = 0
+    if want_sums:
+        _column_sums_of_block(b, k0, kc, jj, nr, sums)
