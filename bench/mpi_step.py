@@ -53,7 +53,7 @@ def main():
 
     # Plain: epoch wall time / steps.
     trainer = make()
-    dist = trainer._dist
+    dist = trainer.distributed
     trainer.fit(X, y, 1, verbose=0)  # warm-up (JIT, caches, first-touch)
     times, cpu = [], []
     for _ in range(args.epochs):
@@ -79,7 +79,7 @@ def main():
         # Instrumented: split each Allreduce call into the wait for the slowest rank and
         # the reduction itself; the time between the ends of two calls is a step.
         trainer = make()
-        dist = trainer._dist
+        dist = trainer.distributed
         reduce_gradients = dist.allreduce_gradients
         waits, reduces, ends = [], [], []
 

@@ -38,7 +38,7 @@ from types import SimpleNamespace
 import numpy as np
 
 import kernprop
-from kernprop import nn, optim, train
+from kernprop import engines, nn, optim
 from kernprop.train import Trainer
 
 
@@ -101,17 +101,12 @@ def torch_step(sizes, rng):
     return step, torch.from_numpy
 
 
-def trainer_step_us(backend, optimizer, sizes, X, y, batch, epochs=5, fused=None, shuffle=True):
-    """Best step time of Trainer.fit; fused True / False forces the fused whole-step
-    kernel on / off (numba), None leaves the Trainer's choice."""
-    saved = train._FUSED_MAX_MACS
-    if fused is not None:
-        train._FUSED_MAX_MACS = 10**15 if fused else -1
-    try:
-        trainer = Trainer(nn.MLP(sizes, rng=0), optimizer=optimizer, backend=backend, batch_size=batch)
-        history = trainer.fit(X, y, epochs=epochs + 1, verbose=0, shuffle=shuffle)
-    finally:
-        train._FUSED_MAX_MACS = saved
+def trainer_step_us(backend, optimizer, sizes, X, y, batch, epochs=5, engine="auto", shuffle=True):
+    """Best step time of Trainer.fit with ``engine`` (a name, or "auto": the Trainer's
+    choice)."""
+    trainer = Trainer(nn.MLP(sizes, rng=0), optimizer=optimizer, backend=backend, batch_size=batch,
+                      engine=engine)
+    history = trainer.fit(X, y, epochs=epochs + 1, verbose=0, shuffle=shuffle)
     return batch / max(history["samples_per_s"][1:]) * 1e6
 
 
@@ -132,8 +127,6 @@ ISSUE7_MODELS = (((64, 32, 10), 32), ((64, 128, 10), 32), ((784, 512, 256, 10), 
 
 def issue7(rounds=2):
     """Issue 7's table: each model ``rounds`` times, every contender in one run."""
-    import kernprop.train as ktrain
-
     print(f"issue 7: train step, float32, numba threads {kernprop.get_num_threads()}, "
           f"torch eager on 2 threads; best epoch of several, us per step (samples/s)")
     for r in range(rounds):
@@ -153,14 +146,17 @@ def issue7(rounds=2):
                 step, from_numpy = made
                 Xt, yt = from_numpy(X), from_numpy(y)
                 rows["torch eager (sgd)"] = loop_step_us(step, Xt, yt, batch, repeat=steps)
-            macs = 3 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-            auto = macs <= ktrain._fused_limit()
             for name, opt in (("sgd", lambda: optim.SGD(0.05)), ("adam", lambda: optim.Adam(1e-3))):
-                for fused in (True, False):
-                    label = f"numba {'fused' if fused else 'layers'} ({name})"
-                    if fused == auto:
+                model = nn.MLP(sizes, rng=0)
+                auto, _ = engines.choose(model, nn.make_loss("cross_entropy"), opt(), "numba", batch)
+                # the layer-by-layer engine of the rule's step 4 (packed for small models)
+                size = sum(p.size for p in model.parameters())
+                layers = "packed" if size <= engines.PACK_MAX_PARAMS else "layerwise"
+                for engine in ("fused", layers):
+                    label = f"numba {'fused' if engine == 'fused' else 'layers'} ({name})"
+                    if engine == auto:
                         label += " auto"
-                    rows[label] = trainer_step_us("numba", opt(), sizes, X, y, batch, epochs=epochs, fused=fused,
+                    rows[label] = trainer_step_us("numba", opt(), sizes, X, y, batch, epochs=epochs, engine=engine,
                                                   shuffle=False)
             # fit's default: the epoch's shuffle (a permutation and a gather of X) counted too
             rows["numba auto (sgd) + shuffle"] = trainer_step_us("numba", optim.SGD(0.05), sizes, X, y, batch,

@@ -117,21 +117,30 @@ def _train(args, dist=None) -> int:
         print(f"kernprop train: {exc}", file=sys.stderr)
         return 2
     model = nn.MLP(sizes, activation=args.activation, rng=args.seed)
-    threads = args.threads
+    threads, why_threads = args.threads, "--threads"
     if threads is None and backend in ("numba", "cython"):
         # Tiny steps gain nothing from threads and lose much when the cores are busy
         # (a parallel region waits for every thread): one thread below ~1M multiply-adds.
         work = args.batch_size * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-        threads = 1 if work < SMALL_STEP_WORK else None
+        if work < SMALL_STEP_WORK:
+            threads, why_threads = 1, f"a step of {work:,} multiply-adds is too short to gain from threads"
     if threads is not None:
         set_num_threads(threads)
-    trainer = Trainer(model, "cross_entropy", optimizer, backend=backend, batch_size=args.batch_size,
-                      seed=args.seed, label_smoothing=args.label_smoothing, distributed=dist)
+    try:
+        trainer = Trainer(model, "cross_entropy", optimizer, backend=backend, batch_size=args.batch_size,
+                          seed=args.seed, label_smoothing=args.label_smoothing, distributed=dist,
+                          engine=args.engine)
+    except ValueError as exc:
+        print(f"kernprop train: {exc}", file=sys.stderr)
+        return 2
+    engine, why_engine = trainer.choose_engine()
     print(f"data: {source}: {X_train.shape[0]} train, {X_test.shape[0]} test rows, "
           f"{X_train.shape[1]} features, {num_classes} classes")
     print(f"model: MLP {'-'.join(map(str, sizes))} ({args.activation}), {args.optimizer} lr {lr:g}, "
           f"batch {args.batch_size}, backend {backend}, {get_num_threads()} threads"
+          + (f" ({why_threads})" if threads is not None else "")
           + (f" x {dist.size} MPI ranks" if dist is not None else ""))
+    print(f"engine: {f'mpi({engine})' if dist is not None else engine} ({why_engine})")
     interactive = sys.stderr.isatty()
 
     def report(epoch, logs):
@@ -164,6 +173,9 @@ def _positive_int(text):
     return value
 
 
+ENGINE_CHOICES = ("auto", "layerwise", "packed", "fused", "device")  # kernprop.engines.ENGINE_CHOICES, unimported
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernprop", description="High-performance kernels for training neural networks."
@@ -190,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on arrays X (N, F) and integer labels y (N,) from this file (80/20 split)")
     train.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the numba/cython backends (default: 1 for small models, "
                        "whose steps are too short to gain from threads, else all cores)")
+    train.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                       help="how a step runs (default auto: the rule in kernprop.engines; the choice is printed)")
     train.add_argument("--distributed", choices=("none", "mpi"), default="none",
                        help="mpi: data-parallel over the ranks of mpirun -n N (--batch-size is the global batch)")
     train.set_defaults(func=_train)

@@ -44,7 +44,11 @@ __all__ = [
     "MSELoss",
     "make_loss",
     "bind_kernels",
+    "raw_kernels",
+    "validated_ops",
+    "to_config",
     "from_config",
+    "parameter_shapes",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -136,11 +140,14 @@ def raw_kernels(backend):
 
 
 @contextlib.contextmanager
-def bind_kernels(module, backend):
-    """Inside the block, ``module`` (and every layer in it) calls ``backend``'s kernels
-    directly, without the per-call checks of the public ops.  For callers that have
-    validated their inputs once (``Trainer.fit``); restores the checked path after."""
-    kernels = raw_kernels(backend)
+def bind_kernels(module, kernels):
+    """Inside the block, ``module`` (and every layer in it) calls the kernel table
+    ``kernels``: a namespace from ``raw_kernels`` (a backend's kernels, unchecked: for
+    callers that have validated their inputs once, as ``Trainer.fit``) or from
+    ``validated_ops``; a backend name means ``raw_kernels(name)``.  Yields the table and
+    restores what each layer called before."""
+    if isinstance(kernels, str):
+        kernels = raw_kernels(kernels)
     layers = list(module.modules())
     saved = [layer._bound for layer in layers]
     for layer in layers:
@@ -202,11 +209,17 @@ class Module:
     def gradients(self):
         return []
 
-    def _set_parameters(self, arrays):
+    def set_parameters(self, arrays):
         """Rebind the parameters to ``arrays`` (same order and shapes as ``parameters()``,
-        e.g. their device copies while a Trainer runs on the GPU)."""
+        e.g. their device copies while a Trainer runs on the GPU, or views into one flat
+        buffer)."""
         if len(arrays):
             raise ValueError(f"{type(self).__name__} has no parameters")
+
+    def set_gradients(self, arrays):
+        """Rebind the gradients to ``arrays`` (same order and shapes as ``gradients()``)."""
+        if len(arrays):
+            raise ValueError(f"{type(self).__name__} has no gradients")
 
     def config(self) -> dict:
         """The architecture of this module as JSON-able data (see ``from_config``)."""
@@ -289,12 +302,18 @@ class Linear(Module):
     def parameters(self):
         return [self.weight] if self.bias is None else [self.weight, self.bias]
 
-    def _set_parameters(self, arrays):
+    def set_parameters(self, arrays):
         if len(arrays) != len(self.parameters()):
             raise ValueError(f"Linear takes {len(self.parameters())} parameter arrays, got {len(arrays)}")
         self.weight = arrays[0]
         if self.bias is not None:
             self.bias = arrays[1]
+
+    def set_gradients(self, arrays):
+        if len(arrays) != len(self.parameters()):
+            raise ValueError(f"Linear takes {len(self.parameters())} gradient arrays, got {len(arrays)}")
+        self.dweight = arrays[0]
+        self.dbias = arrays[1] if self.bias is not None else None
 
     def gradients(self):
         return [self.dweight] if self.bias is None else [self.dweight, self.dbias]
@@ -368,19 +387,19 @@ class Sequential(Module):
             else:
                 plan.append((layer, None))
                 i += 1
-        self._plan = plan
+        self.plan = plan  # public: the fused training engine reads the layer table from it
         self._plan_reversed = plan[::-1]
 
     def children(self):
         return list(self.layers)
 
     def forward(self, x):
-        for layer, activation in self._plan:
+        for layer, activation in self.plan:
             x = layer.forward(x, activation) if activation is not None else layer.forward(x)
         return x
 
     def backward(self, dy, need_input_grad=True):
-        first = self._plan[0][0]
+        first = self.plan[0][0]
         for layer, _ in self._plan_reversed:
             dy = layer.backward(dy, need_input_grad or layer is not first)
         return dy
@@ -388,14 +407,20 @@ class Sequential(Module):
     def parameters(self):
         return [p for layer in self.layers for p in layer.parameters()]
 
-    def _set_parameters(self, arrays):
+    def set_parameters(self, arrays):
+        self._split(arrays, "set_parameters", "parameter")
+
+    def set_gradients(self, arrays):
+        self._split(arrays, "set_gradients", "gradient")
+
+    def _split(self, arrays, method, what):
         start = 0
         for layer in self.layers:
             count = len(layer.parameters())
-            layer._set_parameters(arrays[start:start + count])
+            getattr(layer, method)(arrays[start:start + count])
             start += count
         if start != len(arrays):
-            raise ValueError(f"Sequential takes {start} parameter arrays, got {len(arrays)}")
+            raise ValueError(f"Sequential takes {start} {what} arrays, got {len(arrays)}")
 
     def gradients(self):
         return [g for layer in self.layers for g in layer.gradients()]
@@ -437,6 +462,31 @@ class MLP(Sequential):
                 layers.append(_ACTIVATION_LAYERS[activation]())
         super().__init__(*layers)
         self.sizes, self.activation = sizes, activation
+
+
+def to_config(module) -> dict:
+    """The architecture of ``module`` as JSON-able data; ``from_config`` rebuilds it."""
+    return module.config()
+
+
+def parameter_shapes(config) -> list:
+    """The shapes of ``parameters()`` of the module ``config`` describes, without
+    building it (so a checkpoint can be checked before anything is allocated).  Raises
+    ValueError for a config ``from_config`` would refuse."""
+    if not isinstance(config, dict) or not isinstance(config.get("type"), str):
+        raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
+    kind = config["type"]
+    if kind == "Sequential":
+        layers = config.get("layers")
+        if not isinstance(layers, list):
+            raise ValueError("a Sequential config needs a 'layers' list")
+        return [shape for c in layers for shape in parameter_shapes(c)]
+    if kind == "Linear":
+        fan_in, fan_out = config.get("in_features"), config.get("out_features")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (fan_in, fan_out)):
+            raise ValueError(f"a Linear config needs positive int sizes, got {config!r}")
+        return [(fan_in, fan_out), (fan_out,)] if config.get("bias") else [(fan_in, fan_out)]
+    return []
 
 
 def from_config(config) -> Module:
@@ -492,7 +542,8 @@ class CrossEntropyLoss:
         self.weight = weight
         self._weight_cast = None
 
-    def _weight(self, dtype):
+    def weight_as(self, dtype):
+        """The class weights (C,) in ``dtype`` (cast once and kept), or None."""
         if self.weight is None:
             return None
         if self._weight_cast is None or self._weight_cast.dtype != dtype:
@@ -502,13 +553,13 @@ class CrossEntropyLoss:
     def forward(self, logits, labels, kernels):
         return kernels.cross_entropy_forward(
             logits, labels, self.reduction, self.ignore_index, self.label_smoothing,
-            self._weight(logits.dtype),
+            self.weight_as(logits.dtype),
         )
 
     def with_grad(self, logits, labels, kernels):
         return kernels.cross_entropy_with_grad(
             logits, labels, self.reduction, self.ignore_index, self.label_smoothing,
-            self._weight(logits.dtype),
+            self.weight_as(logits.dtype),
         )
 
     def kwargs(self):

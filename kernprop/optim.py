@@ -63,8 +63,10 @@ class Optimizer:
         if self.lr_schedule is not None:
             self.set_lr(self.lr_schedule(epoch))
 
-    def _ensure_state(self, params):
-        # The Trainer passes the same list every step: check it once, not per step.
+    def init_state(self, params):
+        """Make the state for ``params`` (zeros) unless the state already fits them;
+        refuses a state of other shapes once steps were taken.  The Trainer passes the
+        same list every step: it is checked once, not per step."""
         if params is self._checked:
             return
         first = self._state_names[0] if self._state_names else None
@@ -86,6 +88,12 @@ class Optimizer:
         for name in self._state_names:
             self.state[name] = [_zeros_like(p) for p in params]
         self._checked = params
+
+    def set_state(self, state):
+        """Replace the state (``{name: [arrays]}``, e.g. flat or device copies while a
+        Trainer runs); it is checked against the parameters at the next step."""
+        self.state = state
+        self._checked = None
 
     def step(self, params, grads, kernels=None):
         """Update every array of ``params`` in place from ``grads`` (same order).
@@ -163,7 +171,7 @@ class SGD(Optimizer):
 
     def step(self, params, grads, kernels=None):
         k = kernels or validated_ops(None)
-        self._ensure_state(params)
+        self.init_state(params)
         velocities = self.state["velocity"] if self.momentum else [None] * len(params)
         lr, momentum, nesterov, wd = self.lr, self.momentum, self.nesterov, self.weight_decay
         sgd_step = k.sgd_step
@@ -206,7 +214,7 @@ class Adam(Optimizer):
 
     def step(self, params, grads, kernels=None):
         k = kernels or validated_ops(None)
-        self._ensure_state(params)
+        self.init_state(params)
         self.steps += 1
         step, lr, (b1, b2), eps = self.steps, self.lr, self.betas, self.eps
         wd, dec = self.weight_decay, self.decoupled

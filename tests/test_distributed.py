@@ -210,7 +210,7 @@ def test_shards_partition_the_batch_contiguously(rows, size):
 
 def test_distributed_option_is_checked():
     model = nn.MLP([4, 3], rng=0)
-    assert Trainer(model, distributed="none")._dist is None
-    assert Trainer(model, distributed=None)._dist is None
+    assert Trainer(model, distributed="none").distributed is None
+    assert Trainer(model, distributed=None).distributed is None
     with pytest.raises(ValueError, match="distributed must be one of"):
         Trainer(model, distributed="nccl")

@@ -1,13 +1,14 @@
-"""The fused whole-step kernel (``kernels.numba_cpu.mlp_step``) that ``Trainer.fit`` runs
-for small MLPs on numba: the same weights, optimizer state, history and gradients as
-the layer-by-layer numba path and the numpy backend, for every optimizer and loss
-option it takes; deterministic; the layer-by-layer path where it does not apply."""
+"""The fused engine (``engines/fused_mlp.py`` over ``kernels.numba_cpu.mlp_step``) that
+``Trainer.fit`` takes for small MLPs on numba: the same weights, optimizer state,
+history and gradients as the packed layer-by-layer engine on numba and numpy, for every
+optimizer and loss option it takes; deterministic; not chosen where it does not apply.
+Engines are picked by name (``Trainer(..., engine=...)``)."""
 
 import numpy as np
 import pytest
 
 import kernprop
-from kernprop import nn, optim, train
+from kernprop import engines, nn, optim, train
 from kernprop.train import Trainer
 
 pytestmark = pytest.mark.skipif(
@@ -47,30 +48,26 @@ def _blobs(n=100, features=6, classes=3, seed=0, dtype=np.float32):
 
 
 @pytest.fixture
-def spy(monkeypatch):
-    """Records whether each fit took the fused step."""
-    calls = []
-    real = train._fused_step
-
-    def recording(*args):
-        fused = real(*args)
-        calls.append(fused is not None)
-        return fused
-
-    monkeypatch.setattr(train, "_fused_step", recording)
-    return calls
+def spy():
+    """Records, per fit, whether its engine was the fused one (from the history)."""
+    return []
 
 
-def _fit(backend, fused, monkeypatch, optimizer="adam", dtype=np.float32, loss="cross_entropy",
+def _engine(fused):
+    return "fused" if fused else "packed"
+
+
+def _fit(backend, fused, seen, optimizer="adam", dtype=np.float32, loss="cross_entropy",
          model=None, epochs=3, data=None, batch_size=16, verbose=0, **loss_kwargs):
-    """Trains on ``backend`` with the fused step on or off; returns the trainer and history."""
-    monkeypatch.setattr(train, "_FUSED_MAX_MACS", 10**9 if fused else -1)
+    """Trains on ``backend`` with the fused engine or the packed layer-by-layer one;
+    returns the trainer and history and appends to ``seen`` whether it ran fused."""
     X, y = data if data is not None else _blobs(dtype=dtype)
     model = model() if model is not None else nn.MLP([6, 8, 3], rng=0, dtype=dtype)
     opt = OPTIMIZERS[optimizer]()
     trainer = Trainer(model, loss=loss, optimizer=opt, backend=backend, batch_size=batch_size,
-                      seed=0, **loss_kwargs)
+                      seed=0, engine=_engine(fused), **loss_kwargs)
     history = trainer.fit(X, y, epochs=epochs, verbose=verbose)
+    seen.append(set(history["engine"]) == {"fused"})
     return trainer, history
 
 
@@ -97,7 +94,7 @@ def _compare(runs, dtype):
                 continue
             _assert_close(fused.optimizer.state_dict()[key], value, dtype, f"optimizer {key}")
         for key in history:
-            if key not in ("samples_per_s",):
+            if key not in ("samples_per_s", "engine"):
                 _assert_close(h_fused[key], history[key], dtype, f"history {key}")
         for i, (a, b) in enumerate(zip(fused.model.gradients(), trainer.model.gradients())):
             _assert_close(a, b, dtype, f"gradient {i}")
@@ -105,8 +102,8 @@ def _compare(runs, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
-def test_optimizers_match_unfused_and_numpy(opt, dtype, spy, monkeypatch):
-    runs = [_fit(b, f, monkeypatch, opt, dtype) for b, f in (("numba", True), ("numba", False),
+def test_optimizers_match_unfused_and_numpy(opt, dtype, spy):
+    runs = [_fit(b, f, spy, opt, dtype) for b, f in (("numba", True), ("numba", False),
                                                             ("numpy", False))]
     assert spy == [True, False, False]
     _compare(runs, dtype)
@@ -114,9 +111,9 @@ def test_optimizers_match_unfused_and_numpy(opt, dtype, spy, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("loss", list(LOSSES))
-def test_cross_entropy_options_match(loss, dtype, spy, monkeypatch):
+def test_cross_entropy_options_match(loss, dtype, spy):
     kwargs = LOSSES[loss]
-    runs = [_fit(b, f, monkeypatch, "momentum", dtype, **kwargs)
+    runs = [_fit(b, f, spy, "momentum", dtype, **kwargs)
             for b, f in (("numba", True), ("numba", False), ("numpy", False))]
     assert spy == [True, False, False]
     _compare(runs, dtype)
@@ -124,11 +121,11 @@ def test_cross_entropy_options_match(loss, dtype, spy, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_mse_matches(reduction, dtype, spy, monkeypatch):
+def test_mse_matches(reduction, dtype, spy):
     X, _ = _blobs(dtype=dtype)
     Y = np.stack([X[:, 0] - X[:, 1], 0.5 * X[:, 2]], axis=1)
     model = lambda: nn.MLP([6, 8, 2], activation="tanh", rng=0, dtype=dtype)  # noqa: E731
-    runs = [_fit(b, f, monkeypatch, "adam", dtype, loss="mse", model=model, data=(X, Y),
+    runs = [_fit(b, f, spy, "adam", dtype, loss="mse", model=model, data=(X, Y),
                  reduction=reduction) for b, f in (("numba", True), ("numba", False), ("numpy", False))]
     assert spy == [True, False, False]
     _compare(runs, dtype)
@@ -146,34 +143,34 @@ MODELS = {
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("arch", list(MODELS))
-def test_architectures_match(arch, dtype, spy, monkeypatch):
-    runs = [_fit(b, f, monkeypatch, "nesterov-wd", dtype, model=lambda: MODELS[arch](dtype))
+def test_architectures_match(arch, dtype, spy):
+    runs = [_fit(b, f, spy, "nesterov-wd", dtype, model=lambda: MODELS[arch](dtype))
             for b, f in (("numba", True), ("numba", False), ("numpy", False))]
     assert spy == [True, False, False]
     _compare(runs, dtype)
 
 
-def test_last_batch_smaller_and_batch_of_one(spy, monkeypatch):
+def test_last_batch_smaller_and_batch_of_one(spy):
     for batch in (1, 7, 33):  # 100 rows: a short last batch each time
-        runs = [_fit("numba", f, monkeypatch, "adam", batch_size=batch) for f in (True, False)]
+        runs = [_fit("numba", f, spy, "adam", batch_size=batch) for f in (True, False)]
         _compare(runs, np.float32)
     assert spy == [True, False] * 3
 
 
-def test_deterministic(monkeypatch):
-    runs = [_fit("numba", True, monkeypatch, "adamw", epochs=4) for _ in range(2)]
+def test_deterministic():
+    runs = [_fit("numba", True, [], "adamw", epochs=4) for _ in range(2)]
     for a, b in zip(runs[0][0].model.parameters(), runs[1][0].model.parameters()):
         assert np.array_equal(a, b)
     assert runs[0][1]["loss"] == runs[1][1]["loss"]
 
 
-def test_does_not_depend_on_thread_count(monkeypatch):
+def test_does_not_depend_on_thread_count():
     old = kernprop.get_num_threads() if hasattr(kernprop, "get_num_threads") else None
     results = []
     try:
         for threads in (1, 2):
             kernprop.set_num_threads(threads)
-            results.append(_fit("numba", True, monkeypatch, "adam")[0].model.parameters())
+            results.append(_fit("numba", True, [], "adam")[0].model.parameters())
     finally:
         if old is not None:
             kernprop.set_num_threads(old)
@@ -181,10 +178,10 @@ def test_does_not_depend_on_thread_count(monkeypatch):
         assert np.array_equal(a, b)
 
 
-def test_all_rows_ignored_gives_nan_loss_and_no_update(spy, monkeypatch):
+def test_all_rows_ignored_gives_nan_loss_and_no_update(spy):
     X, _ = _blobs(n=32)
     y = np.full(32, 2)
-    runs = [_fit(b, f, monkeypatch, "sgd", data=(X, y), ignore_index=2, epochs=1)
+    runs = [_fit(b, f, spy, "sgd", data=(X, y), ignore_index=2, epochs=1)
             for b, f in (("numba", True), ("numpy", False))]
     assert spy == [True, False]
     assert np.isnan(runs[0][1]["loss"][0]) and np.isnan(runs[1][1]["loss"][0])
@@ -192,23 +189,23 @@ def test_all_rows_ignored_gives_nan_loss_and_no_update(spy, monkeypatch):
         assert np.array_equal(a, b)
 
 
-def test_validation_callbacks_and_checkpoints_unchanged(tmp_path, monkeypatch):
+def test_validation_callbacks_and_checkpoints_unchanged(tmp_path):
     X, y = _blobs()
     out = {}
     for fused in (True, False):
-        monkeypatch.setattr(train, "_FUSED_MAX_MACS", 10**9 if fused else -1)
         seen = []
         trainer = Trainer(nn.MLP([6, 8, 3], rng=0), optimizer=optim.Adam(1e-2), backend="numba",
-                          batch_size=16)
+                          batch_size=16, engine=_engine(fused))
         history = trainer.fit(X, y, epochs=2, validation_data=(X[:40], y[:40]), verbose=0,
                               callbacks=[lambda epoch, logs: seen.append((epoch, sorted(logs)))])
         path = trainer.save(tmp_path / f"{fused}.npz")
-        resumed = Trainer.load(path)
+        resumed = Trainer.load(path, engine=_engine(fused))
         resumed.fit(X, y, epochs=1, verbose=0)
         trainer.fit(X, y, epochs=1, verbose=0)
         out[fused] = (history, seen, trainer, resumed)
     (h1, seen1, t1, r1), (h0, seen0, t0, _) = out[True], out[False]
     assert seen1 == seen0 and list(h1) == list(h0)
+    assert h1["engine"] == ["fused", "fused"] and h0["engine"] == ["packed", "packed"]
     assert t1.optimizer.steps == t0.optimizer.steps == r1.optimizer.steps
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
         _assert_close(h1[key], h0[key], np.float32, key)
@@ -217,15 +214,14 @@ def test_validation_callbacks_and_checkpoints_unchanged(tmp_path, monkeypatch):
         _assert_close(a, c, np.float32, "param")
 
 
-def test_lr_schedule_applies(spy, monkeypatch):
+def test_lr_schedule_applies(spy):
     runs = []
     for backend, fused in (("numba", True), ("numpy", False)):
-        monkeypatch.setattr(train, "_FUSED_MAX_MACS", 10**9 if fused else -1)
         X, y = _blobs()
-        trainer = Trainer(nn.MLP([6, 8, 3], rng=0), backend=backend, batch_size=16,
+        trainer = Trainer(nn.MLP([6, 8, 3], rng=0), backend=backend, batch_size=16, engine=_engine(fused),
                           optimizer=optim.SGD(0.1, lr_schedule=lambda epoch: 0.1 / (1 + epoch)))
         runs.append((trainer, trainer.fit(X, y, epochs=3, verbose=0)))
-    assert spy == [True, False]
+    assert [set(h["engine"]) == {"fused"} for _, h in runs] == [True, False]
     _compare(runs, np.float32)
 
 
@@ -233,9 +229,8 @@ class _Loss(nn.CrossEntropyLoss):
     pass
 
 
-@pytest.mark.parametrize("case", ["reduction-none", "custom-loss", "too-big", "numpy-backend",
-                                  "leading-activation"])
-def test_layer_by_layer_path_where_fused_does_not_apply(case, spy, monkeypatch):
+@pytest.mark.parametrize("case", ["reduction-none", "custom-loss", "numpy-backend", "leading-activation"])
+def test_auto_does_not_fuse_where_the_fused_step_does_not_apply(case):
     X, y = _blobs()
     model = nn.MLP([6, 8, 3], rng=0)
     loss = "cross_entropy"
@@ -245,38 +240,56 @@ def test_layer_by_layer_path_where_fused_does_not_apply(case, spy, monkeypatch):
         kwargs = {"reduction": "none"}
     elif case == "custom-loss":
         loss = _Loss()
-    elif case == "too-big":
-        monkeypatch.setattr(train, "_FUSED_MAX_MACS", 100)
     elif case == "numpy-backend":
         backend = "numpy"
     else:
         model = nn.Sequential(nn.Tanh(), nn.Linear(6, 3, rng=0))
-    Trainer(model, loss=loss, backend=backend, batch_size=16, **kwargs).fit(X, y, epochs=1, verbose=0)
-    assert spy == [False]
+    history = Trainer(model, loss=loss, backend=backend, batch_size=16, **kwargs).fit(X, y, epochs=1, verbose=0)
+    assert history["engine"] == ["packed"]
+    if backend == "numba":  # asked for by name, it says why not
+        with pytest.raises(ValueError, match="engine 'fused' does not take"):
+            Trainer(model, loss=loss, backend=backend, batch_size=16, engine="fused", **kwargs).fit(X, y)
 
 
-def test_digits_default_model_is_fused(spy):
+def test_auto_does_not_fuse_a_step_above_the_limit():
+    # the rule's size limit, asked of engines.choose without training the big model
+    model, loss, opt = nn.MLP([784, 512, 256, 10], rng=0), nn.make_loss("cross_entropy"), optim.SGD(0.1)
+    small = engines.fused_limit(threads=2) // engines.multiply_adds(model, 1)
+    bigger = engines.fused_limit(threads=1) // engines.multiply_adds(model, 1)
+    assert bigger >= 4 * small
+    for threads, batch, want in ((2, small, "fused"), (2, small + 1, "layerwise"), (1, bigger, "fused"),
+                                 (1, bigger + 1, "layerwise")):
+        old = kernprop.get_num_threads()
+        kernprop.set_num_threads(threads)
+        try:
+            name, why = engines.choose(model, loss, opt, "numba", batch)
+        finally:
+            kernprop.set_num_threads(old)
+        assert name == want, (threads, batch, why)
+
+
+def test_digits_default_model_is_fused():
     # the digits MLP at its usual sizes takes the fused step with the shipped threshold
     rng = np.random.default_rng(0)
     X, y = rng.random((64, 64), dtype=np.float32), rng.integers(0, 10, 64)
     for sizes, batch in (([64, 32, 10], 32), ([64, 128, 10], 32)):
-        Trainer(nn.MLP(sizes, rng=0), backend="numba", batch_size=batch).fit(X, y, epochs=1, verbose=0)
-    assert spy == [True, True]
+        history = Trainer(nn.MLP(sizes, rng=0), backend="numba", batch_size=batch).fit(X, y, epochs=1, verbose=0)
+        assert history["engine"] == ["fused"]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_products_deeper_than_a_packed_block(dtype, spy, monkeypatch):
+def test_products_deeper_than_a_packed_block(dtype, spy):
     # K > mlp_step._KC = 256: hidden width 300 (forward of the logits) and batch 270 (the
     # weight gradients), both through more than one packed K block, narrow and wide
     X, y = _blobs(n=600, dtype=dtype)
     model = lambda: nn.MLP([6, 300, 3], rng=7, dtype=dtype)  # noqa: E731
-    runs = [_fit(b, f, monkeypatch, "adam", dtype, model=model, data=(X, y), batch_size=270, epochs=2)
+    runs = [_fit(b, f, spy, "adam", dtype, model=model, data=(X, y), batch_size=270, epochs=2)
             for b, f in (("numba", True), ("numba", False), ("numpy", False))]
     assert spy == [True, False, False]
     _compare(runs, dtype)
 
 
-def test_hyperparameters_changed_mid_fit_are_honoured(spy, monkeypatch):
+def test_hyperparameters_changed_mid_fit_are_honoured():
     # a callback that changes the weight decay after the first epoch: the fit goes on
     # layer by layer, as the layer-by-layer path would have run it from the start
     def decay(trainer):
@@ -286,21 +299,21 @@ def test_hyperparameters_changed_mid_fit_are_honoured(spy, monkeypatch):
 
     runs = []
     for backend, fused in (("numba", True), ("numpy", False)):
-        monkeypatch.setattr(train, "_FUSED_MAX_MACS", 10**9 if fused else -1)
         X, y = _blobs()
         trainer = Trainer(nn.MLP([6, 8, 3], rng=0), optimizer=optim.SGD(0.1, momentum=0.5),
-                          backend=backend, batch_size=16)
+                          backend=backend, batch_size=16, engine=_engine(fused))
         runs.append((trainer, trainer.fit(X, y, epochs=3, verbose=0, callbacks=[decay(trainer)])))
-    assert spy == [True, False]
+    assert runs[0][1]["engine"] == ["fused", "packed", "packed"]
     _compare(runs, np.float32)
 
 
-def test_zero_epochs_leaves_the_gradients(spy, monkeypatch):
+def test_zero_epochs_leaves_the_gradients():
     model = nn.MLP([6, 8, 3], rng=0)
     before = [g.copy() for g in model.gradients()]
     model.gradients()[0][...] = 1.0
-    Trainer(model, backend="numba", batch_size=16).fit(*_blobs(), epochs=0, verbose=0)
-    assert spy == [True]
+    trainer = Trainer(model, backend="numba", batch_size=16)
+    trainer.fit(*_blobs(), epochs=0, verbose=0)
+    assert trainer.engine_choice[0] == "fused"
     assert np.all(model.gradients()[0] == 1.0)
     assert all(np.array_equal(a, b) for a, b in zip(model.gradients()[1:], before[1:]))
 
@@ -310,8 +323,8 @@ def test_progress_bar_chunks_give_the_same_weights(spy, monkeypatch, capsys):
     # one call per epoch: the same steps, so bit-identical weights, losses, accuracy
     runs = []
     for tty in (False, True):
-        monkeypatch.setattr(train, "_stderr_is_tty", lambda: tty)
-        trainer, history = _fit("numba", True, monkeypatch, batch_size=8, epochs=2, verbose=1)
+        monkeypatch.setattr(train, "stderr_is_tty", lambda: tty)
+        trainer, history = _fit("numba", True, spy, batch_size=8, epochs=2, verbose=1)
         runs.append((trainer.model.parameters(), history))
     assert spy == [True, True]
     assert "epoch 2: 100%" in capsys.readouterr().err  # the bar did run

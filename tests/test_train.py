@@ -102,7 +102,7 @@ def test_history_evaluate_predict(backend):
     X, y = _blobs()
     trainer = _trainer(backend)
     history = trainer.fit(X, y, epochs=4, validation_data=(X[:32], y[:32]), verbose=0)
-    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "samples_per_s", "lr"}
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "samples_per_s", "lr", "engine"}
     assert all(len(v) == 4 for v in history.values())
     assert history["loss"][-1] < history["loss"][0]
     assert all(s > 0 for s in history["samples_per_s"])
@@ -177,10 +177,10 @@ def test_learning_rate_schedule_and_set_lr():
 
 def test_backend_comes_from_trainer_then_model_then_default():
     model = nn.MLP([6, 3], rng=0)
-    assert Trainer(model)._backend_name() == kernprop.get_backend()
+    assert Trainer(model).backend_name() == kernprop.get_backend()
     model.backend = "numpy"
-    assert Trainer(model)._backend_name() == "numpy"
-    assert Trainer(model, backend=kernprop.available_backends()[-1])._backend_name() == kernprop.available_backends()[-1]
+    assert Trainer(model).backend_name() == "numpy"
+    assert Trainer(model, backend=kernprop.available_backends()[-1]).backend_name() == kernprop.available_backends()[-1]
 
 
 def test_float64_model_and_float32_data(backend):
@@ -218,26 +218,55 @@ def test_fit_equals_a_hand_written_loop(backend, opt):
 
 
 @pytest.mark.parametrize("opt", ["momentum-nesterov-wd", "adamw"])
-def test_packed_and_unpacked_parameters_train_identically(backend, opt, monkeypatch):
+def test_packed_and_layerwise_engines_train_identically(backend, opt):
     # big models skip packing (a gradient copy per step costs more than the optimizer
     # calls it saves); the update is elementwise, so both give the same bits
-    import kernprop.train as ktrain
-
-    monkeypatch.setattr(ktrain, "_FUSED_MAX_MACS", -1)  # the layer-by-layer path on numba too
+    if backend == "cuda":
+        pytest.skip("the cuda backend trains with engine 'device' alone")
     X, y = _blobs(dtype=np.float32)
     runs = []
-    for max_params in (10**9, 0):
-        monkeypatch.setattr(ktrain, "_PACK_MAX_PARAMS", max_params)
-        trainer = _trainer(backend, OPTIMIZERS[opt]())
+    for engine in ("packed", "layerwise"):
+        trainer = _trainer(backend, OPTIMIZERS[opt](), engine=engine)
         history = trainer.fit(X, y, epochs=2, verbose=0)
+        assert history["engine"] == [engine, engine]
         runs.append((trainer.model.parameters(), trainer.optimizer.state_dict(), history["loss"]))
     (params_a, state_a, loss_a), (params_b, state_b, loss_b) = runs
-    assert ktrain._pack_pays(params_a, "numpy", 16) is False  # the second run did not pack
     for a, b in zip(params_a, params_b):
         np.testing.assert_array_equal(a, b)
     for key in state_a:
         np.testing.assert_array_equal(state_a[key], state_b[key])
     assert loss_a == loss_b
+
+
+def test_every_engine_matches_the_layerwise_engine():
+    # bit-exact where the arithmetic is the same (packed), within float tolerance where
+    # the sums round in another order (fused)
+    X, y = _blobs(dtype=np.float64)
+    results = {}
+    for engine in ("layerwise", "packed", "fused"):
+        if engine == "fused" and "numba" not in kernprop.available_backends():
+            continue
+        trainer = _trainer("numba" if engine == "fused" else "numpy", OPTIMIZERS["adamw"](), np.float64,
+                           engine=engine)
+        history = trainer.fit(X, y, epochs=2, verbose=0)
+        assert history["engine"] == [engine] * 2 and trainer.engine_choice == (engine, "asked for by name")
+        results[engine] = trainer.model.parameters()
+    for engine, params in results.items():
+        for got, want in zip(params, results["layerwise"]):
+            if engine == "packed":
+                np.testing.assert_array_equal(got, want)
+            else:
+                assert_close(got, want, rtol=1e-9, name=f"{engine} parameters")
+
+
+def test_engine_names_are_checked():
+    with pytest.raises(ValueError, match="engine must be one of"):
+        _trainer("numpy", engine="turbo")
+    X, y = _blobs()
+    with pytest.raises(ValueError, match="engine 'fused' runs on the numba backend"):
+        _trainer("numpy", engine="fused").fit(X, y, verbose=0)
+    with pytest.raises(ValueError, match="engine 'device' runs on the cuda backend"):
+        _trainer("numpy", engine="device").fit(X, y, verbose=0)
 
 
 # --- optimizers ------------------------------------------------------------------------
@@ -383,7 +412,7 @@ def test_tampered_checkpoint_is_refused(checkpoint, tmp_path, change, message):
 
 def test_checkpoint_with_consistent_checksum_but_bad_content_is_refused(checkpoint, tmp_path):
     # Someone who recomputes the checksum still cannot load shapes that do not fit.
-    from kernprop.train import _checksum
+    from kernprop.checkpoint import checksum as _checksum
 
     def change(arrays):
         arrays["param.0"] = np.zeros((2, 2), np.float32)
@@ -396,7 +425,7 @@ def test_checkpoint_with_consistent_checksum_but_bad_content_is_refused(checkpoi
 
 
 def test_checkpoint_claiming_a_huge_layer_is_refused_before_allocating(checkpoint, tmp_path):
-    from kernprop.train import _checksum
+    from kernprop.checkpoint import checksum as _checksum
 
     def change(arrays):
         arch = [json.loads(s) for s in arrays["architecture"]]

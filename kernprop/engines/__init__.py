@@ -1,0 +1,106 @@
+"""Step engines: how ``Trainer.fit`` trains a batch.  ``fit`` keeps the epoch loop
+(shuffling, history, callbacks, progress bar); an engine, chosen once per fit, runs the
+steps.  Each is a small object behind one interface (``engines/base.py``):
+
+=============  =====================================================  =======================
+engine         a step is                                              file
+=============  =====================================================  =======================
+``layerwise``  each layer's kernel, the loss's, the optimizer's,      ``engines/layerwise.py``
+               per parameter array (any backend, model and loss)
+``packed``     ``layerwise`` over one flat buffer each of             ``engines/layerwise.py``
+               parameters, gradients and optimizer state: one
+               optimizer call per step
+``fused``      numba: the whole step of a small MLP in one compiled   ``engines/fused_mlp.py``
+               call per epoch (``kernels/numba_cpu/mlp_step.py``)
+``device``     cuda: ``layerwise`` with the parameters, optimizer     ``engines/device.py``
+               state and rows resident on the GPU
+=============  =====================================================  =======================
+
+``distributed="mpi"`` wraps the engine in ``DataParallel`` (``engines/data_parallel.py``),
+which adds one gradient ``Allreduce`` per step; its name is ``mpi(<engine>)``.
+
+The rule (``choose``), for ``engine="auto"``, in this order:
+
+1. the ``cuda`` backend: ``device``;
+2. distributed: ``layerwise`` (each rank's shard, then the Allreduce);
+3. the ``numba`` backend, a model the fused step takes (``fused_mlp.plan``) and a step of
+   at most ``fused_limit()`` multiply-adds: ``fused``.  The fused step is serial; with 2
+   numba threads it wins up to ~100M multiply-adds per step (1.2x at 784-256-10 batch
+   128, 78M) and the parallel layer-by-layer kernels from ~200M (0.8-1.0x at
+   784-512-256-10 batch 256, 411M); with 1 thread it won at every size measured, up to
+   those 411M (1.4x) (bench/TRAIN_STEP.md, 2-core AMD EPYC Zen 4);
+4. more than one parameter array and at most ``PACK_MAX_PARAMS`` parameters: ``packed``
+   (the gradient copy into the flat buffer costs more than the optimizer calls it saves
+   for big models: 784-512-256-10 at batch 256, 535K parameters, numba, SGD: 4.15-4.41 ms
+   per step packed, 3.96-4.12 ms not);
+5. otherwise ``layerwise``.
+
+A name (``Trainer(..., engine="fused")``) skips the rule; an engine that cannot run the
+fit (``fused`` off numba or for a model it does not take, ``device`` off cuda, ``fused``
+or ``device`` distributed) is a ValueError saying why.  The choice and its reason are
+recorded: ``history["engine"]`` per epoch, ``Trainer.engine_choice``.
+"""
+
+from __future__ import annotations
+
+from ..backends import get_num_threads
+from .base import Engine
+from .data_parallel import DataParallel
+from .device import DeviceEngine
+from .fused_mlp import FusedMLPEngine, multiply_adds, plan
+from .layerwise import LayerwiseEngine, PackedEngine
+
+__all__ = ["ENGINES", "Engine", "LayerwiseEngine", "PackedEngine", "FusedMLPEngine", "DeviceEngine",
+           "DataParallel", "choose", "make", "fused_limit"]
+
+ENGINES = {"layerwise": LayerwiseEngine, "packed": PackedEngine, "fused": FusedMLPEngine,
+           "device": DeviceEngine}
+ENGINE_CHOICES = ("auto", *ENGINES)
+
+FUSED_MAX_MACS = 100_000_000  # multiply-adds per step, with more than one numba thread
+PACK_MAX_PARAMS = 65_536
+
+
+def fused_limit(threads=None):
+    """The most multiply-adds per step that ``auto`` runs fused: ``FUSED_MAX_MACS`` with
+    more than one numba thread, 4x that with one (see rule 3)."""
+    threads = get_num_threads() if threads is None else threads
+    return FUSED_MAX_MACS if threads > 1 else 4 * FUSED_MAX_MACS
+
+
+def choose(model, loss, optimizer, backend, batch_size, distributed=False):
+    """``(engine name, reason)`` by the rule of the module docstring."""
+    if backend == "cuda":
+        return "device", "the cuda backend: parameters stay on the GPU"
+    if distributed:
+        return "layerwise", "distributed: each rank's shard layer by layer, then the Allreduce"
+    params = model.parameters()
+    if backend == "numba":
+        layers, why = plan(model, loss, optimizer)
+        macs = multiply_adds(model, batch_size)
+        if layers is not None and macs <= fused_limit():
+            return "fused", f"numba, a small MLP: {macs:,} multiply-adds per step <= {fused_limit():,}"
+    size = sum(p.size for p in params)
+    if len(params) > 1 and size <= PACK_MAX_PARAMS:
+        return "packed", f"{size:,} parameters <= {PACK_MAX_PARAMS:,}: one optimizer call per step"
+    return "layerwise", f"{size:,} parameters in {len(params)} arrays"
+
+
+def make(name, model, loss, optimizer, kernels, backend, batch_size, dist=None, rng=None, data=None):
+    """The engine ``name`` (not "auto") for this fit, wrapped in ``DataParallel`` when
+    ``dist`` (an ``MPIContext``) is given; a ValueError when it cannot run the fit."""
+    if name not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINE_CHOICES}, got {name!r}")
+    if name == "device" and backend != "cuda":
+        raise ValueError(f"engine 'device' runs on the cuda backend, not {backend!r}")
+    if name != "device" and backend == "cuda":
+        raise ValueError(f"the cuda backend trains with engine 'device', not {name!r}")
+    if name == "fused" and backend != "numba":
+        raise ValueError(f"engine 'fused' runs on the numba backend, not {backend!r}")
+    if dist is not None and name not in ("layerwise", "packed"):
+        raise ValueError(f"distributed training wraps engine 'layerwise' or 'packed', not {name!r}")
+    if name == "fused":
+        engine = FusedMLPEngine(model, loss, optimizer, kernels, batch_size)
+    else:
+        engine = ENGINES[name](model, loss, optimizer, kernels)
+    return engine if dist is None else DataParallel(engine, dist, rng, data, batch_size)

@@ -1,0 +1,139 @@
+"""Layer by layer: each step calls the model's layers, the loss and the optimizer, one
+kernel of the backend's table per layer (any backend, any model, any loss).
+
+``LayerwiseEngine``: per step ``model.forward`` (each ``Linear`` with its activation
+fused), ``loss.with_grad``, ``model.backward`` (skipping the first layer's input
+gradient, which nothing reads), ``optimizer.step`` over every parameter array.
+``PackedEngine``: the same, with the parameters, their gradients and each kind of
+optimizer state in one flat buffer each for the fit, so the update is one kernel call
+per step instead of one per array (elementwise, so bit-identical; the gradients are
+copied into the buffer, which pays for small models only: see ``engines.choose``).
+
+Predictions: the logits of up to ``PRED_EVERY`` consecutive steps are kept and their
+argmax taken in one call.  Losses are written per step (no reduction until the epoch
+ends).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Engine, consecutive
+
+PRED_EVERY = 64  # training steps whose logits are kept for one batched argmax
+
+
+def host(x):
+    """A NumPy value of a result that may live on the GPU (one copy when it does)."""
+    return x.copy_to_host() if hasattr(x, "copy_to_host") else x
+
+
+class LayerwiseEngine(Engine):
+    """Every layer's kernel per step (see the module docstring)."""
+
+    name = "layerwise"
+    gradient_hook = None  # (grads, loss or None, step, lo, hi) -> loss: data-parallel's Allreduce
+
+    def start(self, X, y, preds, rows):
+        super().start(X, y, preds, rows)
+        self.params = self.model.parameters()
+        self.batched_preds = consecutive(rows)
+        self.pending, self.pending_lo = [], 0
+
+    def step(self, s):
+        # rows lo:hi -> forward, loss and gradient, backward, update; returns the loss
+        lo, hi = self.rows[s]
+        model = self.model
+        loss = out = None
+        if hi > lo:  # data-parallel: a rank may get no rows of a small batch
+            out = model.forward(self.X[lo:hi])
+            loss, dout = self.loss.with_grad(out, self.y[lo:hi], self.kernels)
+            model.backward(dout, need_input_grad=False)
+        if self.gradient_hook is not None:
+            loss = self.gradient_hook(model.gradients(), loss, s, lo, hi)
+        self.update(model.gradients())
+        if self.classification and out is not None:
+            self.predict(out, lo, hi)
+        return loss if self.mean else np.sum(host(loss))
+
+    def update(self, grads):
+        self.optimizer.step(self.params, grads, self.kernels)
+
+    def predict(self, out, lo, hi):
+        if not self.batched_preds:
+            host(out).argmax(axis=1, out=self.preds[lo:hi])
+            return
+        if not self.pending:
+            self.pending_lo = lo
+        self.pending.append(out)
+        if len(self.pending) == PRED_EVERY:
+            self.flush_predictions()
+
+    def flush_predictions(self):
+        """Argmax of the pending logits (consecutive rows from ``pending_lo``) into preds."""
+        if not self.pending:
+            return
+        pending = self.pending
+        logits = host(pending[0]) if len(pending) == 1 else np.concatenate([host(p) for p in pending])
+        lo = self.pending_lo
+        logits.argmax(axis=1, out=self.preds[lo:lo + logits.shape[0]])
+        pending.clear()
+
+    def run(self, first, last, losses):
+        step = self.step
+        for s in range(first, last):
+            losses[s] = step(s)
+        self.flush_predictions()
+
+
+class PackedEngine(LayerwiseEngine):
+    """Layer by layer over one flat buffer each of parameters, gradients and optimizer
+    state: one optimizer kernel call per step.  While the fit runs the model's
+    parameters are views into the flat buffer; ``finish`` copies the values back into
+    the original arrays, which the model and optimizer hold again."""
+
+    name = "packed"
+
+    def start(self, X, y, preds, rows):
+        model, optimizer = self.model, self.optimizer
+        params = self.original = model.parameters()
+        optimizer.init_state(params)  # per-array state first (refuses a mismatched one)
+        self.offsets = np.cumsum([0] + [p.size for p in params])
+        self.flat = np.concatenate([p.ravel() for p in params])
+        self.flat_grad = np.zeros_like(self.flat)
+        self.param_views = self.views(self.flat)
+        self.grad_views = self.views(self.flat_grad)
+        self.old_state = optimizer.state
+        optimizer.set_state({
+            key: [np.concatenate([a.ravel() for a in arrays])]
+            for key, arrays in self.old_state.items() if len(arrays) == len(params)
+        })
+        model.set_parameters(self.param_views)
+        super().start(X, y, preds, rows)
+        self.flat_params, self.flat_grads = [self.flat], [self.flat_grad]
+
+    def views(self, flat):
+        return [flat[o:o + p.size].reshape(p.shape) for o, p in zip(self.offsets, self.original)]
+
+    def update(self, grads):
+        copyto = np.copyto
+        for view, grad in zip(self.grad_views, grads):
+            copyto(view, grad)
+        self.optimizer.step(self.flat_params, self.flat_grads, self.kernels)
+
+    def finish(self):
+        super().finish()
+        model, optimizer, params = self.model, self.optimizer, self.original
+        for p, view in zip(params, self.param_views):
+            p[...] = view
+        model.set_parameters(params)
+        state = {}
+        for key, (flat_state,) in optimizer.state.items():
+            old = self.old_state.get(key)
+            if old is not None and len(old) == len(params):
+                for a, view in zip(old, self.views(flat_state)):
+                    a[...] = view
+                state[key] = old
+            else:
+                state[key] = [view.copy() for view in self.views(flat_state)]
+        optimizer.set_state(state)
