@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import kernprop
 from kernprop.kernels.reference import matmul as ref
 
-from conftest import LAYOUTS, assert_close, make_array, readonly
+from conftest import LAYOUTS, assert_close, make_array, readonly, to_host
 
 SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 4), (13, 17, 19), (31, 64, 257), (67, 300, 33)]
 ACTIVATIONS = [None, "relu", "sigmoid", "tanh"]
@@ -102,3 +102,19 @@ def test_matmul_any_shape(backend, m, k, n, seed):
     a = make_array(rng, (m, k), np.float64)
     b = make_array(rng, (k, n), np.float64, "transposed")
     assert_close(kernprop.matmul(a, b, backend=backend), a @ b, scale=gemm_scale(a, b))
+
+
+@pytest.mark.parametrize("precision,bound", [("fp32", 0.0), ("bf16x3", 2.0**-14), ("bf16", 2.0**-7)])
+@pytest.mark.parametrize("m,k,n", [(1, 3, 1), (13, 301, 45), (64, 700, 130)])
+def test_matmul_precision_within_its_bound(backend, rng, precision, bound, m, k, n):
+    # Every backend runs every precision at least as accurately as asked: within the
+    # operand rounding of that precision (plus float32 accumulation) of the exact product.
+    a = make_array(rng, (m, k), np.float32, "transposed")
+    b = make_array(rng, (k, n), np.float32)
+    got = to_host(kernprop.matmul(a, b, precision=precision, backend=backend))
+    assert got.dtype == np.float32
+    got = got.astype(np.float64)
+    scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    tol = (bound * 1.01 + 4 * (k + 2) * np.finfo(np.float32).eps) * scale
+    assert np.all(np.abs(got - exact) <= tol), np.max(np.abs(got - exact) / tol)

@@ -47,6 +47,10 @@ class Kernel:
     serves: tuple
     description: str
 
+    def computes(self, precision):
+        """The precision this kernel really computes when it serves ``precision``."""
+        return precision if self.pack_dtype is BF16_PACK else "fp32"
+
     def terms(self, precision):
         """Virtual K steps per K step: 3 for bf16x3 on a bf16 kernel, else 1."""
         return 3 if self.pack_dtype is BF16_PACK and precision == "bf16x3" else 1
@@ -162,7 +166,8 @@ class Selection:
         if key not in self._checked:
             reason = unavailable_reason(kernel)
             if reason is None:
-                reason = self_check(lambda a, b: self._run(a, b, precision, kernel), precision, self._reference)
+                reason = self_check(lambda a, b: self._run(a, b, precision, kernel), kernel.computes(precision),
+                                    self._reference)
             self._checked[key] = reason
         return self._checked[key]
 
