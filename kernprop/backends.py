@@ -192,3 +192,15 @@ def get_num_threads() -> int:
     import numba
 
     return numba.get_num_threads()
+
+
+def matmul_kernels() -> dict[str, dict[str, str]]:
+    """For each available backend that reports it, the kernel each float32 matmul
+    precision runs (``{"numba": {"fp32": "fp32 fma avx512 12x32", ...}}``); choosing
+    them may run each kernel's self-check once."""
+    out = {}
+    for name in available_backends():
+        info = getattr(family(name, "matmul"), "kernel_info", None)
+        if info is not None:
+            out[name] = info()
+    return out

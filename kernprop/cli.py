@@ -11,7 +11,7 @@ def _info(args) -> int:
     import numpy
 
     import kernprop
-    from kernprop.backends import backends, get_backend, get_num_threads
+    from kernprop.backends import backends, get_backend, get_num_threads, matmul_kernels
 
     print(f"kernprop {kernprop.__version__} (Python {sys.version.split()[0]}, NumPy {numpy.__version__})")
     try:
@@ -27,6 +27,9 @@ def _info(args) -> int:
     print("backends:")
     for status in backends().values():
         print(f"  {status}  - {status.description}")
+    print(f"matmul precision: {kernprop.get_matmul_precision()}; float32 kernels per precision:")
+    for name, kernels in matmul_kernels().items():
+        print(f"  {name}: " + "; ".join(f"{precision}: {kernel}" for precision, kernel in kernels.items()))
     return 0
 
 

@@ -13,11 +13,16 @@ entries are in ``[0, C)`` or equal ``ignore_index``.  Class weights, when given,
 the input dtype; only the optimizer steps update their arguments in place.
 
 ``matmul``
-    ``matmul(a, b)``: a (M, K) @ b (K, N) -> (M, N).
-    ``linear_forward(x, w, b, activation)``: x (N, IN) @ w (IN, OUT) + b (OUT,) with
+    Every product takes a trailing ``precision``, one of "fp32", "bf16x3", "bf16"
+    (``kernprop.precision``; always "fp32", meaning the dtype's full precision, for
+    float64).  A backend computes at least as accurately as asked (a "bf16" request may
+    run float32 where no faster bf16 kernel exists) and may report which kernel each
+    precision runs through ``kernel_info() -> {precision: description}``.
+    ``matmul(a, b, precision)``: a (M, K) @ b (K, N) -> (M, N).
+    ``linear_forward(x, w, b, activation, precision)``: x (N, IN) @ w (IN, OUT) + b (OUT,) with
     ``b`` possibly ``None`` and ``activation`` one of ``None, "relu", "sigmoid", "tanh"``
     applied to the result -> (N, OUT).
-    ``linear_backward(x, w, dy, has_bias, need_dx=True)``: -> ``(dx (N, IN), dw (IN,
+    ``linear_backward(x, w, dy, has_bias, need_dx, precision)``: -> ``(dx (N, IN), dw (IN,
     OUT), db (OUT,))`` with ``db`` ``None`` when ``has_bias`` is false and ``dx`` ``None``
     (not computed: a network's first layer) when ``need_dx`` is false.
 
@@ -38,7 +43,7 @@ the input dtype; only the optimizer steps update their arguments in place.
     gradient of the reduced loss; for "none" it is the gradient of the sum of the rows.
     ``mse_forward(pred, target, reduction)``, ``mse_backward(pred, target, reduction)``.
     ``linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothing,
-    weight, chunk_size)`` -> ``(loss, dx, dw, db)``; ``b`` may be ``None`` (then ``db``
+    weight, chunk_size, precision)`` -> ``(loss, dx, dw, db)``; ``b`` may be ``None`` (then ``db``
     is ``None``); ``chunk_size`` is a positive int (rows per chunk).  ``reduction`` is
     "mean" or "sum" here.
 

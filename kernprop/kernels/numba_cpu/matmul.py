@@ -11,7 +11,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel, sized
-from .gemm import gemm
+from .gemm import gemm, kernel_info  # noqa: F401  (kernel_info: for kernprop info)
 
 
 @kernel
