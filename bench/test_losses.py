@@ -5,7 +5,7 @@ Cross-entropy shapes are (N, C) logits with integer labels, from the digits MLP'
 32 x 10 to a vocabulary of 32000 classes.  torch runs ``F.cross_entropy`` and, for the
 gradient, ``torch.autograd.grad`` of it; its linear cross-entropy is the unfused
 ``addmm`` + ``cross_entropy`` + autograd (the full (N, C) logits held at once).  The
-peak memory of fused against unfused sits in the report (``kernprop.benchreport``).
+peak memory of fused against unfused sits in the report (``bench/benchreport``).
 """
 
 import numpy as np

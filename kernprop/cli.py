@@ -210,16 +210,40 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--distributed", choices=("none", "mpi"), default="none",
                        help="mpi: data-parallel over the ranks of mpirun -n N (--batch-size is the global batch)")
     train.set_defaults(func=_train)
-    from kernprop import benchreport  # light: imports nothing heavy until it runs
-
-    benchreport.add_parser(sub)
+    sub.add_parser("bench", add_help=False,
+                   help="run the benchmark suites in bench/ and write a Markdown report (a source checkout; "
+                        "kernprop bench --help for its options)")
     from kernprop import cuda_check  # light: numba-cuda is imported only when it runs
 
     cuda_check.add_parser(sub)
     return parser
 
 
+def _bench(argv) -> int:
+    """``kernprop bench``: the report lives beside the suites it runs, in the source
+    checkout's ``bench/benchreport/``; it is found next to the package of an editable
+    install, and takes the rest of the arguments."""
+    from pathlib import Path
+
+    import kernprop
+
+    bench = Path(kernprop.__file__).resolve().parent.parent / "bench"
+    if not (bench / "benchreport" / "__init__.py").is_file() or not (bench / "conftest.py").is_file():
+        print(f"kernprop bench: the benchmark suites and their report (bench/) are not next to the kernprop "
+              f"package: looked in {bench}. kernprop bench runs from a source checkout installed in editable "
+              "mode (git clone ...; pip install -e '.[test]')", file=sys.stderr)
+        return 2
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    from benchreport.command import main as bench_main
+
+    return bench_main(argv)
+
+
 def main(argv=None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["bench"]:  # its options belong to bench/benchreport (a source checkout)
+        return _bench(words[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.func(args)

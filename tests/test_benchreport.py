@@ -1,14 +1,19 @@
-"""kernprop bench's report: parsing pytest-benchmark JSON, the Markdown tables and ratios,
---compare, --plot, and the errors.  Synthetic JSON only: nothing is benchmarked here."""
+"""kernprop bench's report (``bench/benchreport``): parsing pytest-benchmark JSON, the
+Markdown tables and ratios, --compare, --plot, and the errors.  Synthetic JSON only:
+nothing is benchmarked here."""
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
 import kernprop
-from kernprop import benchreport as br
 from kernprop import cli
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import benchreport as br  # noqa: E402 - bench/ of this checkout, not an installed package
+from benchreport import running  # noqa: E402
 
 
 def _bench(op, shape, backend, median, *, label="mlp", family=None, flops=0, nbytes=0, minimum=None,
@@ -274,11 +279,11 @@ def test_run_composes_pytest_and_measurements(tmp_path, run_a, monkeypatch):
             json.dump(_data(run_a["benchmarks"]), f)
         return seen.get("status", 0)
 
-    monkeypatch.setattr(br, "run_pytest", fake_pytest)
-    monkeypatch.setattr(br, "measure_peaks", lambda **kw: {"copy_gbs": 1.0, "copy_bytes": 1, "gemm_gflops": 2.0,
+    monkeypatch.setattr(running, "run_pytest", fake_pytest)
+    monkeypatch.setattr(running, "measure_peaks", lambda **kw: {"copy_gbs": 1.0, "copy_bytes": 1, "gemm_gflops": 2.0,
                                                            "gemm_n": 8})
-    monkeypatch.setattr(br, "measure_startup", lambda backends: {"seen": {"error": ",".join(backends)}})
-    monkeypatch.setattr(br, "measure_lce_memory", lambda **kw: {"rows": kw["rows"], "classes": 1, "features": 1,
+    monkeypatch.setattr(running, "measure_startup", lambda backends: {"seen": {"error": ",".join(backends)}})
+    monkeypatch.setattr(running, "measure_lce_memory", lambda **kw: {"rows": kw["rows"], "classes": 1, "features": 1,
                                                                 "results": []})
     out = tmp_path / "run.json"
     data = br.run(quick=True, ops=["matmul", "linear_cross_entropy"], backends=["numpy", "numba"],
