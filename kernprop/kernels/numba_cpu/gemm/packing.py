@@ -92,6 +92,15 @@ def _pack_a_panel_float(a, k0, kc, ip, apack, terms):
     i0 = ip * MR
     mr = min(MR, m - i0)
     dst = apack[ip * kc * MR:(ip + 1) * kc * MR]
+    if mr == MR:
+        # MR rows read in step, each step written whole: faster than a row at a time
+        # with writes MR apart, also for a row-major a (1032x512: 0.16 -> 0.12 ms)
+        for p in range(kc):
+            col = a[i0:i0 + MR, k0 + p]
+            out = dst[p * MR:(p + 1) * MR]
+            for i in range(MR):
+                out[i] = col[i]
+        return
     if a.strides[0] <= a.strides[1]:
         # column-major (a transposed view, as x.T in dW = x.T @ dy): read down columns
         for p in range(kc):
