@@ -48,7 +48,7 @@ step "tests: tests/cuda and every backend-parametrised test, on the cuda backend
 # -k cuda keeps the cuda parameter of the shared suite and the cuda-only files; each
 # xdist worker compiles its own kernels, so a few workers, not one per core
 workers=$($PY -c "import xdist" 2>/dev/null && echo "-n ${GPU_TEST_WORKERS:-4}")
-timeout 180 $PY -m pytest tests -k "cuda" -q -p gpu_signatures -p no:cacheprovider \
+timeout 200 $PY -m pytest tests -k "cuda" -q -p gpu_signatures -p no:cacheprovider \
     $workers --maxfail=50 -o addopts="" -rfE 2>&1 | tee "$OUT/tests.log" | tail -60
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
@@ -58,7 +58,7 @@ timeout 60 $PY -m kernprop.cli train --backend cuda --epochs 8 --batch-size 128 
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 step "benchmarks against cuBLAS (CuPy) and PyTorch CUDA"
-timeout 150 $PY bench/gpu_bench.py --out "$root/bench/RESULTS-gpu.md" ${GPU_QUICK:+--quick} \
+timeout 180 $PY bench/gpu_bench.py --out "$root/bench/RESULTS-gpu.md" ${GPU_QUICK:+--quick} \
     --tests-log "$OUT/tests.log" --train-log "$OUT/train.log" --signatures "$KERNPROP_SIGNATURES_DIR" \
     || status=1
 cp "$root/bench/RESULTS-gpu.md" "$OUT/" 2>/dev/null || true

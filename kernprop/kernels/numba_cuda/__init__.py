@@ -6,3 +6,11 @@ contract's plain names (see ``kernprop.kernels``).  Launchers take NumPy arrays 
 to the device and back) or device arrays (results stay on the device).  Runs on the
 Numba CUDA simulator when ``NUMBA_ENABLE_CUDASIM=1`` is set before Numba is imported.
 """
+
+import numpy as _np
+
+if not hasattr(_np, "row_stack"):
+    # numba-cuda 0.30 registers a device overload of np.row_stack, an alias of vstack
+    # that NumPy 2.5 removed; the lookup fails at the first kernel compile and takes
+    # every kernel down with it.  Restore the alias until numba-cuda stops asking.
+    _np.row_stack = _np.vstack
