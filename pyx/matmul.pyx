@@ -18,18 +18,21 @@ Packing reads any strides, so transposed views (``w.T`` in ``dx = dy @ w.T``,
 ``x.T`` in ``dw = x.T @ dy``) are never copied first.  Each element of C sums its K
 products in the same order whatever the thread count, so results do not depend on it.
 
-Micro-kernels (the best the CPU runs is chosen once per process; ``gemm_kernel()``
-names it, ``set_gemm_kernel`` overrides it for tests):
+Micro-kernels (the caller names one per product: kernprop/kernels/cython/matmul.py
+chooses per precision, self-checks and reports them; ``kernel_code`` maps a name):
     1. ``_micro_tile``, generic: MR x NR = 4 x (32 bytes), accumulators in a local 2-D
        array that GCC keeps in registers after fully unrolling the constant loops; with
        the x86-64 baseline (SSE2) that is 8 of the 16 registers.  ~30 GFLOP/s float32,
-       ~15 float64 on one core here.  The fallback everywhere.
-    2. ``kp_tile_avx2_*``, C with GCC vector extensions compiled for AVX2+FMA by a
-       function ``target`` attribute (setup.py builds for the baseline, so the rest of
-       the module still runs on any x86-64): 6 x (2 x 32 bytes), 12 of the 16 ymm
-       registers.  ~70 GFLOP/s float32, ~34 float64 on one core here.
-    3. ``kp_tile_avx512_*``, the same C for AVX-512F: 6 x (2 x 64 bytes), 12 of the 32
-       zmm registers.  In isolation 105 GFLOP/s float32 against variant 2's 77.
+       ~15 float64 on one core (Intel).  The fallback everywhere.
+    2. ``kp_tile_avx2_*`` (pyx/gemm/avx2.c, compiled with -mavx2 -mfma): 6 x (2 x 32
+       bytes), 12 of the 16 ymm registers.  ~70 GFLOP/s float32, ~34 float64 (Intel).
+    3. ``kp_tile_avx512_*`` (pyx/gemm/avx512.c, -mavx512f): the same C, 6 x (2 x 64
+       bytes), 12 of the 32 zmm registers.  2048^3 float32 on AMD EPYC Zen 5, 2 threads:
+       about 400 GFLOP/s against NumPy's 260.
+    4. ``kp_tile_avx512_bf16`` (pyx/gemm/avx512_bf16.c, -mavx512bf16): the "bf16"
+       precision, 6 x 32 with ``vdpbf16ps`` on bf16 pairs of k; A and B are rounded to
+       bf16 while packing (integer round-to-nearest-even, ``kp_bf16_pair``), a packed
+       32-bit word holding two consecutive k.  About 1.7x the fp32 kernel on Zen 5.
 FMA rounds once per multiply-add, so variants differ in the last bits; each is
 independent of the thread count.
 """
@@ -61,76 +64,23 @@ cdef enum:
     # a few microseconds, about what an OpenMP fork/join costs.
     GEMM_SERIAL_WORK = 1 << 17
 
-# Micro-kernels, in order of preference; _cpu_kernel is the best this CPU runs.
+# Micro-kernels.  The fp32/fp64 ones in order of preference; AVX512_BF16 runs the
+# "bf16" precision only (float32 operands rounded to bf16 while packing).
 cdef enum:
     KERNEL_GENERIC = 0
     KERNEL_AVX2 = 1
     KERNEL_AVX512 = 2
+    KERNEL_AVX512_BF16 = 3
 
-KERNEL_NAMES = ("generic", "avx2", "avx512")
+KERNEL_NAMES = ("generic", "avx2", "avx512", "avx512_bf16")
+# Tile shape of each kernel for float32 (rows x columns), for kernel_info.
+KERNEL_TILES = ("4x8", "6x16", "6x32", "6x32")
 
-# The SIMD micro-kernels: C with GCC vector extensions, each compiled for its ISA by a
-# function target attribute and called only when the CPU reports it (checked once).
-cdef extern from *:
-    """
-    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    /* 6 x (2 vectors) accumulators.  Vector extensions (plain C, no intrinsics) make
-       the register tile explicit: the same loops over a T acc[6][NR] array were left
-       in memory by GCC 12 (7 GFLOP/s against 77). */
-    #define KP_SIMD_TILE(NAME, TARGET, T, V, L)                                         \
-    __attribute__((target(TARGET))) static void NAME(                                   \
-            Py_ssize_t kc, const T *ap, const T *bp, T *c, Py_ssize_t ldc,            \
-            Py_ssize_t mr, Py_ssize_t nr, int accumulate) {                          \
-        /* ap (kc, 6), bp (kc, 2 L) packed -> c (mr, nr) */                           \
-        V acc[6][2], b0, b1, a;                                                       \
-        T out[6][2 * L];                                                              \
-        Py_ssize_t i, j, k;                                                           \
-        for (i = 0; i < 6; i++) acc[i][0] = acc[i][1] = (V){0};                       \
-        for (k = 0; k < kc; k++) {                                                    \
-            memcpy(&b0, bp, sizeof(V));                                               \
-            memcpy(&b1, bp + L, sizeof(V));                                           \
-            for (i = 0; i < 6; i++) {                                                 \
-                a = (V){0} + ap[i];                                                   \
-                acc[i][0] += a * b0;                                                  \
-                acc[i][1] += a * b1;                                                  \
-            }                                                                         \
-            ap += 6;                                                                  \
-            bp += 2 * L;                                                              \
-        }                                                                             \
-        memcpy(out, acc, sizeof(out));                                                \
-        if (accumulate) {                                                             \
-            for (i = 0; i < mr; i++)                                                  \
-                for (j = 0; j < nr; j++) c[i * ldc + j] += out[i][j];                 \
-        } else {                                                                      \
-            for (i = 0; i < mr; i++)                                                  \
-                for (j = 0; j < nr; j++) c[i * ldc + j] = out[i][j];                  \
-        }                                                                             \
-    }
-    typedef float kp_v8f __attribute__((vector_size(32)));
-    typedef double kp_v4d __attribute__((vector_size(32)));
-    typedef float kp_v16f __attribute__((vector_size(64)));
-    typedef double kp_v8d __attribute__((vector_size(64)));
-    KP_SIMD_TILE(kp_tile_avx2_f, "avx2,fma", float, kp_v8f, 8)
-    KP_SIMD_TILE(kp_tile_avx2_d, "avx2,fma", double, kp_v4d, 4)
-    KP_SIMD_TILE(kp_tile_avx512_f, "avx512f,fma", float, kp_v16f, 16)
-    KP_SIMD_TILE(kp_tile_avx512_d, "avx512f,fma", double, kp_v8d, 8)
-    static int kp_cpu_kernel(void) {
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) return 2;
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
-        return 0;
-    }
-    #else
-    #define KP_NO_TILE(NAME, T)                                                       \
-    static void NAME(Py_ssize_t kc, const T *ap, const T *bp, T *c, Py_ssize_t ldc,  \
-                     Py_ssize_t mr, Py_ssize_t nr, int accumulate) {}
-    KP_NO_TILE(kp_tile_avx2_f, float)
-    KP_NO_TILE(kp_tile_avx2_d, double)
-    KP_NO_TILE(kp_tile_avx512_f, float)
-    KP_NO_TILE(kp_tile_avx512_d, double)
-    static int kp_cpu_kernel(void) { return 0; }
-    #endif
-    """
+# The SIMD micro-kernels live in their own translation units, one per instruction set,
+# compiled with that set's -m flags (setup.py; pyx/gemm/kp_gemm.h): this module itself
+# is built for the baseline and runs on any CPU.  A unit the compiler could not build is
+# a stub that kp_cpu_has() never reports.
+cdef extern from "gemm/kp_gemm.h":
     void kp_tile_avx2_f(Py_ssize_t kc, const float* ap, const float* bp, float* c,
                         Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
                         int accumulate) noexcept nogil
@@ -143,32 +93,55 @@ cdef extern from *:
     void kp_tile_avx512_d(Py_ssize_t kc, const double* ap, const double* bp, double* c,
                           Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
                           int accumulate) noexcept nogil
-    int kp_cpu_kernel() noexcept nogil
+    void kp_tile_avx512_bf16(Py_ssize_t kc, const float* ap, const float* bp, float* c,
+                             Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                             int accumulate) noexcept nogil
+    int kp_cpu_has() noexcept nogil
 
-cdef int _cpu_kernel = kp_cpu_kernel()
-cdef int _kernel = _cpu_kernel
+# float32 -> bf16 with integer round-to-nearest-even on the bits: a hardware conversion
+# (vcvtneps2bf16) flushes subnormals, the reference does not.  NaN stays a quiet NaN
+# (its payload could otherwise round up to inf); beyond the largest bf16 rounds to inf.
+cdef extern from *:
+    """
+    static inline uint32_t kp_bf16_bits(float x) {
+        uint32_t u;
+        memcpy(&u, &x, 4);
+        if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;
+        return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    }
+    /* (lo, hi) -> one 32-bit word holding bf16(lo) in the low half: a vdpbf16ps pair */
+    static inline float kp_bf16_pair(float lo, float hi) {
+        uint32_t w = kp_bf16_bits(lo) | (kp_bf16_bits(hi) << 16);
+        float out;
+        memcpy(&out, &w, 4);
+        return out;
+    }
+    """
+    float kp_bf16_pair(float lo, float hi) noexcept nogil
+
+cdef int _cpu_has = kp_cpu_has()
+# The best fp32 kernel this CPU runs (AVX-512 before AVX2 before generic).
+cdef int _cpu_kernel = (KERNEL_AVX512 if _cpu_has & 2 else
+                        KERNEL_AVX2 if _cpu_has & 1 else KERNEL_GENERIC)
 
 
 def gemm_kernels():
-    """Names of the GEMM micro-kernels this CPU can run, best last."""
+    """Names of the fp32 GEMM micro-kernels this CPU can run, best last."""
     return list(KERNEL_NAMES[: _cpu_kernel + 1])
 
 
-def gemm_kernel():
-    """Name of the GEMM micro-kernel in use (the best the CPU runs, unless set)."""
-    return KERNEL_NAMES[_kernel]
+def bf16_kernels():
+    """Names of the bf16 micro-kernels this CPU can run (empty when none)."""
+    return ["avx512_bf16"] if _cpu_has & 4 else []
 
 
-def set_gemm_kernel(name=None):
-    """Use the micro-kernel ``name`` (one of ``gemm_kernels()``), or the best with None;
-    for tests of every kernel on one machine.  Not thread-safe: set it between calls."""
-    global _kernel
-    if name is None:
-        _kernel = _cpu_kernel
-    elif name in gemm_kernels():
-        _kernel = KERNEL_NAMES.index(name)
-    else:
-        raise ValueError(f"GEMM kernel {name!r} not available here; have {gemm_kernels()}")
+def kernel_code(name):
+    """The code ``gemm(..., kernel=)`` takes for the kernel ``name``; a ValueError when
+    this CPU (or this build) cannot run it."""
+    if name not in gemm_kernels() + bf16_kernels():
+        raise ValueError(
+            f"GEMM kernel {name!r} not available here; have {gemm_kernels() + bf16_kernels()}")
+    return KERNEL_NAMES.index(name)
 
 
 cdef inline void _micro_tile(Py_ssize_t kc, const floating* ap, const floating* bp,
@@ -236,11 +209,49 @@ cdef void _pack_b_sliver(const floating* b, Py_ssize_t sb0, Py_ssize_t sb1,
         out += nr
 
 
+cdef void _pack_a_bf16(const float* a, Py_ssize_t sa0, Py_ssize_t sa1,
+                       Py_ssize_t mc, Py_ssize_t kc, Py_ssize_t mr, float* out) noexcept nogil:
+    # a (mc, kc) float32, any strides -> out (ceil(mc / mr), ceil(kc / 2), mr) words,
+    # each the bf16 pair (a[i, 2p], a[i, 2p + 1]); rows past mc and an odd kc's last
+    # k are zero
+    cdef Py_ssize_t s, i, p, rows, k0
+    cdef const float* row
+    for s in range((mc + mr - 1) // mr):
+        rows = min(mr, mc - s * mr)
+        for p in range((kc + 1) // 2):
+            k0 = 2 * p
+            for i in range(rows):
+                row = a + (s * mr + i) * sa0
+                out[i] = kp_bf16_pair(row[k0 * sa1], row[(k0 + 1) * sa1] if k0 + 1 < kc else 0)
+            for i in range(rows, mr):
+                out[i] = 0
+            out += mr
+
+
+cdef void _pack_b_sliver_bf16(const float* b, Py_ssize_t sb0, Py_ssize_t sb1,
+                              Py_ssize_t kc, Py_ssize_t cols, Py_ssize_t nr,
+                              float* out) noexcept nogil:
+    # b (kc, cols) float32, any strides -> out (ceil(kc / 2), nr) words, each the bf16
+    # pair (b[2p, j], b[2p + 1, j]); columns past cols and an odd kc's last k are zero
+    cdef Py_ssize_t j, p, k0
+    for p in range((kc + 1) // 2):
+        k0 = 2 * p
+        for j in range(cols):
+            out[j] = kp_bf16_pair(b[k0 * sb0 + j * sb1],
+                                  b[(k0 + 1) * sb0 + j * sb1] if k0 + 1 < kc else 0)
+        for j in range(cols, nr):
+            out[j] = 0
+        out += nr
+
+
 cdef inline void _tile(int kernel, Py_ssize_t kc, const floating* ap, const floating* bp,
                        floating* c, Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
                        bint accumulate) noexcept nogil:
     # One micro-tile with the kernel chosen for this call (see the module docstring).
-    if kernel == KERNEL_AVX512:
+    if kernel == KERNEL_AVX512_BF16:
+        if floating is float:  # kc counts pairs of k here
+            kp_tile_avx512_bf16(kc, ap, bp, c, ldc, mr, nr, accumulate)
+    elif kernel == KERNEL_AVX512:
         if floating is float:
             kp_tile_avx512_f(kc, ap, bp, c, ldc, mr, nr, accumulate)
         else:
@@ -276,15 +287,18 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                 floating* c, Py_ssize_t ldc, bint accumulate,
                 const floating* bias, int activation, int kernel, Py_ssize_t mr,
                 Py_ssize_t nr, floating* bpanel, floating* abufs, Py_ssize_t mc,
-                int nthreads) noexcept nogil:
+                Py_ssize_t kcw, int nthreads) noexcept nogil:
     # a (m, k), b (k, n) strided -> c (m, n) with row stride ldc
-    # IN  kernel, mr, nr: the micro-kernel and its tile; bpanel: KC * round_up(min(n, NC),
-    #     nr) elements for the packed B panel; abufs: nthreads packed-A buffers of
-    #     mc * KC, one per thread (no sharing)
+    # IN  kernel, mr, nr: the micro-kernel and its tile; kcw: packed words per K block
+    #     (a word is one element, or a bf16 pair of k for the bf16 kernel); bpanel:
+    #     kcw * round_up(min(n, NC), nr) words for the packed B panel; abufs: nthreads
+    #     packed-A buffers of mc * kcw words, one per thread (no sharing)
     # OUT c: a @ b (+ c when accumulate), then + bias and the activation
     cdef Py_ssize_t nblocks = (m + mc - 1) // mc
-    cdef Py_ssize_t ib, i0, rows, j0, jc, nc, p0, kc, ii
+    cdef Py_ssize_t ib, i0, rows, j0, jc, nc, p0, kc, ii, words
     cdef bint last
+    # k per packed word: a bf16 word holds a pair of k
+    cdef Py_ssize_t kstep = 2 if kernel == KERNEL_AVX512_BF16 else 1
     cdef floating* abuf
     cdef const floating* bsliver
     jc = 0
@@ -292,23 +306,28 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
         nc = min(<Py_ssize_t>NC, n - jc)
         p0 = 0
         while p0 < k:
-            kc = min(<Py_ssize_t>KC, k - p0)
+            kc = min(kcw * kstep, k - p0)
+            words = (kc + kstep - 1) // kstep
             last = p0 + kc == k
-            _pack_b(kc, nc, b + p0 * sb0 + jc * sb1, sb0, sb1, nr, bpanel, nthreads)
+            _pack_b(kc, nc, b + p0 * sb0 + jc * sb1, sb0, sb1, nr, bpanel, nthreads, kstep)
             # Blocks of rows go round-robin to threads; each block's rows belong to
             # one thread for the whole panel, epilogue included.
             for ib in prange(nblocks, schedule="static", chunksize=1, num_threads=nthreads,
                              use_threads_if=nthreads > 1 and nblocks > 1):
                 i0 = ib * mc
                 rows = min(mc, m - i0)
-                abuf = abufs + threadid() * mc * KC
-                _pack_a(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
+                abuf = abufs + threadid() * mc * kcw
+                if kstep == 2:
+                    if floating is float:
+                        _pack_a_bf16(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
+                else:
+                    _pack_a(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
                 j0 = 0
                 while j0 < nc:
-                    bsliver = bpanel + j0 * kc
+                    bsliver = bpanel + j0 * words
                     ii = 0
                     while ii < rows:
-                        _tile(kernel, kc, abuf + ii * kc, bsliver,
+                        _tile(kernel, words, abuf + ii * words, bsliver,
                               c + (i0 + ii) * ldc + jc + j0, ldc, min(mr, rows - ii),
                               min(nr, nc - j0), accumulate or p0 > 0)
                         ii = ii + mr
@@ -316,42 +335,60 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                 if last and (bias != NULL or activation != ACT_NONE):
                     _epilogue(c + i0 * ldc + jc, ldc, rows, nc,
                               bias + jc if bias != NULL else NULL, activation)
-            p0 = p0 + KC
+            p0 = p0 + kc
         jc = jc + NC
 
 
 cdef void _pack_b(Py_ssize_t kc, Py_ssize_t nc, const floating* b, Py_ssize_t sb0,
-                  Py_ssize_t sb1, Py_ssize_t nr, floating* out, int nthreads) noexcept nogil:
-    # b (kc, nc) strided -> out (ceil(nc / nr), kc, nr): nr-wide slivers, zero-padded
+                  Py_ssize_t sb1, Py_ssize_t nr, floating* out, int nthreads,
+                  Py_ssize_t kstep) noexcept nogil:
+    # b (kc, nc) strided -> out (ceil(nc / nr), ceil(kc / kstep), nr): nr-wide slivers,
+    # zero-padded; kstep 2 packs bf16 pairs of k
     # Slivers are disjoint regions of out, so threads packing different slivers never race.
     cdef Py_ssize_t nslivers = (nc + nr - 1) // nr
+    cdef Py_ssize_t words = (kc + kstep - 1) // kstep
     cdef Py_ssize_t js
     for js in prange(nslivers, schedule="static", num_threads=nthreads,
                      use_threads_if=nthreads > 1 and kc * nc > PARALLEL_MIN_WORK):
-        _pack_b_sliver(b + js * nr * sb1, sb0, sb1, kc, min(nr, nc - js * nr), nr,
-                       out + js * nr * kc)
+        if kstep == 2:
+            if floating is float:
+                _pack_b_sliver_bf16(b + js * nr * sb1, sb0, sb1, kc, min(nr, nc - js * nr), nr,
+                                    out + js * nr * words)
+        else:
+            _pack_b_sliver(b + js * nr * sb1, sb0, sb1, kc, min(nr, nc - js * nr), nr,
+                           out + js * nr * words)
 
 
 def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
-         bint accumulate=False, bias=None, int activation=ACT_NONE):
+         bint accumulate=False, bias=None, int activation=ACT_NONE, int kernel=-1):
     """``c = activation(a @ b + bias)``, or ``c += a @ b`` with ``accumulate``.
 
     a (M, K) and b (K, N) of any strides; c (M, N) C-contiguous rows (a row slice of a
     C-contiguous array is fine); bias (N,) or None; activation 0 none, 1 relu,
-    2 sigmoid, 3 tanh.  The packing buffers (at most KC x NC of B, MC x KC of A per
-    thread) are allocated here, outside the kernel.
+    2 sigmoid, 3 tanh; kernel: a ``kernel_code`` (-1: the best fp32 kernel; the bf16
+    kernel takes float32 only, rounding the operands to bf16 while packing).  The
+    packing buffers (at most KC x NC of B, MC x KC of A per thread) are allocated here,
+    outside the kernel.
     """
     cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = b.shape[1]
-    cdef int kernel = _kernel
-    cdef Py_ssize_t mr = MR if kernel == KERNEL_GENERIC else MR_SIMD
-    # B bytes per tile row: 32 generic, 2 vectors of 32 (AVX2) or 64 (AVX-512) bytes
-    cdef Py_ssize_t nr = (NR_BYTES << kernel) // sizeof(floating)
+    cdef Py_ssize_t mr, nr
     cdef Py_ssize_t isz = sizeof(floating)
     cdef int nthreads = kp_max_threads()
     cdef Py_ssize_t mc
     cdef const floating[::1] bias_view
     cdef const floating* bias_ptr = NULL
     cdef floating[::1] bpanel, abufs
+    if kernel == -1:
+        kernel = _cpu_kernel
+    if not 0 <= kernel <= KERNEL_AVX512_BF16 or not (
+            kernel <= _cpu_kernel or (kernel == KERNEL_AVX512_BF16 and _cpu_has & 4)):
+        raise ValueError(f"gemm: kernel {kernel} not available here")
+    if kernel == KERNEL_AVX512_BF16 and floating is double:
+        raise ValueError("gemm: the bf16 kernel takes float32 operands")
+    mr = MR if kernel == KERNEL_GENERIC else MR_SIMD
+    # B bytes per tile row: 32 generic, 2 vectors of 32 (AVX2) or 64 (AVX-512) bytes;
+    # the bf16 kernel: 32 columns of bf16 pairs
+    nr = 32 if kernel == KERNEL_AVX512_BF16 else (NR_BYTES << kernel) // sizeof(floating)
     if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n:
         raise ValueError("gemm: shapes do not match")
     if bias is not None:
@@ -371,7 +408,7 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
         _gemm(m, n, k, &a[0, 0], a.strides[0] // isz, a.strides[1] // isz,
               &b[0, 0], b.strides[0] // isz, b.strides[1] // isz,
               &c[0, 0], c.strides[0] // isz, accumulate, bias_ptr, activation, kernel, mr, nr,
-              &bpanel[0], &abufs[0], mc, nthreads)
+              &bpanel[0], &abufs[0], mc, KC, nthreads)
 
 
 def column_sums(const floating[:, :] g, double[::1] out):

@@ -1,6 +1,8 @@
 """Cython-specific checks: the OpenMP build, results independent of the thread count,
 read-only inputs, and the GEMM's edge tiles and strided operands."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -131,23 +133,30 @@ def test_read_only_inputs(dtype, rng):
 
 @pytest.fixture(params=["generic", "avx2", "avx512"])
 def gemm_kernel(request):
-    """Each GEMM micro-kernel this CPU can run, forced in turn (others skipped)."""
-    from kernprop._cy import matmul
+    """Each fp32 GEMM micro-kernel this CPU can run, forced in turn for "fp32" (which
+    float64 products use too); the others skipped with the reason."""
+    from kernprop.kernels.cython import matmul
 
-    if request.param not in matmul.gemm_kernels():
-        pytest.skip(f"this CPU has no {request.param} (has {matmul.gemm_kernels()})")
-    matmul.set_gemm_kernel(request.param)
+    if request.param not in matmul.available_kernels():
+        pytest.skip(f"this CPU has no {request.param} (has {matmul.available_kernels()})")
+    matmul.select_kernel("fp32", request.param)
     yield request.param
-    matmul.set_gemm_kernel(None)
+    matmul.select_kernel("fp32", None)
 
 
 def test_gemm_kernel_reported():
-    from kernprop._cy import matmul
+    from kernprop._cy import matmul as cy
+    from kernprop.kernels.cython import matmul
 
-    assert matmul.gemm_kernels()[0] == "generic"
-    assert matmul.gemm_kernel() == matmul.gemm_kernels()[-1]
+    assert cy.gemm_kernels()[0] == "generic"
+    assert set(matmul.available_kernels()) == set(cy.gemm_kernels() + cy.bf16_kernels())
+    info = matmul.kernel_info()
+    assert set(info) == {"fp32", "bf16x3", "bf16"}
+    assert info["fp32"].startswith(f"fp32 {cy.gemm_kernels()[-1]} ")
     with pytest.raises(ValueError):
-        matmul.set_gemm_kernel("no-such-kernel")
+        matmul.select_kernel("fp32", "no-such-kernel")
+    with pytest.raises(ValueError):
+        cy.kernel_code("no-such-kernel")
 
 
 @pytest.mark.parametrize(
@@ -280,3 +289,174 @@ def test_short_rows_do_not_depend_on_thread_count(threads, rng):
     two = every()
     for a, b in zip(one, two):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# --- matmul precision: every kernel allowed for a precision, forced in turn -----------
+
+# Relative bound per precision, in units of |a| @ |b|, on top of float32 accumulation:
+# a kernel computing more accurately than asked differs from the reference by the
+# operands' rounding (bf16: 2^-9 each; bf16x3: the residual's 2^-17 each).
+ROUNDING = {"fp32": 0.0, "bf16x3": 2.0**-15, "bf16": 2.0**-7}
+ALL_KERNELS = ["generic", "avx2", "avx512", "avx512_bf16"]
+
+
+def _kernel_cases():
+    from kernprop.kernels.cython import matmul
+
+    for precision in ROUNDING:
+        for name in ALL_KERNELS:
+            if name.endswith("bf16") and precision != "bf16":
+                continue  # less accurate than asked: refused (test_bf16_kernel_refused_...)
+            yield precision, name
+
+
+@pytest.fixture(params=list(_kernel_cases()), ids=lambda case: f"{case[0]}-{case[1]}")
+def precision_kernel(request):
+    """(precision, kernel name) with the kernel forced for that precision."""
+    from kernprop.kernels.cython import matmul
+
+    precision, name = request.param
+    if name not in matmul.available_kernels():
+        pytest.skip(f"this CPU has no {name} (has {matmul.available_kernels()})")
+    matmul.select_kernel(precision, name)
+    yield request.param
+    matmul.select_kernel(precision, None)
+
+
+def _assert_within(got, a, b, precision, native, name="result"):
+    # |got - reference(precision)| <= (4 K 2^-24 + rounding) |a| @ |b|, rounding 0 when
+    # the kernel computes the precision natively (then only the accumulation differs)
+    want = ref_matmul.product(a, b, precision).astype(np.float64)
+    k = a.shape[1]
+    rel = 4 * k * 2.0**-24 + (0.0 if native else ROUNDING[precision]) + 1e-30
+    bound = rel * (np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)) + 1e-30
+    error = np.abs(np.asarray(got, np.float64) - want)
+    worst = np.unravel_index(np.argmax(error / bound), error.shape)
+    assert np.all(error <= bound), (
+        f"{name} at {precision}: worst at {worst}: got {got[worst]!r}, want {want[worst]!r}, "
+        f"|diff| {error[worst]:.3g} > {bound[worst]:.3g}")
+
+
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (7, 3, 33), (97, 257, 101), (13, 600, 40)])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+def test_matmul_at_each_precision(precision_kernel, rng, m, k, n, layout):
+    precision, name = precision_kernel
+    a = make_array(rng, (m, k), np.float32, layout)
+    b = make_array(rng, (k, n), np.float32, layout)
+    got = kernprop.matmul(a, b, precision=precision, backend="cython")
+    _assert_within(got, a, b, precision, native=name.endswith("bf16") or precision == "fp32")
+
+
+def test_linear_ops_at_each_precision(precision_kernel, rng):
+    precision, name = precision_kernel
+    native = name.endswith("bf16") or precision == "fp32"
+    x = rng.uniform(-2, 2, (45, 70)).astype(np.float32)
+    w = rng.uniform(-1, 1, (70, 23)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (45, 23)).astype(np.float32)
+    y = kernprop.linear(x, w, None, precision=precision, backend="cython")
+    _assert_within(y, x, w, precision, native, "linear")
+    dx, dw, _ = kernprop.linear_backward(x, w, dy, False, precision=precision, backend="cython")
+    _assert_within(dx, dy, w.T, precision, native, "dx")
+    _assert_within(dw, x.T, dy, precision, native, "dw")
+    labels = rng.integers(0, 23, 45)
+    loss, *grads = kernprop.linear_cross_entropy(
+        x, w, None, labels, chunk_size=16, precision=precision, backend="cython")
+    want = ref_losses.linear_cross_entropy(x, w, None, labels, "mean", -100, 0.0, None, 16, precision)
+    # the logits differ by the bound above (|x| @ |w| <= 70 here); loss and gradients
+    # follow smoothly
+    tol = 70 * (4 * 70 * 2.0**-24 + (0.0 if native else ROUNDING[precision])) * 4 + 1e-6
+    np.testing.assert_allclose(loss, want[0], atol=tol)
+    for got, expected in zip(grads, want[1:]):
+        if expected is not None:
+            np.testing.assert_allclose(got, expected, atol=tol)
+
+
+def test_float64_ignores_precision(rng):
+    a, b = rng.standard_normal((20, 30)), rng.standard_normal((30, 10))
+    exact = kernprop.matmul(a, b, precision="fp32", backend="cython")
+    for precision in ("bf16x3", "bf16"):
+        np.testing.assert_array_equal(kernprop.matmul(a, b, precision=precision, backend="cython"), exact)
+
+
+def test_bf16_kernel_rounds_to_nearest_even(rng):
+    # Operands chosen on bf16 rounding edges (ties both ways, just below and above a
+    # tie, subnormals, NaN): with one-hot B each output is exactly bf16(a) as rounded by
+    # the kernel's packing, so any departure from integer round-to-nearest-even shows.
+    # (No infinities: inf times B's zeros is NaN in any product.)
+    from kernprop.kernels.cython import matmul
+
+    if "avx512_bf16" not in matmul.available_kernels():
+        pytest.skip(f"no bf16 kernel here (have {matmul.available_kernels()})")
+    bits = np.array([0x3F808000, 0x3F818000, 0x3F80C000, 0x3F807FFF, 0xBF808001, 0x7F7F7FFF,
+                     0x00018000, 0x80028000, 0x00000001, 0x3F800000, 0x40490FDB, 0xC2F6E979],
+                    dtype=np.uint32)
+    a = bits.view(np.float32).reshape(1, -1).repeat(3, axis=0)
+    b = np.eye(a.shape[1], dtype=np.float32)
+    previous = matmul.select_kernel("bf16", "avx512_bf16")
+    try:
+        got = kernprop.matmul(a, b, precision="bf16", backend="cython")
+        nan_row = np.full((1, a.shape[1]), np.nan, np.float32)
+        with np.errstate(invalid="ignore"):
+            got_nan = kernprop.matmul(np.vstack([nan_row, a]), b, precision="bf16", backend="cython")
+    finally:
+        matmul.select_kernel("bf16", None if previous is None else previous)
+    want = ref_matmul.round_bf16(a)
+    # vdpbf16ps reads bf16 subnormals as zero: the one documented departure
+    subnormal = (np.abs(want) < np.finfo(np.float32).tiny) & (want != 0)
+    np.testing.assert_array_equal(got[~subnormal], want[~subnormal])
+    assert np.all(got[subnormal] == 0)
+    assert np.all(np.isnan(got_nan[0])), "a NaN operand must make its row NaN"
+
+
+def test_bf16_kernel_refused_for_more_accurate_precisions():
+    from kernprop.kernels.cython import matmul
+
+    if "avx512_bf16" not in matmul.available_kernels():
+        pytest.skip("no bf16 kernel here")
+    for precision in ("fp32", "bf16x3"):
+        with pytest.raises(ValueError, match="less accurate"):
+            matmul.select_kernel(precision, "avx512_bf16")
+
+
+def test_self_check_refuses_a_broken_kernel():
+    from kernprop.kernels.cython import matmul
+
+    good = lambda a, b: ref_matmul.product(a, b, "fp32")  # noqa: E731
+    assert matmul.self_check(good, "fp32") is None
+    assert "failed" in matmul.self_check(lambda a, b: good(a, b) * (1 + 2.0**-9), "fp32")
+    # an fp32 product passed off as a bf16 kernel: off by the bf16 rounding
+    assert "failed" in matmul.self_check(good, "bf16")
+    # a kernel that drops the last row of each tile, and one that raises
+    broken = lambda a, b: np.vstack([good(a, b)[:-1], np.zeros((1, b.shape[1]), np.float32)])  # noqa: E731
+    assert "failed" in matmul.self_check(broken, "fp32")
+    assert "raised" in matmul.self_check(lambda a, b: 1 / 0, "fp32")
+
+
+def test_kernel_forced_by_environment():
+    import subprocess
+    import sys
+
+    from kernprop.kernels.cython import matmul
+
+    code = ("from kernprop.kernels.cython import matmul; info = matmul.kernel_info(); "
+            "print(info['fp32']); print(info['bf16'])")
+    env = dict(os.environ, KERNPROP_CYTHON_GEMM_KERNEL="generic")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[0].startswith("fp32 generic") and "forced by" in out[0]
+    assert out[1].startswith("fp32 generic")
+    if "avx512_bf16" in matmul.available_kernels():
+        env["KERNPROP_CYTHON_GEMM_KERNEL"] = "bf16=avx512_bf16"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+        assert out[1].startswith("bf16 avx512_bf16")
+
+
+def test_bf16_does_not_depend_on_thread_count(threads, rng):
+    a = rng.uniform(-2, 2, (301, 530)).astype(np.float32)
+    b = rng.uniform(-2, 2, (530, 77)).astype(np.float32)
+    threads(1)
+    one = kernprop.matmul(a, b, precision="bf16", backend="cython")
+    threads(2)
+    two = kernprop.matmul(a, b, precision="bf16", backend="cython")
+    np.testing.assert_array_equal(one, two)

@@ -12,7 +12,7 @@ import numpy as np
 from kernprop._cy import losses as _cy
 from kernprop._cy import matmul as _cy_matmul
 
-from .matmul import contiguous_bias
+from .matmul import contiguous_bias, gemm
 
 
 def _class_weight(weight, num_classes, dtype):
@@ -125,13 +125,13 @@ def linear_cross_entropy(
         stop = min(n, start + rows)
         x_chunk = x[start:stop]
         g = buffer[: stop - start]
-        _cy_matmul.gemm(x_chunk, w, g, False, b)
+        gemm(x_chunk, w, g, False, b, precision=precision)
         _cy.ce_grad_rows(
             g, labels[start:stop], class_weight, ignore_index, label_smoothing,
             inv_denominator, row_losses[start:stop], g,
         )
-        _cy_matmul.gemm(g, w_t, dx[start:stop])
-        _cy_matmul.gemm(x_chunk.T, g, dw, start > 0)
+        gemm(g, w_t, dx[start:stop], precision=precision)
+        gemm(x_chunk.T, g, dw, start > 0, precision=precision)
         if db_sums is not None:
             _cy_matmul.column_sums(g, db_sums)
     loss = _reduce(row_losses, denominator, reduction, dtype)

@@ -1,0 +1,82 @@
+/* GEMM micro-kernels of the cython backend (pyx/matmul.pyx drives them).
+
+   One translation unit per instruction set, each compiled by setup.py with its own -m
+   flags, so the rest of the build stays baseline x86-64 (or any other architecture):
+       avx2.c         fp32/fp64 6 x 2 ymm        -mavx2 -mfma
+       avx512.c       fp32/fp64 6 x 2 zmm        -mavx512f -mfma
+       avx512_bf16.c  bf16 pairs -> fp32 6 x 32  -mavx512f -mavx512bf16
+   setup.py defines KP_HAVE_<ISA> for matmul.pyx exactly when that unit compiled; a unit
+   the compiler could not build becomes an empty stub here and is never selected.  At run
+   time kp_cpu_has() says what the CPU (and the OS, for the zmm state) allows.
+
+   Every tile: ap (kc, 6) packed A sliver, bp (kc, NR) packed B sliver -> c (mr, nr)
+   with row stride ldc, written or (accumulate) added to; only the valid mr x nr part
+   is stored.  For bf16, kc counts pairs of k: each 32-bit word of a sliver holds two
+   bf16 values (k even in the low half), see matmul.pyx's _pack_*_bf16. */
+#ifndef KP_GEMM_H
+#define KP_GEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KP_TILE_ARGS(T) \
+    ptrdiff_t kc, const T *ap, const T *bp, T *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, \
+    int accumulate
+
+#if defined(__GNUC__) || defined(__clang__)
+#define KP_UNUSED __attribute__((unused))
+#define KP_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define KP_UNUSED
+#define KP_HIDDEN
+#endif
+
+/* A unit that was built: its declaration; one that was not: a stub never called. */
+#define KP_DECLARE_TILE(HAVE, NAME, T) \
+    HAVE_##HAVE(KP_HIDDEN void NAME(KP_TILE_ARGS(T));, KP_UNUSED static void NAME(KP_TILE_ARGS(T)) { \
+        (void)kc; (void)ap; (void)bp; (void)c; (void)ldc; (void)mr; (void)nr; (void)accumulate; })
+
+#ifdef KP_HAVE_AVX2
+#define HAVE_AVX2(yes, no) yes
+#else
+#define HAVE_AVX2(yes, no) no
+#endif
+#ifdef KP_HAVE_AVX512
+#define HAVE_AVX512(yes, no) yes
+#else
+#define HAVE_AVX512(yes, no) no
+#endif
+#ifdef KP_HAVE_AVX512_BF16
+#define HAVE_AVX512_BF16(yes, no) yes
+#else
+#define HAVE_AVX512_BF16(yes, no) no
+#endif
+
+KP_DECLARE_TILE(AVX2, kp_tile_avx2_f, float)
+KP_DECLARE_TILE(AVX2, kp_tile_avx2_d, double)
+KP_DECLARE_TILE(AVX512, kp_tile_avx512_f, float)
+KP_DECLARE_TILE(AVX512, kp_tile_avx512_d, double)
+/* bf16 pairs in, fp32 out: ap and bp hold pairs of bf16 as 32-bit words */
+KP_DECLARE_TILE(AVX512_BF16, kp_tile_avx512_bf16, float)
+
+/* Which kernels the CPU and OS run: bit 0 avx2+fma, bit 1 avx512f, bit 2 avx512_bf16;
+   only units that were compiled are reported. */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <cpuid.h>
+static inline int kp_cpu_has(void) {
+    unsigned int eax, ebx, ecx, edx;
+    int bits = 0;
+    __builtin_cpu_init();
+    /* __builtin_cpu_supports checks the OS saves the ymm/zmm state (XCR0) too */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) bits |= 1;
+    if ((bits & 1) && __builtin_cpu_supports("avx512f")) bits |= 2;
+    /* AVX512_BF16: CPUID leaf 7 subleaf 1, EAX bit 5 (older compilers lack the name) */
+    if ((bits & 2) && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5)))
+        bits |= 4;
+    return bits & (HAVE_AVX2(1, 0) | HAVE_AVX512(2, 0) | HAVE_AVX512_BF16(4, 0));
+}
+#else
+static inline int kp_cpu_has(void) { return 0; }
+#endif
+
+#endif
