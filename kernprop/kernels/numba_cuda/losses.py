@@ -97,7 +97,9 @@ def _cross_entropy_kernel(dtype, write_grad):
                     g -= hard
                 if valid and smoothing > 0:
                     g += soft * (T(total_weight) * p - w_c)
-                grad[row, c] = g * T(grad_scale)
+                # An ignored row's gradient is 0, also when every row is ignored: there
+                # grad_scale = 1/0 = inf and 0 * inf would be nan (reference and PyTorch: 0)
+                grad[row, c] = g * T(grad_scale) if valid else T(0)
             if smoothing > 0:
                 smooth += w_c * logp
         if smoothing > 0:  # uniform over the launch: every thread reduces, or none
@@ -127,7 +129,8 @@ def _normalisers(labels, weight, num_classes, dtype, reduction, ignore_index):
     valid = labels != ignore_index
     denominator = float(w[labels[valid]].astype(np.float64).sum()) if reduction == "mean" else 1.0
     with np.errstate(divide="ignore"):
-        # every row ignored (or zero weights): inf, so the gradient is nan = 0/0 as PyTorch
+        # every row ignored (or zero weights): inf; the kernel writes 0 for ignored rows
+        # and kept rows of weight 0 get 0 * inf = nan, as the reference's 0 / 0
         grad_scale = float(np.float64(1.0) / np.float64(denominator))
     return denominator, grad_scale, float(w.astype(np.float64).sum())
 
