@@ -37,53 +37,58 @@ class LayerwiseEngine(Engine):
     def start(self, X, y, preds, rows):
         super().start(X, y, preds, rows)
         self.params = self.model.parameters()
+        self.bounds = [(int(lo), int(hi)) for lo, hi in rows]  # Python ints: cheaper per step than rows[s]
         self.batched_preds = consecutive(rows)
-        self.pending, self.pending_lo = [], 0
+        self.pending = []
 
-    def step(self, s):
-        # rows lo:hi -> forward, loss and gradient, backward, update; returns the loss
-        lo, hi = self.rows[s]
-        model = self.model
-        loss = out = None
-        if hi > lo:  # data-parallel: a rank may get no rows of a small batch
-            out = model.forward(self.X[lo:hi])
-            loss, dout = self.loss.with_grad(out, self.y[lo:hi], self.kernels)
-            model.backward(dout, need_input_grad=False)
-        if self.gradient_hook is not None:
-            loss = self.gradient_hook(model.gradients(), loss, s, lo, hi)
-        self.update(model.gradients())
-        if self.classification and out is not None:
-            self.predict(out, lo, hi)
-        return loss if self.mean else np.sum(host(loss))
+    def run(self, first, last, losses):
+        # per step, rows lo:hi -> forward, loss and gradient, backward, (the hook,) update.
+        # Bound once per call, every name the loop uses is a local: a step of a small
+        # model costs the kernels plus ~5 us of Python.
+        model, kernels, X, y, bounds = self.model, self.kernels, self.X, self.y, self.bounds
+        forward, backward, gradients = model.forward, model.backward, model.gradients
+        with_grad, update, hook, mean = self.loss.with_grad, self.update, self.gradient_hook, self.mean
+        classification, batched, pending, preds = self.classification, self.batched_preds, self.pending, self.preds
+        values = []  # a list append per step; stored into losses once
+        append = values.append
+        self.pending_lo = bounds[first][0]
+        for s in range(first, last):
+            lo, hi = bounds[s]
+            out = loss = None
+            if hi > lo:  # data-parallel: a rank may get no rows of a small batch
+                out = forward(X[lo:hi])
+                loss, dout = with_grad(out, y[lo:hi], kernels)
+                backward(dout, need_input_grad=False)
+            if hook is not None:
+                loss = hook(gradients(), loss, s, lo, hi)
+            update(gradients())
+            append(loss if mean else np.sum(host(loss)))
+            if classification and out is not None:
+                if not batched:
+                    host(out).argmax(axis=1, out=preds[lo:hi])
+                else:
+                    pending.append(out)
+                    if len(pending) == PRED_EVERY:
+                        self.flush_predictions()
+        self.flush_predictions()
+        self.store_losses(values, losses, first, last)
 
     def update(self, grads):
         self.optimizer.step(self.params, grads, self.kernels)
 
-    def predict(self, out, lo, hi):
-        if not self.batched_preds:
-            host(out).argmax(axis=1, out=self.preds[lo:hi])
-            return
-        if not self.pending:
-            self.pending_lo = lo
-        self.pending.append(out)
-        if len(self.pending) == PRED_EVERY:
-            self.flush_predictions()
+    def store_losses(self, values, losses, first, last):
+        losses[first:last] = values
 
     def flush_predictions(self):
         """Argmax of the pending logits (consecutive rows from ``pending_lo``) into preds."""
-        if not self.pending:
-            return
         pending = self.pending
+        if not pending:
+            return
         logits = host(pending[0]) if len(pending) == 1 else np.concatenate([host(p) for p in pending])
         lo = self.pending_lo
         logits.argmax(axis=1, out=self.preds[lo:lo + logits.shape[0]])
+        self.pending_lo = lo + logits.shape[0]
         pending.clear()
-
-    def run(self, first, last, losses):
-        step = self.step
-        for s in range(first, last):
-            losses[s] = step(s)
-        self.flush_predictions()
 
 
 class PackedEngine(LayerwiseEngine):

@@ -50,6 +50,28 @@ def _activation_forward(x, activation, out):
                 outs[i] = activate(xs[i], activation)
 
 
+@helper
+def activation_backward_flat(saved, dy, activation, out):
+    # saved, dy (n,) -> out (n,) = dy * activation'(.) (out may be dy itself); saved is x
+    # for relu (the forward output y works too: y > 0 exactly where x > 0) and y for
+    # sigmoid/tanh.  One loop per activation, as in _activation_forward, and constants
+    # of the array's dtype: an integer literal makes Numba compute float32 in float64.
+    # The kernel below runs it per block; the fused training step (mlp_step) per layer.
+    zero, one = saved.dtype.type(0), saved.dtype.type(1)
+    if activation == RELU:
+        for i in range(saved.shape[0]):
+            g = dy[i]
+            out[i] = g if saved[i] > zero else zero
+    elif activation == SIGMOID:
+        for i in range(saved.shape[0]):
+            s = saved[i]
+            out[i] = dy[i] * s * (one - s)
+    elif activation == TANH:
+        for i in range(saved.shape[0]):
+            s = saved[i]
+            out[i] = dy[i] * (one - s * s)
+
+
 @kernel
 def _activation_backward(saved, dy, activation, out):
     # saved (n,) is x for relu and the forward output y for sigmoid/tanh; dy (n,) -> out (n,)
@@ -59,21 +81,7 @@ def _activation_backward(saved, dy, activation, out):
         ss = saved[start : min(start + _BLOCK, n)]
         ds = dy[start : start + ss.shape[0]]
         outs = out[start : start + ss.shape[0]]
-        # One loop per activation, as in _activation_forward, and constants of the
-        # array's dtype: an integer literal makes Numba compute float32 in float64.
-        zero, one = ss.dtype.type(0), ss.dtype.type(1)
-        if activation == RELU:
-            for i in range(ss.shape[0]):
-                g = ds[i]
-                outs[i] = g if ss[i] > zero else zero
-        elif activation == SIGMOID:
-            for i in range(ss.shape[0]):
-                s = ss[i]
-                outs[i] = ds[i] * s * (one - s)
-        else:
-            for i in range(ss.shape[0]):
-                s = ss[i]
-                outs[i] = ds[i] * (one - s * s)
+        activation_backward_flat(ss, ds, activation, outs)
 
 
 def _flat(x):

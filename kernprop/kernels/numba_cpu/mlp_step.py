@@ -15,14 +15,18 @@ Semantics: those of the layer-by-layer kernels (``matmul.linear_forward`` /
 ``mse_forward`` / ``mse_backward``, ``optimizers.sgd_step`` / ``adam_step``); sums may
 round in another order, so results agree to float tolerance, not bit for bit.
 
-Layout (what ``Trainer.fit`` keeps during a fit, see ``kernprop.train._packed``):
+Layout (what ``Trainer.fit`` keeps during a fit, see ``kernprop.engines.layerwise.PackedEngine``):
 ``params`` and ``grads`` are flat buffers of every layer's weight (IN, OUT) row-major
 then its bias (OUT,); ``state1`` / ``state2`` the flat optimizer state (SGD velocity;
-Adam exp_avg, exp_avg_sq).  ``meta`` (int64) holds the settings and the layer table,
-one row per layer: in, out, weight offset, bias offset (-1: no bias), activation code
-(``activations.ACTIVATION_CODES``), offset of the layer's output in ``work``.
-``work`` holds every layer's output (batch, OUT), two gradient buffers (batch, widest
-layer) that backward ping-pongs between, and the GEMM's pack buffers.
+Adam exp_avg, exp_avg_sq).  The settings are named records (``LAYER`` per layer,
+``LOSS``, ``OPTIMIZER``, ``WORKSPACE``; see below).  ``work`` holds every layer's output
+(batch, OUT), two gradient buffers (batch, widest layer) that backward ping-pongs
+between, and the GEMM's pack buffers; ``sums`` (float64) the bias gradient's column sums.
+
+The non-GEMM parts are the family helpers the parallel kernels run per block or row:
+``activations.activation_backward_flat``, ``losses.scale_row`` / ``target_grad_p`` /
+``weighted_sum`` (the cross-entropy row), ``optimizers.sgd_update`` / ``adam_update``
+(over the whole flat parameter buffer at once).
 
 The GEMMs are the GEMM engine's serial driver (``gemm.drivers.serial``) over the step's
 own buffers, always fp32: at these sizes packing and edge tiles cost about as much as
@@ -53,42 +57,36 @@ from numba import njit
 from ._jit import FASTMATH
 from .gemm import KC as _KC, MR, tile_cols
 from ._math import fast_exp
-from .activations import ACTIVATION_CODES, RELU, SIGMOID, TANH, activate
+from .activations import ACTIVATION_CODES, activation_backward_flat
 from .losses import scale_row, target_grad_p, weighted_sum
+from .optimizers import adam_update, sgd_update
 from .gemm.drivers import serial as _serial_gemm
 
-__all__ = ["mlp_step", "MLPStep"]
+__all__ = ["mlp_step", "MLPStep", "LAYER", "LOSS", "OPTIMIZER", "WORKSPACE"]
 
-# meta (int64): these slots, then the (L, 6) layer table from _HEADER on
-(_I_LOSS, _I_MEAN, _I_IGNORE, _I_WEIGHTED, _I_OPT, _I_NESTEROV, _I_DECOUPLED, _I_DA, _I_DB,
- _I_CLASSIFY, _I_MAXES, _I_APACK, _I_BPACK, _I_TILE, _I_WEIGHT, _I_LAYERS) = range(16)
-_HEADER = 16
-# hyper (float64): these slots, then the float64 column sums of db from _F_SUMS on
-_F_SMOOTHING, _F_MOMENTUM, _F_WD, _F_BETA1, _F_BETA2, _F_EPS = range(6)
-_F_SUMS = 8
 CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
 
-
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _activation_backward(y, activation, dz):
-    # dz (B, OUT) *= activation'(.) from the forward output y (B, OUT), in place
-    # (constants of the dtype: an integer literal makes Numba compute float32 in float64)
-    b, n = dz.shape
-    zero, one = dz.dtype.type(0), dz.dtype.type(1)
-    for i in range(b):
-        yr = y[i]
-        dr = dz[i]
-        if activation == RELU:
-            for j in range(n):
-                g = dr[j]
-                dr[j] = g if yr[j] > zero else zero
-        elif activation == SIGMOID:
-            for j in range(n):
-                dr[j] = dr[j] * yr[j] * (one - yr[j])
-        elif activation == TANH:
-            for j in range(n):
-                dr[j] = dr[j] * (one - yr[j] * yr[j])
+# The step's tables, as NumPy structured arrays (records with named fields, which Numba
+# reads as ``layers[l].n_in``; one array argument each, ~65 ns of dispatch).
+# One record per layer: sizes, offsets into the flat parameter / gradient buffers (bias
+# -1: none), the fused activation's code (``activations.ACTIVATION_CODES``), and the
+# offset of the layer's output (batch, n_out) in ``work``.
+LAYER = np.dtype([("n_in", np.int64), ("n_out", np.int64), ("weight", np.int64), ("bias", np.int64),
+                  ("activation", np.int64), ("output", np.int64)])
+# The loss (one record): CROSS_ENTROPY or MSE, reduction "mean" (else "sum"), the
+# cross-entropy options, and whether to write each row's argmax.
+LOSS = np.dtype([("kind", np.int64), ("mean", np.bool_), ("ignore_index", np.int64), ("weighted", np.bool_),
+                 ("smoothing", np.float64), ("classify", np.bool_)])
+# The optimizer (one record): SGD or ADAM and their hyperparameters (lr comes per call).
+OPTIMIZER = np.dtype([("kind", np.int64), ("momentum", np.float64), ("nesterov", np.bool_),
+                      ("weight_decay", np.float64), ("beta1", np.float64), ("beta2", np.float64),
+                      ("eps", np.float64), ("decoupled", np.bool_)])
+# Where each scratch buffer starts in ``work`` (one record): the two gradient buffers
+# backward ping-pongs between, the logits' row maxima, the GEMM's pack buffers and edge
+# tile, the class weights.
+WORKSPACE = np.dtype([("grad_a", np.int64), ("grad_b", np.int64), ("maxes", np.int64), ("apack", np.int64),
+                      ("bpack", np.int64), ("tile", np.int64), ("weight", np.int64)])
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -187,83 +185,39 @@ def _mse(pred, target, mean, g):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _sgd(param, grad, velocity, lr, momentum, nesterov, weight_decay):
-    # param, grad, velocity (n,): as optimizers._sgd, scalars in the parameters' dtype
-    n = param.shape[0]
-    if momentum != 0:
-        if nesterov:
-            for i in range(n):
-                g = grad[i] + weight_decay * param[i]
-                v = momentum * velocity[i] + g
-                velocity[i] = v
-                param[i] -= lr * (g + momentum * v)
-        else:
-            for i in range(n):
-                g = grad[i] + weight_decay * param[i]
-                v = momentum * velocity[i] + g
-                velocity[i] = v
-                param[i] -= lr * v
-    else:
-        for i in range(n):
-            param[i] -= lr * (grad[i] + weight_decay * param[i])
-
-
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _adam(param, grad, exp_avg, exp_avg_sq, step_size, beta1, beta2, eps, weight_decay,
-          decoupled, bias_correction2_sqrt, one_minus_beta1, one_minus_beta2, decay):
-    # param, grad, exp_avg, exp_avg_sq (n,): as optimizers._adam
-    n = param.shape[0]
-    if decoupled:
-        for i in range(n):
-            p = param[i] * decay
-            g = grad[i]
-            m = beta1 * exp_avg[i] + one_minus_beta1 * g
-            v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
-            exp_avg[i] = m
-            exp_avg_sq[i] = v
-            param[i] = p - step_size * m / (np.sqrt(v) / bias_correction2_sqrt + eps)
-    else:
-        for i in range(n):
-            p = param[i]
-            g = grad[i] + weight_decay * p
-            m = beta1 * exp_avg[i] + one_minus_beta1 * g
-            v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
-            exp_avg[i] = m
-            exp_avg_sq[i] = v
-            param[i] = p - step_size * m / (np.sqrt(v) / bias_correction2_sqrt + eps)
-
-
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _mlp_step(params, grads, state1, state2, work, hyper, meta, x_all, labels_all, targets_all,
-              preds_all, lo, hi, lr, step):
+def _mlp_step(params, grads, state1, state2, work, sums, layers, loss_rec, opt_rec, space_rec, x_all,
+              labels_all, targets_all, preds_all, lo, hi, lr, step):
     # x = x_all[lo:hi] (B, IN0) -> one step: forward, loss and gradient, backward, update
     # in place.  Returns the batch loss, reduced as the loss's reduction, rounded to the
     # dtype.  Rows lo:hi of whole arrays: slicing here costs nothing, in Python a few
-    # hundred ns per array; and every buffer lives in work / hyper / meta, since each
-    # array argument costs ~65 ns of dispatch.
-    classify = meta[_I_CLASSIFY] != 0
+    # hundred ns per array; and every scratch buffer lives in work, since each array
+    # argument costs ~65 ns of dispatch.  loss_rec, opt_rec, space_rec: one-record arrays
+    # of LOSS, OPTIMIZER, WORKSPACE; layers: LAYER records.
+    cfg = loss_rec[0]
+    opt = opt_rec[0]
+    space = space_rec[0]
+    classify = cfg.classify
     x = x_all[lo:hi]
     labels = labels_all[lo:hi] if classify else labels_all
     preds = preds_all[lo:hi] if classify else preds_all
     targets = targets_all if classify else targets_all[lo:hi]
     b = x.shape[0]
-    num_layers = meta[_I_LAYERS]
-    layers = meta[_HEADER:_HEADER + 6 * num_layers].reshape((num_layers, 6))
+    num_layers = layers.shape[0]
     t = params.dtype.type
     nr = tile_cols(params.itemsize)
-    apack = work[meta[_I_APACK]:meta[_I_BPACK]]
-    bpack = work[meta[_I_BPACK]:meta[_I_TILE]]
-    tile = work[meta[_I_TILE]:meta[_I_TILE] + MR * nr].reshape((MR, nr))
-    sums = hyper[_F_SUMS:]
+    apack = work[space.apack:space.bpack]
+    bpack = work[space.bpack:space.tile]
+    tile = work[space.tile:space.tile + MR * nr].reshape((MR, nr))
     bias0 = params[0:0]
     # forward: layer l reads x (l = 0) or layer l-1's output, writes its own
     for l in range(num_layers):
-        n_in, n_out, w_off = layers[l, 0], layers[l, 1], layers[l, 2]
-        b_off, activation, a_off = layers[l, 3], layers[l, 4], layers[l, 5]
+        layer = layers[l]
+        n_in, n_out, w_off = layer.n_in, layer.n_out, layer.weight
+        b_off, activation, a_off = layer.bias, layer.activation, layer.output
         if l == 0:
             inp = x
         else:
-            p_out, p_off = layers[l - 1, 1], layers[l - 1, 5]
+            p_out, p_off = layers[l - 1].n_out, layers[l - 1].output
             inp = work[p_off:p_off + b * p_out].reshape((b, p_out))
         w = params[w_off:w_off + n_in * n_out].reshape((n_in, n_out))
         bias = params[b_off:b_off + n_out] if b_off >= 0 else bias0
@@ -271,29 +225,30 @@ def _mlp_step(params, grads, state1, state2, work, hyper, meta, x_all, labels_al
         _serial_gemm(inp, w, y, False, bias, b_off >= 0, activation, apack, bpack, tile, sums, False, _KC, 1,
                      params, w_off)
     # loss and its gradient into the first gradient buffer
-    last_out, last_off = layers[num_layers - 1, 1], layers[num_layers - 1, 5]
+    last_out, last_off = layers[num_layers - 1].n_out, layers[num_layers - 1].output
     out = work[last_off:last_off + b * last_out].reshape((b, last_out))
-    da, db = meta[_I_DA], meta[_I_DB]
+    da, db = space.grad_a, space.grad_b
     dz = work[da:da + b * last_out].reshape((b, last_out))
-    if meta[_I_LOSS] == CROSS_ENTROPY:
-        weight = work[meta[_I_WEIGHT]:meta[_I_WEIGHT] + last_out]
-        loss = _cross_entropy(out, labels, weight, meta[_I_WEIGHTED] != 0, meta[_I_IGNORE],
-                              hyper[_F_SMOOTHING], meta[_I_MEAN] != 0, classify, preds, dz,
-                              work[meta[_I_MAXES]:meta[_I_MAXES] + b])
+    if cfg.kind == CROSS_ENTROPY:
+        weight = work[space.weight:space.weight + last_out]
+        loss = _cross_entropy(out, labels, weight, cfg.weighted, cfg.ignore_index, cfg.smoothing, cfg.mean,
+                              classify, preds, dz, work[space.maxes:space.maxes + b])
     else:
-        loss = _mse(out, targets, meta[_I_MEAN] != 0, dz)
+        loss = _mse(out, targets, cfg.mean, dz)
     # backward, last layer first; dz and dx alternate between the two buffers
     cur, other = da, db
     for l in range(num_layers - 1, -1, -1):
-        n_in, n_out, w_off = layers[l, 0], layers[l, 1], layers[l, 2]
-        b_off, activation, a_off = layers[l, 3], layers[l, 4], layers[l, 5]
+        layer = layers[l]
+        n_in, n_out, w_off = layer.n_in, layer.n_out, layer.weight
+        b_off, activation, a_off = layer.bias, layer.activation, layer.output
+        if activation != 0:  # dz *= activation'(.), from the layer's output, in place
+            dz_flat = work[cur:cur + b * n_out]
+            activation_backward_flat(work[a_off:a_off + b * n_out], dz_flat, activation, dz_flat)
         dz = work[cur:cur + b * n_out].reshape((b, n_out))
-        if activation != 0:
-            _activation_backward(work[a_off:a_off + b * n_out].reshape((b, n_out)), activation, dz)
         if l == 0:
             inp = x
         else:
-            p_out, p_off = layers[l - 1, 1], layers[l - 1, 5]
+            p_out, p_off = layers[l - 1].n_out, layers[l - 1].output
             inp = work[p_off:p_off + b * p_out].reshape((b, p_out))
         w = params[w_off:w_off + n_in * n_out].reshape((n_in, n_out))
         dw = grads[w_off:w_off + n_in * n_out].reshape((n_in, n_out))
@@ -314,26 +269,26 @@ def _mlp_step(params, grads, state1, state2, work, hyper, meta, x_all, labels_al
                          bpack, -1)
         cur, other = other, cur
     # update, every parameter in one pass over the flat buffers
-    if meta[_I_OPT] == SGD:
-        _sgd(params, grads, state1, t(lr), t(hyper[_F_MOMENTUM]), meta[_I_NESTEROV] != 0,
-             t(hyper[_F_WD]))
+    if opt.kind == SGD:
+        sgd_update(params, grads, state1, t(lr), t(opt.momentum), opt.nesterov, t(opt.weight_decay))
     else:
-        beta1, beta2, wd = hyper[_F_BETA1], hyper[_F_BETA2], hyper[_F_WD]
-        _adam(params, grads, state1, state2, t(lr) / t(1 - beta1**step), t(beta1), t(beta2),
-              t(hyper[_F_EPS]), t(wd), meta[_I_DECOUPLED] != 0, t(np.sqrt(1 - beta2**step)),
-              t(1 - beta1), t(1 - beta2), t(1 - lr * wd))
+        beta1, beta2, wd = opt.beta1, opt.beta2, opt.weight_decay
+        adam_update(params, grads, state1, state2, t(lr) / t(1 - beta1**step), t(beta1), t(beta2),
+                    t(opt.eps), t(wd), opt.decoupled, t(np.sqrt(1 - beta2**step)), t(1 - beta1), t(1 - beta2),
+                    t(1 - lr * wd))
     return t(loss)  # rounded as the layer-by-layer losses return it
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _mlp_steps(params, grads, state1, state2, work, hyper, meta, x_all, labels_all, targets_all,
-               preds_all, bounds, lr, first_step, losses):
+def _mlp_steps(params, grads, state1, state2, work, sums, layers, loss_rec, opt_rec, space_rec, x_all,
+               labels_all, targets_all, preds_all, bounds, lr, first_step, losses):
     # consecutive steps, step s on rows bounds[s, 0]:bounds[s, 1] with step count
     # first_step + s; losses[s] receives its loss.  A whole epoch in one call: from
     # Python each step costs ~2 us of dispatch and bookkeeping, 20% of the digits step.
     for s in range(bounds.shape[0]):
-        losses[s] = _mlp_step(params, grads, state1, state2, work, hyper, meta, x_all, labels_all,
-                              targets_all, preds_all, bounds[s, 0], bounds[s, 1], lr, first_step + s)
+        losses[s] = _mlp_step(params, grads, state1, state2, work, sums, layers, loss_rec, opt_rec, space_rec,
+                              x_all, labels_all, targets_all, preds_all, bounds[s, 0], bounds[s, 1], lr,
+                              first_step + s)
 
 
 class MLPStep:
@@ -359,7 +314,7 @@ class MLPStep:
                  optimizer, momentum=0.0, nesterov=False, weight_decay=0.0, betas=(0.9, 0.999),
                  eps=1e-8, decoupled=False):
         dtype = np.dtype(dtype)
-        table = np.zeros((len(layers), 6), dtype=np.int64)
+        table = np.zeros(len(layers), dtype=LAYER)
         offset = 0
         for l, (n_in, n_out, w_off, b_off, activation) in enumerate(layers):
             table[l] = (n_in, n_out, w_off, b_off, ACTIVATION_CODES[activation], offset)
@@ -384,14 +339,13 @@ class MLPStep:
         if weight is not None:
             self.work[weight_at:] = weight
         classify = loss == "cross_entropy"
-        header = [
-            CROSS_ENTROPY if classify else MSE, reduction == "mean", ignore_index,
-            weight is not None, SGD if optimizer == "sgd" else ADAM, bool(nesterov),
-            bool(decoupled), da, db, classify, maxes, apack, bpack, tile, weight_at, len(layers),
-        ]
-        self.meta = np.concatenate([np.array(header, dtype=np.int64), table.ravel()])
-        self.hyper = np.zeros(_F_SUMS + widest, dtype=np.float64)
-        self.hyper[:6] = (label_smoothing, momentum, weight_decay, betas[0], betas[1], eps)
+        self.layers = table
+        self.loss = np.array([(CROSS_ENTROPY if classify else MSE, reduction == "mean", ignore_index,
+                               weight is not None, label_smoothing, classify)], dtype=LOSS)
+        self.optimizer = np.array([(SGD if optimizer == "sgd" else ADAM, momentum, bool(nesterov), weight_decay,
+                                    betas[0], betas[1], eps, bool(decoupled))], dtype=OPTIMIZER)
+        self.workspace = np.array([(da, db, maxes, apack, bpack, tile, weight_at)], dtype=WORKSPACE)
+        self.sums = np.zeros(widest, dtype=np.float64)
         self.params, self.grads = params, grads
         self.state1 = state1 if state1 is not None else params[:0]
         self.state2 = state2 if state2 is not None else params[:0]
@@ -403,8 +357,9 @@ class MLPStep:
             labels, targets = y, np.zeros((1, 1), self.dtype)
         else:
             labels, targets, preds = np.zeros(1, np.int64), y, np.zeros(1, np.int64)
-        return functools.partial(kernel, self.params, self.grads, self.state1, self.state2,
-                                 self.work, self.hyper, self.meta, X, labels, targets, preds)
+        return functools.partial(kernel, self.params, self.grads, self.state1, self.state2, self.work, self.sums,
+                                 self.layers, self.loss, self.optimizer, self.workspace, X, labels, targets,
+                                 preds)
 
     def bind(self, X, y, preds):
         return self._bound(_mlp_step, X, y, preds)

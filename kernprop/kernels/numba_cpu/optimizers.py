@@ -9,9 +9,45 @@ on zmm registers and no float64 (``...pd``) arithmetic.
 import numpy as np
 from numba import prange
 
-from ._jit import kernel, sized
+from ._jit import helper, kernel, sized
 
 _BLOCK = 16384
+
+
+@helper
+def sgd_update(p, g_in, vel, lr, momentum, nesterov, weight_decay):
+    # p, g_in, vel (n,) slices, p and vel updated in place (vel unused when momentum == 0);
+    # scalars in the parameters' dtype.  The kernel below runs it per block; the fused
+    # training step (mlp_step) over its whole flat parameter buffer.
+    if momentum != 0:
+        for i in range(p.shape[0]):
+            g = g_in[i] + weight_decay * p[i]
+            v = momentum * vel[i] + g
+            vel[i] = v
+            p[i] -= lr * (g + momentum * v if nesterov else v)
+    else:
+        for i in range(p.shape[0]):
+            p[i] -= lr * (g_in[i] + weight_decay * p[i])
+
+
+@helper
+def adam_update(ps, gs, ms, vs, step_size, beta1, beta2, eps, weight_decay, decoupled,
+                bias_correction2_sqrt, one_minus_beta1, one_minus_beta2, decay):
+    # ps, gs, ms, vs (n,) slices (param, grad, exp_avg, exp_avg_sq), updated in place;
+    # step_size = lr / (1 - beta1**step); scalars in the parameters' dtype.  Used as
+    # sgd_update is.
+    for i in range(ps.shape[0]):
+        p = ps[i]
+        g = gs[i]
+        if decoupled:
+            p = p * decay
+        else:
+            g = g + weight_decay * p
+        m = beta1 * ms[i] + one_minus_beta1 * g
+        v = beta2 * vs[i] + one_minus_beta2 * g * g
+        ms[i] = m
+        vs[i] = v
+        ps[i] = p - step_size * m / (np.sqrt(v) / bias_correction2_sqrt + eps)
 
 
 @kernel
@@ -23,18 +59,7 @@ def _sgd(param, grad, velocity, lr, momentum, nesterov, weight_decay):
     for block in prange((n + _BLOCK - 1) // _BLOCK):
         lo = block * _BLOCK
         hi = min(lo + _BLOCK, n)
-        p = param[lo:hi]
-        g_in = grad[lo:hi]
-        if momentum != 0:
-            vel = velocity[lo:hi]
-            for i in range(hi - lo):
-                g = g_in[i] + weight_decay * p[i]
-                v = momentum * vel[i] + g
-                vel[i] = v
-                p[i] -= lr * (g + momentum * v if nesterov else v)
-        else:
-            for i in range(hi - lo):
-                p[i] -= lr * (g_in[i] + weight_decay * p[i])
+        sgd_update(param[lo:hi], grad[lo:hi], velocity[lo:hi], lr, momentum, nesterov, weight_decay)
 
 
 @kernel
@@ -47,22 +72,9 @@ def _adam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
     for block in prange((n + _BLOCK - 1) // _BLOCK):
         lo = block * _BLOCK
         hi = min(lo + _BLOCK, n)
-        ps = param[lo:hi]
-        gs = grad[lo:hi]
-        ms = exp_avg[lo:hi]
-        vs = exp_avg_sq[lo:hi]
-        for i in range(hi - lo):
-            p = ps[i]
-            g = gs[i]
-            if decoupled:
-                p = p * decay
-            else:
-                g = g + weight_decay * p
-            m = beta1 * ms[i] + one_minus_beta1 * g
-            v = beta2 * vs[i] + one_minus_beta2 * g * g
-            ms[i] = m
-            vs[i] = v
-            ps[i] = p - step_size * m / (np.sqrt(v) / bias_correction2_sqrt + eps)
+        adam_update(param[lo:hi], grad[lo:hi], exp_avg[lo:hi], exp_avg_sq[lo:hi], step_size, beta1, beta2,
+                    eps, weight_decay, decoupled, bias_correction2_sqrt, one_minus_beta1, one_minus_beta2,
+                    decay)
 
 
 def _flat(x):
