@@ -31,8 +31,9 @@ chooses per precision, self-checks and reports them; ``kernel_code`` maps a name
        about 400 GFLOP/s against NumPy's 260.
     4. ``kp_tile_avx512_bf16`` (pyx/gemm/avx512_bf16.c, -mavx512bf16): the "bf16"
        precision, 6 x 32 with ``vdpbf16ps`` on bf16 pairs of k; A and B are rounded to
-       bf16 while packing (integer round-to-nearest-even, ``kp_bf16_pair``), a packed
-       32-bit word holding two consecutive k.  About 1.7x the fp32 kernel on Zen 5.
+       bf16 while packing (integer round-to-nearest-even, 16 lanes at a time:
+       ``kp_pack_*_bf16`` in the same unit), a packed 32-bit word holding two
+       consecutive k.  About 1.7x the fp32 kernel on Zen 5.
 FMA rounds once per multiply-add, so variants differ in the last bits; each is
 independent of the thread count.
 """
@@ -96,28 +97,11 @@ cdef extern from "gemm/kp_gemm.h":
     void kp_tile_avx512_bf16(Py_ssize_t kc, const float* ap, const float* bp, float* c,
                              Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
                              int accumulate) noexcept nogil
+    void kp_pack_a_bf16(const float* a, Py_ssize_t sa0, Py_ssize_t sa1, Py_ssize_t mc,
+                        Py_ssize_t kc, Py_ssize_t mr, float* out) noexcept nogil
+    void kp_pack_b_bf16(const float* b, Py_ssize_t sb0, Py_ssize_t sb1, Py_ssize_t kc,
+                        Py_ssize_t cols, Py_ssize_t nr, float* out) noexcept nogil
     int kp_cpu_has() noexcept nogil
-
-# float32 -> bf16 with integer round-to-nearest-even on the bits: a hardware conversion
-# (vcvtneps2bf16) flushes subnormals, the reference does not.  NaN stays a quiet NaN
-# (its payload could otherwise round up to inf); beyond the largest bf16 rounds to inf.
-cdef extern from *:
-    """
-    static inline uint32_t kp_bf16_bits(float x) {
-        uint32_t u;
-        memcpy(&u, &x, 4);
-        if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;
-        return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    }
-    /* (lo, hi) -> one 32-bit word holding bf16(lo) in the low half: a vdpbf16ps pair */
-    static inline float kp_bf16_pair(float lo, float hi) {
-        uint32_t w = kp_bf16_bits(lo) | (kp_bf16_bits(hi) << 16);
-        float out;
-        memcpy(&out, &w, 4);
-        return out;
-    }
-    """
-    float kp_bf16_pair(float lo, float hi) noexcept nogil
 
 cdef int _cpu_has = kp_cpu_has()
 # The best fp32 kernel this CPU runs (AVX-512 before AVX2 before generic).
@@ -209,41 +193,6 @@ cdef void _pack_b_sliver(const floating* b, Py_ssize_t sb0, Py_ssize_t sb1,
         out += nr
 
 
-cdef void _pack_a_bf16(const float* a, Py_ssize_t sa0, Py_ssize_t sa1,
-                       Py_ssize_t mc, Py_ssize_t kc, Py_ssize_t mr, float* out) noexcept nogil:
-    # a (mc, kc) float32, any strides -> out (ceil(mc / mr), ceil(kc / 2), mr) words,
-    # each the bf16 pair (a[i, 2p], a[i, 2p + 1]); rows past mc and an odd kc's last
-    # k are zero
-    cdef Py_ssize_t s, i, p, rows, k0
-    cdef const float* row
-    for s in range((mc + mr - 1) // mr):
-        rows = min(mr, mc - s * mr)
-        for p in range((kc + 1) // 2):
-            k0 = 2 * p
-            for i in range(rows):
-                row = a + (s * mr + i) * sa0
-                out[i] = kp_bf16_pair(row[k0 * sa1], row[(k0 + 1) * sa1] if k0 + 1 < kc else 0)
-            for i in range(rows, mr):
-                out[i] = 0
-            out += mr
-
-
-cdef void _pack_b_sliver_bf16(const float* b, Py_ssize_t sb0, Py_ssize_t sb1,
-                              Py_ssize_t kc, Py_ssize_t cols, Py_ssize_t nr,
-                              float* out) noexcept nogil:
-    # b (kc, cols) float32, any strides -> out (ceil(kc / 2), nr) words, each the bf16
-    # pair (b[2p, j], b[2p + 1, j]); columns past cols and an odd kc's last k are zero
-    cdef Py_ssize_t j, p, k0
-    for p in range((kc + 1) // 2):
-        k0 = 2 * p
-        for j in range(cols):
-            out[j] = kp_bf16_pair(b[k0 * sb0 + j * sb1],
-                                  b[(k0 + 1) * sb0 + j * sb1] if k0 + 1 < kc else 0)
-        for j in range(cols, nr):
-            out[j] = 0
-        out += nr
-
-
 cdef inline void _tile(int kernel, Py_ssize_t kc, const floating* ap, const floating* bp,
                        floating* c, Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
                        bint accumulate) noexcept nogil:
@@ -319,7 +268,7 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                 abuf = abufs + threadid() * mc * kcw
                 if kstep == 2:
                     if floating is float:
-                        _pack_a_bf16(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
+                        kp_pack_a_bf16(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
                 else:
                     _pack_a(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
                 j0 = 0
@@ -352,8 +301,8 @@ cdef void _pack_b(Py_ssize_t kc, Py_ssize_t nc, const floating* b, Py_ssize_t sb
                      use_threads_if=nthreads > 1 and kc * nc > PARALLEL_MIN_WORK):
         if kstep == 2:
             if floating is float:
-                _pack_b_sliver_bf16(b + js * nr * sb1, sb0, sb1, kc, min(nr, nc - js * nr), nr,
-                                    out + js * nr * words)
+                kp_pack_b_bf16(b + js * nr * sb1, sb0, sb1, kc, min(nr, nc - js * nr), nr,
+                               out + js * nr * words)
         else:
             _pack_b_sliver(b + js * nr * sb1, sb0, sb1, kc, min(nr, nc - js * nr), nr,
                            out + js * nr * words)

@@ -42,3 +42,118 @@ void kp_tile_avx512_bf16(KP_TILE_ARGS(float)) {
             for (j = 0; j < nr; j++) c[i * ldc + j] = out[i][j];
     }
 }
+
+/* --- packing into bf16 pair layout (run only with the kernel above) ------------------
+   Integer round-to-nearest-even on the float32 bits, 16 lanes at a time: add 0x7FFF plus
+   the lowest kept bit, keep the high half; a NaN becomes the quiet NaN 0x7FC0 (its
+   payload could otherwise round up to inf).  Not vcvtne2ps2bf16: it flushes subnormals,
+   which the "bf16" reference keeps.  Lanes past the data are loaded as 0, which packs
+   as bf16 zero: the zero padding of edge slivers and of an odd K's last pair. */
+
+static inline __m512i kp_rne16(__m512 x) {
+    __m512i u = _mm512_castps_si512(x);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+    return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q),
+                                 _mm512_set1_epi32(0x7FC0));
+}
+
+static inline __mmask16 kp_first(ptrdiff_t n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+
+static inline uint32_t kp_bf16_scalar(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+
+/* bf16 pair word of (x[0], x[step]) with x[step] taken as 0 when !has_hi */
+static inline uint32_t kp_pair_scalar(const float *x, ptrdiff_t step, int has_hi) {
+    return kp_bf16_scalar(x[0]) | ((has_hi ? kp_bf16_scalar(x[step]) : 0u) << 16);
+}
+
+#define KP_MAX_KC 1024
+
+/* x (n,) contiguous, n <= KP_MAX_KC -> dst as (n + 1) / 2 pair words */
+static void kp_bf16_run(const float *x, ptrdiff_t n, uint32_t *dst) {
+    uint16_t half[KP_MAX_KC + 32];
+    ptrdiff_t i;
+    for (i = 0; i < n; i += 16) {
+        __m512i r = kp_rne16(_mm512_maskz_loadu_ps(kp_first(n - i), x + i));
+        _mm256_storeu_si256((__m256i *)(half + i), _mm512_cvtepi32_epi16(r));
+    }
+    half[n] = 0;  /* the odd K's missing partner */
+    memcpy(dst, half, (size_t)((n + 1) / 2) * 4);
+}
+
+void kp_pack_a_bf16(const float *a, ptrdiff_t sa0, ptrdiff_t sa1, ptrdiff_t mc, ptrdiff_t kc,
+                    ptrdiff_t mr, float *out_) {
+    /* a (mc, kc) any strides -> out (ceil(mc / mr), ceil(kc / 2), mr) pair words */
+    uint32_t *out = (uint32_t *)out_;
+    uint32_t words[KP_MAX_KC / 2 + 16];
+    ptrdiff_t nw = (kc + 1) / 2, s, i, p;
+    for (s = 0; s * mr < mc; s++, out += nw * mr) {
+        ptrdiff_t rows = mc - s * mr < mr ? mc - s * mr : mr;
+        const float *as = a + s * mr * sa0;
+        if (sa1 == 1 && kc <= KP_MAX_KC) {
+            /* rows contiguous in k: each row converted as a run, then spread */
+            for (i = 0; i < mr; i++) {
+                if (i < rows) kp_bf16_run(as + i * sa0, kc, words);
+                else memset(words, 0, (size_t)nw * 4);
+                for (p = 0; p < nw; p++) out[p * mr + i] = words[p];
+            }
+        } else if (sa0 == 1 && mr <= 16) {
+            /* transposed A: the sliver's rows are contiguous at each k */
+            __mmask16 m = kp_first(rows);
+            for (p = 0; p < nw; p++) {
+                __m512i lo = kp_rne16(_mm512_maskz_loadu_ps(m, as + 2 * p * sa1));
+                __m512i hi = 2 * p + 1 < kc
+                    ? kp_rne16(_mm512_maskz_loadu_ps(m, as + (2 * p + 1) * sa1))
+                    : _mm512_setzero_si512();
+                _mm512_mask_storeu_epi32(out + p * mr, kp_first(mr),
+                                         _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            }
+        } else {
+            for (p = 0; p < nw; p++)
+                for (i = 0; i < mr; i++)
+                    out[p * mr + i] = i < rows
+                        ? kp_pair_scalar(as + i * sa0 + 2 * p * sa1, sa1, 2 * p + 1 < kc) : 0u;
+        }
+    }
+}
+
+void kp_pack_b_bf16(const float *b, ptrdiff_t sb0, ptrdiff_t sb1, ptrdiff_t kc, ptrdiff_t cols,
+                    ptrdiff_t nr, float *out_) {
+    /* b (kc, cols) any strides, cols <= nr -> out (ceil(kc / 2), nr) pair words */
+    uint32_t *out = (uint32_t *)out_;
+    uint32_t words[KP_MAX_KC / 2 + 16];
+    ptrdiff_t nw = (kc + 1) / 2, j, p, j0;
+    if (sb1 == 1 && nr % 16 == 0) {
+        /* rows contiguous in j: two rows of 16 columns make 16 pair words */
+        for (p = 0; p < nw; p++)
+            for (j0 = 0; j0 < nr; j0 += 16) {
+                __mmask16 m = kp_first(cols - j0);
+                __m512i lo = kp_rne16(_mm512_maskz_loadu_ps(m, b + 2 * p * sb0 + j0));
+                __m512i hi = 2 * p + 1 < kc
+                    ? kp_rne16(_mm512_maskz_loadu_ps(m, b + (2 * p + 1) * sb0 + j0))
+                    : _mm512_setzero_si512();
+                _mm512_storeu_si512((void *)(out + p * nr + j0),
+                                    _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            }
+    } else if (sb0 == 1 && kc <= KP_MAX_KC) {
+        /* transposed B (w.T): columns contiguous in k, converted as runs, then spread */
+        for (j = 0; j < nr; j++) {
+            if (j < cols) kp_bf16_run(b + j * sb1, kc, words);
+            else memset(words, 0, (size_t)nw * 4);
+            for (p = 0; p < nw; p++) out[p * nr + j] = words[p];
+        }
+    } else {
+        for (p = 0; p < nw; p++)
+            for (j = 0; j < nr; j++)
+                out[p * nr + j] = j < cols
+                    ? kp_pair_scalar(b + 2 * p * sb0 + j * sb1, sb0, 2 * p + 1 < kc) : 0u;
+    }
+}

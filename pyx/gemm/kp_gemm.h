@@ -59,6 +59,22 @@ KP_DECLARE_TILE(AVX512, kp_tile_avx512_d, double)
 /* bf16 pairs in, fp32 out: ap and bp hold pairs of bf16 as 32-bit words */
 KP_DECLARE_TILE(AVX512_BF16, kp_tile_avx512_bf16, float)
 
+/* float32 -> bf16 pair layout with integer round-to-nearest-even (avx512_bf16.c), for
+   the bf16 kernel only: a (mc, kc) -> (ceil(mc / mr), ceil(kc / 2), mr) words and
+   b (kc, cols) -> (ceil(kc / 2), nr) words, zero-padded; kc <= 1024 for the fast paths. */
+#define KP_PACK_A_ARGS \
+    const float *a, ptrdiff_t sa0, ptrdiff_t sa1, ptrdiff_t mc, ptrdiff_t kc, ptrdiff_t mr, \
+    float *out
+#define KP_PACK_B_ARGS \
+    const float *b, ptrdiff_t sb0, ptrdiff_t sb1, ptrdiff_t kc, ptrdiff_t cols, ptrdiff_t nr, \
+    float *out
+HAVE_AVX512_BF16(KP_HIDDEN void kp_pack_a_bf16(KP_PACK_A_ARGS);,
+    KP_UNUSED static void kp_pack_a_bf16(KP_PACK_A_ARGS) {
+        (void)a; (void)sa0; (void)sa1; (void)mc; (void)kc; (void)mr; (void)out; })
+HAVE_AVX512_BF16(KP_HIDDEN void kp_pack_b_bf16(KP_PACK_B_ARGS);,
+    KP_UNUSED static void kp_pack_b_bf16(KP_PACK_B_ARGS) {
+        (void)b; (void)sb0; (void)sb1; (void)kc; (void)cols; (void)nr; (void)out; })
+
 /* Which kernels the CPU and OS run: bit 0 avx2+fma, bit 1 avx512f, bit 2 avx512_bf16;
    only units that were compiled are reported. */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
