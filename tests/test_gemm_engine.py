@@ -192,7 +192,7 @@ def test_select_kernel_refuses_less_accurate_kernels():
     with pytest.raises(ValueError, match="less accurate"):
         gemm.select_kernel("fp32", "bf16")
     with pytest.raises(ValueError, match="unknown kernel"):
-        gemm.select_kernel("bf16", "amx")
+        gemm.select_kernel("bf16", "tensorcore")
 
 
 def test_override_parsing():
@@ -264,3 +264,56 @@ def test_round_bf16_matches_torch():
     x = (rng.standard_normal(20000) * np.exp(rng.uniform(-80, 80, 20000))).astype(np.float32)
     want = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
     assert np.array_equal(ref.round_bf16(x), want)
+
+
+# --- AMX: checked here without running it ------------------------------------------------
+
+
+def test_amx_ir_compiles_for_sapphire_rapids():
+    from kernprop.kernels.numba_cpu.gemm.microkernels import compile_amx_for
+
+    asm = compile_amx_for("sapphirerapids")
+    assert asm.count("tdpbf16ps") == 4 and "ldtilecfg" in asm and asm.count("tilestored") == 4
+
+
+def _amx_block_emulated(apack, a_off, bpack, b_off, steps):
+    # what amx_tile computes for one 32 x 32 block, in NumPy: A row-major pairs
+    # (32 rows, ``steps`` words apart), B rows of 32 pair words
+    def halves(words):
+        words = words.astype(np.uint32)
+        low = (words << np.uint32(16)).view(np.float32).astype(np.float64)
+        high = (words & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)
+        return low, high
+
+    a_low, a_high = halves(apack[a_off:a_off + 32 * steps].reshape(32, steps))
+    b_low, b_high = halves(bpack[b_off:b_off + steps * 32].reshape(steps, 32))
+    return a_low @ b_low + a_high @ b_high
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16x3"])
+@pytest.mark.parametrize("m,k,n", [(5, 7, 3), (40, 45, 70), (33, 300, 32)])
+def test_amx_packing_layout_gives_the_reference_product(rng, precision, m, k, n):
+    # The AMX panels, read as the tiles read them, multiply to the reference of the
+    # precision: checks the layout, padding and bf16x3 terms on a CPU without AMX.
+    from kernprop.kernels.numba_cpu.gemm import drivers
+    from kernprop.kernels.numba_cpu.gemm.selection import AMX
+
+    a = make_array(rng, (m, k), np.float32, "transposed")
+    b = make_array(rng, (k, n), np.float32, "strided")
+    terms = AMX.terms(precision)
+    steps = gemm._steps(k, terms, AMX.pack_dtype)
+    assert steps % 16 == 0
+    m_panels, n_panels = -(-m // 32), -(-n // 32)
+    apack = np.full(m_panels * 32 * steps, -1, np.int32)
+    bpack = np.full(n_panels * 32 * steps, -1, np.int32)
+    drivers.pack_a.serial(a, 0, k, apack, terms)
+    drivers.pack_b.serial(b, 0, k, 0, n, bpack, np.zeros(1), False, terms, 32)
+    got = np.zeros((m_panels * 32, n_panels * 32))
+    for ip in range(m_panels):
+        for jp in range(n_panels):
+            got[ip * 32:(ip + 1) * 32, jp * 32:(jp + 1) * 32] = _amx_block_emulated(
+                apack, ip * steps * 32, bpack, jp * steps * 32, steps)
+    want = ref.product(a, b, precision).astype(np.float64)
+    tol = 4 * (k + 2) * EPS32 * magnitude(a, b)
+    assert np.all(np.abs(got[:m, :n] - want) <= tol)
+    assert not got[m:].any() and not got[:, n:].any()  # zero padding, no stray -1 words

@@ -28,7 +28,7 @@ from numba import get_num_threads
 
 from ..activations import ACTIVATION_CODES
 from . import drivers, selection
-from .microkernels import MR, tile_cols
+from .microkernels import AMX_PAIRS, MR, tile_cols
 from .selection import BF16_PACK, KERNELS
 
 __all__ = ["KC", "MR", "blocking", "gemm", "kernel_info", "select_kernel", "serial", "tile_cols", "kernel_for"]
@@ -90,6 +90,14 @@ def _k_block(k, kc_target):
     return -(-k // blocks)
 
 
+def _steps(kc, terms, pack_dtype):
+    # micro-kernel steps of a K block (packing.pack_steps): bf16 pairs halve them,
+    # bf16x3 triples K first, AMX pads them to whole tiles of 16 pairs
+    if pack_dtype == selection.AMX_PACK:
+        return -(-((kc * terms + 1) // 2) // AMX_PAIRS) * AMX_PAIRS
+    return (kc * terms + 1) // 2 if pack_dtype == BF16_PACK else kc
+
+
 def _run(a, b, out, bias, activation, accumulate, column_sums_of_b, kernel, precision):
     m, k = a.shape
     n = b.shape[1]
@@ -101,21 +109,21 @@ def _run(a, b, out, bias, activation, accumulate, column_sums_of_b, kernel, prec
     sums = column_sums_of_b if want_sums else _NO_SUMS
     pack_dtype = kernel.pack_dtype or dtype
     terms = kernel.terms(precision)
+    rows = kernel.rows
     nr = tile_cols(dtype.itemsize)
     kc_target, mc_panels, nc_panels = blocking(dtype.itemsize)
-    # pack steps per K block: bf16 pairs halve them, bf16x3 triples K first
-    steps = lambda kc: (kc * terms + 1) // 2 if pack_dtype == BF16_PACK else kc  # noqa: E731
-    tile = np.empty((MR, nr), dtype=dtype)
+    tile = np.empty((rows, nr), dtype=dtype)
     small = 2 * m * n * k <= _SERIAL_FLOPS
     if small and n < nr and n < m and not accumulate:
         depth = min(k, KC)
-        apack = np.empty(-(-n // MR) * MR * steps(depth), dtype=pack_dtype)
-        bpack = np.empty(-(-m // nr) * nr * steps(depth), dtype=pack_dtype)
+        apack = np.empty(-(-n // rows) * rows * _steps(depth, terms, pack_dtype), dtype=pack_dtype)
+        bpack = np.empty(-(-m // nr) * nr * _steps(depth, terms, pack_dtype), dtype=pack_dtype)
         drivers.narrow(a, b, out, bias, has_bias, code, apack, bpack, tile, sums, want_sums, KC, terms)
         return out
     kc_max = _k_block(k, kc_target)
     nc_max = min(n, NC)
-    apack = np.empty(-(-m // MR) * MR * steps(kc_max), dtype=pack_dtype)
+    steps = lambda kc: _steps(kc, terms, pack_dtype)  # noqa: E731
+    apack = np.empty(-(-m // rows) * rows * steps(kc_max), dtype=pack_dtype)
     bpack = np.empty(-(-nc_max // nr) * nr * steps(kc_max), dtype=pack_dtype)
     if small and n <= NC:
         drivers.serial(a, b, out, accumulate, bias, has_bias, code, apack, bpack, tile, sums, want_sums,
@@ -158,7 +166,7 @@ def kernel_info():
 
 
 def select_kernel(precision, name):
-    """Force micro-kernel ``name`` ("fp32" or "bf16"; None: the rule again) for float32
+    """Force micro-kernel ``name`` ("fp32", "bf16", "amx"; None: the rule again) for float32
     products at ``precision``; returns the previous kernel's name.  A kernel less
     accurate than the precision, unavailable on this CPU or failing its self-check is a
     ValueError."""

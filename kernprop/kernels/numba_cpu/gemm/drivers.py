@@ -29,8 +29,8 @@ from numba.extending import overload
 
 from .._jit import ERROR_MODEL, FASTMATH, kernel
 from ..activations import activate
-from .microkernels import MR, bf16_tile, fma_tile, tile_cols
-from .packing import pack_a_panel, pack_b_panel, pack_steps
+from .microkernels import amx_tile, bf16_tile, fma_tile, tile_cols
+from .packing import pack_a_panel, pack_b_panel, pack_steps, panel_rows
 from numba import njit
 
 _JIT = {"cache": True, "fastmath": FASTMATH, "error_model": ERROR_MODEL}
@@ -42,6 +42,10 @@ def micro_tile(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta):
 
 @overload(micro_tile, jit_options=_JIT)
 def _micro_tile(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta):
+    if ap.dtype == types.int32:
+        def run_amx(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta):
+            amx_tile(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta)
+        return run_amx
     if ap.dtype == types.uint32:
         def run_bf16(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta):
             bf16_tile(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta)
@@ -60,7 +64,7 @@ def tile_product(apack, a_off, bsrc, b_off, b_stride, steps, c, i0, j0, mr, nr, 
     # ``tile`` and only its valid part is stored.  On the last K block the bias and the
     # activation are applied while the tile is still in L1.
     nr_full = tile_cols(c.itemsize)
-    full = mr == MR and nr == nr_full
+    full = mr == panel_rows(apack) and nr == nr_full
     # one call site of the micro-kernel (each one is a copy of its unrolled loop)
     dst = c if full else tile
     micro_tile(apack, a_off, bsrc, b_off, b_stride, steps, dst, i0 * c.shape[1] + j0 if full else 0,
@@ -96,7 +100,8 @@ def narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_s
     nr_full = tile_cols(c.itemsize)
     at = b.T  # (N, K): the new A
     bt = a.T  # (K, M): the new B
-    m_panels = (n + MR - 1) // MR
+    rows = panel_rows(apack)
+    m_panels = (n + rows - 1) // rows
     n_panels = (m + nr_full - 1) // nr_full
     if want_sums:
         for p in range(k):
@@ -115,9 +120,9 @@ def narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_s
             jj = jp * nr_full
             nr = min(nr_full, m - jj)
             for ip in range(m_panels):
-                i0 = ip * MR
-                mr = min(MR, n - i0)
-                micro_tile(apack, ip * steps * MR, bpack, jp * steps * nr_full, nr_full, steps, tile, 0,
+                i0 = ip * rows
+                mr = min(rows, n - i0)
+                micro_tile(apack, ip * steps * rows, bpack, jp * steps * nr_full, nr_full, steps, tile, 0,
                            nr_full, False)
                 # tile[i, j] is c[jj + j, i0 + i]
                 for j in range(nr):
@@ -153,7 +158,8 @@ def serial(a, b, c, beta, bias, has_bias, activation, apack, bpack, tile, sums, 
     if n < nr_full and n < m and not beta:
         narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, kc_block, terms)
         return
-    m_panels = (m + MR - 1) // MR
+    rows = panel_rows(apack)
+    m_panels = (m + rows - 1) // rows
     n_panels = (n + nr_full - 1) // nr_full
     in_place = b_base >= 0 and n == nr_full
     for k0 in range(0, k, kc_block):
@@ -170,18 +176,18 @@ def serial(a, b, c, beta, bias, has_bias, activation, apack, bpack, tile, sums, 
                     for j in range(n):
                         sums[j] += row[j]
             for ip in range(m_panels):
-                i0 = ip * MR
-                tile_product(apack, ip * kc * MR, bflat, b_base + k0 * n, nr_full, kc, c, i0, 0,
-                             min(MR, m - i0), n, beta_k, last, bias, has_bias, activation, tile)
+                i0 = ip * rows
+                tile_product(apack, ip * kc * rows, bflat, b_base + k0 * n, nr_full, kc, c, i0, 0,
+                             min(rows, m - i0), n, beta_k, last, bias, has_bias, activation, tile)
             continue
         for jp in range(n_panels):
             pack_b_panel(b, k0, kc, 0, jp, bpack, sums, want_sums, terms)
             jj = jp * nr_full
             nr = min(nr_full, n - jj)
             for ip in range(m_panels):
-                i0 = ip * MR
-                tile_product(apack, ip * steps * MR, bpack, jp * steps * nr_full, nr_full, steps, c, i0,
-                             jj, min(MR, m - i0), nr, beta_k, last, bias, has_bias, activation, tile)
+                i0 = ip * rows
+                tile_product(apack, ip * steps * rows, bpack, jp * steps * nr_full, nr_full, steps, c, i0,
+                             jj, min(rows, m - i0), nr, beta_k, last, bias, has_bias, activation, tile)
 
 
 # --- the parallel driver's kernels ------------------------------------------------------
@@ -195,13 +201,14 @@ def _macro_block(apack, bpack, steps, c, j0, nc, ip0, ip1, jp0, jp1, tile, beta,
     # stream from L2.
     m = c.shape[0]
     nr_full = tile_cols(c.itemsize)
+    rows = panel_rows(apack)
     for ip in range(ip0, ip1):
-        i0 = ip * MR
+        i0 = ip * rows
         for jp in range(jp0, jp1):
             jj = jp * nr_full
             nr = min(nr_full, nc - jj)
-            tile_product(apack, ip * steps * MR, bpack, jp * steps * nr_full, nr_full, steps, c, i0,
-                         j0 + jj, min(MR, m - i0), nr, beta, last, bias, has_bias, activation, tile)
+            tile_product(apack, ip * steps * rows, bpack, jp * steps * nr_full, nr_full, steps, c, i0,
+                         j0 + jj, min(rows, m - i0), nr, beta, last, bias, has_bias, activation, tile)
 
 
 @njit(**_JIT)
@@ -214,8 +221,9 @@ def _split(panels, per_block):
 
 @kernel
 def pack_a(a, k0, kc, apack, terms):
-    # a (M, K) any strides -> apack, all MR panels of columns k0:k0+kc
-    for ip in prange((a.shape[0] + MR - 1) // MR):
+    # a (M, K) any strides -> apack, all row panels of columns k0:k0+kc
+    rows = panel_rows(apack)
+    for ip in prange((a.shape[0] + rows - 1) // rows):
         pack_a_panel(a, k0, kc, ip, apack, terms)
 
 
@@ -234,12 +242,13 @@ def macro(apack, bpack, kc, terms, c, j0, nc, beta, last, bias, has_bias, activa
     m = c.shape[0]
     nr_full = tile_cols(c.itemsize)
     steps = pack_steps(kc, terms, apack)
-    m_panels = (m + MR - 1) // MR
+    rows = panel_rows(apack)
+    m_panels = (m + rows - 1) // rows
     n_panels = (nc + nr_full - 1) // nr_full
     m_blocks, m_per = _split(m_panels, mc_panels)
     n_blocks, n_per = _split(n_panels, nc_panels)
     for task in prange(m_blocks * n_blocks):
-        tile = np.empty((MR, nr_full), dtype=c.dtype)
+        tile = np.empty((rows, nr_full), dtype=c.dtype)
         ip0 = (task // n_blocks) * m_per
         jp0 = (task % n_blocks) * n_per
         _macro_block(apack, bpack, steps, c, j0, nc, ip0, min(ip0 + m_per, m_panels), jp0,

@@ -16,11 +16,21 @@ Kernels (one tile shape, MR x NR = 12 x 32 float32 / 12 x 16 float64):
      Where the CPU has no AVX512_BF16 the same IR is emitted with the pairs widened to
      float32 and two FMAs (exact products, slower; never selected for speed, see
      ``selection``), so the module compiles on every x86-64.
+  3. ``amx_tile``: AMX-BF16 (``tdpbf16ps``), a 32 x 32 float32 block from four 16 x 16
+     C tiles, two A tiles (16 rows x 32 bf16, row-major panels) and two B tiles (16 pair
+     rows x 16 columns: the halves of the bf16 kernel's 32-column pair panels), one tile
+     load per ``tdpbf16ps`` (the 2x2 blocking of oneDNN's brgemm and libxsmm).  Emitted
+     only where the CPU has AMX-TILE and AMX-BF16 (elsewhere the intrinsic is empty and
+     the kernel is never selected: ``selection``); the process must first be granted the
+     tile data state (``request_amx``).  ``emit_amx_block`` is also compiled for a
+     Sapphire Rapids target by the tests, so the IR is checked on any machine.
 Each kernel overwrites its output tile (``beta`` false) or adds to it (``beta`` true).
 
 ``peak_loop`` is a register-only loop of one kernel's instruction, for the benchmark's
 measured peaks.
 """
+
+from types import SimpleNamespace
 
 from llvmlite import binding as llvm
 from llvmlite import ir
@@ -37,8 +47,13 @@ VECTOR_BYTES = 64
 # float32 lanes of one vector: the columns of one bf16 B vector (pairs of bfloat16).
 F32_LANES = VECTOR_BYTES // 4
 
+# AMX: rows of an A panel / C block, and K pairs of one tile (64 bytes a row).
+AMX_ROWS = 32
+AMX_PAIRS = 16
+
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
+_I8 = ir.IntType(8)
 
 
 class _BFloat(ir.Type):
@@ -60,6 +75,32 @@ def host_has_avx512_bf16():
     """Whether the CPU that Numba compiles for runs ``vdpbf16ps`` on zmm registers."""
     features = llvm.get_host_cpu_features()
     return bool(features.get("avx512bf16")) and bool(features.get("avx512f"))
+
+
+def host_has_amx_bf16():
+    """Whether the CPU that Numba compiles for has AMX-TILE and AMX-BF16."""
+    features = llvm.get_host_cpu_features()
+    return bool(features.get("amx-tile")) and bool(features.get("amx-bf16"))
+
+
+_AMX_GRANTED = []
+
+
+def request_amx():
+    """Ask Linux for the AMX tile data state (once per process); True when granted.
+    Without it the first tile instruction kills the process with SIGILL."""
+    if not _AMX_GRANTED:
+        granted = False
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            # arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
+            granted = libc.syscall(158, 0x1023, 18) == 0
+        except (OSError, AttributeError):
+            granted = False
+        _AMX_GRANTED.append(granted)
+    return _AMX_GRANTED[0]
 
 
 @njit(cache=True, inline="always")
@@ -251,7 +292,9 @@ def bf16_tile(typingctx, ap, a_off, bp, b_off, b_stride, kc2, c, c_off, ldc, bet
 def peak_loop(typingctx, steps, kind):
     """Run ``steps`` iterations of 24 independent register-only updates (kind 0: float32
     FMA on 16 lanes, 32 FLOP each; kind 1: ``vdpbf16ps``, 64 FLOP each) and return a
-    sum of the accumulators (so the loop is not removed).  ``kind`` must be a literal."""
+    sum of the accumulators (so the loop is not removed); kind 2: ``steps`` x 4 AMX
+    ``tdpbf16ps`` on zeroed tiles (16384 FLOP each; returns 0, and does nothing where
+    the CPU has no AMX).  ``kind`` must be a literal."""
     if not isinstance(kind, types.IntegerLiteral):
         return None
     kind_value = kind.literal_value
@@ -261,6 +304,10 @@ def peak_loop(typingctx, steps, kind):
         f32x16 = ir.VectorType(ir.FloatType(), F32_LANES)
         i32x16 = ir.VectorType(_I32, F32_LANES)
         steps_v = _as_i64(builder, args[0])
+        if kind_value == 2:
+            if host_has_amx_bf16():
+                _amx_peak(builder, steps_v)
+            return ir.Constant(ir.FloatType(), 0.0)
         if kind_value == 0:
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(f32x16, [f32x16] * 3), "llvm.fma.v16f32")
@@ -298,3 +345,154 @@ def peak_loop(typingctx, steps, kind):
         return builder.extract_element(total, ir.Constant(_I32, 0))
 
     return sig, codegen
+
+
+# --- AMX ---------------------------------------------------------------------------------
+# Tiles: 0-3 the C block (rows 0-15 / 16-31 x columns 0-15 / 16-31), 4-5 the A tiles
+# (rows 0-15 / 16-31), 6-7 the B tiles (columns 0-15 / 16-31).  Every tile is 16 rows
+# of 64 bytes.
+
+
+def _amx_functions(module):
+    void, ptr = ir.VoidType(), ir.PointerType(_I8)
+
+    def declare(name, args):
+        return cgutils.get_or_insert_function(module, ir.FunctionType(void, args), name)
+
+    return SimpleNamespace(
+        config=declare("llvm.x86.ldtilecfg", [ptr]),
+        load=declare("llvm.x86.tileloadd64", [_I8, ptr, _I64]),
+        store=declare("llvm.x86.tilestored64", [_I8, ptr, _I64]),
+        zero=declare("llvm.x86.tilezero", [_I8]),
+        dot=declare("llvm.x86.tdpbf16ps", [_I8, _I8, _I8]),
+    )
+
+
+def _tile_config(builder):
+    # the 64-byte palette-1 configuration of tiles 0-7: 16 rows of 64 bytes each
+    config = cgutils.alloca_once(builder, ir.ArrayType(_I8, 64))
+    raw = builder.bitcast(config, ir.PointerType(_I8))
+    values = [0] * 64
+    values[0] = 1  # palette 1
+    for tile in range(8):
+        values[16 + 2 * tile] = 64  # bytes per row (little-endian u16)
+        values[48 + tile] = 16  # rows
+    builder.store(ir.Constant(ir.ArrayType(_I8, 64), bytearray(values)), config)
+    return raw
+
+
+def emit_amx_block(builder, a_ptr, a_stride, b_ptr, chunks, c_ptr, ldc, beta):
+    """Emit C (32 x 32 float32 at ``c_ptr``, rows ``ldc`` bytes apart) (+)= A @ B over
+    ``chunks`` K tiles: A rows ``a_stride`` bytes apart (32 pairs... 16 pair words a
+    tile), B rows of 32 pair words (128 bytes), 16 rows a chunk.  Pointers are i8*;
+    lengths i64; ``beta`` an i1."""
+    amx = _amx_functions(builder.module)
+    tile = lambda number: ir.Constant(_I8, number)  # noqa: E731
+    offset = lambda ptr, nbytes: builder.gep(ptr, [nbytes])  # noqa: E731
+    const = lambda value: ir.Constant(_I64, value)  # noqa: E731
+    builder.call(amx.config, [_tile_config(builder)])
+    c_rows16 = builder.mul(ldc, const(16))
+    c_parts = [c_ptr, offset(c_ptr, const(64)), offset(c_ptr, c_rows16),
+               offset(offset(c_ptr, c_rows16), const(64))]
+    with builder.if_else(beta) as (then, otherwise):
+        with then:
+            for number, ptr in enumerate(c_parts):
+                builder.call(amx.load, [tile(number), ptr, ldc])
+        with otherwise:
+            for number in range(4):
+                builder.call(amx.zero, [tile(number)])
+    pre = builder.basic_block
+    loop = builder.append_basic_block("amx.loop")
+    done = builder.append_basic_block("amx.done")
+    builder.cbranch(builder.icmp_signed(">", chunks, const(0)), loop, done)
+    builder.position_at_end(loop)
+    chunk = builder.phi(_I64)
+    chunk.add_incoming(const(0), pre)
+    a0 = offset(a_ptr, builder.mul(chunk, const(64)))
+    a1 = offset(a0, builder.mul(a_stride, const(16)))
+    b0 = offset(b_ptr, builder.mul(chunk, const(16 * 128)))
+    b1 = offset(b0, const(64))
+    builder.call(amx.load, [tile(4), a0, a_stride])
+    builder.call(amx.load, [tile(5), a1, a_stride])
+    builder.call(amx.load, [tile(6), b0, const(128)])
+    builder.call(amx.load, [tile(7), b1, const(128)])
+    for c_tile, a_tile, b_tile in ((0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7)):
+        builder.call(amx.dot, [tile(c_tile), tile(a_tile), tile(b_tile)])
+    following = builder.add(chunk, const(1))
+    chunk.add_incoming(following, builder.basic_block)
+    builder.cbranch(builder.icmp_signed("<", following, chunks), loop, done)
+    builder.position_at_end(done)
+    for number, ptr in enumerate(c_parts):
+        builder.call(amx.store, [tile(number), ptr, ldc])
+
+
+def _amx_peak(builder, steps):
+    amx = _amx_functions(builder.module)
+    tile = lambda number: ir.Constant(_I8, number)  # noqa: E731
+    builder.call(amx.config, [_tile_config(builder)])
+    for number in range(8):
+        builder.call(amx.zero, [tile(number)])
+    pre = builder.basic_block
+    loop = builder.append_basic_block("amx.peak")
+    done = builder.append_basic_block("amx.peak.done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    count = builder.phi(_I64)
+    count.add_incoming(ir.Constant(_I64, 0), pre)
+    for c_tile, a_tile, b_tile in ((0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7)):
+        builder.call(amx.dot, [tile(c_tile), tile(a_tile), tile(b_tile)])
+    following = builder.add(count, ir.Constant(_I64, 1))
+    count.add_incoming(following, loop)
+    builder.cbranch(builder.icmp_signed("<", following, steps), loop, done)
+    builder.position_at_end(done)
+
+
+@intrinsic
+def amx_tile(typingctx, ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta):
+    """``c[c_off + i*ldc + j] (+)= sum_q dot(ap[a_off + i*steps + q], bp[b_off + q*b_stride + j])``
+    for i < 32, j < 32: int32 panels of bf16 pairs in the AMX layout (A row-major, its
+    ``steps`` a multiple of 16; B as the bf16 kernel's, ``b_stride`` = 32), c float32."""
+    sig = types.void(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta)
+
+    def codegen(context, builder, signature, args):
+        ap_v, a_off_v, bp_v, b_off_v, _, steps_v, c_v, c_off_v, ldc_v, beta_v = args
+        if not host_has_amx_bf16():
+            return context.get_dummy_value()  # never selected here (selection checks)
+        a_ty, b_ty, c_ty = signature.args[0], signature.args[2], signature.args[6]
+        i8p = ir.PointerType(_I8)
+        a_data = context.make_array(a_ty)(context, builder, ap_v).data
+        b_data = context.make_array(b_ty)(context, builder, bp_v).data
+        c_data = context.make_array(c_ty)(context, builder, c_v).data
+        steps_v = _as_i64(builder, steps_v)
+        a_ptr = builder.bitcast(builder.gep(a_data, [_as_i64(builder, a_off_v)]), i8p)
+        b_ptr = builder.bitcast(builder.gep(b_data, [_as_i64(builder, b_off_v)]), i8p)
+        c_ptr = builder.bitcast(builder.gep(c_data, [_as_i64(builder, c_off_v)]), i8p)
+        four = ir.Constant(_I64, 4)
+        beta_bit = builder.icmp_unsigned("!=", beta_v, ir.Constant(beta_v.type, 0))
+        emit_amx_block(builder, a_ptr, builder.mul(steps_v, four), b_ptr,
+                       builder.sdiv(steps_v, ir.Constant(_I64, AMX_PAIRS)), c_ptr,
+                       builder.mul(_as_i64(builder, ldc_v), four), beta_bit)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def compile_amx_for(cpu="sapphirerapids"):
+    """Assembly of ``emit_amx_block`` compiled for ``cpu`` (AMX-BF16): checks that the
+    AMX IR is valid on a machine that cannot run it."""
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    module = ir.Module(name="amx_check")
+    module.triple = "x86_64-unknown-linux-gnu"
+    i8p = ir.PointerType(_I8)
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), [i8p, _I64, i8p, _I64, i8p, _I64, _I8]),
+                           name="amx_block")
+    builder = ir.IRBuilder(function.append_basic_block("entry"))
+    a, a_stride, b, chunks, c, ldc, beta = function.args
+    emit_amx_block(builder, a, a_stride, b, chunks, c, ldc, builder.trunc(beta, ir.IntType(1)))
+    builder.ret_void()
+    parsed = llvm.parse_assembly(str(module))
+    parsed.verify()
+    target = llvm.Target.from_triple(module.triple)
+    machine = target.create_target_machine(cpu=cpu, features="+amx-tile,+amx-bf16,+avx512f", opt=2)
+    return machine.emit_assembly(parsed)

@@ -21,7 +21,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .._jit import ERROR_MODEL, FASTMATH
-from .microkernels import MR, tile_cols
+from .microkernels import AMX_PAIRS, AMX_ROWS, MR, tile_cols
 
 _JIT = {"cache": True, "fastmath": FASTMATH, "error_model": ERROR_MODEL}
 
@@ -66,14 +66,29 @@ def _term_bits(x, t, terms, b_role):
 
 
 def pack_steps(kc, terms, pack):
-    """Micro-kernel steps of a K block of ``kc`` (pairs of bf16 virtual steps for a uint32 pack)."""
+    """Micro-kernel steps of a K block of ``kc``: K for float panels, pairs of bf16
+    virtual steps for bf16 panels, padded to whole AMX tiles (16 pairs) for int32 ones."""
 
 
 @overload(pack_steps, jit_options=_JIT)
 def _pack_steps(kc, terms, pack):
     if pack.dtype == types.uint32:
         return lambda kc, terms, pack: (kc * terms + 1) // 2
+    if pack.dtype == types.int32:
+        return lambda kc, terms, pack: ((kc * terms + 1) // 2 + AMX_PAIRS - 1) // AMX_PAIRS * AMX_PAIRS
     return lambda kc, terms, pack: kc
+
+
+def panel_rows(pack):
+    """Rows of an A panel (and of the micro-kernel's tile) for this pack: 32 for AMX
+    (int32) panels, MR otherwise."""
+
+
+@overload(panel_rows, jit_options=_JIT)
+def _panel_rows(pack):
+    if pack.dtype == types.int32:
+        return lambda pack: AMX_ROWS
+    return lambda pack: MR
 
 
 def pack_a_panel(a, k0, kc, ip, apack, terms):
@@ -84,6 +99,8 @@ def pack_a_panel(a, k0, kc, ip, apack, terms):
 def _pack_a_panel(a, k0, kc, ip, apack, terms):
     if apack.dtype == types.uint32:
         return _pack_a_panel_bf16
+    if apack.dtype == types.int32:
+        return _pack_a_panel_amx
     return _pack_a_panel_float
 
 
@@ -152,6 +169,33 @@ def _pack_a_panel_bf16(a, k0, kc, ip, apack, terms):
             out[i] = 0
 
 
+def _pack_a_panel_amx(a, k0, kc, ip, apack, terms):
+    # AMX A tiles are row-major: row i of the panel holds its K pairs contiguously
+    # (``steps`` of them, zero past K), rows ``steps`` words apart; zero rows past M
+    m = a.shape[0]
+    i0 = ip * AMX_ROWS
+    mr = min(AMX_ROWS, m - i0)
+    virtual = kc * terms
+    steps = pack_steps(kc, terms, apack)
+    dst = apack[ip * steps * AMX_ROWS:(ip + 1) * steps * AMX_ROWS]
+    for i in range(AMX_ROWS):
+        out = dst[i * steps:(i + 1) * steps]
+        if i >= mr:
+            out[:] = 0
+            continue
+        row = a[i0 + i, k0:k0 + kc]
+        for q in range(steps):
+            v0 = 2 * q
+            v1 = v0 + 1
+            low = np.uint32(0)
+            high = np.uint32(0)
+            if v0 < virtual:
+                low = _term_bits(row[v0 // terms], v0 % terms, terms, False)
+            if v1 < virtual:
+                high = _term_bits(row[v1 // terms], v1 % terms, terms, False)
+            out[q] = np.int32(low | (high << np.uint32(16)))
+
+
 def pack_b_panel(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
     """b[k0 : k0+kc, j0+jp*NR : +NR] -> panel jp of ``bpack`` (zero columns past N);
     ``sums[j] += `` the column sums of b (float64) when ``want_sums``."""
@@ -159,7 +203,8 @@ def pack_b_panel(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
 
 @overload(pack_b_panel, jit_options=_JIT)
 def _pack_b_panel(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
-    if bpack.dtype == types.uint32:
+    if bpack.dtype == types.uint32 or bpack.dtype == types.int32:
+        # AMX B tiles read the same rows of pairs (16 columns of a 32-column panel each)
         return _pack_b_panel_bf16
     return _pack_b_panel_float
 
@@ -206,11 +251,13 @@ def _pack_b_panel_bf16(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
     jj = j0 + jp * nr_full
     nr = min(nr_full, n - jj)
     virtual = kc * terms
-    steps = (virtual + 1) // 2
+    steps = pack_steps(kc, terms, bpack)
     dst = bpack[jp * steps * nr_full:(jp + 1) * steps * nr_full]
+    used = (virtual + 1) // 2
+    dst[used * nr_full:] = 0  # AMX pads K to whole tiles
     if terms == 1:
         # two rows of B become one row of pairs: vectorised along the columns
-        for q in range(steps):
+        for q in range(used):
             out = dst[q * nr_full:(q + 1) * nr_full]
             row0 = b[k0 + 2 * q, jj:jj + nr]
             if 2 * q + 1 < kc:
@@ -225,7 +272,7 @@ def _pack_b_panel_bf16(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
         if want_sums:
             _column_sums_of_block(b, k0, kc, jj, nr, sums)
         return
-    for q in range(steps):
+    for q in range(used):
         v0 = 2 * q
         v1 = v0 + 1
         out = dst[q * nr_full:(q + 1) * nr_full]

@@ -2,17 +2,20 @@
 
 Rule, per float32 precision, among the kernels at least as accurate as asked:
   * "fp32" runs the float32 FMA kernel.
-  * "bf16" runs the bf16 pair kernel (``vdpbf16ps``) where the CPU has AVX512_BF16, it
-    passes its self-check, and its measured peak is at least ``BF16_MIN_GAIN`` times the
-    FMA kernel's (on Zen 4/5 it is twice: a pair per lane at the FMA's rate; on the
-    Intel cores measured for issue 13 it is half the FMA rate, so there fp32 runs);
-  * "bf16x3" is a bf16 GEMM over three times K: it runs the bf16 kernel only where
-    that is ``BF16_MIN_GAIN`` times 3 faster than fp32, otherwise the fp32 kernel
-    (faster there, and more accurate than asked).
+  * "bf16" runs the fastest bf16 kernel that this CPU runs, that passes its self-check
+    and whose measured peak is at least ``BF16_MIN_GAIN`` times the FMA kernel's: AMX
+    (``tdpbf16ps``) first, then the AVX512_BF16 pair kernel (``vdpbf16ps``: on Zen 4/5
+    twice the FMA rate; on the Intel cores measured for issue 13 half of it, so there
+    fp32 runs unless AMX does).
+  * "bf16x3" is a bf16 GEMM over three times K: it runs a bf16 kernel only where that
+    is ``BF16_MIN_GAIN`` times 3 faster than fp32, otherwise the fp32 kernel (faster
+    there, and more accurate than asked).
 Before a kernel is first used for a precision it multiplies a small odd-shaped product
 (transposed and strided operands, K not a multiple of 2 or of a block) and compares it
 with the NumPy reference of that precision (``self_check``); a kernel that fails is not
-selected and ``kernel_info`` says why.  ``KERNPROP_GEMM_KERNEL`` (for example
+selected and ``kernel_info`` says why.  The AMX kernel, which no test machine of this
+project has run yet, first runs that check in a child process, so that a kernel that
+crashes (SIGILL, a bad tile configuration) costs the child, not the caller.  ``KERNPROP_GEMM_KERNEL`` (for example
 ``bf16=fp32`` or ``bf16=bf16,bf16x3=bf16``) or ``select_kernel`` forces a choice, which
 must still be at least as accurate as the precision and available on the CPU.
 """
@@ -20,6 +23,8 @@ must still be at least as accurate as the precision and available on the CPU.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -27,14 +32,19 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from .microkernels import MR, NVEC, VECTOR_BYTES, host_has_avx512_bf16, peak_loop
+from .microkernels import (AMX_ROWS, MR, NVEC, VECTOR_BYTES, host_has_amx_bf16, host_has_avx512_bf16,
+                           peak_loop, request_amx)
 from ....precision import PRECISIONS
 
 BF16_MIN_GAIN = 1.25
 
 # Pack dtypes: the micro-kernel follows them (drivers.micro_tile).
 FLOAT_PACK = None  # the operands' own float dtype
-BF16_PACK = np.dtype(np.uint32)
+BF16_PACK = np.dtype(np.uint32)  # bf16 pairs, vdpbf16ps layout
+AMX_PACK = np.dtype(np.int32)  # bf16 pairs, AMX tile layout
+_BF16_PACKS = (BF16_PACK, AMX_PACK)
+# set in the child process that runs an isolated self-check
+_CHILD = "KERNPROP_GEMM_SELF_CHECK_CHILD"
 
 
 @dataclass(frozen=True)
@@ -46,14 +56,18 @@ class Kernel:
     pack_dtype: object
     serves: tuple
     description: str
+    rows: int = MR  # rows of its A panels and output tile
+    peak_kind: int = 0  # microkernels.peak_loop kind
+    flops_per_step: int = 24 * 32  # of that peak loop, per step
+    isolated_check: bool = False  # run the first self-check in a child process
 
     def computes(self, precision):
         """The precision this kernel really computes when it serves ``precision``."""
-        return precision if self.pack_dtype is BF16_PACK else "fp32"
+        return precision if self.pack_dtype in _BF16_PACKS else "fp32"
 
     def terms(self, precision):
         """Virtual K steps per K step: 3 for bf16x3 on a bf16 kernel, else 1."""
-        return 3 if self.pack_dtype is BF16_PACK and precision == "bf16x3" else 1
+        return 3 if self.pack_dtype in _BF16_PACKS and precision == "bf16x3" else 1
 
 
 def _isa():
@@ -67,14 +81,23 @@ def _isa():
 
 FP32 = Kernel("fp32", FLOAT_PACK, PRECISIONS, f"fp32 fma {_isa()} {MR}x{NVEC * VECTOR_BYTES // 4}")
 BF16 = Kernel("bf16", BF16_PACK, ("bf16x3", "bf16"),
-              f"bf16 avx512_bf16 vdpbf16ps {MR}x{NVEC * VECTOR_BYTES // 4}")
-KERNELS = {kernel.name: kernel for kernel in (FP32, BF16)}
+              f"bf16 avx512_bf16 vdpbf16ps {MR}x{NVEC * VECTOR_BYTES // 4}", peak_kind=1, flops_per_step=24 * 64)
+AMX = Kernel("amx", AMX_PACK, ("bf16x3", "bf16"), f"bf16 amx tdpbf16ps {AMX_ROWS}x32", rows=AMX_ROWS,
+             peak_kind=2, flops_per_step=4 * 16 * 16 * 32 * 2, isolated_check=True)
+KERNELS = {kernel.name: kernel for kernel in (FP32, BF16, AMX)}
+# the bf16 kernels, fastest first where several run
+BF16_KERNELS = (AMX, BF16)
 
 
 def unavailable_reason(kernel: Kernel) -> str | None:
-    """Why ``kernel`` cannot run on this CPU, or None."""
+    """Why ``kernel`` cannot run on this CPU (or in this process), or None."""
     if kernel is BF16 and not host_has_avx512_bf16():
         return "this CPU has no AVX512_BF16"
+    if kernel is AMX:
+        if not host_has_amx_bf16():
+            return "this CPU has no AMX-BF16"
+        if not request_amx():
+            return "Linux did not grant the AMX tile data state (arch_prctl)"
     return None
 
 
@@ -88,16 +111,27 @@ def _peak_bf16(steps):
     return peak_loop(steps, 1)
 
 
+@njit(cache=True)
+def _peak_amx(steps):
+    return peak_loop(steps, 2)
+
+
+_PEAK_LOOPS = {0: _peak_fp32, 1: _peak_bf16, 2: _peak_amx}
+
+
 def measured_peaks(steps=200_000, repeats=3):
-    """One core's peak GFLOP/s of the FMA kernel's and the bf16 kernel's instruction
-    (register-only loops of 24 independent accumulators, the best of ``repeats``)."""
+    """One core's peak GFLOP/s of each kernel's instruction that runs here (register-only
+    loops: 24 independent FMA / ``vdpbf16ps`` accumulators, or 4 AMX tiles; the best of
+    ``repeats``), by kernel name."""
     peaks = {}
-    for name, loop, flops in (("fp32", _peak_fp32, 32), ("bf16", _peak_bf16, 64)):
-        if name == "bf16" and not host_has_avx512_bf16():
+    for kernel in KERNELS.values():
+        if unavailable_reason(kernel) is not None:
             continue
+        loop = _PEAK_LOOPS[kernel.peak_kind]
+        kernel_steps = steps if kernel.peak_kind != 2 else max(1, steps // 8)
         loop(10)
-        best = min(_timed(loop, steps) for _ in range(repeats))
-        peaks[name] = 24 * steps * flops / best / 1e9
+        best = min(_timed(loop, kernel_steps) for _ in range(repeats))
+        peaks[kernel.name] = kernel_steps * kernel.flops_per_step / best / 1e9
     return peaks
 
 
@@ -125,6 +159,24 @@ def self_check(product, precision, reference, seed=0):
     if got.shape != want.shape or not np.all(np.abs(got - want) <= bound):
         worst = np.nanmax(np.abs(got - want) - bound) if got.shape == want.shape else float("nan")
         return f"self-check failed: {precision} {m}x{k}x{n} off the reference by {worst:.3g} beyond the bound"
+    return None
+
+
+def isolated_self_check(kernel, precision, timeout=300):
+    """Run ``kernel``'s self-check at ``precision`` in a child Python process; None when
+    it passes there, else the reason (a crash included)."""
+    code = ("from kernprop.kernels.numba_cpu import gemm; "
+            f"print(gemm.select_kernel({precision!r}, {kernel.name!r}) is not None)")
+    env = dict(os.environ, **{_CHILD: "1"})
+    env.pop("KERNPROP_GEMM_KERNEL", None)
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"isolated self-check did not finish: {error}"
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return f"isolated self-check exited with status {done.returncode}: {lines[-1] if lines else ''}"
     return None
 
 
@@ -165,6 +217,8 @@ class Selection:
         key = (kernel.name, precision)
         if key not in self._checked:
             reason = unavailable_reason(kernel)
+            if reason is None and kernel.isolated_check and not os.environ.get(_CHILD):
+                reason = isolated_self_check(kernel, precision)
             if reason is None:
                 reason = self_check(lambda a, b: self._run(a, b, precision, kernel), kernel.computes(precision),
                                     self._reference)
@@ -177,16 +231,25 @@ class Selection:
             return self._force(precision, KERNELS[forced], "forced by KERNPROP_GEMM_KERNEL")
         if precision == "fp32":
             return FP32, ""
-        reason = self.check(BF16, precision)
-        if reason is not None:
-            return FP32, f"bf16 kernel not used: {reason}"
-        peaks = self.peaks()
-        gain = peaks["bf16"] / peaks["fp32"] / BF16_MIN_GAIN
-        needed = 3.0 if precision == "bf16x3" else 1.0
-        if gain < needed:
-            return FP32, (f"bf16 pairs run at {peaks['bf16'] / peaks['fp32']:.2f}x the fp32 rate here, "
-                          f"so {precision} as bf16 would not be faster than fp32")
-        return BF16, ""
+        notes = []
+        for kernel in BF16_KERNELS:
+            if unavailable_reason(kernel) is not None:
+                continue
+            reason = self.check(kernel, precision)
+            if reason is not None:
+                notes.append(f"{kernel.name} not used: {reason}")
+                continue
+            peaks = self.peaks()
+            ratio = peaks.get(kernel.name, 0.0) / peaks["fp32"]
+            needed = 3.0 if precision == "bf16x3" else 1.0
+            if ratio / BF16_MIN_GAIN < needed:
+                notes.append(f"{kernel.name} runs at {ratio:.2f}x the fp32 rate here, so {precision} on it "
+                             f"would not be faster than fp32")
+                continue
+            return kernel, "; ".join(notes)
+        if not notes:
+            notes.append("no bf16 kernel runs on this CPU")
+        return FP32, "; ".join(notes)
 
     def _force(self, precision, kernel, note):
         if precision not in kernel.serves:
