@@ -119,12 +119,12 @@ def _peak_amx(steps):
 _PEAK_LOOPS = {0: _peak_fp32, 1: _peak_bf16, 2: _peak_amx}
 
 
-def measured_peaks(steps=200_000, repeats=3):
-    """One core's peak GFLOP/s of each kernel's instruction that runs here (register-only
-    loops: 24 independent FMA / ``vdpbf16ps`` accumulators, or 4 AMX tiles; the best of
-    ``repeats``), by kernel name."""
+def measured_peaks(kernels=None, steps=200_000, repeats=3):
+    """One core's peak GFLOP/s of the instruction of each of ``kernels`` (default: all
+    that run here) (register-only loops: 24 independent FMA / ``vdpbf16ps``
+    accumulators, or 4 AMX tiles; the best of ``repeats``), by kernel name."""
     peaks = {}
-    for kernel in KERNELS.values():
+    for kernel in kernels or KERNELS.values():
         if unavailable_reason(kernel) is not None:
             continue
         loop = _PEAK_LOOPS[kernel.peak_kind]
@@ -204,12 +204,14 @@ class Selection:
         self._lock = threading.Lock()
         self._chosen = {}  # precision -> (Kernel, note)
         self._checked = {}  # (kernel name, precision) -> None or reason
-        self._peaks = None
+        self._peaks = {}
 
-    def peaks(self):
-        """Measured one-core peaks (GFLOP/s) by kernel name, measured once."""
-        if self._peaks is None:
-            self._peaks = measured_peaks()
+    def peaks(self, kernels=(FP32,)):
+        """Measured one-core peaks (GFLOP/s) of ``kernels`` by name, each measured once
+        (only kernels that passed their self-check are ever asked for)."""
+        missing = [kernel for kernel in kernels if kernel.name not in self._peaks]
+        if missing:
+            self._peaks.update(measured_peaks(missing))
         return self._peaks
 
     def check(self, kernel, precision):
@@ -239,7 +241,7 @@ class Selection:
             if reason is not None:
                 notes.append(f"{kernel.name} not used: {reason}")
                 continue
-            peaks = self.peaks()
+            peaks = self.peaks((FP32, kernel))
             ratio = peaks.get(kernel.name, 0.0) / peaks["fp32"]
             needed = 3.0 if precision == "bf16x3" else 1.0
             if ratio / BF16_MIN_GAIN < needed:
