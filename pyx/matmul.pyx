@@ -54,9 +54,9 @@ cdef enum:
     # SIMD micro-tiles: 6 rows x 2 vectors = 12 accumulator registers + 2 for B + 1
     # broadcast (of 16 ymm with AVX2, of 32 zmm with AVX-512).
     MR_SIMD = 6
+    # Defaults of the blocking (set_blocking replaces them with sizes from the caches):
     # KC * NR * 8 bytes <= 32 KiB: one B sliver sits in L1 across the MR-sliver loop;
-    # MC * KC * 8 bytes = 288 KiB: the packed A block sits in L2 (1 MiB here).  MC 96,
-    # 144 and 192 measured within 5% of each other.
+    # MC * KC * 8 bytes = 288 KiB: the packed A block sits in L2.
     KC = 256
     MC = 144             # a multiple of both MR and MR_SIMD
     # KC * NC * 8 bytes = 8 MiB at most: the packed B panel, shared by the threads.
@@ -104,6 +104,24 @@ cdef extern from "gemm/kp_gemm.h":
     int kp_cpu_has() noexcept nogil
 
 cdef int _cpu_has = kp_cpu_has()
+# Packed words per K block and rows per A block, from set_blocking.
+cdef Py_ssize_t _kc = KC, _mc = MC
+
+
+def set_blocking(Py_ssize_t kc_words, Py_ssize_t mc):
+    """Use K blocks of ``kc_words`` packed words (k for fp32/fp64, pairs of k for bf16)
+    and A blocks of ``mc`` rows (a multiple of 12, so of every kernel's MR).  Results
+    depend on the K block (the order of the sums), never on the thread count."""
+    global _kc, _mc
+    if kc_words < 16 or mc < 12 or mc % 12:
+        raise ValueError(f"set_blocking: need kc_words >= 16 and mc a multiple of 12, got {kc_words}, {mc}")
+    _kc = kc_words
+    _mc = mc
+
+
+def blocking():
+    """(kc_words, mc): the blocking in use."""
+    return _kc, _mc
 # The best fp32 kernel this CPU runs (AVX-512 before AVX2 before generic).
 cdef int _cpu_kernel = (KERNEL_AVX512 if _cpu_has & 2 else
                         KERNEL_AVX2 if _cpu_has & 1 else KERNEL_GENERIC)
@@ -323,7 +341,7 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
     cdef Py_ssize_t mr, nr
     cdef Py_ssize_t isz = sizeof(floating)
     cdef int nthreads = kp_max_threads()
-    cdef Py_ssize_t mc
+    cdef Py_ssize_t mc, kcw = _kc
     cdef const floating[::1] bias_view
     cdef const floating* bias_ptr = NULL
     cdef floating[::1] bpanel, abufs
@@ -348,16 +366,16 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
     if m * n * k < GEMM_SERIAL_WORK:
         nthreads = 1
     # Rows per block: MC, or fewer so that every thread gets a block of a short matrix.
-    mc = min(<Py_ssize_t>MC, ((m + nthreads - 1) // nthreads + mr - 1) // mr * mr)
+    mc = min(_mc, ((m + nthreads - 1) // nthreads + mr - 1) // mr * mr)
     dtype = np.float32 if floating is float else np.float64
-    bpanel = np.empty(min(k, <Py_ssize_t>KC) * ((min(n, <Py_ssize_t>NC) + nr - 1) // nr * nr),
+    bpanel = np.empty(min(k, kcw) * ((min(n, <Py_ssize_t>NC) + nr - 1) // nr * nr),
                       dtype=dtype)
-    abufs = np.empty(nthreads * mc * KC, dtype=dtype)
+    abufs = np.empty(nthreads * mc * kcw, dtype=dtype)
     with nogil:
         _gemm(m, n, k, &a[0, 0], a.strides[0] // isz, a.strides[1] // isz,
               &b[0, 0], b.strides[0] // isz, b.strides[1] // isz,
               &c[0, 0], c.strides[0] // isz, accumulate, bias_ptr, activation, kernel, mr, nr,
-              &bpanel[0], &abufs[0], mc, KC, nthreads)
+              &bpanel[0], &abufs[0], mc, kcw, nthreads)
 
 
 def column_sums(const floating[:, :] g, double[::1] out):

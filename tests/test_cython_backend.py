@@ -460,3 +460,40 @@ def test_bf16_does_not_depend_on_thread_count(threads, rng):
     threads(2)
     two = kernprop.matmul(a, b, precision="bf16", backend="cython")
     np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_small_blocking_many_blocks(threads, rng, precision):
+    # K blocks of 16 words and A blocks of 12 rows: many K blocks (the accumulate
+    # branch), many A blocks per thread; 1 and 2 threads agree bit for bit.
+    from kernprop._cy import matmul as cy
+    from kernprop.kernels.cython import matmul
+
+    before = cy.blocking()
+    a = rng.uniform(-2, 2, (77, 301)).astype(np.float32)
+    b = rng.uniform(-2, 2, (301, 45)).astype(np.float32)
+    cy.set_blocking(16, 12)
+    try:
+        results = []
+        for count in (1, 2):
+            threads(count)
+            results.append(kernprop.linear(a, b, None, activation="relu", precision=precision,
+                                           backend="cython"))
+    finally:
+        cy.set_blocking(*before)
+    np.testing.assert_array_equal(results[0], results[1])
+    native = precision == "fp32" or matmul.kernel_info()["bf16"].startswith("bf16")
+    # relu is monotone and 1-Lipschitz: the product's bound holds after it
+    _assert_within(results[0] + np.minimum(ref_matmul.product(a, b, precision), 0), a, b,
+                   precision, native)
+    with pytest.raises(ValueError):
+        cy.set_blocking(8, 12)
+
+
+def test_blocking_from_caches():
+    from kernprop.kernels.cython import matmul
+
+    assert matmul.blocking_for(48 * 1024, 1 << 20) == (256, 252)
+    assert matmul.blocking_for(32 * 1024, 2 << 20) == (160, 504)
+    kc, mc = matmul.blocking_for(1024, 1024)  # absurd caches: clamped, still valid
+    assert kc >= 16 and mc % 12 == 0

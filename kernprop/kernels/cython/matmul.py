@@ -205,6 +205,46 @@ class _Selection:
 _selection = _Selection()
 
 
+def _cache_bytes(level):
+    # size of this CPU's level-1 data or level-2 cache, or None when it cannot be read
+    name = {1: "SC_LEVEL1_DCACHE_SIZE", 2: "SC_LEVEL2_CACHE_SIZE"}[level]
+    try:
+        size = os.sysconf(name)
+        if size > 0:
+            return size
+    except (ValueError, OSError):
+        pass
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(base)):
+            with open(os.path.join(base, entry, "level")) as f:
+                if int(f.read()) != level:
+                    continue
+            with open(os.path.join(base, entry, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip().upper()
+            return int(text.rstrip("KM")) * {"K": 1024, "M": 1 << 20}.get(text[-1], 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def blocking_for(l1d, l2):
+    """(K-block words, A-block rows) for caches of ``l1d`` and ``l2`` bytes: a B sliver
+    of the widest tile (128 bytes a row) fills two thirds of L1 (the A sliver and C
+    streaming past take the rest); the packed A block a quarter of L2.  Measured on
+    AMD EPYC Zen 5 (48 KiB, 1 MiB -> 256, 252): fp32 flat from 128 to 384 words, bf16
+    10% slower at 128; rows 72 to 504 within noise."""
+    kc = max(128, min(384, (2 * l1d // 3) // 128 // 16 * 16))
+    mc = max(72, min(504, l2 // 4 // (4 * kc) // 12 * 12))
+    return kc, mc
+
+
+_cy.set_blocking(*blocking_for(_cache_bytes(1) or 32 * 1024, _cache_bytes(2) or 1 << 20))
+
+
 def kernel_info():
     """{precision: the micro-kernel float32 products at that precision run here, with
     the reason when it is not the precision's own}, e.g. ``{"fp32": "fp32 avx512 6x32",
