@@ -54,6 +54,11 @@ timeout 200 $PY -m pytest tests -k "cuda" -q -p gpu_signatures -p no:cacheprovid
     $workers --maxfail=50 -o addopts="" -rfE 2>&1 | tee "$OUT/tests.log" | tail -60
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
+step "tests/cuda again with kernprop's caching allocator (kernels/numba_cuda/pool.py)"
+NUMBA_CUDA_MEMORY_MANAGER=kernprop.kernels.numba_cuda.pool timeout 120 $PY -m pytest tests/cuda -q \
+    -p no:cacheprovider -o addopts="" -rfE 2>&1 | tee "$OUT/tests-pool.log" | tail -15
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
 step "training: kernprop train --backend cuda"
 timeout 60 $PY -m kernprop.cli train --backend cuda --epochs 8 --batch-size 128 --hidden 256,128 \
     2>&1 | tee "$OUT/train.log"
@@ -63,6 +68,8 @@ step "benchmarks against cuBLAS (CuPy) and PyTorch CUDA"
 timeout 180 $PY bench/gpu_bench.py --out "$root/bench/RESULTS-gpu.md" ${GPU_QUICK:+--quick} \
     --tests-log "$OUT/tests.log" --train-log "$OUT/train.log" --signatures "$KERNPROP_SIGNATURES_DIR" \
     || status=1
+step "the launch-bound benchmarks again with kernprop's caching allocator"
+timeout 90 $PY bench/gpu_bench.py --pool --only mlp,small --out "$root/bench/RESULTS-gpu.md" || status=1
 cp "$root/bench/RESULTS-gpu.md" "$OUT/" 2>/dev/null || true
 
 step "done, status $status"

@@ -308,6 +308,21 @@ def environment():
             f"numba-cuda {numba_cuda}, torch {torch.__version__}, CuPy {cupy_version}")
 
 
+def append_pool_rows(path, results, errors) -> int:
+    """The rows measured with the caching allocator, as a section of the page."""
+    lines = ["", "## With the caching allocator", "",
+             "Same benchmarks in a second process with `kernprop.kernels.numba_cuda.pool` installed "
+             "(freed device blocks reused instead of cuMemFree / cuMemAlloc):", "",
+             "| op | contender | ms | rate | check |", "|---|---|---:|---:|---|"]
+    lines += [f"| {r['op']} | {r['contender']} | {r['ms']:.3f} | {r['rate']:,.1f} {r['unit']} | {r['check']} |"
+              for r in results]
+    lines += [f"- failed: {e}" for e in errors]
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"appended to {path}")
+    return 1 if errors else 0
+
+
 def last_lines(path, pattern, count=3):
     if not path or not os.path.exists(path):
         return []
@@ -323,7 +338,14 @@ def main(argv=None) -> int:
     parser.add_argument("--tests-log", default=None, help="pytest log whose summary the page quotes")
     parser.add_argument("--train-log", default=None, help="kernprop train log the page quotes")
     parser.add_argument("--signatures", default=None, help="folder of bench/gpu_signatures.py reports")
+    parser.add_argument("--only", default=None, help="comma-separated benchmarks: copy,rows,sgemm,mlp,small")
+    parser.add_argument("--pool", action="store_true",
+                        help="kernprop's caching allocator (kernels/numba_cuda/pool.py); append its kernprop rows to --out")
     args = parser.parse_args(argv)
+    if args.pool:
+        from kernprop.kernels.numba_cuda import pool
+
+        pool.install()  # before the first CUDA call makes the context
 
     try:
         env = environment()
@@ -337,6 +359,8 @@ def main(argv=None) -> int:
                      ("sgemm", lambda: bench_sgemm(args.quick)),
                      ("mlp", lambda: bench_mlp_step(args.quick)),
                      ("small", bench_small_op)):
+        if args.only and name not in args.only.split(","):
+            continue
         try:
             rows = fn()
         except Exception as exc:  # noqa: BLE001 - record it, measure the rest
@@ -347,12 +371,17 @@ def main(argv=None) -> int:
             continue
         if name == "copy":
             copy = rows[0]
+        if args.pool:
+            rows = [dict(row, contender=row["contender"] + " + pool") for row in rows
+                    if row["contender"].startswith("kernprop")]
         for row in rows:
             share = f", {row['share']:.0%}" if "share" in row else ""
             print(f"{row['op']:48} {row['contender']:26} {row['ms']:9.3f} ms  {row['rate']:10.1f} {row['unit']}{share}  {row['check']}",
                   flush=True)
         results += rows
 
+    if args.pool:
+        return append_pool_rows(args.out, results, errors)
     commit = os.environ.get("KERNPROP_COMMIT", "?")
     lines = [
         "# kernprop on a GPU: measured results",
