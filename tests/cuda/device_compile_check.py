@@ -22,56 +22,23 @@ import time
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     sys.exit("run without NUMBA_ENABLE_CUDASIM: the simulator replaces the compiler")
 
-import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import cuda, types  # noqa: E402
 from numba.cuda.compiler import compile_cuda  # noqa: E402
 
-from kernprop.kernels.numba_cuda import activations, losses, matmul, optimizers, softmax  # noqa: E402
+from kernprop.cuda_check import F64_PTX as DOUBLE_PTX  # noqa: E402
+from kernprop.kernels.numba_cuda import launches  # noqa: E402
 
 CC = (8, 0)
 # float64 arithmetic in LLVM IR, or a call to libdevice's float64 exp/log/sqrt/tanh
 DOUBLE_IR = re.compile(r'\b(fadd|fsub|fmul|fdiv)( \w+)* double\b|@"?__nv_(exp|log|sqrt|tanh)"?\(')
-# float64 arithmetic in PTX (conversions cvt.* are fine: storing a float64 result)
-DOUBLE_PTX = re.compile(r"\b(add|sub|mul|div|fma|sqrt|rcp|neg|abs|min|max|ex2|lg2)(\.\w+)*\.f64\b")
-
-
-def arr(dtype, ndim, layout="C"):
-    return types.Array(numba.from_dtype(np.dtype(dtype)), ndim, layout)
 
 
 def kernels(dtype):
-    """(name, dispatcher, argument types, float64 arithmetic intended) for one dtype."""
-    a1, c1, a2, c2 = arr(dtype, 1, "A"), arr(dtype, 1), arr(dtype, 2, "A"), arr(dtype, 2)
-    f64, i64, b = types.float64, types.int64, types.boolean
-    i64_1 = arr(np.int64, 1, "A")
-    out = []
-    for ta, tb in ((False, False), (False, True), (True, False)):
-        out.append((f"gemm_kernel[trans_a={ta}, trans_b={tb}]", matmul._gemm_kernel(dtype, ta, tb),
-                    (a2, a2, a1, a2, b, i64, b), False))
-    out.append(("column_sum_kernel", matmul._column_sum_kernel(dtype), (a2, a1, b), True))
-    for name, kernel in activations._kernels(dtype).items():
-        nargs = 2 if name.endswith("forward") else 3
-        out.append((f"{name}_kernel", kernel, (c1,) * nargs, False))
-    for log in (True, False):
-        out.append((f"softmax_forward_kernel[log={log}]", softmax._forward_kernel(dtype, log), (a2, c2), False))
-    out.append(("log_softmax_backward_kernel", softmax._backward_kernel(dtype), (a2, a2, c2), False))
-    for write_grad in (True, False):
-        for loss_dtype in sorted({np.dtype(np.float64), dtype}, key=str):
-            out.append((
-                f"cross_entropy_kernel[write_grad={write_grad}, row_loss={np.dtype(loss_dtype).name}]",
-                losses._cross_entropy_kernel(dtype, write_grad),
-                (a2, i64_1, a1, b, i64, f64, f64, f64, arr(loss_dtype, 1, "A"), a2),
-                False,
-            ))
-    partial, squared, backward = losses._mse_kernels(dtype)
-    out.append(("mse_partial_kernel", partial, (c1, c1, arr(np.float64, 1)), True))
-    out.append(("squared_error_kernel", squared, (c1, c1, c1), False))
-    out.append(("mse_backward_kernel", backward, (c1, c1, f64, c1), False))
-    sgd, adam = optimizers._kernels(dtype)
-    out.append(("sgd_step_kernel", sgd, (c1, c1, c1, f64, f64, b, f64), False))
-    out.append(("adam_step_kernel", adam, (c1, c1, c1, c1) + (f64,) * 6 + (b, f64), False))
-    return out
+    """(name, dispatcher, argument types, float64 arithmetic intended) for one dtype: every
+    variant the launchers start (``kernprop/kernels/numba_cuda/launches.py``)."""
+    return [(launch.name, launch.dispatcher, launch.argtypes, launch.wide)
+            for launch in launches.launches((dtype,))]
 
 
 def can_make_ptx() -> bool:
@@ -81,7 +48,7 @@ def can_make_ptx() -> bool:
         x[0] = 1.0
 
     try:
-        cuda.compile_ptx(probe, (arr(np.float32, 1),), cc=CC)
+        cuda.compile_ptx(probe, (types.float32[::1],), cc=CC)
     except Exception:  # noqa: BLE001 - any failure: no PTX here, LLVM IR it is
         return False
     return True
