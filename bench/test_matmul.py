@@ -82,3 +82,34 @@ def test_linear_backward(harness, op, shape, backend):
     want = lambda: reference((op, shape), lambda: kernprop.linear_backward(x, w, dy, True, backend="numpy"))  # noqa: E731
     harness.run(op, shape, backend, fn, want=want, device=dev, family="matmul",
                 flops=4 * m * k * n + m * n, bytes=4 * 2 * (m * k + k * n + m * n) + 4 * n)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("shape", GEMM_SHAPES)
+@pytest.mark.parametrize("op", ["matmul_bf16"])
+def test_matmul_bf16(harness, op, shape, backend):
+    # a (M, K) @ b (K, N) -> (M, N) with bf16 operands and float32 accumulation:
+    # kernprop's precision="bf16" (float32 in and out, rounded while packing), torch on
+    # bf16 tensors (converted once, outside the timing: its best case), and NumPy's
+    # float32 product as the yardstick a NumPy user has.
+    m, k, n = shape.dims
+    x, w, _, _ = _data(shape)
+    dev = Device(backend)
+    if backend == "torch":
+        a, b = dev.put(x).bfloat16(), dev.put(w).bfloat16()
+        fn = lambda: dev.torch.mm(a, b)  # noqa: E731
+    elif backend == "numpy":
+        fn = lambda: x @ w  # noqa: E731
+    else:
+        a, b = dev.put(x), dev.put(w)
+        fn = lambda: kernprop.matmul(a, b, precision="bf16", backend=backend)  # noqa: E731
+
+    def check(result):
+        got = result.float().numpy() if backend == "torch" else np.asarray(dev.host(result))
+        want = reference((op, shape), lambda: kernprop.matmul(x, w, precision="bf16", backend="numpy"))
+        scale = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64)
+        # torch rounds its bf16 output too: one more bf16 rounding of the result
+        assert np.all(np.abs(got - want) <= 2.0**-7 * scale + 2.0**-8 * np.abs(want)), f"{op} {shape} on {backend}"
+
+    harness.run(op, shape, backend, fn, check=check, device=dev, family="matmul",
+                flops=2 * m * k * n, bytes=4 * (m * k + k * n + m * n))
