@@ -200,8 +200,8 @@ class Trainer:
         X, y = self._check_data(X, y)
         val = self._check_validation(validation_data)
         n, optimizer = X.shape[0], self.optimizer
-        rows = np.array([(lo, min(lo + self.batch_size, n)) for lo in range(0, n, self.batch_size)],
-                        dtype=np.int64)
+        starts = np.arange(0, n, self.batch_size, dtype=np.int64)
+        rows = np.stack([starts, np.minimum(starts + self.batch_size, n)], axis=1)  # (steps, 2): lo, hi
         sizes = (rows[:, 1] - rows[:, 0]).astype(np.float64)
         Xs, ys = (np.empty_like(X), np.empty_like(y)) if shuffle else (X, y)
         preds = np.zeros(n, dtype=np.int64)

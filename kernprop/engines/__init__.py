@@ -77,9 +77,9 @@ def choose(model, loss, optimizer, backend, batch_size, distributed=False):
     params = model.parameters()
     if backend == "numba":
         layers, why = plan(model, loss, optimizer)
-        macs = multiply_adds(model, batch_size)
-        if layers is not None and macs <= fused_limit():
-            return "fused", f"numba, a small MLP: {macs:,} multiply-adds per step <= {fused_limit():,}"
+        macs, limit = multiply_adds(model, batch_size), fused_limit()
+        if layers is not None and macs <= limit:
+            return "fused", f"numba, a small MLP: {macs:,} multiply-adds per step <= {limit:,}"
     size = sum(p.size for p in params)
     if len(params) > 1 and size <= PACK_MAX_PARAMS:
         return "packed", f"{size:,} parameters <= {PACK_MAX_PARAMS:,}: one optimizer call per step"

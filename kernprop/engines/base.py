@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
-
 from .. import nn
 
 
@@ -34,7 +32,7 @@ class Engine:
         self.model, self.loss, self.optimizer, self.kernels = model, loss, optimizer, kernels
         self.mean = getattr(loss, "reduction", "mean") == "mean"
         self.classification = bool(getattr(loss, "classification", False))
-        self._stack = None
+        self._bound = None
 
     @contextlib.contextmanager
     def running(self, X, y, preds, rows):
@@ -47,8 +45,8 @@ class Engine:
 
     def start(self, X, y, preds, rows):
         self.X, self.y, self.preds, self.rows = X, y, preds, rows
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(nn.bind_kernels(self.model, self.kernels))
+        self._bound = nn.bind_kernels(self.model, self.kernels)
+        self._bound.__enter__()
 
     def begin_epoch(self):
         pass
@@ -60,9 +58,9 @@ class Engine:
         pass
 
     def finish(self):
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
+        if self._bound is not None:
+            self._bound.__exit__(None, None, None)
+            self._bound = None
 
     def agree(self, stop):
         """Whether training stops, given this process's wish (data-parallel: any rank's)."""
@@ -72,8 +70,9 @@ class Engine:
         return f"{type(self).__name__}({self.name!r})"
 
 
-def consecutive(rows):
-    """Whether the steps' rows follow each other (then their logits can be argmaxed
-    together); empty steps (a data-parallel rank's share of a tiny batch) do not count."""
-    rows = rows[rows[:, 1] > rows[:, 0]]
-    return bool(np.all(rows[1:, 0] == rows[:-1, 1]))
+def consecutive(bounds):
+    """Whether the steps' rows ``[(lo, hi)]`` follow each other (then their logits can be
+    argmaxed together); empty steps (a data-parallel rank's share of a tiny batch) do
+    not count."""
+    rows = [(lo, hi) for lo, hi in bounds if hi > lo]
+    return all(b[0] == a[1] for a, b in zip(rows, rows[1:]))

@@ -37,14 +37,16 @@ class LayerwiseEngine(Engine):
     def start(self, X, y, preds, rows):
         super().start(X, y, preds, rows)
         self.params = self.model.parameters()
-        self.bounds = [(int(lo), int(hi)) for lo, hi in rows]  # Python ints: cheaper per step than rows[s]
-        self.batched_preds = consecutive(rows)
+        self.bounds = None  # made by the first run (the fused engine may never need them)
         self.pending = []
 
     def run(self, first, last, losses):
         # per step, rows lo:hi -> forward, loss and gradient, backward, (the hook,) update.
         # Bound once per call, every name the loop uses is a local: a step of a small
         # model costs the kernels plus ~5 us of Python.
+        if self.bounds is None:
+            self.bounds = self.rows.tolist()  # Python ints: cheaper per step than rows[s]
+            self.batched_preds = consecutive(self.bounds)
         model, kernels, X, y, bounds = self.model, self.kernels, self.X, self.y, self.bounds
         forward, backward, gradients = model.forward, model.backward, model.gradients
         with_grad, update, hook, mean = self.loss.with_grad, self.update, self.gradient_hook, self.mean
