@@ -3,7 +3,8 @@
 Run on the Numba CUDA simulator (slow: shapes stay tiny) with
 ``NUMBA_ENABLE_CUDASIM=1 pytest tests/cuda -q``, or as is on a machine with a GPU.
 Without either, the module is skipped with the backend's reason.  Shapes are chosen for
-the kernels' edges: 1x1, sizes that don't divide the 64x64 GEMM tile or its depth of 16,
+the kernels' edges: 1x1, sizes that don't divide the GEMM tiles (128x128 deep 8 in float32,
+64x64 deep 16 in float64),
 rows wider than one warp (several warps reduce through shared memory), rows of -inf.
 """
 
@@ -96,11 +97,17 @@ def test_matmul(rng, dtype, m, k, n):
     assert_close(got, want, dtype, "matmul")
 
 
-def test_matmul_several_tiles(rng):
-    # 66 x 70 output: 2 x 2 blocks, each with a ragged edge; K = 20: two depth stages
-    dtype = np.dtype(np.float32)
-    a, b = rand(rng, (66, 20), dtype), rand(rng, (20, 70), dtype)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matmul_several_tiles(rng, dtype):
+    # 130 x 134 output: 2 x 2 blocks of float32's 128 x 128 tile (3 x 3 of float64's 64 x
+    # 64), each with a ragged edge; K = 21: depth stages of 8 (16) with a ragged last one
+    a, b = rand(rng, (130, 21), dtype), rand(rng, (21, 134), dtype)
     assert_close(ops.matmul(a, b, backend="cuda"), a @ b, dtype, "matmul")
+    # the transposed operands of linear_backward, over the same tiles
+    dy = rand(rng, (130, 134), dtype)
+    dx, dw, _ = ops.linear_backward(a, b, dy, has_bias=False, backend="cuda")
+    assert_close(dx, dy @ b.T, dtype, "dx")
+    assert_close(dw, a.T @ dy, dtype, "dw")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -197,6 +204,26 @@ def test_softmax_family(rng, dtype, shape):
     y = ops.log_softmax(rand(rng, shape, dtype), backend="numpy")
     got, want = both("log_softmax_backward", y, rand(rng, shape, dtype))
     assert_close(got, want, dtype, "log_softmax_backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rows_past_four_loads_per_thread(rng, dtype):
+    # 1100 columns, 256 threads: each thread's first four columns go through the
+    # four-loads-per-trip loop, the rest one at a time; the max sits in each part in
+    # turn, and -inf entries fall in both
+    x = logits_with_edges(rng, (4, 1100), dtype)
+    x[0, 1099] = 30.0  # max in the one-at-a-time tail
+    x[1, 5] = 30.0  # max in the first trip
+    x[1, 300:1100:7] = -np.inf
+    labels = np.array([1099, 5, 0, 17])
+    with np.errstate(invalid="ignore"):
+        for name in ("log_softmax", "softmax"):
+            got, want = both(name, x)
+            assert_close(got, want, dtype, name)
+        (loss, grad), (want_loss, want_grad) = both(
+            "cross_entropy_with_grad", x, labels, reduction="none", label_smoothing=0.1)
+    assert_close(loss, want_loss, dtype, "loss")
+    assert_close(grad, want_grad, dtype, "dlogits")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -5,10 +5,11 @@ Kernels:
                        is the identity or a transpose *by indexing* (no transposed copy),
                        fixed per compiled variant.  Shared-memory tiles of BM x BK of
                        op(a) and BK x BN of op(b); each of the 16 x 16 threads keeps a
-                       TM x TN = 4 x 4 register tile of outputs, so every value read from
-                       shared memory feeds 4 multiply-adds (the register blocking of
-                       Volkov & Demmel 2008, "Benchmarking GPUs to tune dense linear
-                       algebra").  Edges: out-of-range loads read 0, stores are guarded.
+                       TM x TN register tile of outputs (8 x 8 in float32, 4 x 4 in
+                       float64: ``TILES``), so every value read from shared memory
+                       feeds TN or TM multiply-adds (the register blocking of Volkov &
+                       Demmel 2008, "Benchmarking GPUs to tune dense linear algebra").
+                       Edges: out-of-range loads read 0, stores are guarded.
     column_sum_kernel  db = sum of dy over rows (the bias gradient), deterministic.
 
 ``linear_forward`` fuses bias and activation into the GEMM's epilogue;
@@ -28,17 +29,29 @@ from numba import cuda
 from ._common import any_device, cdiv, dummy, finish, numba_type, to_device
 from .activations import CODES, scalar_functions
 
-BM, BN, BK = 64, 64, 16  # block tile: rows, columns, depth of one shared-memory stage
-TM, TN = 4, 4  # register tile of one thread
-THREADS_Y, THREADS_X = BM // TM, BN // TN  # 16 x 16 = 256 threads
+# Every GEMM block is 16 x 16 = 256 threads; each thread keeps a TM x TN register tile.
+THREADS_Y, THREADS_X = 16, 16
 THREADS = THREADS_X * THREADS_Y
-A_LOADS = BM * BK // THREADS  # elements of each tile one thread stages per step: 4
-B_LOADS = BK * BN // THREADS
 
-# Tile rows of BM + 1 words: staging stores that walk down a tile column (consecutive kk)
-# then hit different shared-memory banks, instead of one bank 16 times (stride 64).
-# Precomputed: a shared array's shape must be literal constants, not an expression.
-A_TILE_ROW, B_TILE_ROW = BM + 1, BN + 1
+
+class Tiles:
+    """Block tile of one dtype: BM x BN outputs per block, staged BK deep through shared
+    memory, TM x TN of them per thread (BM = 16 TM, BN = 16 TN)."""
+
+    def __init__(self, tm, tn, bk):
+        self.tm, self.tn, self.bk = tm, tn, bk
+        self.bm, self.bn = THREADS_Y * tm, THREADS_X * tn
+        # elements of each operand tile one thread stages per step
+        self.a_loads = self.bm * bk // THREADS
+        self.b_loads = bk * self.bn // THREADS
+
+
+# float32: 128 x 128 blocks, 8 x 8 per thread: each value read from shared memory feeds 8
+# multiply-adds (4 with 4 x 4), which lifted SGEMM 4096^3 from 14 TFLOP/s on the H200
+# (bench/RESULTS-gpu.md); 64 accumulators fit the registers without spilling
+# (bench/GPU_STATIC.md).  float64 keeps 64 x 64 blocks of 4 x 4: twice the bytes per
+# accumulator, and the FP64 units, not shared memory, bound it.
+TILES = {np.dtype(np.float32): Tiles(8, 8, 8), np.dtype(np.float64): Tiles(4, 4, 16)}
 
 COLSUM_X, COLSUM_Y = 32, 8  # column-sum block: 32 columns, 8 row-strided partial sums
 
@@ -49,6 +62,13 @@ def _gemm_kernel(dtype, trans_a, trans_b):
     so the untaken indexing branch disappears)."""
     T = numba_type(dtype)
     _, _, _, activate = scalar_functions(np.dtype(dtype))
+    tiles = TILES[np.dtype(dtype)]
+    # Frozen into the kernel as constants (a shared array's shape must be constants).
+    BM, BN, BK, TM, TN = tiles.bm, tiles.bn, tiles.bk, tiles.tm, tiles.tn
+    A_LOADS, B_LOADS = tiles.a_loads, tiles.b_loads
+    # Tile rows of BM + 1 words: staging stores that walk down a tile column (consecutive
+    # kk) then hit different shared-memory banks, instead of one bank BK times.
+    A_TILE_ROW, B_TILE_ROW = BM + 1, BN + 1
 
     @cuda.jit
     def gemm_kernel(a, b, bias, out, has_bias, activation, accumulate):
@@ -173,7 +193,8 @@ def gemm(a, b, out, *, trans_a=False, trans_b=False, bias=None, activation=None,
     dtype = np.dtype(out.dtype)
     m, n = out.shape
     kernel = _gemm_kernel(dtype, bool(trans_a), bool(trans_b))
-    grid = (cdiv(n, BN), cdiv(m, BM))
+    tiles = TILES[dtype]
+    grid = (cdiv(n, tiles.bn), cdiv(m, tiles.bm))
     kernel[grid, (THREADS_X, THREADS_Y)](
         a, b, dummy(dtype) if bias is None else bias, out,
         bias is not None, CODES[activation], bool(accumulate),
