@@ -40,7 +40,7 @@ independent of the thread count.
 
 include "_common.pxi"
 
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 
 import numpy as np
 
@@ -290,73 +290,77 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     #     kcw * round_up(min(n, NC), nr) words for the packed B panel; abufs: nthreads
     #     packed-A buffers of mc * kcw words, one per thread (no sharing)
     # OUT c: a @ b (+ c when accumulate), then + bias and the activation
+    # One parallel region for the whole product: the packing of a B panel and the tiles
+    # are work-shared loops inside it, whose implicit barriers order them (the panel is
+    # packed before any tile reads it, and read by all before the next is packed).  A
+    # fork/join per K block cost more, and much more when another process holds a core.
+    # Tasks are (block of MC rows, group of B slivers); a short matrix gets several
+    # column groups so every thread has work.  A tile's sums do not depend on which
+    # task computes it, so the result does not depend on the thread count.
     cdef Py_ssize_t nblocks = (m + mc - 1) // mc
-    cdef Py_ssize_t ib, i0, rows, j0, jc, nc, p0, kc, ii, words
-    cdef bint last
+    # (initialised: Cython makes the parallel block's variables firstprivate)
+    cdef Py_ssize_t task, ib, jg, i0, rows, j0, j1, ii, js
+    cdef Py_ssize_t jc = 0, nc = 0, p0 = 0, kc = 0, words = 0
+    cdef Py_ssize_t nslivers = 0, ngroups = 0, gsize = 0
+    cdef bint last = False
     # k per packed word: a bf16 word holds a pair of k
     cdef Py_ssize_t kstep = 2 if kernel == KERNEL_AVX512_BF16 else 1
     # K blocks of equal depth (a multiple of kstep), not full blocks and a short tail:
     # K = 784 in blocks of 256 left a 16-deep last pass over all of C
     cdef Py_ssize_t kblocks = max(1, (k + kcw * kstep - 1) // (kcw * kstep))
     cdef Py_ssize_t kcb = ((k + kblocks - 1) // kblocks + kstep - 1) // kstep * kstep
-    cdef floating* abuf
+    cdef floating* abuf = abufs
     cdef const floating* bsliver
-    jc = 0
-    while jc < n:
-        nc = min(<Py_ssize_t>NC, n - jc)
-        p0 = 0
-        while p0 < k:
-            kc = min(kcb, k - p0)
-            words = (kc + kstep - 1) // kstep
-            last = p0 + kc == k
-            _pack_b(kc, nc, b + p0 * sb0 + jc * sb1, sb0, sb1, nr, bpanel, nthreads, kstep)
-            # Blocks of rows go round-robin to threads; each block's rows belong to
-            # one thread for the whole panel, epilogue included.
-            for ib in prange(nblocks, schedule="static", chunksize=1, num_threads=nthreads,
-                             use_threads_if=nthreads > 1 and nblocks > 1):
-                i0 = ib * mc
-                rows = min(mc, m - i0)
-                abuf = abufs + threadid() * mc * kcw
-                if kstep == 2:
-                    if floating is float:
-                        kp_pack_a_bf16(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
-                else:
-                    _pack_a(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
-                j0 = 0
-                while j0 < nc:
-                    bsliver = bpanel + j0 * words
-                    ii = 0
-                    while ii < rows:
-                        _tile(kernel, words, abuf + ii * words, bsliver,
-                              c + (i0 + ii) * ldc + jc + j0, ldc, min(mr, rows - ii),
-                              min(nr, nc - j0), accumulate or p0 > 0)
-                        ii = ii + mr
-                    j0 = j0 + nr
-                if last and (bias != NULL or activation != ACT_NONE):
-                    _epilogue(c + i0 * ldc + jc, ldc, rows, nc,
-                              bias + jc if bias != NULL else NULL, activation)
-            p0 = p0 + kc
-        jc = jc + NC
-
-
-cdef void _pack_b(Py_ssize_t kc, Py_ssize_t nc, const floating* b, Py_ssize_t sb0,
-                  Py_ssize_t sb1, Py_ssize_t nr, floating* out, int nthreads,
-                  Py_ssize_t kstep) noexcept nogil:
-    # b (kc, nc) strided -> out (ceil(nc / nr), ceil(kc / kstep), nr): nr-wide slivers,
-    # zero-padded; kstep 2 packs bf16 pairs of k
-    # Slivers are disjoint regions of out, so threads packing different slivers never race.
-    cdef Py_ssize_t nslivers = (nc + nr - 1) // nr
-    cdef Py_ssize_t words = (kc + kstep - 1) // kstep
-    cdef Py_ssize_t js
-    for js in prange(nslivers, schedule="static", num_threads=nthreads,
-                     use_threads_if=nthreads > 1 and kc * nc > PARALLEL_MIN_WORK):
-        if kstep == 2:
-            if floating is float:
-                kp_pack_b_bf16(b + js * nr * sb1, sb0, sb1, kc, min(nr, nc - js * nr), nr,
-                               out + js * nr * words)
-        else:
-            _pack_b_sliver(b + js * nr * sb1, sb0, sb1, kc, min(nr, nc - js * nr), nr,
-                           out + js * nr * words)
+    with parallel(num_threads=nthreads, use_threads_if=nthreads > 1):
+        abuf = abufs + threadid() * mc * kcw
+        jc = 0
+        while jc < n:
+            nc = min(<Py_ssize_t>NC, n - jc)
+            nslivers = (nc + nr - 1) // nr
+            ngroups = min(nslivers, (nthreads + nblocks - 1) // nblocks)
+            gsize = (nslivers + ngroups - 1) // ngroups
+            ngroups = (nslivers + gsize - 1) // gsize
+            p0 = 0
+            while p0 < k:
+                kc = min(kcb, k - p0)
+                words = (kc + kstep - 1) // kstep
+                last = p0 + kc == k
+                # B (kc, nc) -> slivers (nslivers, words, nr); disjoint per sliver
+                for js in prange(nslivers, schedule="static"):
+                    if kstep == 2:
+                        if floating is float:
+                            kp_pack_b_bf16(b + p0 * sb0 + (jc + js * nr) * sb1, sb0, sb1, kc,
+                                           min(nr, nc - js * nr), nr, bpanel + js * nr * words)
+                    else:
+                        _pack_b_sliver(b + p0 * sb0 + (jc + js * nr) * sb1, sb0, sb1, kc,
+                                       min(nr, nc - js * nr), nr, bpanel + js * nr * words)
+                for task in prange(nblocks * ngroups, schedule="static", chunksize=1):
+                    ib = task // ngroups
+                    jg = task % ngroups
+                    i0 = ib * mc
+                    rows = min(mc, m - i0)
+                    if kstep == 2:
+                        if floating is float:
+                            kp_pack_a_bf16(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
+                    else:
+                        _pack_a(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
+                    j0 = jg * gsize * nr
+                    j1 = min(nc, j0 + gsize * nr)
+                    while j0 < j1:
+                        bsliver = bpanel + j0 * words
+                        ii = 0
+                        while ii < rows:
+                            _tile(kernel, words, abuf + ii * words, bsliver,
+                                  c + (i0 + ii) * ldc + jc + j0, ldc, min(mr, rows - ii),
+                                  min(nr, nc - j0), accumulate or p0 > 0)
+                            ii = ii + mr
+                        j0 = j0 + nr
+                    if last and (bias != NULL or activation != ACT_NONE):
+                        j0 = jg * gsize * nr
+                        _epilogue(c + i0 * ldc + jc + j0, ldc, rows, j1 - j0,
+                                  bias + jc + j0 if bias != NULL else NULL, activation)
+                p0 = p0 + kc
+            jc = jc + NC
 
 
 def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,

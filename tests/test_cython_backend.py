@@ -497,3 +497,23 @@ def test_blocking_from_caches():
     assert matmul.blocking_for(32 * 1024, 2 << 20) == (160, 504)
     kc, mc = matmul.blocking_for(1024, 1024)  # absurd caches: clamped, still valid
     assert kc >= 16 and mc % 12 == 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("m, k, n", [(7, 300, 700), (13, 40, 4200), (301, 530, 77)])
+def test_gemm_tasks_do_not_depend_on_thread_count(threads, rng, precision, m, k, n):
+    # A short matrix is split over column groups of B slivers, a tall one over row
+    # blocks: each tile is computed the same way whichever task holds it.
+    a = rng.uniform(-2, 2, (m, k)).astype(np.float32)
+    b = rng.uniform(-2, 2, (k, n)).astype(np.float32)
+    bias = rng.uniform(-1, 1, n).astype(np.float32)
+    results = []
+    for count in (1, 2):
+        threads(count)
+        results.append(kernprop.linear(a, b, bias, activation="tanh", precision=precision,
+                                       backend="cython"))
+    np.testing.assert_array_equal(results[0], results[1])
+    want = ref_matmul.linear_forward(a, b, bias, "tanh", precision)
+    # tanh is 1-Lipschitz: the product's error, about sqrt(K) |a||b| rounding, bounds it
+    assert_close(results[1], want, np.float32, scale=4 * float(np.sqrt(k)),
+                 rtol=2e-5 if precision == "fp32" else 1e-2)
