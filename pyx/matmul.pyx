@@ -42,6 +42,8 @@ include "_common.pxi"
 
 from cython.parallel cimport parallel, prange, threadid
 
+import threading
+
 import numpy as np
 
 cdef enum:
@@ -363,6 +365,24 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
             jc = jc + NC
 
 
+_workspaces = threading.local()
+
+
+def _workspace(dtype, slot, size):
+    # A packing buffer of at least ``size`` elements, kept per Python thread and reused:
+    # a fresh 256 KiB buffer per product came from mmap and its page faults cost about
+    # as much as a 256^3 product's second thread saves.  Per thread, so concurrent
+    # products from several Python threads never share one.
+    cache = getattr(_workspaces, "buffers", None)
+    if cache is None:
+        cache = _workspaces.buffers = {}
+    key = (np.dtype(dtype).char, slot)
+    buffer = cache.get(key)
+    if buffer is None or buffer.shape[0] < size:
+        buffer = cache[key] = np.empty(max(size, 1), dtype=dtype)
+    return buffer
+
+
 def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
          bint accumulate=False, bias=None, int activation=ACT_NONE, int kernel=-1):
     """``c = activation(a @ b + bias)``, or ``c += a @ b`` with ``accumulate``.
@@ -405,9 +425,8 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
     # Rows per block: MC, or fewer so that every thread gets a block of a short matrix.
     mc = min(_mc, ((m + nthreads - 1) // nthreads + mr - 1) // mr * mr)
     dtype = np.float32 if floating is float else np.float64
-    bpanel = np.empty(min(k, kcw) * ((min(n, <Py_ssize_t>NC) + nr - 1) // nr * nr),
-                      dtype=dtype)
-    abufs = np.empty(nthreads * mc * kcw, dtype=dtype)
+    bpanel = _workspace(dtype, 0, min(k, kcw) * ((min(n, <Py_ssize_t>NC) + nr - 1) // nr * nr))
+    abufs = _workspace(dtype, 1, nthreads * mc * kcw)
     with nogil:
         _gemm(m, n, k, &a[0, 0], a.strides[0] // isz, a.strides[1] // isz,
               &b[0, 0], b.strides[0] // isz, b.strides[1] // isz,
