@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import numpy as np
 from numba import get_num_threads
@@ -90,6 +91,24 @@ def _k_block(k, kc_target):
     return -(-k // blocks)
 
 
+_workspace = threading.local()
+
+
+def _buffer(slot, size, dtype):
+    """A 1-D scratch array of ``size`` elements, reused by this Python thread's later
+    products (a fresh multi-megabyte array is a fresh mapping whose pages fault in on
+    first touch, every call).  Two slots: the A and B pack buffers."""
+    cache = getattr(_workspace, "buffers", None)
+    if cache is None:
+        cache = _workspace.buffers = {}
+    dtype = np.dtype(dtype)
+    key = (slot, dtype)
+    buffer = cache.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = cache[key] = np.empty(max(size, 1), dtype=dtype)
+    return buffer[:size]
+
+
 def _steps(kc, terms, pack_dtype):
     # micro-kernel steps of a K block (packing.pack_steps): bf16 pairs halve them,
     # bf16x3 triples K first, AMX pads them to whole tiles of 16 pairs
@@ -116,15 +135,15 @@ def _run(a, b, out, bias, activation, accumulate, column_sums_of_b, kernel, prec
     small = 2 * m * n * k <= _SERIAL_FLOPS
     if small and n < nr and n < m and not accumulate:
         depth = min(k, KC)
-        apack = np.empty(-(-n // rows) * rows * _steps(depth, terms, pack_dtype), dtype=pack_dtype)
-        bpack = np.empty(-(-m // nr) * nr * _steps(depth, terms, pack_dtype), dtype=pack_dtype)
+        apack = _buffer("a", -(-n // rows) * rows * _steps(depth, terms, pack_dtype), pack_dtype)
+        bpack = _buffer("b", -(-m // nr) * nr * _steps(depth, terms, pack_dtype), pack_dtype)
         drivers.narrow(a, b, out, bias, has_bias, code, apack, bpack, tile, sums, want_sums, KC, terms)
         return out
     kc_max = _k_block(k, kc_target)
     nc_max = min(n, NC)
     steps = lambda kc: _steps(kc, terms, pack_dtype)  # noqa: E731
-    apack = np.empty(-(-m // rows) * rows * steps(kc_max), dtype=pack_dtype)
-    bpack = np.empty(-(-nc_max // nr) * nr * steps(kc_max), dtype=pack_dtype)
+    apack = _buffer("a", -(-m // rows) * rows * steps(kc_max), pack_dtype)
+    bpack = _buffer("b", -(-nc_max // nr) * nr * steps(kc_max), pack_dtype)
     if small and n <= NC:
         drivers.serial(a, b, out, accumulate, bias, has_bias, code, apack, bpack, tile, sums, want_sums,
                        kc_max, terms, bpack, -1)
