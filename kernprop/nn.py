@@ -44,6 +44,7 @@ __all__ = [
     "MSELoss",
     "make_loss",
     "bind_kernels",
+    "kernel_table",
     "raw_kernels",
     "validated_ops",
     "to_config",
@@ -56,87 +57,66 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # --- the functions a layer calls -----------------------------------------------------
 #
-# Two interchangeable namespaces with the kernel contract's signatures (see
-# kernprop.kernels): the public ops bound to a backend (validated, the default), and
-# the backend's kernel functions themselves (used by the Trainer once its inputs are
-# checked).  Layers only ever call ``self._kernels().<name>(...)``.
+# One table per backend, with the kernel contract's signatures (see kernprop.kernels):
+# the backend's kernel functions themselves (``raw_kernels``: unchecked, for the Trainer,
+# which checks its data once per fit) or the public ops bound to the backend
+# (``validated_ops``: checked, what a layer called directly uses).  Both are made from
+# the one declaration below; layers only ever call ``self._kernels().<name>(...)``, the
+# table ``bind_kernels`` passed them or the checked one of their ``backend``.
+
+# name -> (its family, the checked public op with the kernel's signature, for backend b)
+_FUNCTIONS = {
+    "linear_forward": ("matmul", lambda b: lambda x, w, bias, act: ops.linear(x, w, bias, activation=act, backend=b)),
+    "linear_backward": ("matmul", lambda b: lambda x, w, dy, has_bias, need_dx=True: ops.linear_backward(
+        x, w, dy, has_bias, need_dx=need_dx, backend=b)),
+    "relu_forward": ("activations", lambda b: lambda x: ops.relu(x, backend=b)),
+    "relu_backward": ("activations", lambda b: lambda x, dy: ops.relu_backward(x, dy, backend=b)),
+    "sigmoid_forward": ("activations", lambda b: lambda x: ops.sigmoid(x, backend=b)),
+    "sigmoid_backward": ("activations", lambda b: lambda y, dy: ops.sigmoid_backward(y, dy, backend=b)),
+    "tanh_forward": ("activations", lambda b: lambda x: ops.tanh(x, backend=b)),
+    "tanh_backward": ("activations", lambda b: lambda y, dy: ops.tanh_backward(y, dy, backend=b)),
+    "softmax_forward": ("softmax", lambda b: lambda x: ops.softmax(x, backend=b)),
+    "cross_entropy_forward": ("losses", lambda b: lambda z, t, r, ii, ls, w: ops.cross_entropy(
+        z, t, r, ii, ls, w, backend=b)),
+    "cross_entropy_with_grad": ("losses", lambda b: lambda z, t, r, ii, ls, w: ops.cross_entropy_with_grad(
+        z, t, r, ii, ls, w, backend=b)),
+    "mse_forward": ("losses", lambda b: lambda p, t, r: ops.mse(p, t, r, backend=b)),
+    "mse_backward": ("losses", lambda b: lambda p, t, r: ops.mse_backward(p, t, r, backend=b)),
+    "sgd_step": ("optimizers", lambda b: lambda p, g, v, lr, m, nest, wd: ops.sgd_step(
+        p, g, v, lr=lr, momentum=m, nesterov=nest, weight_decay=wd, backend=b)),
+    "adam_step": ("optimizers", lambda b: lambda p, g, m, v, step, lr, b1, b2, eps, wd, dec: ops.adam_step(
+        p, g, m, v, step, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, decoupled=dec, backend=b)),
+}
+
+_TABLES: dict = {}  # (backend name or None, checked) -> table
 
 
-def _validated(backend):
-    b = backend
-    return SimpleNamespace(
-        trusted=False,
-        linear_forward=lambda x, w, bias, act: ops.linear(x, w, bias, activation=act, backend=b),
-        linear_backward=lambda x, w, dy, has_bias, need_dx=True: ops.linear_backward(
-            x, w, dy, has_bias, need_dx=need_dx, backend=b
-        ),
-        relu_forward=lambda x: ops.relu(x, backend=b),
-        relu_backward=lambda x, dy: ops.relu_backward(x, dy, backend=b),
-        sigmoid_forward=lambda x: ops.sigmoid(x, backend=b),
-        sigmoid_backward=lambda y, dy: ops.sigmoid_backward(y, dy, backend=b),
-        tanh_forward=lambda x: ops.tanh(x, backend=b),
-        tanh_backward=lambda y, dy: ops.tanh_backward(y, dy, backend=b),
-        softmax_forward=lambda x: ops.softmax(x, backend=b),
-        cross_entropy_forward=lambda z, t, r, ii, ls, w: ops.cross_entropy(
-            z, t, r, ii, ls, w, backend=b
-        ),
-        cross_entropy_with_grad=lambda z, t, r, ii, ls, w: ops.cross_entropy_with_grad(
-            z, t, r, ii, ls, w, backend=b
-        ),
-        mse_forward=lambda p, t, r: ops.mse(p, t, r, backend=b),
-        mse_backward=lambda p, t, r: ops.mse_backward(p, t, r, backend=b),
-        sgd_step=lambda p, g, v, lr, m, nest, wd: ops.sgd_step(
-            p, g, v, lr=lr, momentum=m, nesterov=nest, weight_decay=wd, backend=b
-        ),
-        adam_step=lambda p, g, m, v, step, lr, b1, b2, eps, wd, dec: ops.adam_step(
-            p, g, m, v, step, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd,
-            decoupled=dec, backend=b,
-        ),
-    )
-
-
-_VALIDATED_CACHE: dict = {}
-_KERNEL_CACHE: dict = {}
+def kernel_table(backend, checked=False):
+    """The table of functions layers, losses and optimizers call, for ``backend``:
+    its kernels (``checked=False``; the name resolved now, inputs must already satisfy
+    the contract in ``kernprop.kernels``) or the public ops bound to it (``checked=True``;
+    None: the default backend at each call).  Made once per backend and kept."""
+    key = (backend if checked else resolve(backend), checked)
+    table = _TABLES.get(key)
+    if table is None:
+        if checked:
+            functions = {name: checked_op(backend) for name, (_, checked_op) in _FUNCTIONS.items()}
+        else:
+            functions = {name: getattr(family(key[0], family_name), name)
+                         for name, (family_name, _) in _FUNCTIONS.items()}
+        table = _TABLES[key] = SimpleNamespace(trusted=not checked, name=key[0], **functions)
+    return table
 
 
 def validated_ops(backend):
     """The public ops bound to ``backend`` (None: the default at each call)."""
-    ns = _VALIDATED_CACHE.get(backend)
-    if ns is None:
-        ns = _VALIDATED_CACHE[backend] = _validated(backend)
-    return ns
+    return kernel_table(backend, checked=True)
 
 
 def raw_kernels(backend):
     """The kernel functions of ``backend`` (resolved now), unvalidated: inputs must
     already satisfy the contract in ``kernprop.kernels``."""
-    name = resolve(backend)
-    ns = _KERNEL_CACHE.get(name)
-    if ns is None:
-        mm, act, sm, loss, opt = (
-            family(name, f) for f in ("matmul", "activations", "softmax", "losses", "optimizers")
-        )
-        ns = SimpleNamespace(
-            trusted=True,
-            name=name,
-            linear_forward=mm.linear_forward,
-            linear_backward=mm.linear_backward,
-            relu_forward=act.relu_forward,
-            relu_backward=act.relu_backward,
-            sigmoid_forward=act.sigmoid_forward,
-            sigmoid_backward=act.sigmoid_backward,
-            tanh_forward=act.tanh_forward,
-            tanh_backward=act.tanh_backward,
-            softmax_forward=sm.softmax_forward,
-            cross_entropy_forward=loss.cross_entropy_forward,
-            cross_entropy_with_grad=loss.cross_entropy_with_grad,
-            mse_forward=loss.mse_forward,
-            mse_backward=loss.mse_backward,
-            sgd_step=opt.sgd_step,
-            adam_step=opt.adam_step,
-        )
-        _KERNEL_CACHE[name] = ns
-    return ns
+    return kernel_table(backend)
 
 
 @contextlib.contextmanager
