@@ -74,6 +74,10 @@ cdef enum:
     KERNEL_AVX2 = 1
     KERNEL_AVX512 = 2
     KERNEL_AVX512_BF16 = 3
+    # Added to AVX2/AVX512 for outputs of at most one vector of columns: their narrow
+    # 12 x 1-vector tile (chosen by shape in gemm, never by name: same bits as the wide)
+    KERNEL_NARROW = 8
+    MR_NARROW = 12
 
 KERNEL_NAMES = ("generic", "avx2", "avx512", "avx512_bf16")
 # Tile shape of each kernel for float32 (rows x columns), for kernel_info.
@@ -103,6 +107,18 @@ cdef extern from "gemm/kp_gemm.h":
                         Py_ssize_t kc, Py_ssize_t mr, float* out) noexcept nogil
     void kp_pack_b_bf16(const float* b, Py_ssize_t sb0, Py_ssize_t sb1, Py_ssize_t kc,
                         Py_ssize_t cols, Py_ssize_t nr, float* out) noexcept nogil
+    void kp_tile_avx2_narrow_f(Py_ssize_t kc, const float* ap, const float* bp, float* c,
+                               Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                               int accumulate) noexcept nogil
+    void kp_tile_avx2_narrow_d(Py_ssize_t kc, const double* ap, const double* bp, double* c,
+                               Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                               int accumulate) noexcept nogil
+    void kp_tile_avx512_narrow_f(Py_ssize_t kc, const float* ap, const float* bp, float* c,
+                                 Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                                 int accumulate) noexcept nogil
+    void kp_tile_avx512_narrow_d(Py_ssize_t kc, const double* ap, const double* bp, double* c,
+                                 Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                                 int accumulate) noexcept nogil
     int kp_cpu_has() noexcept nogil
 
 cdef int _cpu_has = kp_cpu_has()
@@ -220,6 +236,16 @@ cdef inline void _tile(int kernel, Py_ssize_t kc, const floating* ap, const floa
     if kernel == KERNEL_AVX512_BF16:
         if floating is float:  # kc counts pairs of k here
             kp_tile_avx512_bf16(kc, ap, bp, c, ldc, mr, nr, accumulate)
+    elif kernel == KERNEL_AVX512 + KERNEL_NARROW:
+        if floating is float:
+            kp_tile_avx512_narrow_f(kc, ap, bp, c, ldc, mr, nr, accumulate)
+        else:
+            kp_tile_avx512_narrow_d(kc, ap, bp, c, ldc, mr, nr, accumulate)
+    elif kernel == KERNEL_AVX2 + KERNEL_NARROW:
+        if floating is float:
+            kp_tile_avx2_narrow_f(kc, ap, bp, c, ldc, mr, nr, accumulate)
+        else:
+            kp_tile_avx2_narrow_d(kc, ap, bp, c, ldc, mr, nr, accumulate)
     elif kernel == KERNEL_AVX512:
         if floating is float:
             kp_tile_avx512_f(kc, ap, bp, c, ldc, mr, nr, accumulate)
@@ -413,6 +439,10 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
     # B bytes per tile row: 32 generic, 2 vectors of 32 (AVX2) or 64 (AVX-512) bytes;
     # the bf16 kernel: 32 columns of bf16 pairs
     nr = 32 if kernel == KERNEL_AVX512_BF16 else (NR_BYTES << kernel) // sizeof(floating)
+    if (kernel == KERNEL_AVX2 or kernel == KERNEL_AVX512) and 2 * n <= nr:
+        kernel = kernel + KERNEL_NARROW
+        mr = MR_NARROW
+        nr = nr // 2
     if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n:
         raise ValueError("gemm: shapes do not match")
     if bias is not None:

@@ -517,3 +517,15 @@ def test_gemm_tasks_do_not_depend_on_thread_count(threads, rng, precision, m, k,
     # tanh is 1-Lipschitz: the product's error, about sqrt(K) |a||b| rounding, bounds it
     assert_close(results[1], want, np.float32, scale=4 * float(np.sqrt(k)),
                  rtol=2e-5 if precision == "fp32" else 1e-2)
+
+
+def test_narrow_tile_gives_the_wide_tiles_bits(gemm_kernel, dtype, rng):
+    # N <= one vector takes the 12 x 1-vector tile; each element sums the same products
+    # in the same order as in the wide tile, so the columns agree bit for bit.
+    a = rng.uniform(-2, 2, (53, 700)).astype(dtype)
+    b = rng.uniform(-2, 2, (700, 48)).astype(dtype)
+    wide = kernprop.matmul(a, b, backend="cython")
+    for n in (1, 5, 8, 16):
+        narrow = kernprop.matmul(a, np.ascontiguousarray(b[:, :n]), backend="cython")
+        np.testing.assert_array_equal(narrow, wide[:, :n])
+        assert_close(narrow, ref_matmul.matmul(a, b[:, :n]), dtype, scale=4 * float(np.sqrt(700)))

@@ -5,3 +5,5 @@ typedef float kp_v8f __attribute__((vector_size(32)));
 typedef double kp_v4d __attribute__((vector_size(32)));
 KP_SIMD_TILE(kp_tile_avx2_f, float, kp_v8f, 8)
 KP_SIMD_TILE(kp_tile_avx2_d, double, kp_v4d, 4)
+KP_SIMD_TILE_NARROW(kp_tile_avx2_narrow_f, float, kp_v8f, 8)
+KP_SIMD_TILE_NARROW(kp_tile_avx2_narrow_d, double, kp_v4d, 4)

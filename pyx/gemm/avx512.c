@@ -7,3 +7,5 @@ typedef float kp_v16f __attribute__((vector_size(64)));
 typedef double kp_v8d __attribute__((vector_size(64)));
 KP_SIMD_TILE(kp_tile_avx512_f, float, kp_v16f, 16)
 KP_SIMD_TILE(kp_tile_avx512_d, double, kp_v8d, 8)
+KP_SIMD_TILE_NARROW(kp_tile_avx512_narrow_f, float, kp_v16f, 16)
+KP_SIMD_TILE_NARROW(kp_tile_avx512_narrow_d, double, kp_v8d, 8)

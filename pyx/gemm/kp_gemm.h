@@ -2,8 +2,8 @@
 
    One translation unit per instruction set, each compiled by setup.py with its own -m
    flags, so the rest of the build stays baseline x86-64 (or any other architecture):
-       avx2.c         fp32/fp64 6 x 2 ymm        -mavx2 -mfma
-       avx512.c       fp32/fp64 6 x 2 zmm        -mavx512f -mfma
+       avx2.c         fp32/fp64 6 x 2 ymm, 12 x 1 ymm (narrow)   -mavx2 -mfma
+       avx512.c       fp32/fp64 6 x 2 zmm, 12 x 1 zmm (narrow)   -mavx512f -mfma
        avx512_bf16.c  bf16 pairs -> fp32 6 x 32  -mavx512f -mavx512bf16
    setup.py defines KP_HAVE_<ISA> for matmul.pyx exactly when that unit compiled; a unit
    the compiler could not build becomes an empty stub here and is never selected.  At run
@@ -56,6 +56,11 @@ KP_DECLARE_TILE(AVX2, kp_tile_avx2_f, float)
 KP_DECLARE_TILE(AVX2, kp_tile_avx2_d, double)
 KP_DECLARE_TILE(AVX512, kp_tile_avx512_f, float)
 KP_DECLARE_TILE(AVX512, kp_tile_avx512_d, double)
+/* 12 rows x 1 vector, for N of at most one vector */
+KP_DECLARE_TILE(AVX2, kp_tile_avx2_narrow_f, float)
+KP_DECLARE_TILE(AVX2, kp_tile_avx2_narrow_d, double)
+KP_DECLARE_TILE(AVX512, kp_tile_avx512_narrow_f, float)
+KP_DECLARE_TILE(AVX512, kp_tile_avx512_narrow_d, double)
 /* bf16 pairs in, fp32 out: ap and bp hold pairs of bf16 as 32-bit words */
 KP_DECLARE_TILE(AVX512_BF16, kp_tile_avx512_bf16, float)
 

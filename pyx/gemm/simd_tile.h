@@ -33,3 +33,34 @@ void NAME(KP_TILE_ARGS(T)) {                                                    
             for (j = 0; j < nr; j++) c[i * ldc + j] = out[i][j];                      \
     }                                                                                 \
 }
+
+/* The narrow tile, for outputs of at most one vector of columns (N <= 16 fp32 with
+   AVX-512: the 10 classes of a classifier's last layer): 12 rows x 1 vector, so the
+   FMAs are not spent on the zero padding of a 2-vector tile (10 of 32 columns useful).
+   Each element sums its products in the same order as the wide tile, so both give the
+   same bits. */
+#define KP_SIMD_TILE_NARROW(NAME, T, V, L)                                            \
+void NAME(KP_TILE_ARGS(T)) {                                                          \
+    /* ap (kc, 12), bp (kc, L) packed -> c (mr, nr) */                                \
+    V acc[12], b0, a;                                                                 \
+    T out[12][L];                                                                     \
+    ptrdiff_t i, j, k;                                                                \
+    for (i = 0; i < 12; i++) acc[i] = (V){0};                                         \
+    for (k = 0; k < kc; k++) {                                                        \
+        memcpy(&b0, bp, sizeof(V));                                                   \
+        for (i = 0; i < 12; i++) {                                                    \
+            a = (V){0} + ap[i];                                                       \
+            acc[i] += a * b0;                                                         \
+        }                                                                             \
+        ap += 12;                                                                     \
+        bp += L;                                                                      \
+    }                                                                                 \
+    memcpy(out, acc, sizeof(out));                                                    \
+    if (accumulate) {                                                                 \
+        for (i = 0; i < mr; i++)                                                      \
+            for (j = 0; j < nr; j++) c[i * ldc + j] += out[i][j];                     \
+    } else {                                                                          \
+        for (i = 0; i < mr; i++)                                                      \
+            for (j = 0; j < nr; j++) c[i * ldc + j] = out[i][j];                      \
+    }                                                                                 \
+}
