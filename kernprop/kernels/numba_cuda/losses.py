@@ -46,7 +46,10 @@ from .softmax import row_max_sum
 @lru_cache(maxsize=None)
 def _cross_entropy_kernel(dtype, write_grad):
     T = numba_type(dtype)
-    max_sum = row_max_sum(dtype)
+    # One column per trip here: with four (softmax's choice, 1.21 -> 1.04 ms for
+    # log_softmax at 8192 x 32000 on an H200) this kernel went 2.6 -> 3.6 ms there
+    # (bench/RESULTS-gpu.md), cause not yet measured; pass 2 re-reads the row.
+    max_sum = row_max_sum(dtype, four_per_trip=False)
 
     @cuda.jit
     def cross_entropy_kernel(

@@ -5,10 +5,10 @@ Kernels:
                        is the identity or a transpose *by indexing* (no transposed copy),
                        fixed per compiled variant.  Shared-memory tiles of BM x BK of
                        op(a) and BK x BN of op(b); each of the 16 x 16 threads keeps a
-                       TM x TN register tile of outputs (8 x 8 in float32, 4 x 4 in
-                       float64: ``TILES``), so every value read from shared memory
-                       feeds TN or TM multiply-adds (the register blocking of Volkov &
-                       Demmel 2008, "Benchmarking GPUs to tune dense linear algebra").
+                       TM x TN = 4 x 4 register tile of outputs (``TILES``), so every
+                       value read from shared memory feeds 4 multiply-adds (the register
+                       blocking of Volkov & Demmel 2008, "Benchmarking GPUs to tune dense
+                       linear algebra").
                        Edges: out-of-range loads read 0, stores are guarded.
     column_sum_kernel  db = sum of dy over rows (the bias gradient), deterministic.
 
@@ -46,12 +46,12 @@ class Tiles:
         self.b_loads = bk * self.bn // THREADS
 
 
-# float32: 128 x 128 blocks, 8 x 8 per thread: each value read from shared memory feeds 8
-# multiply-adds (4 with 4 x 4), which lifted SGEMM 4096^3 from 14 TFLOP/s on the H200
-# (bench/RESULTS-gpu.md); 64 accumulators fit the registers without spilling
-# (bench/GPU_STATIC.md).  float64 keeps 64 x 64 blocks of 4 x 4: twice the bytes per
-# accumulator, and the FP64 units, not shared memory, bound it.
-TILES = {np.dtype(np.float32): Tiles(8, 8, 8), np.dtype(np.float64): Tiles(4, 4, 16)}
+# 64 x 64 blocks of 4 x 4 per thread, 16 deep, for both dtypes.  Measured on an H200
+# (bench/RESULTS-gpu.md), SGEMM 4096^3 ran at 14.3-14.5 TFLOP/s so, and at 12.5 with
+# float32 on 128 x 128 blocks of 8 x 8, 8 deep (no spills, 127 registers, 2 blocks per
+# multiprocessor): more reuse per shared-memory read did not pay for half the warps to
+# hide the unbuffered tile loads, so the smaller tile stays until the loads overlap.
+TILES = {np.dtype(np.float32): Tiles(4, 4, 16), np.dtype(np.float64): Tiles(4, 4, 16)}
 
 COLSUM_X, COLSUM_Y = 32, 8  # column-sum block: 32 columns, 8 row-strided partial sums
 

@@ -36,10 +36,20 @@ from ._common import (
 
 
 @lru_cache(maxsize=None)
-def row_max_sum(dtype):
+def row_max_sum(dtype, four_per_trip=True):
     """Device function: the (max, sum of exp(x - max)) of row ``row`` of ``x``, in every
-    thread of the block (shared with the cross-entropy kernel)."""
+    thread of the block (shared with the cross-entropy kernel).  ``four_per_trip``: read
+    four columns per trip of the loop (else one), see below."""
     T = numba_type(dtype)
+
+    @cuda.jit(device=True, inline=True)
+    def add_column(m, s, v):
+        # one more column into the running (max, sum of exp(x - max))
+        new_m = max(m, v)
+        if new_m != NEG_INF:  # else v and m are -inf and add nothing (avoid nan)
+            s = s * math.exp(m - new_m) + math.exp(v - new_m)
+            m = new_m
+        return m, s
 
     @cuda.jit(device=True, inline=True)
     def max_sum(x, row, scratch_m, scratch_s):
@@ -52,24 +62,24 @@ def row_max_sum(dtype):
         # flight per thread instead of one keep enough bytes moving to approach the
         # memory bandwidth (one at a time gave 42% of it on an H200), and the running
         # sum is rescaled once per four columns, not once per column.
-        while c + 3 * step < width:
-            v0 = x[row, c]
-            v1 = x[row, c + step]
-            v2 = x[row, c + 2 * step]
-            v3 = x[row, c + 3 * step]
-            new_m = max(max(m, v0), max(max(v1, v2), v3))
-            if new_m != NEG_INF:  # else all are -inf and add nothing (avoid nan)
-                s = s * math.exp(m - new_m) + ((math.exp(v0 - new_m) + math.exp(v1 - new_m))
-                                               + (math.exp(v2 - new_m) + math.exp(v3 - new_m)))
-                m = new_m
-            c += 4 * step
-        while c < width:
-            v = x[row, c]
-            new_m = max(m, v)
-            if new_m != NEG_INF:
-                s = s * math.exp(m - new_m) + math.exp(v - new_m)
-                m = new_m
-            c += step
+        if four_per_trip:  # a compile-time constant
+            while c + 3 * step < width:
+                v0 = x[row, c]
+                v1 = x[row, c + step]
+                v2 = x[row, c + 2 * step]
+                v3 = x[row, c + 3 * step]
+                new_m = max(max(m, v0), max(max(v1, v2), v3))
+                if new_m != NEG_INF:  # else all are -inf and add nothing (avoid nan)
+                    s = s * math.exp(m - new_m) + ((math.exp(v0 - new_m) + math.exp(v1 - new_m))
+                                                   + (math.exp(v2 - new_m) + math.exp(v3 - new_m)))
+                    m = new_m
+                c += 4 * step
+            while c < width:  # what is left, one at a time
+                m, s = add_column(m, s, x[row, c])
+                c += step
+        else:
+            for c in range(c, width, step):
+                m, s = add_column(m, s, x[row, c])
         return block_max_sum(m, s, scratch_m, scratch_s, T(NEG_INF), T(0))
 
     return max_sum
