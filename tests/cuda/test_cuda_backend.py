@@ -3,8 +3,7 @@
 Run on the Numba CUDA simulator (slow: shapes stay tiny) with
 ``NUMBA_ENABLE_CUDASIM=1 pytest tests/cuda -q``, or as is on a machine with a GPU.
 Without either, the module is skipped with the backend's reason.  Shapes are chosen for
-the kernels' edges: 1x1, sizes that don't divide the GEMM tiles (128x128 deep 8 in float32,
-64x64 deep 16 in float64),
+the kernels' edges: 1x1, sizes that don't divide the 64x64 GEMM tile or its depth of 16,
 rows wider than one warp (several warps reduce through shared memory), rows of -inf.
 """
 
@@ -99,8 +98,8 @@ def test_matmul(rng, dtype, m, k, n):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_matmul_several_tiles(rng, dtype):
-    # 130 x 134 output: 2 x 2 blocks of float32's 128 x 128 tile (3 x 3 of float64's 64 x
-    # 64), each with a ragged edge; K = 21: depth stages of 8 (16) with a ragged last one
+    # 130 x 134 output: 3 x 3 blocks of the 64 x 64 tile (2 x 2 of a 128 x 128 one), with
+    # ragged edges; K = 21: two depth stages of 16 (three of 8), the last one ragged
     a, b = rand(rng, (130, 21), dtype), rand(rng, (21, 134), dtype)
     assert_close(ops.matmul(a, b, backend="cuda"), a @ b, dtype, "matmul")
     # the transposed operands of linear_backward, over the same tiles
