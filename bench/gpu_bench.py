@@ -18,6 +18,7 @@ import datetime
 import glob
 import os
 import platform
+import re
 import sys
 import time
 
@@ -120,9 +121,10 @@ def bench_rows(bandwidth, quick):
     x64 = x.double().requires_grad_()
     loss64 = F.cross_entropy(x64, labels)
     (grad64,) = torch.autograd.grad(loss64, x64)
+    loss64 = loss64.item()
     del x64
     loss, grad = kernprop.cross_entropy_with_grad(xd, labels_host, backend="cuda")
-    err_k = max(rel_error(th(grad), grad64), abs(float(loss) - float(loss64)) / abs(float(loss64)))
+    err_k = max(rel_error(th(grad), grad64), abs(float(loss) - loss64) / abs(loss64))
     del grad
     xt = x.clone().requires_grad_()
 
@@ -238,7 +240,7 @@ def bench_mlp_step(quick):
 
     # validate: one step each from the same weights, then compare the first layer
     loss_k = float(kernprop_step())
-    loss_t = float(torch_step())
+    loss_t = torch_step().item()
     err = rel_error(th(kp[0][0]), layers[0].weight.detach().T)
     check = f"loss {loss_k:.5f} vs torch {loss_t:.5f}; W1 after 1 step rel err {err:.1e}"
     out = []
@@ -324,10 +326,12 @@ def append_pool_rows(path, results, errors) -> int:
 
 
 def last_lines(path, pattern, count=3):
+    """The last ``count`` lines of the file at ``path`` that match the regex ``pattern``."""
     if not path or not os.path.exists(path):
         return []
+    regex = re.compile(pattern)
     with open(path, errors="replace") as f:
-        lines = [line.rstrip() for line in f if any(p in line for p in pattern)]
+        lines = [line.rstrip() for line in f if regex.search(line)]
     return lines[-count:]
 
 
@@ -403,8 +407,8 @@ def main(argv=None) -> int:
         lines.append(f"| {row['op']} | {row['contender']} | {row['ms']:.3f} | {row['rate']:,.1f} {row['unit']} | {share} | {row['check']} |")
     if errors:
         lines += ["", "Benchmarks that failed:", ""] + [f"- {e}" for e in errors]
-    tests = last_lines(args.tests_log, (" passed", " failed", " error"), 2)
-    train = last_lines(args.train_log, ("test accuracy", "training speed", "Error", "error"), 3)
+    tests = last_lines(args.tests_log, r"^=*\s*\d+ (passed|failed)|^(FAILED|ERROR) ", 5)
+    train = last_lines(args.train_log, r"^(test accuracy|training speed|epoch 1/)|^\w*Error\b", 4)
     lines += ["", "## Test suite on the device", ""] + ([f"    {t}" for t in tests] or ["not run"])
     lines += ["", "## Training run, `kernprop train --backend cuda`", ""] + ([f"    {t}" for t in train] or ["not run"])
     lines += ["", "## Kernel specialisations compiled on the device", ""] + signatures_section(args.signatures)
