@@ -134,7 +134,7 @@ def bench_rows(bandwidth, quick):
 
     lt = F.cross_entropy(xt, labels)
     (gt,) = torch.autograd.grad(lt, xt)
-    err_t = max(rel_error(gt, grad64), abs(float(lt) - float(loss64)) / abs(float(loss64)))
+    err_t = max(rel_error(gt, grad64), abs(lt.item() - loss64) / abs(loss64))
     del gt, grad64
     t_k = timeit(lambda: kernprop.cross_entropy_with_grad(xd, labels_host, backend="cuda"), reps=10)
     t_t = timeit(torch_ce, reps=10)
