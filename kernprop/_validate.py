@@ -9,6 +9,10 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 REDUCTIONS = ("mean", "sum", "none")
 ACTIVATIONS = (None, "relu", "sigmoid", "tanh")
 
+# The kernels take integers (labels, ignore_index, step counts) as int64: a Python int
+# outside this range would raise OverflowError inside a kernel, or wrap around.
+INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
 
 def is_device_array(x) -> bool:
     """A CUDA device array: anything with ``__cuda_array_interface__`` (CuPy, PyTorch,
@@ -68,6 +72,50 @@ def check_choice(name, value, choices):
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def check_int(name, value, low=INT64_MIN, high=INT64_MAX):
+    """An integer (Python or NumPy, not bool) within ``[low, high]``, both within int64
+    (the kernels' type); returns it as a Python int.  TypeError for a non-integer,
+    ValueError naming ``name`` for one out of range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    low, high = max(low, INT64_MIN), min(high, INT64_MAX)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value}")
+    return value
+
+
+def check_label_values(name, labels, num_classes, ignore_index):
+    """Host integer ``labels`` of any shape: each in [0, num_classes) or equal to
+    ``ignore_index``.  Values are checked in their own dtype before the conversion to
+    int64, so a uint64 label above 2**63 cannot wrap to a negative (ignored) one.
+    Returns them as int64 (no copy when they already are)."""
+    if not isinstance(labels, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of integers, got {type(labels).__name__}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
+    ignore_index = check_int("ignore_index", ignore_index)
+    if labels.dtype.kind == "u" and labels.dtype.itemsize == 8 and labels.size:
+        too_big = labels > INT64_MAX
+        if too_big.any():
+            row = np.unravel_index(int(np.argmax(too_big)), labels.shape)
+            index = ", ".join(map(str, row))
+            raise ValueError(
+                f"{name}[{index}] = {labels[row]} is out of range: labels must be in "
+                f"[0, {num_classes}) or equal ignore_index={ignore_index}"
+            )
+    labels = labels.astype(np.int64, copy=False)
+    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    if bad.any():
+        row = np.unravel_index(int(np.argmax(bad)), labels.shape)
+        index = ", ".join(map(str, row))
+        raise ValueError(
+            f"{name}[{index}] = {labels[row]} is out of range: labels must be in "
+            f"[0, {num_classes}) or equal ignore_index={ignore_index}"
+        )
+    return labels
+
+
 def check_labels(labels, num_rows, num_classes, ignore_index):
     """Labels: 1-D integers, one per row, each in [0, C) or equal to ignore_index.
 
@@ -87,17 +135,23 @@ def check_labels(labels, num_rows, num_classes, ignore_index):
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     if labels.shape != (num_rows,):
         raise ValueError(f"labels must have shape ({num_rows},) (one per row), got {labels.shape}")
-    if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-    labels = labels.astype(np.int64, copy=False)
-    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise ValueError(
-            f"labels[{row}] = {labels[row]} is out of range: labels must be in "
-            f"[0, {num_classes}) or equal ignore_index={ignore_index}"
-        )
-    return labels
+    return check_label_values("labels", labels, num_classes, ignore_index)
+
+
+def check_no_alias(**arrays):
+    """No two of the named arrays share memory: an in-place update reading one while
+    writing another would depend on each backend's order of loads and stores.  Device
+    arrays and None are skipped.  ValueError naming the pair."""
+    named = [(n, a) for n, a in arrays.items() if isinstance(a, np.ndarray)]
+    for i, (first, a) in enumerate(named):
+        for second, b in named[i + 1:]:
+            # may_share_memory compares address ranges (cheap); exact for the
+            # C-contiguous arrays the optimizer steps take.
+            if np.may_share_memory(a, b):
+                raise ValueError(
+                    f"{first} and {second} share memory; pass separate arrays "
+                    "(they are read and updated in place)"
+                )
 
 
 def check_scalar(name, value, low=None, high=None, low_open=False, high_open=False):

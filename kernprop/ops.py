@@ -19,7 +19,9 @@ from ._validate import (
     REDUCTIONS,
     check_array,
     check_choice,
+    check_int,
     check_labels,
+    check_no_alias,
     check_same_dtype,
     check_scalar,
     check_shape,
@@ -291,6 +293,8 @@ def linear_cross_entropy(
         chunk_size = default_chunk_size(c, dtype.itemsize)
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    else:
+        chunk_size = check_int("chunk_size", chunk_size, 1)
     return kernels.linear_cross_entropy(
         x, w, b, labels, reduction, ignore_index, label_smoothing, weight, int(chunk_size),
         _resolve_precision(precision, dtype),
@@ -302,7 +306,8 @@ def linear_cross_entropy(
 
 def _optimizer_state(name, param, **state):
     """param and its gradient/state arrays: one shape, one dtype, C-contiguous, writable
-    (they are updated in place, so a hidden copy would silently drop the update)."""
+    (they are updated in place, so a hidden copy would silently drop the update), and
+    no two sharing memory (the backends read and write them in different orders)."""
     shape, _ = check_array("param", param, None, name)
     for state_name, array in {"param": param, **state}.items():
         if array is None:
@@ -314,6 +319,7 @@ def _optimizer_state(name, param, **state):
         if isinstance(array, np.ndarray) and state_name != "grad" and not array.flags.writeable:
             raise ValueError(f"{state_name} must be writable (it is updated in place)")
     check_same_dtype(param=param, **state)
+    check_no_alias(param=param, **state)
 
 
 def sgd_step(
@@ -350,6 +356,7 @@ def adam_step(
     name, kernels = _kernels(backend, "optimizers")
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be an int >= 1 (the count of this update), got {step!r}")
+    step = check_int("step", step, 1)
     lr = check_scalar("lr", lr, 0.0)
     try:
         beta1, beta2 = betas
