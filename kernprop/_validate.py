@@ -87,32 +87,29 @@ def check_int(name, value, low=INT64_MIN, high=INT64_MAX):
 
 def check_label_values(name, labels, num_classes, ignore_index):
     """Host integer ``labels`` of any shape: each in [0, num_classes) or equal to
-    ``ignore_index``.  Values are checked in their own dtype before the conversion to
-    int64, so a uint64 label above 2**63 cannot wrap to a negative (ignored) one.
-    Returns them as int64 (no copy when they already are)."""
+    ``ignore_index`` (None: no label is ignored).  Values are checked in their own
+    dtype before the conversion to int64, so a uint64 label above 2**63 cannot wrap to
+    a negative (ignored) one.  Returns them as int64 (no copy when they already are)."""
     if not isinstance(labels, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of integers, got {type(labels).__name__}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
-    ignore_index = check_int("ignore_index", ignore_index)
+    ignore_index = None if ignore_index is None else check_int("ignore_index", ignore_index)
+    allowed = f"[0, {num_classes})" + ("" if ignore_index is None else f" or equal ignore_index={ignore_index}")
     if labels.dtype.kind == "u" and labels.dtype.itemsize == 8 and labels.size:
         too_big = labels > INT64_MAX
         if too_big.any():
             row = np.unravel_index(int(np.argmax(too_big)), labels.shape)
             index = ", ".join(map(str, row))
-            raise ValueError(
-                f"{name}[{index}] = {labels[row]} is out of range: labels must be in "
-                f"[0, {num_classes}) or equal ignore_index={ignore_index}"
-            )
+            raise ValueError(f"{name}[{index}] = {labels[row]} is out of range: labels must be in {allowed}")
     labels = labels.astype(np.int64, copy=False)
-    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    bad = (labels < 0) | (labels >= num_classes)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
     if bad.any():
         row = np.unravel_index(int(np.argmax(bad)), labels.shape)
         index = ", ".join(map(str, row))
-        raise ValueError(
-            f"{name}[{index}] = {labels[row]} is out of range: labels must be in "
-            f"[0, {num_classes}) or equal ignore_index={ignore_index}"
-        )
+        raise ValueError(f"{name}[{index}] = {labels[row]} is out of range: labels must be in {allowed}")
     return labels
 
 

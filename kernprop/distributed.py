@@ -34,6 +34,11 @@ Uneven and small batches: a global batch of ``m`` rows on ``P`` ranks gives shar
 of an epoch) some ranks get 0 rows and contribute zeros: the result is still the
 global batch's gradient.  Nothing is dropped and no rank waits on another's data.
 
+Checks: ``fit`` checks its arguments and data on every rank, then the ranks agree
+(``MPIContext.checked``: one ``allgather``) before the first collective; when any rank's
+check fails, every rank raises that ValueError/TypeError (the failing rank its own, the
+others naming it), so none waits for a rank that has stopped.
+
 Failures: an exception on any rank inside a distributed ``fit`` (or the CLI) prints
 ``kernprop: rank R failed`` with the traceback and calls ``comm.Abort(1)``, so the other
 ranks are killed instead of waiting forever in the next collective.  A rank killed by a
@@ -135,6 +140,27 @@ class MPIContext:
 
     def barrier(self):
         self.comm.Barrier()
+
+    def checked(self, check):
+        """``check()`` on every rank, then one ``allgather`` of the outcomes: its result
+        when it passed everywhere, else the same error on every rank, carrying the
+        first failing rank's message.  Collective: call on every rank, before any other
+        collective of the fit, so a rank whose input fails its checks cannot leave the
+        others waiting in the next one."""
+        try:
+            result, failure = check(), None
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the other ranks
+            result, failure = None, exc
+        outcome = None if failure is None else (type(failure).__name__, str(failure))
+        outcomes = self.comm.allgather(outcome)
+        failed = [(rank, o) for rank, o in enumerate(outcomes) if o is not None]
+        if not failed:
+            return result
+        if failure is not None:
+            raise failure
+        rank, (kind, message) = failed[0]
+        error = {"ValueError": ValueError, "TypeError": TypeError}.get(kind, RuntimeError)
+        raise error(f"rank {rank} of {self.size} failed its checks: {message}")
 
     def any(self, flag):
         """True on every rank when ``flag`` is true on any rank."""

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import ops
 from .backends import family, resolve
+from ._validate import check_int
 
 __all__ = [
     "Module",
@@ -507,17 +508,22 @@ class CrossEntropyLoss:
     def __init__(self, reduction="mean", ignore_index=-100, label_smoothing=0.0, weight=None):
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-            raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+        # the kernels take ignore_index as int64: a larger int is refused here, not there
+        ignore_index = check_int("ignore_index", ignore_index)
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating)) \
                 or not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
         if weight is not None:
             weight = np.asarray(weight)
-            if weight.ndim != 1 or weight.dtype.kind not in "fiu":
-                raise ValueError(f"weight must be a 1-D array of class weights, got {weight!r}")
+            if weight.ndim != 1 or weight.dtype.kind not in "fiu" or weight.size == 0:
+                raise ValueError(f"weight must be a non-empty 1-D array of class weights, got {weight!r}")
+            if not np.isfinite(weight).all():
+                raise ValueError("weight must be finite (it holds NaN or inf)")
+            # A copy: the Trainer checks its length against the model once, so later
+            # changes to the caller's array must not reach the kernels.
+            weight = np.array(weight, dtype=np.float64)
         self.reduction = reduction
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = ignore_index
         self.label_smoothing = float(label_smoothing)
         self.weight = weight
         self._weight_cast = None

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import checkpoint, engines, nn
 from . import distributed as _distributed
+from ._validate import check_int, check_label_values
 from .backends import resolve
 from .checkpoint import FORMAT_VERSION
 from .engines.layerwise import host
@@ -86,8 +87,12 @@ class Trainer:
         dtypes = {p.dtype for p in params}
         if len(dtypes) != 1:
             raise TypeError(f"model parameters must share one dtype, got {sorted(map(str, dtypes))}")
+        _check_distinct_parameters(params)
         self.model = model
         self.loss = nn.make_loss(loss, **loss_kwargs)
+        outputs = _output_features(model)
+        if outputs is not None:
+            self._check_loss(outputs)  # the rest is checked by fit's forward pass on a row
         self.optimizer = optimizer
         self.backend = backend
         self.batch_size = int(batch_size)
@@ -116,6 +121,16 @@ class Trainer:
                               self.distributed is not None)
 
     # --- checks, once per call --------------------------------------------------------
+
+    def _check_loss(self, num_outputs):
+        """The loss's options against the model's outputs: one class weight per output
+        (the kernels index the weights by label, so a short array would be read past)."""
+        weight = getattr(self.loss, "weight", None)
+        if self.classification and weight is not None and np.shape(weight) != (num_outputs,):
+            raise ValueError(
+                f"weight must have shape ({num_outputs},) (one weight per class of the model's "
+                f"{num_outputs} outputs), got {np.shape(weight)}"
+            )
 
     def _check_X(self, X, name):
         if not isinstance(X, np.ndarray):
@@ -150,19 +165,11 @@ class Trainer:
                 raise TypeError(f"{name} must hold integer class labels for cross-entropy, got dtype {y.dtype}")
             if y.ndim != 1:
                 raise ValueError(f"{name} must be 1-D (one label per row), got shape {y.shape}")
-            y = np.ascontiguousarray(y, dtype=np.int64)
-            ignore = getattr(self.loss, "ignore_index", None)
-            bad = (y < 0) | (y >= num_outputs)
-            if ignore is not None:
-                bad &= y != ignore
-            if bad.any():
-                row = int(np.argmax(bad))
-                raise ValueError(
-                    f"{name}[{row}] = {y[row]} is out of range: labels must be in "
-                    f"[0, {num_outputs}) for a model with {num_outputs} outputs"
-                    + (f" (or equal ignore_index={ignore})" if ignore is not None else "")
-                )
-            return y
+            if num_outputs is None:
+                raise ValueError(f"the model's output for {x_name} is not 2-D (rows, classes)")
+            # the ops' check: values range-checked in their own dtype, then int64
+            y = check_label_values(name, y, num_outputs, getattr(self.loss, "ignore_index", None))
+            return np.ascontiguousarray(y)
         if y.dtype.kind not in "fiu":
             raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
         if y.ndim == 1:
@@ -175,6 +182,8 @@ class Trainer:
 
     def _check_data(self, X, y, x_name="X", y_name="y"):
         X, num_outputs = self._check_X(X, x_name)
+        if num_outputs is not None:
+            self._check_loss(num_outputs)
         return X, self._check_y(y, X.shape[0], num_outputs, y_name, x_name)
 
     # --- training ---------------------------------------------------------------------
@@ -196,16 +205,22 @@ class Trainer:
         validation data), ``samples_per_s`` (training throughput, step loop only),
         ``lr`` and ``engine`` (the step engine's name).
         """
-        callbacks = self._check_fit_args(epochs, verbose, callbacks)
-        X, y = self._check_data(X, y)
-        val = self._check_validation(validation_data)
+        def check():
+            checked_callbacks = self._check_fit_args(epochs, verbose, callbacks)
+            checked_X, checked_y = self._check_data(X, y)
+            return (checked_callbacks, checked_X, checked_y, self._check_validation(validation_data),
+                    self._engine(checked_X, checked_y))
+
+        # Distributed: every rank checks, then they agree before the first collective,
+        # so a rank with bad data fails them all instead of leaving them waiting.
+        dist = self.distributed
+        callbacks, X, y, val, engine = check() if dist is None else dist.checked(check)
         n, optimizer = X.shape[0], self.optimizer
         starts = np.arange(0, n, self.batch_size, dtype=np.int64)
         rows = np.stack([starts, np.minimum(starts + self.batch_size, n)], axis=1)  # (steps, 2): lo, hi
         sizes = (rows[:, 1] - rows[:, 0]).astype(np.float64)
         Xs, ys = (np.empty_like(X), np.empty_like(y)) if shuffle else (X, y)
         preds = np.zeros(n, dtype=np.int64)
-        engine = self._engine(X, y)
         history = {key: [] for key in self._history_keys(val)}
         verbose = verbose if engine.reports else 0  # data-parallel: rank 0 alone reports
         show_bar = bool(verbose) and stderr_is_tty()
@@ -356,6 +371,27 @@ class Trainer:
         Raises ValueError for a file that is truncated, altered or not a checkpoint.
         """
         return checkpoint.read(path, cls, backend, loss, engine)
+
+
+def _output_features(model):
+    """The model's number of outputs when its layers say it (built of kernprop's own
+    layers only: the last ``Linear``'s ``out_features``, activations keep the width),
+    else None (fit finds it by a forward pass)."""
+    modules = list(model.modules())
+    if not all(type(m) in (nn.Linear, nn.Sequential, nn.MLP, nn.ReLU, nn.Sigmoid, nn.Tanh) for m in modules):
+        return None
+    linears = [m for m in modules if isinstance(m, nn.Linear)]
+    return linears[-1].weight.shape[1] if linears else None
+
+
+def _check_distinct_parameters(params):
+    """No two parameters share memory: each is updated in place from its own gradient,
+    and a shared one would take several updates per step in a backend-dependent order."""
+    for i, p in enumerate(params):
+        for j in range(i + 1, len(params)):
+            if isinstance(p, np.ndarray) and isinstance(params[j], np.ndarray) \
+                    and np.may_share_memory(p, params[j]):
+                raise ValueError(f"model parameters {i} and {j} share memory; give each layer its own arrays")
 
 
 def _accuracy(preds, labels, ignore):
