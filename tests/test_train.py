@@ -396,11 +396,11 @@ def _rewrite(path, out, change):
     "change,message",
     [
         (lambda a: a["param.0"].__setitem__((0, 0), 42.0), "checksum"),
-        (lambda a: a.__setitem__("architecture", np.array(['{"type": "Linear"}'])), "checksum"),
+        (lambda a: a.__setitem__("architecture", np.array(['{"type": "Linear"}'])), "architecture: a Linear config"),
         (lambda a: a.pop("param.1"), "checksum"),
         (lambda a: a.__setitem__("format_version", np.array(99)), "format version 99"),
         (lambda a: a.pop("checksum"), "missing 'checksum'"),
-        (lambda a: a.__setitem__("optimizer.exp_avg.0", np.zeros(3)), "checksum"),
+        (lambda a: a.__setitem__("optimizer.exp_avg.0", np.zeros(3)), r"optimizer.exp_avg.0 holds float64 of shape \(3,\)"),
     ],
     ids=["weight", "architecture", "missing-param", "version", "no-checksum", "optimizer-state"],
 )
@@ -435,7 +435,7 @@ def test_checkpoint_claiming_a_huge_layer_is_refused_before_allocating(checkpoin
         arrays["checksum"] = np.array(_checksum(arrays))
 
     bad = _rewrite(checkpoint, tmp_path / "huge.npz", change)
-    with pytest.raises(ValueError, match="param.0 is shape"):
+    with pytest.raises(ValueError, match=r"param.0 holds float32 of shape \(6, 8\), the format needs .* \(1000000000000, 8\)"):
         Trainer.load(bad)
 
 
