@@ -15,6 +15,12 @@ import threading
 from dataclasses import dataclass
 from types import ModuleType
 
+__all__ = [
+    "FAMILIES", "NAMES", "DEFAULT_BACKEND", "BackendStatus", "status", "backends", "available_backends",
+    "set_backend", "get_backend", "use_backend", "resolve", "family", "set_num_threads", "get_num_threads",
+    "matmul_kernels",
+]
+
 FAMILIES = ("matmul", "activations", "softmax", "losses", "optimizers")
 
 

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+__all__ = ["build_parser", "main"]
+
 
 def _info(args) -> int:
     import numpy

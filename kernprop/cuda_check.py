@@ -30,6 +30,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+__all__ = ["ARCHS", "Arch", "occupancy", "find_ptxas", "compilers", "parse_ptxas", "assemble", "compile_ptx",
+           "check_one", "run", "markdown", "environment", "main", "report_page", "add_parser"]
+
 
 @dataclass(frozen=True)
 class Arch:

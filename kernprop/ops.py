@@ -27,6 +27,14 @@ from ._validate import (
     check_shape,
 )
 
+__all__ = [
+    "matmul", "linear", "linear_backward",
+    "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "log_softmax", "log_softmax_backward", "softmax",
+    "cross_entropy", "cross_entropy_with_grad", "mse", "mse_backward", "linear_cross_entropy",
+    "default_chunk_size", "sgd_step", "adam_step", "LOGITS_CHUNK_BYTES",
+]
+
 # The fused linear cross-entropy holds at most about this many bytes of logits at once.
 LOGITS_CHUNK_BYTES = 32 * 1024 * 1024
 

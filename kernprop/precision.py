@@ -26,6 +26,9 @@ from __future__ import annotations
 import contextlib
 import threading
 
+__all__ = ["PRECISIONS", "DEFAULT_PRECISION", "check_precision", "set_matmul_precision",
+           "get_matmul_precision", "matmul_precision", "resolve_precision"]
+
 PRECISIONS = ("fp32", "bf16x3", "bf16")
 DEFAULT_PRECISION = "fp32"
 

@@ -18,6 +18,8 @@ import numpy as np
 
 from . import ops
 
+__all__ = ["warmup"]
+
 
 def _to_backend(backend, array):
     if backend == "cuda":
