@@ -39,6 +39,67 @@ def _info(args) -> int:
 # thread unless --threads says otherwise (see _train).
 SMALL_STEP_WORK = 1 << 20
 
+# More classes than this (or than rows) in --data is refused without
+# --allow-many-classes: one stray huge label would size the output layer (a label of
+# 10**9 asks for a 10**9-wide layer), which is almost always a mistake in the file.
+MAX_CLASSES = 100_000
+
+
+class _UserError(ValueError):
+    """A mistake in the command's options or data: one line, exit status 2."""
+
+
+def _check_threads(threads):
+    """--threads within what the CPU backends can run (Numba's pool is sized at start)."""
+    if threads is None:
+        return
+    from numba.core.config import NUMBA_NUM_THREADS
+
+    if threads > NUMBA_NUM_THREADS:
+        raise _UserError(f"--threads {threads} is more than the {NUMBA_NUM_THREADS} threads available "
+                         "(the cores, or NUMBA_NUM_THREADS)")
+
+
+def _check_save_path(path):
+    """--save names a file that can be written: its directory exists and takes a new
+    file (tried, not guessed from permission bits, which root ignores), and it is not a
+    directory.  Checked before training so a run is not lost at its end."""
+    import tempfile
+
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise _UserError(f"--save {path}: is a directory; give a file name such as {os.path.join(path, 'model.npz')}")
+    parent = os.path.dirname(full)
+    if not os.path.isdir(parent):
+        raise _UserError(f"--save {path}: directory {parent} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise _UserError(f"--save {path}: cannot write in {parent}: {exc.strerror or exc}") from None
+
+
+def _check_training_data(path, X, y, allow_many_classes):
+    """--data: finite features and class labels in [0, classes) with a sane class count."""
+    import numpy as np
+
+    finite = np.isfinite(X).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise _UserError(f"--data {path}: X must be finite, row {row} holds NaN or inf")
+    if y.dtype.kind not in "iu":
+        raise _UserError(f"--data {path}: y must hold integer class labels, got {y.dtype}")
+    if y.min() < 0:
+        row = int(np.argmin(y))
+        raise _UserError(f"--data {path}: y[{row}] = {y[row]}: class labels must be >= 0")
+    classes = int(y.max()) + 1
+    if (classes > MAX_CLASSES or classes > y.shape[0]) and not allow_many_classes:
+        raise _UserError(
+            f"--data {path}: labels up to {classes - 1} mean {classes:,} classes, more than "
+            f"{MAX_CLASSES:,} or than the {y.shape[0]:,} rows; pass --allow-many-classes if that is meant"
+        )
+    return classes
+
 
 def _hidden_sizes(values):
     """--hidden "64,32" or repeated (--hidden 64 --hidden 32) -> [64, 32]; "" -> []."""
@@ -84,26 +145,30 @@ def _train(args, dist=None) -> int:
     from kernprop.train import Trainer
 
     start = time.perf_counter()
-    backend = args.backend or get_backend()
-    state = status(backend)
-    if not state.available:
-        print(f"kernprop train: backend {backend!r} is not available: {state.reason}", file=sys.stderr)
-        return 2
+    # Every user error is found here, before training: one line and exit status 2.
     try:
+        backend = args.backend or get_backend()
+        state = status(backend)  # ValueError naming the known backends for an unknown one
+        if not state.available:
+            raise _UserError(f"backend {backend!r} is not available: {state.reason}")
+        _check_threads(args.threads)
+        if args.seed < 0:
+            raise _UserError(f"--seed must be a non-negative integer, got {args.seed}")
+        if args.save:
+            _check_save_path(args.save)
         hidden = _hidden_sizes(args.hidden or ["128"])
         if args.data:
             X, y = load_npz(args.data)
-            if y.dtype.kind not in "iu":
-                raise ValueError(f"{args.data}: y must hold integer class labels, got {y.dtype}")
+            num_classes = _check_training_data(args.data, X, y, args.allow_many_classes)
             (X_train, y_train), (X_test, y_test) = train_test_split(X, y, 0.2, args.seed)
             source = args.data
         else:
             (X_train, y_train), (X_test, y_test) = load_digits(seed=args.seed)
+            num_classes = int(max(y_train.max(), y_test.max())) + 1
             source = "digits (scikit-learn, 8x8)"
     except (ValueError, FileNotFoundError) as exc:
         print(f"kernprop train: {exc}", file=sys.stderr)
         return 2
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
     sizes = [X_train.shape[1], *hidden, num_classes]
     epochs = args.epochs
 
@@ -118,10 +183,13 @@ def _train(args, dist=None) -> int:
             momentum = 0.9 if args.optimizer == "momentum" else 0.0
             optimizer = optim.SGD(lr, momentum=momentum, lr_schedule=cosine(lr))
         nn.make_loss("cross_entropy", label_smoothing=args.label_smoothing)
+        model = nn.MLP(sizes, activation=args.activation, rng=args.seed)
     except (ValueError, TypeError) as exc:
         print(f"kernprop train: {exc}", file=sys.stderr)
         return 2
-    model = nn.MLP(sizes, activation=args.activation, rng=args.seed)
+    except MemoryError:
+        print(f"kernprop train: not enough memory for an MLP {'-'.join(map(str, sizes))}", file=sys.stderr)
+        return 2
     threads, why_threads = args.threads, "--threads"
     if threads is None and backend in ("numba", "cython"):
         # Tiny steps gain nothing from threads and lose much when the cores are busy
@@ -163,7 +231,11 @@ def _train(args, dist=None) -> int:
     print(f"training speed: {np.median(steady):,.0f} samples/s (median over epochs); "
           f"total time {time.perf_counter() - start:.1f} s")
     if args.save:
-        path = trainer.save(args.save)
+        try:
+            path = trainer.save(args.save)
+        except OSError as exc:  # checked before training; the disk may still fill up
+            print(f"kernprop train: could not write the checkpoint {args.save}: {exc}", file=sys.stderr)
+            return 2
         print(f"saved checkpoint to {path}")
     return 0
 
@@ -205,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="PATH", default=None, help="write a .npz checkpoint after training")
     train.add_argument("--data", metavar="FILE.npz", default=None,
                        help="train on arrays X (N, F) and integer labels y (N,) from this file (80/20 split)")
+    train.add_argument("--allow-many-classes", action="store_true",
+                       help=f"accept --data labels meaning more than {MAX_CLASSES:,} classes or more classes than rows")
     train.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the numba/cython backends (default: 1 for small models, "
                        "whose steps are too short to gain from threads, else all cores)")
     train.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
@@ -212,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--distributed", choices=("none", "mpi"), default="none",
                        help="mpi: data-parallel over the ranks of mpirun -n N (--batch-size is the global batch)")
     train.set_defaults(func=_train)
+    train.error = _one_line_error(train)
     sub.add_parser("bench", add_help=False,
                    help="run the benchmark suites in bench/ and write a Markdown report (a source checkout; "
                         "kernprop bench --help for its options)")
@@ -219,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     cuda_check.add_parser(sub)
     return parser
+
+
+def _one_line_error(parser):
+    """argparse's error for ``parser``, as one line ``kernprop train: ...`` (no usage
+    block) and exit status 2, like the command's other user errors."""
+    def error(message):
+        parser.exit(2, f"{parser.prog}: {message} (see {parser.prog} --help)\n")
+    return error
 
 
 def _bench(argv) -> int:

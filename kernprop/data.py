@@ -80,7 +80,12 @@ def load_npz(path):
         raise ValueError(f"{path!r}: X must hold numbers, got dtype {X.dtype}")
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
         raise ValueError(f"{path!r}: y must be 1-D with one entry per row of X ({X.shape[0]}), got shape {y.shape}")
-    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+    # Integer labels become int64 only when they fit: a uint64 above 2**63, or a float
+    # beyond 2**53 (not every integer there is a float), would change value silently.
+    if y.dtype.kind == "u" and y.size and y.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{path!r}: y[{int(np.argmax(y))}] = {y.max()} does not fit in int64")
+    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)) \
+            and np.all(np.abs(y) <= 2.0**53):
         y = y.astype(np.int64)
     elif y.dtype.kind in "iub":
         y = y.astype(np.int64)
