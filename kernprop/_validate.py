@@ -32,6 +32,54 @@ def shape_and_dtype(x):
     return tuple(interface["shape"]), np.dtype(interface["typestr"])
 
 
+# DLPack device types (dlpack.h, DLDeviceType) an array can be read from.
+_DLPACK_HOST = (1, 3)  # kDLCPU, kDLCUDAHost (pinned host memory)
+_DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
+def as_array(name, x, backend="numpy"):
+    """``x`` as the ops take it: a DLPack object (``__dlpack__``: a CPU PyTorch tensor, a
+    JAX array, ...) becomes a NumPy view of the same memory (``np.from_dlpack``, never a
+    copy, any strides); on the ``cuda`` backend a device-side one becomes a CuPy (or
+    PyTorch) array, which the kernels read through ``__cuda_array_interface__``.
+    Anything else is returned as it is, for ``check_array`` to judge.  Called by the ops
+    before their checks; the results the ops return are NumPy arrays (device arrays on
+    ``cuda``), whatever came in."""
+    if isinstance(x, np.ndarray) or not hasattr(x, "__dlpack__") or is_device_array(x):
+        return x
+    try:
+        device = int(x.__dlpack_device__()[0]) if hasattr(x, "__dlpack_device__") else 1
+        if device in _DLPACK_HOST:
+            return np.from_dlpack(x)
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        raise TypeError(f"{name} ({type(x).__name__}) cannot be read through DLPack: {exc}") from None
+    if device not in _DLPACK_CUDA:
+        raise TypeError(f"{name} ({type(x).__name__}) lives on DLPack device type {device}, "
+                        "which kernprop cannot read; copy it to the host first")
+    if backend != "cuda":
+        raise TypeError(f"{name} ({type(x).__name__}) is on a CUDA device but the backend is {backend!r}; "
+                        "use backend='cuda' or copy it to the host first")
+    for library in ("cupy", "torch"):
+        try:
+            module = __import__(library)
+        except ImportError:
+            continue
+        return module.from_dlpack(x)
+    raise TypeError(f"{name} ({type(x).__name__}) is a CUDA DLPack array without __cuda_array_interface__; "
+                    "reading it needs CuPy or PyTorch installed")
+
+
+def float_dtype_error(name, dtype):
+    """The TypeError for an array whose dtype is not float32/float64, with the fix."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" and not dtype.isnative:
+        return TypeError(
+            f"{name} has dtype {dtype.str}, {dtype.name} in the other byte order (big-endian); "
+            f"convert it with {name}.astype({name}.dtype.newbyteorder('='))"
+        )
+    return TypeError(f"{name} must have dtype float32 or float64, got {dtype}")
+
+
 def check_array(name, x, ndim=None, backend="numpy"):
     """Check that ``x`` is a float32/float64 array (of ``ndim`` dims) with no empty axis."""
     if is_device_array(x):
@@ -41,10 +89,12 @@ def check_array(name, x, ndim=None, backend="numpy"):
                 "use backend='cuda' or copy it to the host first"
             )
     elif not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+        hint = (f"; call np.asarray({name}, dtype=np.float32) first (ops never convert a "
+                f"{type(x).__name__}: the copy would be hidden)") if isinstance(x, (list, tuple)) else ""
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}{hint}")
     shape, dtype = shape_and_dtype(x)
     if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {dtype}")
+        raise float_dtype_error(name, dtype)
     if ndim is not None and len(shape) != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {shape}")
     if 0 in shape:
@@ -127,7 +177,8 @@ def check_labels(labels, num_rows, num_classes, ignore_index):
 
             labels = cuda.as_cuda_array(labels).copy_to_host()
     if not isinstance(labels, np.ndarray):
-        raise TypeError(f"labels must be a numpy.ndarray of integers, got {type(labels).__name__}")
+        hint = "; call np.asarray(labels) first" if isinstance(labels, (list, tuple)) else ""
+        raise TypeError(f"labels must be a numpy.ndarray of integers, got {type(labels).__name__}{hint}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     if labels.shape != (num_rows,):

@@ -2,7 +2,10 @@
 
 Every op takes ``backend=None``, meaning the default backend (``kernprop.get_backend()``).
 Arrays are float32 or float64 NumPy arrays (or CUDA device arrays on the ``cuda``
-backend), all of one dtype; the result has that dtype.  Batches are rows and weights are
+backend), all of one dtype; the result has that dtype.  Objects implementing DLPack
+(``__dlpack__``: CPU PyTorch tensors, JAX arrays; CuPy or JAX device arrays on ``cuda``)
+are read in place, without a copy (``np.from_dlpack``), and the result is a NumPy array
+(a device array on ``cuda``).  Lists are refused: call ``np.asarray`` first.  Batches are rows and weights are
 ``(in_features, out_features)``, so a linear layer is ``x @ w + b``.  No op writes into
 its inputs, except the optimizer steps, which update their state in place by design.
 """
@@ -17,6 +20,7 @@ from .backends import resolve as _resolve
 from ._validate import (
     ACTIVATIONS,
     REDUCTIONS,
+    as_array,
     check_array,
     check_choice,
     check_int,
@@ -55,6 +59,7 @@ def matmul(a, b, *, precision=None, backend=None):
     float32 product is computed (``kernprop.precision``); float64 is always float64.
     """
     name, kernels = _kernels(backend, "matmul")
+    a, b = as_array("a", a, name), as_array("b", b, name)
     (m, k), _ = check_array("a", a, 2, name)
     (k2, n), _ = check_array("b", b, 2, name)
     check_same_dtype(a=a, b=b)
@@ -90,6 +95,7 @@ def linear(x, w, b=None, *, activation=None, precision=None, backend=None):
     to ``linear_backward``.  ``precision`` is the product's, as in ``matmul``.
     """
     name, kernels = _kernels(backend, "matmul")
+    x, w, b = as_array("x", x, name), as_array("w", w, name), as_array("b", b, name)
     _linear_operands(name, x, w, b)
     check_choice("activation", activation, ACTIVATIONS)
     return kernels.linear_forward(x, w, b, activation, _resolve_precision(precision, x.dtype))
@@ -103,6 +109,7 @@ def linear_backward(x, w, dy, has_bias=True, *, need_dx=True, precision=None, ba
     network's first layer).  ``precision`` is that of both products, as in ``matmul``.
     """
     name, kernels = _kernels(backend, "matmul")
+    x, w, dy = as_array("x", x, name), as_array("w", w, name), as_array("dy", dy, name)
     n, _, fan_out, _ = _linear_operands(name, x, w)
     dy_shape, _ = check_array("dy", dy, 2, name)
     check_shape("dy", dy_shape, (n, fan_out), "rows of x by columns of w")
@@ -117,12 +124,14 @@ def linear_backward(x, w, dy, has_bias=True, *, need_dx=True, precision=None, ba
 
 def _unary(op, x, backend):
     name, kernels = _kernels(backend, "activations")
+    x = as_array("x", x, name)
     check_array("x", x, None, name)
     return getattr(kernels, op)(x)
 
 
 def _unary_backward(op, saved_name, saved, dy, backend):
     name, kernels = _kernels(backend, "activations")
+    saved, dy = as_array(saved_name, saved, name), as_array("dy", dy, name)
     saved_shape, _ = check_array(saved_name, saved, None, name)
     dy_shape, _ = check_array("dy", dy, None, name)
     check_shape("dy", dy_shape, saved_shape, f"the shape of {saved_name}")
@@ -170,6 +179,7 @@ def log_softmax(x, *, backend=None):
     a row of all ``-inf`` gives NaN, as PyTorch does.
     """
     name, kernels = _kernels(backend, "softmax")
+    x = as_array("x", x, name)
     check_array("x", x, 2, name)
     return kernels.log_softmax_forward(x)
 
@@ -177,6 +187,7 @@ def log_softmax(x, *, backend=None):
 def log_softmax_backward(y, dy, *, backend=None):
     """Gradient of log-softmax: ``dy - exp(y) * dy.sum(-1)`` with ``y`` the forward output."""
     name, kernels = _kernels(backend, "softmax")
+    y, dy = as_array("y", y, name), as_array("dy", dy, name)
     y_shape, _ = check_array("y", y, 2, name)
     dy_shape, _ = check_array("dy", dy, 2, name)
     check_shape("dy", dy_shape, y_shape, "the shape of y")
@@ -187,6 +198,7 @@ def log_softmax_backward(y, dy, *, backend=None):
 def softmax(x, *, backend=None):
     """Softmax over the last axis of ``x`` (N, C) -> (N, C), rows summing to 1."""
     name, kernels = _kernels(backend, "softmax")
+    x = as_array("x", x, name)
     check_array("x", x, 2, name)
     return kernels.softmax_forward(x)
 
@@ -227,6 +239,8 @@ def cross_entropy(
     rows that are all ignored is NaN (0/0), as in PyTorch.
     """
     name, kernels = _kernels(backend, "losses")
+    logits, labels, weight = as_array("logits", logits, name), as_array("labels", labels, name), \
+        as_array("weight", weight, name)
     labels, ignore_index, label_smoothing = _logits_args(
         name, logits, labels, reduction, ignore_index, label_smoothing, weight
     )
@@ -243,6 +257,8 @@ def cross_entropy_with_grad(
     for "mean".  With ``reduction="none"`` it is the gradient of the sum of the rows.
     """
     name, kernels = _kernels(backend, "losses")
+    logits, labels, weight = as_array("logits", logits, name), as_array("labels", labels, name), \
+        as_array("weight", weight, name)
     labels, ignore_index, label_smoothing = _logits_args(
         name, logits, labels, reduction, ignore_index, label_smoothing, weight
     )
@@ -260,6 +276,7 @@ def _mse_args(name, pred, target, reduction):
 def mse(pred, target, reduction="mean", *, backend=None):
     """Mean squared error ``mean((pred - target)**2)`` ("sum" sums, "none" is elementwise)."""
     name, kernels = _kernels(backend, "losses")
+    pred, target = as_array("pred", pred, name), as_array("target", target, name)
     _mse_args(name, pred, target, reduction)
     return kernels.mse_forward(pred, target, reduction)
 
@@ -268,6 +285,7 @@ def mse_backward(pred, target, reduction="mean", *, backend=None):
     """Gradient of ``mse`` with respect to ``pred``: ``2 (pred - target)``, divided by
     ``pred.size`` for "mean" ("none" gives the gradient of the sum)."""
     name, kernels = _kernels(backend, "losses")
+    pred, target = as_array("pred", pred, name), as_array("target", target, name)
     _mse_args(name, pred, target, reduction)
     return kernels.mse_backward(pred, target, reduction)
 
@@ -292,6 +310,8 @@ def linear_cross_entropy(
     always computed in the input's dtype.
     """
     name, kernels = _kernels(backend, "losses")
+    x, w, b = as_array("x", x, name), as_array("w", w, name), as_array("b", b, name)
+    labels, weight = as_array("labels", labels, name), as_array("weight", weight, name)
     n, _, c, dtype = _linear_operands(name, x, w, b, out_name="C")
     check_choice("reduction", reduction, ("mean", "sum"))
     labels, ignore_index, label_smoothing = _cross_entropy_args(
@@ -341,6 +361,9 @@ def sgd_step(
     momentum * velocity`` with ``nesterov``); ``param -= lr * step``.
     """
     name, kernels = _kernels(backend, "optimizers")
+    # DLPack views share the tensors' memory, so the in-place update reaches them.
+    param, grad, velocity = as_array("param", param, name), as_array("grad", grad, name), \
+        as_array("velocity", velocity, name)
     lr = check_scalar("lr", lr, 0.0)
     momentum = check_scalar("momentum", momentum, 0.0, 1.0)
     weight_decay = check_scalar("weight_decay", weight_decay, 0.0)
@@ -362,6 +385,8 @@ def adam_step(
     ``step`` is the 1-based count of this update (for the bias corrections).
     """
     name, kernels = _kernels(backend, "optimizers")
+    param, grad = as_array("param", param, name), as_array("grad", grad, name)
+    exp_avg, exp_avg_sq = as_array("exp_avg", exp_avg, name), as_array("exp_avg_sq", exp_avg_sq, name)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be an int >= 1 (the count of this update), got {step!r}")
     step = check_int("step", step, 1)
