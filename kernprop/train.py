@@ -27,7 +27,7 @@ import numpy as np
 
 from . import checkpoint, engines, nn
 from . import distributed as _distributed
-from ._validate import check_int, check_label_values
+from ._validate import as_array, check_int, check_label_values, float_dtype_error
 from .backends import resolve
 from .checkpoint import FORMAT_VERSION
 from .engines.layerwise import host
@@ -49,7 +49,9 @@ def stderr_is_tty():
 
 
 class Trainer:
-    """Trains ``model`` (a ``kernprop.nn`` module) on NumPy arrays.
+    """Trains ``model`` (a ``kernprop.nn`` module) on NumPy arrays, or any array-like
+    as scikit-learn takes it (lists, pandas frames, CPU tensors through DLPack),
+    converted once per call.
 
     loss: "cross_entropy" (integer labels; the options of ``kernprop.cross_entropy``
         as keyword arguments: ``reduction``, ``ignore_index``, ``label_smoothing``,
@@ -69,6 +71,7 @@ class Trainer:
 
     def __init__(self, model, loss="cross_entropy", optimizer=None, backend=None,
                  batch_size=128, seed=0, distributed=None, engine="auto", **loss_kwargs):
+        _check_trainer_keywords(loss, loss_kwargs)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a kernprop.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -104,6 +107,8 @@ class Trainer:
         self.distributed = _distributed.make_context(distributed)
         self.engine = engine
         self.engine_choice = None  # (name, reason) of the last fit's engine
+        if engine != "auto" and (backend is not None or model.backend is not None):
+            engines.check(engine, model, self.loss, optimizer, self.backend_name(), self.distributed is not None)
 
     def backend_name(self):
         """The trainer's backend, else the model's ``backend`` attribute, else the default."""
@@ -133,14 +138,16 @@ class Trainer:
             )
 
     def _check_X(self, X, name):
-        if not isinstance(X, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(X).__name__}")
+        X = _as_ndarray(X, name)
         if X.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name} must have dtype float32 or float64, got {X.dtype}")
+            raise float_dtype_error(name, X.dtype)
         if X.ndim != 2:
             raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
         if X.shape[0] == 0 or X.shape[1] == 0:
             raise ValueError(f"{name} must not be empty, got shape {X.shape}")
+        expected = _input_features(self.model)
+        if expected is not None and X.shape[1] != expected:
+            raise ValueError(f"{name} has {X.shape[1]} features, the model expects {expected}")
         if not np.isfinite(X).all():
             raise ValueError(f"{name} must be finite (it holds NaN or inf)")
         X = np.ascontiguousarray(X, dtype=self.dtype)
@@ -153,8 +160,7 @@ class Trainer:
         return X, out.shape[1] if out.ndim == 2 else None
 
     def _check_y(self, y, n, num_outputs, name, x_name):
-        if not isinstance(y, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+        y = _as_ndarray(y, name)
         if y.ndim == 0 or y.shape[0] != n:
             raise ValueError(
                 f"{name} must have one entry per row of {x_name}: {x_name} has {n} rows, "
@@ -191,7 +197,8 @@ class Trainer:
     def fit(self, X, y, epochs=1, validation_data=None, shuffle=True, callbacks=(), verbose=1):
         """Train for ``epochs`` passes over ``(X, y)``; returns this fit's history.
 
-        X: (N, F) float32/float64 (cast to the model's dtype once); y: (N,) integer
+        X: (N, F) float32/float64 array or array-like (cast to the model's dtype once;
+        a list of Python floats reads as float64); y: (N,) integer
         labels for cross-entropy, (N, OUT) or (N,) targets for mse.
         validation_data: ``(X_val, y_val)`` evaluated after every epoch.
         callbacks: callables ``callback(epoch, logs)`` run after every epoch (``logs``
@@ -371,6 +378,69 @@ class Trainer:
         Raises ValueError for a file that is truncated, altered or not a checkpoint.
         """
         return checkpoint.read(path, cls, backend, loss, engine)
+
+
+def _as_ndarray(data, name):
+    """Array-likes as scikit-learn takes them: a NumPy array as it is, a DLPack object
+    (a CPU tensor) viewed in place, anything else (lists, pandas) through
+    ``np.asarray``, once per call; the dtype rules that follow are those of arrays."""
+    data = as_array(name, data)
+    if isinstance(data, np.ndarray):
+        return data
+    try:
+        array = np.asarray(data)
+    except (TypeError, ValueError) as exc:  # ragged lists, objects NumPy cannot read
+        raise TypeError(f"{name} must be an array-like of numbers, got {type(data).__name__}: {exc}") from None
+    if array.dtype == object:
+        raise TypeError(f"{name} must be an array-like of numbers (rows of equal length), "
+                        f"got {type(data).__name__} that NumPy reads as objects")
+    return array
+
+
+_TRAINER_KEYWORDS = ("model", "loss", "optimizer", "backend", "batch_size", "seed", "distributed", "engine")
+# Keywords other libraries' users reach for, and where they belong here.
+_KEYWORD_HINTS = {
+    "lr": "set the learning rate on the optimizer: optimizer=kernprop.optim.Adam(lr=...)",
+    "learning_rate": "set the learning rate on the optimizer: optimizer=kernprop.optim.Adam(lr=...)",
+    "momentum": "set it on the optimizer: optimizer=kernprop.optim.SGD(lr=..., momentum=...)",
+    "epochs": "it is an argument of fit: trainer.fit(X, y, epochs=...)",
+    "verbose": "it is an argument of fit: trainer.fit(X, y, verbose=...)",
+    "callbacks": "it is an argument of fit: trainer.fit(X, y, callbacks=...)",
+    "validation_data": "it is an argument of fit: trainer.fit(X, y, validation_data=...)",
+    "random_state": "the Trainer's seed is seed=...",
+    "device": "pick the backend: backend='cuda'",
+}
+
+
+def _check_trainer_keywords(loss, kwargs):
+    """Keywords beyond the Trainer's own go to a named loss; one that neither takes is
+    named, with the accepted ones (and where it belongs when it is a habit from PyTorch,
+    Keras or scikit-learn), instead of surfacing as the loss's TypeError."""
+    if not kwargs:
+        return
+    loss_class = nn.LOSSES.get(loss) if isinstance(loss, str) else None
+    loss_options = ()
+    if loss_class is not None:
+        import inspect
+
+        loss_options = tuple(p for p in inspect.signature(loss_class).parameters if p != "self")
+    unknown = [k for k in kwargs if k not in loss_options]
+    if not unknown:
+        return
+    key = unknown[0]
+    accepted = ", ".join(_TRAINER_KEYWORDS)
+    if loss_options:
+        accepted += f"; for loss={loss!r}: " + ", ".join(loss_options)
+    hint = f" ({_KEYWORD_HINTS[key]})" if key in _KEYWORD_HINTS else ""
+    raise TypeError(f"Trainer got an unexpected keyword argument {key!r}{hint}; it accepts {accepted}")
+
+
+def _input_features(model):
+    """The number of input features when the model's first layer says it (a kernprop
+    ``Linear``, alone or first in a ``Sequential``), else None."""
+    while isinstance(model, nn.Sequential) and len(model):
+        model = model[0]
+    return model.weight.shape[0] if isinstance(model, nn.Linear) else None
 
 
 def _output_features(model):

@@ -25,6 +25,7 @@ def test_train_smoke_saves_a_loadable_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "epoch 2/2" in out and "test accuracy:" in out and "samples/s" in out
+    assert "engine: packed (" in out  # the step engine and why, as Trainer chose it
     accuracy = float(out.split("test accuracy:")[1].split()[0])
     assert accuracy > 0.8
     trainer = Trainer.load(path)
@@ -36,6 +37,13 @@ def test_train_default_backend_and_optimizers(capsys):
         assert cli.main(["train", "--epochs", "1", "--optimizer", optimizer, "--hidden", "16",
                          "--threads", "1", "--batch-size", "64"]) == 0
         assert "test accuracy:" in capsys.readouterr().out
+
+
+def test_train_engine_by_name(capsys):
+    assert cli.main(["train", "--backend", "numpy", "--epochs", "1", "--hidden", "8", "--engine", "layerwise"]) == 0
+    assert "engine: layerwise (asked for by name)" in capsys.readouterr().out
+    assert cli.main(["train", "--backend", "numpy", "--epochs", "1", "--engine", "fused"]) == 2
+    assert "engine 'fused' runs on the numba backend" in capsys.readouterr().err
 
 
 def test_train_on_a_user_file(tmp_path, capsys):

@@ -51,7 +51,7 @@ from .fused_mlp import FusedMLPEngine, multiply_adds, plan
 from .layerwise import LayerwiseEngine, PackedEngine
 
 __all__ = ["ENGINES", "Engine", "LayerwiseEngine", "PackedEngine", "FusedMLPEngine", "DeviceEngine",
-           "DataParallel", "choose", "make", "fused_limit"]
+           "DataParallel", "check", "choose", "make", "fused_limit"]
 
 ENGINES = {"layerwise": LayerwiseEngine, "packed": PackedEngine, "fused": FusedMLPEngine,
            "device": DeviceEngine}
@@ -86,9 +86,8 @@ def choose(model, loss, optimizer, backend, batch_size, distributed=False):
     return "layerwise", f"{size:,} parameters in {len(params)} arrays"
 
 
-def make(name, model, loss, optimizer, kernels, backend, batch_size, dist=None, rng=None, data=None):
-    """The engine ``name`` (not "auto") for this fit, wrapped in ``DataParallel`` when
-    ``dist`` (an ``MPIContext``) is given; a ValueError when it cannot run the fit."""
+def check(name, model, loss, optimizer, backend, distributed=False):
+    """A ValueError saying why engine ``name`` cannot train this model on ``backend``."""
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINE_CHOICES}, got {name!r}")
     if name == "device" and backend != "cuda":
@@ -97,8 +96,18 @@ def make(name, model, loss, optimizer, kernels, backend, batch_size, dist=None, 
         raise ValueError(f"the cuda backend trains with engine 'device', not {name!r}")
     if name == "fused" and backend != "numba":
         raise ValueError(f"engine 'fused' runs on the numba backend, not {backend!r}")
-    if dist is not None and name not in ("layerwise", "packed"):
+    if distributed and name not in ("layerwise", "packed"):
         raise ValueError(f"distributed training wraps engine 'layerwise' or 'packed', not {name!r}")
+    if name == "fused":
+        layers, why = plan(model, loss, optimizer)
+        if layers is None:
+            raise ValueError(f"engine 'fused' does not take {why}")
+
+
+def make(name, model, loss, optimizer, kernels, backend, batch_size, dist=None, rng=None, data=None):
+    """The engine ``name`` (not "auto") for this fit, wrapped in ``DataParallel`` when
+    ``dist`` (an ``MPIContext``) is given; a ValueError when it cannot run the fit."""
+    check(name, model, loss, optimizer, backend, dist is not None)
     if name == "fused":
         engine = FusedMLPEngine(model, loss, optimizer, kernels, batch_size)
     else:
