@@ -147,7 +147,8 @@ class Trainer:
             raise ValueError(f"{name} must not be empty, got shape {X.shape}")
         expected = _input_features(self.model)
         if expected is not None and X.shape[1] != expected:
-            raise ValueError(f"{name} has {X.shape[1]} features, the model expects {expected}")
+            raise ValueError(f"{name} of shape {X.shape} does not fit the model: "
+                             f"{name} has {X.shape[1]} features, the model expects {expected}")
         if not np.isfinite(X).all():
             raise ValueError(f"{name} must be finite (it holds NaN or inf)")
         X = np.ascontiguousarray(X, dtype=self.dtype)

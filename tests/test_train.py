@@ -459,9 +459,9 @@ def test_pickled_checkpoint_is_refused(tmp_path):
     [
         (np.zeros(96, np.float32), None, ValueError, "X must be 2-D"),
         (np.zeros((96, 6), np.int64), None, TypeError, "X must have dtype float32 or float64"),
-        (np.zeros((96, 5), np.float32), None, ValueError, "X of shape \\(96, 5\\) does not fit the model"),
+        (np.zeros((96, 5), np.float32), None, ValueError, "X has 5 features, the model expects 6"),
         (np.full((96, 6), np.nan, np.float32), None, ValueError, "X must be finite"),
-        ([[0.0] * 6] * 96, None, TypeError, "X must be a numpy.ndarray"),
+        ([[0.0] * 6] * 95 + [[0.0]], None, TypeError, "X must be an array-like of numbers"),
         (None, np.zeros(95, np.int64), ValueError, "y must have one entry per row of X"),
         (None, np.full(96, 3), ValueError, "y\\[0\\] = 3 is out of range"),
         (None, np.full(96, -1), ValueError, "y\\[0\\] = -1 is out of range"),

@@ -108,3 +108,51 @@ def test_big_endian_input_names_the_byte_order():
     x = np.ones(3, dtype=">f4")
     with pytest.raises(TypeError, match=r"big-endian.*newbyteorder\('='\)"):
         kernprop.relu(x, backend="numpy")
+
+
+# --- the Trainer, as scikit-learn and PyTorch users call it ---------------------------
+
+
+def _digits_like(n=60, features=4, classes=3):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, features)).tolist(), [i % classes for i in range(n)]
+
+
+def test_trainer_takes_array_likes_once():
+    X, y = _digits_like()
+    trainer = kernprop.Trainer(kernprop.nn.MLP([4, 8, 3], rng=0), backend="numpy", batch_size=16)
+    history = trainer.fit(X, y, epochs=2, verbose=0)
+    assert len(history["loss"]) == 2
+    assert trainer.predict(X).shape == (60,)
+    assert trainer.predict_proba(X).shape == (60, 3)
+    assert set(trainer.evaluate(X, y)) == {"loss", "accuracy"}
+    as_arrays = trainer.predict(np.asarray(X, np.float32))
+    np.testing.assert_array_equal(trainer.predict(X), as_arrays)
+
+
+def test_trainer_takes_torch_tensors():
+    torch = pytest.importorskip("torch")
+    X, y = _digits_like()
+    trainer = kernprop.Trainer(kernprop.nn.MLP([4, 3], rng=0), backend="numpy")
+    trainer.fit(torch.tensor(X, dtype=torch.float32), torch.tensor(y), epochs=1, verbose=0)
+    assert trainer.predict_proba(torch.tensor(X)).shape == (60, 3)
+
+
+@pytest.mark.parametrize("keyword, hint", [
+    ("lr", "optimizer=kernprop.optim.Adam"), ("verbose", "argument of fit"), ("colour", ""),
+])
+def test_unknown_trainer_keywords_are_named_with_the_accepted_ones(keyword, hint):
+    with pytest.raises(TypeError) as info:
+        kernprop.Trainer(kernprop.nn.MLP([4, 3], rng=0), **{keyword: 0})
+    message = str(info.value)
+    assert f"unexpected keyword argument {keyword!r}" in message and hint in message
+    assert "batch_size" in message and "label_smoothing" in message
+    assert "CrossEntropyLoss" not in message
+
+
+def test_feature_count_mismatch_in_the_users_terms():
+    trainer = kernprop.Trainer(kernprop.nn.MLP([64, 32, 10], rng=0), backend="numpy")
+    with pytest.raises(ValueError, match="X has 10 features, the model expects 64"):
+        trainer.fit(np.zeros((5, 10), np.float32), np.zeros(5, np.int64), verbose=0)
+    with pytest.raises(ValueError, match="X has 10 features, the model expects 64"):
+        trainer.predict(np.zeros((5, 10), np.float32))
