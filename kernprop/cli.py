@@ -330,7 +330,14 @@ def main(argv=None) -> int:
     if words[:1] == ["bench"]:  # its options belong to bench/benchreport (a source checkout)
         return _bench(words[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse reports them from the top parser, with its usage block; a train
+        # error stays one line like the command's others.
+        message = f"unrecognized arguments: {' '.join(extra)}"
+        if args.command == "train":
+            parser.exit(2, f"kernprop train: {message} (see kernprop train --help)\n")
+        parser.error(message)
     return args.func(args)
 
 
