@@ -19,41 +19,6 @@ cdef extern from *:
     #define KP_SHORT_ELEMS 2048   /* elements per block: d and e stay in L1 */
     #define KP_SHORT_ROWS 512     /* rows per block at most (the m and s buffers) */
 
-    /* float32 log for the row sums, vectorisable (glibc's log is a call per row: at
-       10 classes a third of the time).  A sum of exps with the max term exp(0) = 1 is
-       in [1, C], finite and normal, or NaN (a NaN or all -inf row), which passes
-       through.  x = 2^e m, m in [sqrt(1/2), sqrt(2)), log m by Cephes' logf polynomial
-       (S. L. Moshier), e ln 2 in two parts: within 2 ulp of log in double. */
-    static inline float kp_logf(float x) {
-        uint32_t u;
-        float m, f, z, y, fe;
-        int e, big;
-        memcpy(&u, &x, 4);
-        e = (int)((u >> 23) & 0xFFu) - 127;
-        u = (u & 0x007FFFFFu) | 0x3F800000u;
-        memcpy(&m, &u, 4);
-        big = m > 1.41421356f;
-        m = kp_select_f(big, m * 0.5f, m);
-        fe = (float)(e + big);
-        f = m - 1.0f;
-        z = f * f;
-        y = 7.0376836292E-2f;
-        y = y * f - 1.1514610310E-1f;
-        y = y * f + 1.1676998740E-1f;
-        y = y * f - 1.2420140846E-1f;
-        y = y * f + 1.4249322787E-1f;
-        y = y * f - 1.6668057665E-1f;
-        y = y * f + 2.0000714765E-1f;
-        y = y * f - 2.4999993993E-1f;
-        y = y * f + 3.3333331174E-1f;
-        y = y * f * z;
-        y += -2.12194440e-4f * fe;
-        y += -0.5f * z;
-        y = f + y;
-        y += 0.693359375f * fe;
-        return kp_select_f(isnan(x), x, y);
-    }
-
     static inline Py_ssize_t kp_short_block_rows(Py_ssize_t c) {
         Py_ssize_t r = KP_SHORT_ELEMS / (c > 0 ? c : 1);
         return r < KP_SHORT_ROWS ? r : KP_SHORT_ROWS;

@@ -56,7 +56,10 @@ cdef double _ce_row(const floating* x, floating* g, Py_ssize_t c, int64_t y, bin
     if smoothing:
         sw = _dot_shift(w, x, m, c)
     s = _sum_exp(x, m, c, g)
-    log_s = log(s)
+    if floating is float:  # s >= 1 (its max term is exp(0)) or NaN
+        log_s = kp_logf(<float>s)
+    else:
+        log_s = log(s)
     loss = (1 - eps) * wy * (log_s - (xy - m))
     # Skipped at eps == 0, where 0 * inf would turn a -inf logit's term into NaN.
     if smoothing:

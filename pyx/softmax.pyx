@@ -26,7 +26,10 @@ cdef void _row_log_softmax(const floating* x, floating* out, Py_ssize_t n) noexc
     # Two passes before the output (max, then the exps), not one online pass: with the
     # row in L1/L2 the online form's rescaling measured 10% slower.
     m = _row_max(x, n)
-    lse = <floating>log(_sum_exp(x, m, n, <floating*>NULL))
+    if floating is float:  # the sum is >= 1 (its max term is exp(0)) or NaN
+        lse = kp_logf(<float>_sum_exp(x, m, n, <floating*>NULL))
+    else:
+        lse = log(_sum_exp(x, m, n, <floating*>NULL))
     if floating is float:
         kp_shift2_f(x, m, lse, out, n)
     else:
