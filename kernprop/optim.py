@@ -26,9 +26,21 @@ def _number(name, value, low=None, high=None, high_open=False):
     if not np.isfinite(value) or (low is not None and value < low) or (
         high is not None and (value > high or (high_open and value == high))
     ):
-        bounds = f"[{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be finite and in {bounds}, got {value}")
+        bounds = f"in [{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be finite and {bounds}, got {value}")
     return value
+
+
+def _is_parameter_list(value):
+    return isinstance(value, (list, tuple)) or hasattr(value, "__next__")
+
+
+def _parameter_list_error(cls):
+    return TypeError(
+        f"kernprop optimizers take no parameter list: the Trainer passes the model's "
+        f"parameters at each step, so write optim.{cls.__name__}(lr=...), not "
+        f"optim.{cls.__name__}(model.parameters(), lr=...)"
+    )
 
 
 def _zeros_like(p):
@@ -46,6 +58,13 @@ class Optimizer:
     kind = ""
     _state_names: tuple = ()
 
+    def __new__(cls, *args, **kwargs):
+        # Runs before __init__ binds its arguments, so optim.Adam(params, lr=...) gets
+        # this message rather than "got multiple values for argument 'lr'".
+        if args and _is_parameter_list(args[0]):
+            raise _parameter_list_error(cls)
+        return super().__new__(cls)
+
     def __init__(self, lr, lr_schedule=None):
         self.lr = _number("lr", lr, 0.0)
         if lr_schedule is not None and not callable(lr_schedule):
@@ -56,6 +75,7 @@ class Optimizer:
         self._checked = None  # the parameter list the state was last checked against
 
     def set_lr(self, lr):
+        """Set the learning rate (a finite number >= 0) for the following steps."""
         self.lr = _number("lr", lr, 0.0)
 
     def start_epoch(self, epoch):
@@ -104,6 +124,8 @@ class Optimizer:
         raise NotImplementedError
 
     def hyperparameters(self) -> dict:
+        """The hyperparameters by name, as the floats a checkpoint stores (flags as 0.0
+        or 1.0; ``repr`` shows them in the constructor's types)."""
         return {"lr": self.lr}
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -147,9 +169,14 @@ class Optimizer:
     def _set_hyperparameters(self, hyper):
         self.lr = _number("lr", hyper["lr"], 0.0)
 
+    def _init_args(self) -> dict:
+        # the constructor's arguments in their own types (hyperparameters() holds them
+        # as the floats a checkpoint stores)
+        return {"lr": self.lr}
+
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
-        return f"{type(self).__name__}({args})"
+        args = {**self._init_args(), **({"lr_schedule": self.lr_schedule} if self.lr_schedule else {})}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
 
 
 class SGD(Optimizer):
@@ -184,6 +211,10 @@ class SGD(Optimizer):
             "lr": self.lr, "momentum": self.momentum, "nesterov": float(self.nesterov),
             "weight_decay": self.weight_decay,
         }
+
+    def _init_args(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
 
     def _set_hyperparameters(self, hyper):
         self.lr = _number("lr", hyper["lr"], 0.0)
@@ -227,6 +258,10 @@ class Adam(Optimizer):
             "lr": self.lr, "beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps,
             "weight_decay": self.weight_decay, "decoupled": float(self.decoupled),
         }
+
+    def _init_args(self):
+        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
+                "decoupled": self.decoupled}
 
     def _set_hyperparameters(self, hyper):
         self.lr = _number("lr", hyper["lr"], 0.0)

@@ -156,3 +156,29 @@ def test_feature_count_mismatch_in_the_users_terms():
         trainer.fit(np.zeros((5, 10), np.float32), np.zeros(5, np.int64), verbose=0)
     with pytest.raises(ValueError, match="X has 10 features, the model expects 64"):
         trainer.predict(np.zeros((5, 10), np.float32))
+
+
+# --- optimizers, as PyTorch users call them -------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda optim, params: optim.Adam(params, lr=1e-3),
+    lambda optim, params: optim.SGD(params, lr=0.1),
+    lambda optim, params: optim.SGD(iter(params), 0.1),
+    lambda optim, params: optim.Adam(params),
+])
+def test_a_parameter_list_is_explained(make):
+    params = kernprop.nn.MLP([4, 3], rng=0).parameters()
+    with pytest.raises(TypeError, match=r"kernprop optimizers take no parameter list.*optim\.(Adam|SGD)\(lr=\.\.\.\)"):
+        make(kernprop.optim, params)
+
+
+def test_optimizer_repr_and_messages_in_their_own_types():
+    from kernprop.optim import SGD, Adam
+
+    assert repr(SGD(0.1, momentum=0.9, nesterov=True)) == "SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.0)"
+    assert repr(Adam()) == "Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, decoupled=False)"
+    with pytest.raises(ValueError, match=r"^lr must be finite and >= 0.0, got -1.0$"):
+        SGD(-1)
+    with pytest.raises(ValueError, match=r"^betas\[0\] must be finite and in \[0.0, 1.0\), got 1.0$"):
+        Adam(betas=(1.0, 0.9))
