@@ -101,6 +101,46 @@ def _check_training_data(path, X, y, allow_many_classes):
     return classes
 
 
+def _describe_labels(path, y, classes):
+    """The class count and label range inferred from --data, and a warning when the
+    labels are not 0..C-1: labels 5..7 make an 8-class model whose outputs 0..4 are
+    never a target (the usual cause: labels that start at 1, or a subset of classes)."""
+    import numpy as np
+
+    present = np.unique(y)
+    if present.size != classes:
+        unused = classes - present.size
+        print(f"kernprop train: warning: --data {path}: labels {int(present[0])}..{int(present[-1])} are not "
+              f"0..{present.size - 1}: {unused} of the "
+              f"{classes} outputs are for classes that never occur; remap them with "
+              "np.unique(y, return_inverse=True)", file=sys.stderr)
+    return (f"labels: {present.size} distinct values in {int(present[0])}..{int(present[-1])} "
+            f"-> {classes} classes (outputs 0..{classes - 1})")
+
+
+# Features whose spread or offset passes this look unscaled: SGD with the default step
+# sizes then diverges or stalls at chance (a step of lr * x moves too far).
+UNSCALED = 10.0
+
+
+def _scale_features(X_train, X_test, standardize):
+    """--standardize: each feature to mean 0, std 1, with the training rows' statistics
+    (constant features are left centred).  Without it, say when the data looks unscaled."""
+    import numpy as np
+
+    mean, std = X_train.mean(axis=0), X_train.std(axis=0)
+    if standardize:
+        std = np.where(std > 0, std, 1.0)
+        print("features: standardized with the training rows' mean and std "
+              "(a saved model expects inputs scaled the same way)")
+        return ((X_train - mean) / std).astype(X_train.dtype), ((X_test - mean) / std).astype(X_test.dtype)
+    spread = float(max(np.abs(mean).max(), std.max()))
+    if spread > UNSCALED:
+        print(f"kernprop train: note: features look unscaled (means or stds up to {spread:,.3g}); "
+              "pass --standardize if training stalls", file=sys.stderr)
+    return X_train, X_test
+
+
 def _hidden_sizes(values):
     """--hidden "64,32" or repeated (--hidden 64 --hidden 32) -> [64, 32]; "" -> []."""
     sizes = []
@@ -162,10 +202,15 @@ def _train(args, dist=None) -> int:
             num_classes = _check_training_data(args.data, X, y, args.allow_many_classes)
             (X_train, y_train), (X_test, y_test) = train_test_split(X, y, 0.2, args.seed)
             source = args.data
+            labels_line = _describe_labels(args.data, y, num_classes)
+            X_train, X_test = _scale_features(X_train, X_test, args.standardize)
         else:
             (X_train, y_train), (X_test, y_test) = load_digits(seed=args.seed)
             num_classes = int(max(y_train.max(), y_test.max())) + 1
             source = "digits (scikit-learn, 8x8)"
+            labels_line = None
+            if args.standardize:
+                X_train, X_test = _scale_features(X_train, X_test, True)
     except (ValueError, FileNotFoundError) as exc:
         print(f"kernprop train: {exc}", file=sys.stderr)
         return 2
@@ -209,6 +254,8 @@ def _train(args, dist=None) -> int:
     engine, why_engine = trainer.choose_engine()
     print(f"data: {source}: {X_train.shape[0]} train, {X_test.shape[0]} test rows, "
           f"{X_train.shape[1]} features, {num_classes} classes")
+    if labels_line:
+        print(labels_line)
     print(f"model: MLP {'-'.join(map(str, sizes))} ({args.activation}), {args.optimizer} lr {lr:g}, "
           f"batch {args.batch_size}, backend {backend}, {get_num_threads()} threads"
           + (f" ({why_threads})" if threads is not None else "")
@@ -254,9 +301,13 @@ ENGINE_CHOICES = ("auto", "layerwise", "packed", "fused", "device")  # kernprop.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``kernprop`` argument parser: ``info``, ``train``, ``bench``, ``cuda-check``."""
+    from kernprop import __version__
+
     parser = argparse.ArgumentParser(
         prog="kernprop", description="High-performance kernels for training neural networks."
     )
+    parser.add_argument("--version", action="version", version=f"kernprop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="version, backends and why any is unavailable, threads, Numba cache")
     info.set_defaults(func=_info)
@@ -277,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="PATH", default=None, help="write a .npz checkpoint after training")
     train.add_argument("--data", metavar="FILE.npz", default=None,
                        help="train on arrays X (N, F) and integer labels y (N,) from this file (80/20 split)")
+    train.add_argument("--standardize", action="store_true",
+                       help="scale each feature to mean 0, std 1 (the training rows' statistics) before training")
     train.add_argument("--allow-many-classes", action="store_true",
                        help=f"accept --data labels meaning more than {MAX_CLASSES:,} classes or more classes than rows")
     train.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the numba/cython backends (default: 1 for small models, "
@@ -326,6 +379,8 @@ def _bench(argv) -> int:
 
 
 def main(argv=None) -> int:
+    """Run the ``kernprop`` command with ``argv`` (default ``sys.argv[1:]``); returns the
+    exit status: 0 done, 1 a failed check, 2 a usage or input error (one line)."""
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["bench"]:  # its options belong to bench/benchreport (a source checkout)
         return _bench(words[1:])

@@ -182,3 +182,41 @@ def test_optimizer_repr_and_messages_in_their_own_types():
         SGD(-1)
     with pytest.raises(ValueError, match=r"^betas\[0\] must be finite and in \[0.0, 1.0\), got 1.0$"):
         Adam(betas=(1.0, 0.9))
+
+
+# --- the command line ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["kernprop"], [sys.executable, "-m", "kernprop"]])
+def test_version_and_python_m(command):
+    import shutil
+
+    if command == ["kernprop"] and shutil.which("kernprop") is None:
+        pytest.skip("the kernprop console script is not on PATH")
+    out = subprocess.run(command + ["--version"], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"kernprop {kernprop.__version__}"
+
+
+def _unscaled_file(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(5, 8, 300)
+    X = rng.standard_normal((300, 6)) * 1000 + 3000
+    X[:, 0] += (y - 6) * 3000
+    path = tmp_path / "data.npz"
+    np.savez(path, X=X.astype(np.float32), y=y)
+    return str(path)
+
+
+def test_train_data_reports_labels_and_scale(tmp_path, capsys):
+    from kernprop import cli
+
+    path = _unscaled_file(tmp_path)
+    args = ["train", "--data", path, "--backend", "numpy", "--epochs", "1", "--hidden", "8"]
+    assert cli.main(args) == 0
+    out, err = capsys.readouterr()
+    assert "labels: 3 distinct values in 5..7 -> 8 classes (outputs 0..7)" in out
+    assert "warning: --data" in err and "labels 5..7 are not 0..2" in err and "return_inverse" in err
+    assert "features look unscaled" in err and "--standardize" in err
+    assert cli.main(args + ["--standardize"]) == 0
+    out, err = capsys.readouterr()
+    assert "standardized" in out and "unscaled" not in err
