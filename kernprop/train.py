@@ -109,8 +109,6 @@ class Trainer:
         self.engine_choice = None  # (name, reason) of the last fit's engine
         if engine != "auto" and (backend is not None or model.backend is not None):
             engines.check(engine, model, self.loss, optimizer, self.backend_name(), self.distributed is not None)
-        if engine != "auto" and (backend is not None or model.backend is not None):
-            engines.check(engine, model, self.loss, optimizer, self.backend_name(), self.distributed is not None)
 
     def backend_name(self):
         """The trainer's backend, else the model's ``backend`` attribute, else the default."""
