@@ -161,6 +161,8 @@ class Module:
     # backend --------------------------------------------------------------------------
     @property
     def backend(self):
+        """The backend name this module's layers run on (None: the default backend);
+        setting it checks the name and sets every layer inside."""
         return self._backend
 
     @backend.setter
@@ -176,6 +178,7 @@ class Module:
 
     # structure ------------------------------------------------------------------------
     def children(self):
+        """The modules directly inside this one, in order (none for a layer)."""
         return []
 
     def modules(self):
@@ -185,9 +188,13 @@ class Module:
             yield from child.modules()
 
     def parameters(self):
+        """The parameter arrays, in a fixed order (for a ``Linear``: weight, then bias);
+        the Trainer and the optimizers update them in place.  Unlike PyTorch, an
+        optimizer does not take this list: the Trainer passes it at each step."""
         return []
 
     def gradients(self):
+        """The gradient arrays of the last ``backward``, in the order of ``parameters()``."""
         return []
 
     def set_parameters(self, arrays):
@@ -255,6 +262,7 @@ class Linear(Module):
 
     @property
     def dtype(self):
+        """The parameters' dtype (float32 or float64)."""
         return self.weight.dtype
 
     def forward(self, x, activation=None):
@@ -537,18 +545,22 @@ class CrossEntropyLoss:
         return self._weight_cast
 
     def forward(self, logits, labels, kernels):
+        """The loss of ``logits`` (N, C) against ``labels`` (N,) through ``kernels`` (a
+        table from ``kernel_table``): a 0-d array, or (N,) for reduction "none"."""
         return kernels.cross_entropy_forward(
             logits, labels, self.reduction, self.ignore_index, self.label_smoothing,
             self.weight_as(logits.dtype),
         )
 
     def with_grad(self, logits, labels, kernels):
+        """``(loss, dlogits)`` from one fused pass, as ``kernprop.cross_entropy_with_grad``."""
         return kernels.cross_entropy_with_grad(
             logits, labels, self.reduction, self.ignore_index, self.label_smoothing,
             self.weight_as(logits.dtype),
         )
 
     def kwargs(self):
+        """The options that rebuild this loss by name (the checkpoint stores them)."""
         return {
             "reduction": self.reduction,
             "ignore_index": self.ignore_index,
@@ -570,15 +582,18 @@ class MSELoss:
         self.reduction = reduction
 
     def forward(self, pred, target, kernels):
+        """The loss of ``pred`` against ``target`` (same shape) through ``kernels``."""
         return kernels.mse_forward(pred, target, self.reduction)
 
     def with_grad(self, pred, target, kernels):
+        """``(loss, dpred)``, as ``kernprop.mse`` and ``kernprop.mse_backward``."""
         return (
             kernels.mse_forward(pred, target, self.reduction),
             kernels.mse_backward(pred, target, self.reduction),
         )
 
     def kwargs(self):
+        """The options that rebuild this loss by name (the checkpoint stores them)."""
         return {"reduction": self.reduction}
 
 

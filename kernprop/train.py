@@ -116,6 +116,8 @@ class Trainer:
 
     @property
     def classification(self):
+        """Whether the loss takes class labels (cross-entropy): accuracy is reported and
+        ``predict`` returns labels."""
         return bool(getattr(self.loss, "classification", False))
 
     def choose_engine(self):
