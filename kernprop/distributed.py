@@ -139,6 +139,7 @@ class MPIContext:
         self.comm.Abort(code)
 
     def barrier(self):
+        """Wait until every rank gets here (``MPI_Barrier``)."""
         self.comm.Barrier()
 
     def checked(self, check):

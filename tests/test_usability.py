@@ -220,3 +220,37 @@ def test_train_data_reports_labels_and_scale(tmp_path, capsys):
     assert cli.main(args + ["--standardize"]) == 0
     out, err = capsys.readouterr()
     assert "standardized" in out and "unscaled" not in err
+
+
+# --- docstrings ---------------------------------------------------------------------
+
+
+def _public_callables():
+    import inspect
+
+    seen = set()
+    for module_name in PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.ismodule(obj) or not callable(obj) or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            yield f"{module_name}.{name}", obj
+            if not inspect.isclass(obj):
+                continue
+            for attr, member in vars(obj).items():
+                if attr.startswith("_"):
+                    continue
+                if isinstance(member, property):
+                    yield f"{module_name}.{name}.{attr}", member
+                elif isinstance(member, (staticmethod, classmethod)) or inspect.isfunction(member):
+                    # getattr: an override without a docstring inherits its base's
+                    yield f"{module_name}.{name}.{attr}", getattr(obj, attr)
+
+
+def test_every_public_callable_has_a_docstring():
+    import inspect
+
+    missing = [name for name, obj in _public_callables() if not inspect.getdoc(obj)]
+    assert not missing, f"{len(missing)} public callables without a docstring: {', '.join(missing)}"

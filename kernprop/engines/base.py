@@ -44,20 +44,26 @@ class Engine:
             self.finish()
 
     def start(self, X, y, preds, rows):
+        """Take the fit's buffers (see the module docstring) and whatever the engine
+        keeps for the whole fit (kernels bound to the model, packed or device copies)."""
         self.X, self.y, self.preds, self.rows = X, y, preds, rows
         self._bound = nn.bind_kernels(self.model, self.kernels)
         self._bound.__enter__()
 
     def begin_epoch(self):
-        pass
+        """Called after the epoch's rows are shuffled into ``X`` and ``y``, before its first step."""
 
     def run(self, first, last, losses):
+        """Run steps ``first .. last - 1`` (bounds in ``rows``); write each one's loss
+        into ``losses[s]`` and each row's argmax into ``preds``."""
         raise NotImplementedError
 
     def end_epoch(self):
-        pass
+        """Called after the epoch's last step: results the epoch's history needs reach the host."""
 
     def finish(self):
+        """End the fit: the parameters and optimizer state are back where the Trainer
+        keeps them, the kernels unbound (also after an exception)."""
         if self._bound is not None:
             self._bound.__exit__(None, None, None)
             self._bound = None

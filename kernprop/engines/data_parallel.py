@@ -46,7 +46,8 @@ class DataParallel(Engine):
         inner.start(X, y, preds, shards)
 
     def allreduce(self, grads, loss, s, lo, hi):
-        # the global batch's gradients and loss: one Allreduce
+        """The global batch's gradients and loss from this rank's shard ``lo .. hi - 1``
+        of step ``s``: one Allreduce."""
         return self.dist.allreduce_gradients(grads, loss, self.y, int(self.starts[s]), lo, hi)
 
     def begin_epoch(self):

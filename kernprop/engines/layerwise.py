@@ -76,9 +76,11 @@ class LayerwiseEngine(Engine):
         self.store_losses(values, losses, first, last)
 
     def update(self, grads):
+        """One optimizer step of the parameters from this step's ``grads``."""
         self.optimizer.step(self.params, grads, self.kernels)
 
     def store_losses(self, values, losses, first, last):
+        """Write the losses of steps ``first .. last - 1`` (``values``) into ``losses``."""
         losses[first:last] = values
 
     def flush_predictions(self):
@@ -120,9 +122,11 @@ class PackedEngine(LayerwiseEngine):
         self.flat_params, self.flat_grads = [self.flat], [self.flat_grad]
 
     def views(self, flat):
+        """Views of ``flat`` shaped as each parameter, in the order of ``parameters()``."""
         return [flat[o:o + p.size].reshape(p.shape) for o, p in zip(self.offsets, self.original)]
 
     def update(self, grads):
+        """Gather ``grads`` into the flat buffer, then one optimizer call over it."""
         copyto = np.copyto
         for view, grad in zip(self.grad_views, grads):
             copyto(view, grad)
