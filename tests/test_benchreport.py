@@ -273,7 +273,7 @@ def test_run_composes_pytest_and_measurements(tmp_path, run_a, monkeypatch):
     """``run`` with the measuring parts replaced: the pytest command and the stored extras."""
     seen = {}
 
-    def fake_pytest(bench_dir, json_path, quick, ops, backends, max_time, min_rounds=15):
+    def fake_pytest(bench_dir, json_path, quick, ops, backends, max_time, min_rounds=15, log_path=None):
         seen.update(quick=quick, ops=ops, backends=backends, max_time=max_time)
         with open(json_path, "w") as f:
             json.dump(_data(run_a["benchmarks"]), f)
@@ -354,3 +354,54 @@ def test_threads_option_sets_every_backends_thread_count():
     br.set_thread_env(1, env)
     assert env == dict.fromkeys(br.THREAD_VARIABLES, "1")
     assert set(br.THREAD_VARIABLES) >= {"NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"}
+
+
+# --- the terminal: a one-screen summary, the report in a file, peaks where the data lives
+
+
+def test_cache_resident_sizes_are_set_against_their_cache_peak(run_a):
+    levels = [{"name": "L2", "bytes": 2**21, "copy_gbs": 200.0}, {"name": "L3", "bytes": 2**25, "copy_gbs": 100.0}]
+    peaks = {"copy_gbs": 10.0, "gemm_gflops": 100.0, "levels": levels}
+    text = br.family_tables(br.records(run_a), peaks)
+    # relu 256x512 moves 1 MiB, within half of the 2 MiB L2: 104.9 GB/s of its 200
+    assert _row(text, "relu", "256x512 (MLP-sized)")[-1] == "52% (L2)"
+    assert _row(text, "matmul", "256x784x512 (MLP-sized)")[-1] == "206%"  # GEMM: the GFLOP/s peak
+    from benchreport.rendering import resident_level
+
+    assert resident_level(2**20, peaks)["name"] == "L2"
+    assert resident_level(2**22, peaks)["name"] == "L3"
+    assert resident_level(2**30, peaks) is None  # DRAM
+    run_a["kernprop_report"]["peaks"].update(levels=levels)
+    assert "L2 (2.0 MiB) 200.0 GB/s" in br.render(run_a)
+
+
+def test_terminal_gets_a_summary_and_the_report_path(tmp_path, run_a, capsys, monkeypatch):
+    a = _write(tmp_path, "a.json", run_a)
+    report = tmp_path / "report.md"
+    assert cli.main(["bench", "--from-json", a, "--output", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "## Headline" in report.read_text()
+    assert f"full report: {report}" in out
+    assert "matmul" in out and "numba vs numpy" in out and "|" not in out
+    assert len(out.splitlines()) < 40 and max(len(line) for line in out.splitlines()[:-1]) < 120
+    # on a terminal without --output: the report goes to a file in the working directory
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli.main(["bench", "--from-json", a]) == 0
+    assert "full report: " in capsys.readouterr().out and (tmp_path / "kernprop-bench-report.md").is_file()
+
+
+def test_pytest_output_goes_to_a_log_without_verbose(tmp_path, run_a, monkeypatch):
+    from benchreport import command
+
+    seen = {}
+
+    def fake_run(**kwargs):
+        seen.update(kwargs)
+        return run_a
+
+    monkeypatch.setattr(command, "run", fake_run)
+    assert command.main(["--quick", "--output", str(tmp_path / "r.md")]) == 0
+    assert seen["pytest_log"] == str(tmp_path / "r.pytest.log")
+    assert command.main(["--quick", "-v", "--output", str(tmp_path / "r.md")]) == 0
+    assert seen["pytest_log"] is None

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from .parsing import BenchError, LOCK_HINT, load, merge, records
-from .rendering import render
+from .rendering import render, terminal_summary
 from .comparing import compare
 from .plotting import plot
 from .running import run, set_thread_env
@@ -43,8 +44,9 @@ def main(argv=None) -> int:
             data = run(quick=args.quick, ops=_split(args.ops), backends=_split(args.backends),
                        json_path=args.json, max_time=args.max_time, startup=not args.no_startup,
                        memory=not args.no_memory, command=command, note=args.note,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
-        _emit(render(data), args.output)
+                       log=lambda m: print(m, file=sys.stderr, flush=True),
+                       pytest_log=None if args.verbose else _pytest_log(args))
+        _emit_report(data, args.output)
         if args.plot:
             print(plot(records(data), args.plot), file=sys.stderr)
     except BenchError as exc:
@@ -59,6 +61,39 @@ def _split(values):
     if not values:
         return None
     return [p.strip() for v in values for p in v.split(",") if p.strip()]
+
+
+
+# Where the full report goes when kernprop bench runs on a terminal without --output.
+DEFAULT_REPORT = "kernprop-bench-report.md"
+
+
+
+def _pytest_log(args):
+    """The file for pytest's output: beside the JSON or the report when one is named,
+    else a fresh file in the temporary directory (it outlives the run, for reading)."""
+    import tempfile
+
+    for path in (args.json, args.output):
+        if path:
+            return str(Path(path).with_suffix(".pytest.log"))
+    handle, path = tempfile.mkstemp(prefix="kernprop-bench-", suffix=".pytest.log")
+    os.close(handle)
+    return path
+
+
+
+def _emit_report(data, output):
+    """The Markdown report to ``output``, and the one-screen summary with its path on
+    stdout; piped without ``output``, the whole report goes to stdout as before (so
+    ``kernprop bench > report.md`` keeps working)."""
+    text = render(data)
+    if output is None and not sys.stdout.isatty():
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    path = Path(output or DEFAULT_REPORT)
+    path.write_text(text)
+    sys.stdout.write(terminal_summary(data, path.resolve()))
 
 
 
@@ -86,7 +121,10 @@ def build_parser():
     bench.add_argument("--json", metavar="PATH", default=None,
                        help="keep the pytest-benchmark JSON (with the extra measurements) here")
     bench.add_argument("--output", "-o", metavar="PATH", default=None,
-                       help="write the Markdown report here (default: standard output)")
+                       help="write the full Markdown report here and print a one-screen summary (default: "
+                            f"on a terminal ./{DEFAULT_REPORT}, else the whole report on standard output)")
+    bench.add_argument("--verbose", "-v", action="store_true",
+                       help="show pytest's output and pytest-benchmark's own tables (default: a log file)")
     bench.add_argument("--plot", metavar="PATH", default=None,
                        help="also write a PNG bar chart of speed-ups over numpy (needs matplotlib)")
     bench.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), default=None,

@@ -80,12 +80,19 @@ def headline(recs, stat="median") -> str:
     """Per op: each kernprop backend's speed-up over numpy and torch (by ``stat``) at the
     small, MLP-sized and large shapes, as "small / MLP / large" in one cell (geometric
     mean when a class has several shapes; "–" where not measured)."""
+    pairs, body = _headline_rows(recs, stat)
+    header = ["op", *(f"{c} vs {base} (small / MLP / large)" for c, base in pairs)]
+    return _md_table(header, body)
+
+
+
+def _headline_rows(recs, stat="median"):
+    """(backend pairs, rows of [op, "small / MLP / large" per pair]) of the headline."""
     rows = table(recs)
     backends = _backends_present(recs)
     contenders = _contenders(backends)
     baselines = [b for b in BASELINES if b in backends]
     pairs = [(c, base) for c in contenders for base in baselines]
-    header = ["op", *(f"{c} vs {base} (small / MLP / large)" for c, base in pairs)]
     ops = []
     for op, _ in rows:
         if op not in ops:
@@ -99,7 +106,41 @@ def headline(recs, stat="median") -> str:
             ratios = [_geomean([speedup(e, c, base, stat) for e in entries[label]]) for label in HEADLINE_LABELS]
             cells.append(" / ".join(_short_ratio(r) for r in ratios))
         body.append(cells)
-    return _md_table(header, body)
+    return pairs, body
+
+
+
+def terminal_summary(data, report_path=None) -> str:
+    """What ``kernprop bench`` prints on a terminal: the headline as a plain table of one
+    screen (an op a line, each backend's speed-up over numpy and torch at the small /
+    MLP-sized / large shapes), the warnings that change its reading, and the path of the
+    full Markdown report (every shape, throughputs against the peaks, start-up, memory)."""
+    extra = data.get("kernprop_report") or {}
+    recs = records(data)
+    machine = data.get("machine_info") or {}
+    cpu = (machine.get("cpu") or {}).get("brand_raw") or "?"
+    threads = ((machine.get("kernprop") or {}).get("threads"))
+    lines = [f"kernprop bench: {len(recs)} benchmarks on {cpu}"
+             + (f", {threads} threads" if threads else ""),
+             "x faster than the baseline (< 1: slower), at the small / MLP-sized / large shapes:"]
+    if extra.get("failures"):
+        lines.append(f"warning: {extra['failures']}")
+    if recs:
+        pairs, body = _headline_rows(recs)
+        noisy = sum(r.noisy for r in recs)
+        header = ["op", *(f"{c} vs {base}" for c, base in pairs)]
+        widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
+        lines.append("")
+        for row in [header, *body]:
+            lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if noisy:
+            lines += ["", f"{noisy} of {len(recs)} medians are over {NOISY:g}x their fastest round "
+                          "(a busy machine); the report has the fastest-round table too."]
+    else:
+        lines.append("no benchmarks in this run")
+    if report_path:
+        lines += ["", f"full report: {report_path}"]
+    return "\n".join(lines) + "\n"
 
 
 
@@ -153,19 +194,37 @@ def family_tables(recs, peaks=None) -> str:
                 if tp and (best is None or tp[0] > best[0]):
                     best = tp
             cells += [fmt_ratio(speedup(entry, c, base)) for c, base in pairs]
-            cells.append(_of_peak(best, peaks))
+            cells.append(_of_peak(best, peaks, first.bytes))
             body.append(cells)
         out.append(f"### {family}\n\n" + _md_table(header, body))
     return "\n\n".join(out)
 
 
 
-def _of_peak(best, peaks):
+def resident_level(nbytes, peaks):
+    """The cache level (``peaks["levels"]``, smallest first) whose copy peak applies to an
+    op moving ``nbytes``: the first level that holds it within half its size, as the copy
+    that measured it; None: the data comes from DRAM (or the run has no cache peaks)."""
+    for level in peaks.get("levels") or ():
+        if nbytes and nbytes <= level["bytes"] // 2:
+            return level
+    return None
+
+
+
+def _of_peak(best, peaks, nbytes=0):
+    """The best throughput as a share of the peak that matches it: GEMM GFLOP/s, or the
+    copy bandwidth of where the data lives (a cache-resident size marked with its level,
+    so that 90% (L2) is not read as 900% of DRAM)."""
     if best is None:
         return "–"
     value, unit = best
-    peak = peaks.get("gemm_gflops") if unit == "GFLOP/s" else peaks.get("copy_gbs")
-    return f"{100 * value / peak:.0f}%" if peak else "–"
+    if unit == "GFLOP/s":
+        peak, mark = peaks.get("gemm_gflops"), ""
+    else:
+        level = resident_level(nbytes, peaks)
+        peak, mark = (level["copy_gbs"], f" ({level['name']})") if level else (peaks.get("copy_gbs"), "")
+    return f"{100 * value / peak:.0f}%{mark}" if peak else "–"
 
 
 
@@ -188,6 +247,11 @@ def _machine_section(data, extra):
             f"GEMM {peaks['gemm_gflops']:.1f} GFLOP/s (OpenBLAS float32 "
             f"{peaks['gemm_n']}³ through np.matmul, its own threads)"
         )
+        levels = peaks.get("levels") or []
+        if levels:
+            lines.append("- Cache-resident copy peaks (a copy filling half the cache; ops whose data fits are "
+                         "set against these, marked with the level): " + ", ".join(
+                             f"{lv['name']} ({fmt_bytes(lv['bytes'])}) {lv['copy_gbs']:.1f} GB/s" for lv in levels))
     versions = kp.get("versions") or {}
     if versions:
         lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
@@ -341,7 +405,9 @@ def render(data, title="kernprop benchmark report") -> str:
         "Median time per call · throughput (GFLOP/s for GEMM-based ops and the training step, "
         "GB/s of compulsory traffic for the rest; small shapes live in cache, so their GB/s can "
         "pass the DRAM copy peak).  `A vs B` is B's median over A's (> 1: A is faster).  "
-        "`best of peak`: the best backend's throughput as a share of the measured peak.  "
+        "`best of peak`: the best backend's throughput as a share of the measured peak that "
+        "matches it: GEMM for GFLOP/s, else the copy bandwidth of where the data lives (a size "
+        "that fits in a cache is set against that cache's copy peak and marked, e.g. `85% (L2)`).  "
         f"†: median over {NOISY:g}× the fastest round, shown in brackets.", "",
         family_tables(recs, extra.get("peaks")), "",
     ]

@@ -32,23 +32,64 @@ def find_bench_dir() -> Path:
 
 
 
-def measure_peaks(copy_mib=256, gemm_n=2048, repeats=5) -> dict:
-    """This machine's copy bandwidth (GB/s, read + write) and OpenBLAS GEMM GFLOP/s."""
+def cache_sizes() -> dict:
+    """{"L2": bytes, "L3": bytes} of the first CPU's data/unified caches, from Linux's
+    sysfs; {} where it is not readable (the report then has no cache-resident peaks)."""
+    sizes = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            text = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        if level < 2 or kind == "Instruction":
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        try:
+            sizes[f"L{level}"] = int(text.rstrip("KMG")) * scale
+        except ValueError:
+            continue
+    return sizes
+
+
+
+def _copy_gbs(nbytes, repeats):
+    """Best read + write GB/s of np.copyto over ``nbytes`` (source and destination
+    together), each timing over enough copies to last well above the timer's resolution."""
     import numpy as np
 
-    src = np.ones(copy_mib * 2**20 // 4, dtype=np.float32)
+    src = np.ones(max(1, nbytes // 8), dtype=np.float32)
     dst = np.empty_like(src)
     np.copyto(dst, src)
-    best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(repeats))
-    copy_gbs = 2 * src.nbytes / best / 1e9
-    del src, dst
+    inner = max(1, (64 * 2**20) // max(nbytes, 1))
+
+    def copies():
+        for _ in range(inner):
+            np.copyto(dst, src)
+
+    best = min(_timed(copies) for _ in range(repeats)) / inner
+    return 2 * src.nbytes / best / 1e9
+
+
+
+def measure_peaks(copy_mib=256, gemm_n=2048, repeats=5) -> dict:
+    """This machine's copy bandwidth (GB/s, read + write) from DRAM and, per cache level,
+    of a copy that fits in half that cache (``levels``: name, bytes, copy_gbs; a small
+    op's data stays in cache, so its GB/s is set against the peak of the level it fits
+    in), and OpenBLAS GEMM GFLOP/s."""
+    import numpy as np
+
+    copy_gbs = _copy_gbs(copy_mib * 2**20 * 2, repeats)
+    levels = [{"name": name, "bytes": size, "copy_gbs": _copy_gbs(size // 2, repeats)}
+              for name, size in sorted(cache_sizes().items(), key=lambda kv: kv[1])]
     rng = np.random.default_rng(0)
     a = rng.standard_normal((gemm_n, gemm_n), dtype=np.float32)
     b = rng.standard_normal((gemm_n, gemm_n), dtype=np.float32)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(max(3, repeats // 2)))
     return {"copy_gbs": copy_gbs, "copy_bytes": copy_mib * 2**20, "gemm_gflops": 2 * gemm_n**3 / best / 1e9,
-            "gemm_n": gemm_n}
+            "gemm_n": gemm_n, "levels": levels}
 
 
 
@@ -212,9 +253,11 @@ def _git(root, *args):
 
 
 def run_pytest(bench_dir, json_path, quick=False, ops=None, backends=None, max_time=None,
-               min_rounds=15) -> int:
-    """``python -m pytest bench/ --benchmark-only --benchmark-json=json_path`` (streamed);
-    returns pytest's exit status (the JSON holds the benchmarks that passed)."""
+               min_rounds=15, log_path=None) -> int:
+    """``python -m pytest bench/ --benchmark-only --benchmark-json=json_path``; returns
+    pytest's exit status (the JSON holds the benchmarks that passed).  Its output (with
+    pytest-benchmark's own tables, hundreds of lines) streams to stderr, or with
+    ``log_path`` goes to that file and only pytest's summary line is shown."""
     cmd = [sys.executable, "-m", "pytest", str(bench_dir), "--benchmark-only",
            f"--benchmark-json={json_path}", "-q", "-p", "no:cacheprovider",
            f"--benchmark-min-rounds={min_rounds}", "--benchmark-columns=median,rounds",
@@ -226,17 +269,28 @@ def run_pytest(bench_dir, json_path, quick=False, ops=None, backends=None, max_t
     if backends:
         cmd.append("--bench-backends=" + ",".join(backends))
     print("$ " + shlex.join(cmd), file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, cwd=bench_dir.parent, stdout=sys.stderr)
+    if log_path is None:
+        proc = subprocess.run(cmd, cwd=bench_dir.parent, stdout=sys.stderr)
+        where = "see the output above"
+    else:
+        print(f"pytest's output: {log_path} (-v shows it here)", file=sys.stderr, flush=True)
+        with open(log_path, "w") as log:
+            proc = subprocess.run(cmd, cwd=bench_dir.parent, stdout=log, stderr=subprocess.STDOUT)
+        lines = [line for line in Path(log_path).read_text(errors="replace").splitlines() if line.strip()]
+        shown = lines[-15:] if proc.returncode not in (0, 5) else lines[-1:]
+        print("\n".join(shown), file=sys.stderr, flush=True)
+        where = f"see {log_path}"
     if not Path(json_path).is_file():
-        raise BenchError(f"the benchmarks failed (pytest exit status {proc.returncode}); see the output above")
+        raise BenchError(f"the benchmarks failed (pytest exit status {proc.returncode}); {where}")
     return proc.returncode
 
 
 
 def run(quick=False, ops=None, backends=None, json_path=None, max_time=None, startup=True, memory=True,
-        command=None, note=None, log=print) -> dict:
+        command=None, note=None, log=print, pytest_log=None) -> dict:
     """Run the benchmarks and the extra measurements; returns the JSON dict (also written
-    to ``json_path`` when given)."""
+    to ``json_path`` when given).  ``pytest_log``: a file for pytest's output (None:
+    streamed to stderr)."""
     import numpy as np
 
     bench_dir = find_bench_dir()
@@ -260,7 +314,8 @@ def run(quick=False, ops=None, backends=None, json_path=None, max_time=None, sta
     with tempfile.TemporaryDirectory(prefix="kernprop-bench-") as tmp:
         out_json = json_path or os.path.join(tmp, "bench.json")
         before = os.getloadavg()[0]
-        status = run_pytest(bench_dir, out_json, quick, ops, backends, max_time, min_rounds=10 if quick else 15)
+        status = run_pytest(bench_dir, out_json, quick, ops, backends, max_time, min_rounds=10 if quick else 15,
+                            log_path=pytest_log)
         if status not in (0, 5, None):
             extra["failures"] = (f"pytest exited with status {status}: some benchmarks failed their check "
                                  "against the reference or errored (see its output); they are missing below.")
