@@ -53,20 +53,44 @@ class Trainer:
     as scikit-learn takes it (lists, pandas frames, CPU tensors through DLPack),
     converted once per call.
 
-    loss: "cross_entropy" (integer labels; the options of ``kernprop.cross_entropy``
-        as keyword arguments: ``reduction``, ``ignore_index``, ``label_smoothing``,
-        ``weight``), "mse" (float targets; ``reduction``), or a loss object with
+    Parameters
+    ----------
+    model : kernprop.nn.Module
+        Its parameters are updated in place; the optimizer gets them at each step.
+    loss : str or loss object, default "cross_entropy"
+        "cross_entropy" (integer labels; the options of ``kernprop.cross_entropy`` as
+        keyword arguments: ``reduction``, ``ignore_index``, ``label_smoothing``,
+        ``weight``), "mse" (float targets; ``reduction``), or an object with
         ``forward(pred, target, kernels)`` and ``with_grad(pred, target, kernels)``.
-    optimizer: a ``kernprop.optim`` optimizer (default ``Adam(1e-3)``).
-    backend: backend name; None: the model's ``backend`` attribute if set, else the
-        default backend at each ``fit``.
-    batch_size: rows per step (the last batch of an epoch may be smaller).
-    seed: seeds the shuffling.
-    distributed: None / "none", or "mpi" for data-parallel training under ``mpirun``
-        (``batch_size`` is then the global batch, split over the ranks; see
-        ``kernprop.distributed``).
-    engine: "auto" (the rule in ``kernprop.engines``), or an engine by name:
+    optimizer : kernprop.optim.Optimizer, default ``Adam(lr=1e-3)``
+        Made without a parameter list (``optim.SGD(lr=0.1)``).
+    backend : str, optional
+        None: the model's ``backend`` attribute if set, else the default backend at
+        each ``fit``.
+    batch_size : int, default 128
+        Rows per step (the last batch of an epoch may be smaller).
+    seed : int, default 0
+        Seeds the shuffling.
+    distributed : {None, "none", "mpi"}
+        "mpi": data-parallel training under ``mpirun`` (``batch_size`` is then the
+        global batch, split over the ranks; see ``kernprop.distributed``).
+    engine : str, default "auto"
+        "auto" (the rule in ``kernprop.engines``), or an engine by name:
         "layerwise", "packed", "fused" (numba), "device" (cuda).
+
+    Raises
+    ------
+    TypeError
+        For a keyword neither the Trainer nor the named loss takes; the message lists
+        the accepted ones (``lr`` belongs to the optimizer, ``epochs`` and ``verbose``
+        to ``fit``).
+
+    Examples
+    --------
+    >>> import kernprop
+    >>> trainer = kernprop.Trainer(kernprop.nn.MLP([64, 32, 10], rng=0),
+    ...                            optimizer=kernprop.optim.Adam(lr=1e-2))
+    >>> history = trainer.fit(X, y, epochs=10)            # doctest: +SKIP
     """
 
     def __init__(self, model, loss="cross_entropy", optimizer=None, backend=None,
@@ -198,22 +222,34 @@ class Trainer:
     # --- training ---------------------------------------------------------------------
 
     def fit(self, X, y, epochs=1, validation_data=None, shuffle=True, callbacks=(), verbose=1):
-        """Train for ``epochs`` passes over ``(X, y)``; returns this fit's history.
+        """Train for ``epochs`` passes over ``(X, y)``.
 
-        X: (N, F) float32/float64 array or array-like (cast to the model's dtype once;
-        a list of Python floats reads as float64); y: (N,) integer
-        labels for cross-entropy, (N, OUT) or (N,) targets for mse.
-        validation_data: ``(X_val, y_val)`` evaluated after every epoch.
-        callbacks: callables ``callback(epoch, logs)`` run after every epoch (``logs``
-        holds that epoch's values); one returning True stops training.
-        verbose: 0 silent; 1 a tqdm bar per epoch on a terminal (stderr); 2 also one
-        printed line per epoch.
+        Parameters
+        ----------
+        X : array-like, shape (N, F)
+            float32/float64 (cast to the model's dtype once); a list of Python floats
+            reads as float64.  F must match the model's input features.
+        y : array-like
+            (N,) integer labels for cross-entropy; (N, OUT) or (N,) targets for mse.
+        epochs : int, default 1
+        validation_data : (X_val, y_val), optional
+            Evaluated after every epoch.
+        shuffle : bool, default True
+        callbacks : sequence of callables ``callback(epoch, logs)``
+            Run after every epoch (``logs`` holds that epoch's values); one returning
+            True stops training.
+        verbose : {0, 1, 2}, default 1
+            0 silent; 1 a tqdm bar per epoch on a terminal (stderr); 2 also one printed
+            line per epoch.
 
-        History: lists per epoch of ``loss`` (mean loss per row over the epoch's
-        batches; for reduction "sum" the summed loss divided by the rows),
-        ``accuracy`` (classification), ``val_loss``, ``val_accuracy`` (with
-        validation data), ``samples_per_s`` (training throughput, step loop only),
-        ``lr`` and ``engine`` (the step engine's name).
+        Returns
+        -------
+        dict of lists
+            Per epoch: ``loss`` (mean loss per row over the epoch's batches; for
+            reduction "sum" the summed loss divided by the rows), ``accuracy``
+            (classification), ``val_loss``, ``val_accuracy`` (with validation data),
+            ``samples_per_s`` (training throughput, step loop only), ``lr`` and
+            ``engine`` (the step engine's name).
         """
         def check():
             checked_callbacks = self._check_fit_args(epochs, verbose, callbacks)
