@@ -96,6 +96,26 @@ def test_ops_read_torch_cpu_tensors():
         kernprop.relu(torch.ones(2, requires_grad=True), backend="numpy")
 
 
+class _OnDevice:
+    """A DLPack producer that says its memory is on a CUDA device (or elsewhere)."""
+
+    def __init__(self, device_type):
+        self.device_type = device_type
+
+    def __dlpack__(self, **kwargs):
+        raise AssertionError("never read: the device is checked first")
+
+    def __dlpack_device__(self):
+        return (self.device_type, 0)
+
+
+def test_device_dlpack_objects_need_the_cuda_backend():
+    with pytest.raises(TypeError, match="x .*is on a CUDA device but the backend is 'numpy'; use backend='cuda'"):
+        kernprop.relu(_OnDevice(2), backend="numpy")
+    with pytest.raises(TypeError, match="x .*DLPack device type 14"):
+        kernprop.relu(_OnDevice(14), backend="numpy")
+
+
 def test_ops_refuse_lists_with_the_fix():
     with pytest.raises(TypeError, match=r"x must be a numpy.ndarray, got list; call np.asarray\(x"):
         kernprop.relu([1.0, -1.0], backend="numpy")
