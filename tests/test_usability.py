@@ -274,3 +274,10 @@ def test_every_public_callable_has_a_docstring():
 
     missing = [name for name, obj in _public_callables() if not inspect.getdoc(obj)]
     assert not missing, f"{len(missing)} public callables without a docstring: {', '.join(missing)}"
+
+
+def test_trainer_names_the_byte_order_of_big_endian_input():
+    trainer = kernprop.Trainer(kernprop.nn.MLP([4, 3], rng=0), backend="numpy")
+    X = np.zeros((6, 4), dtype=">f4")
+    with pytest.raises(TypeError, match=r"X has dtype >f4.*big-endian.*newbyteorder"):
+        trainer.predict(X)
