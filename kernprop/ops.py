@@ -339,7 +339,9 @@ def _optimizer_state(name, param, **state):
     shape, _ = check_array("param", param, None, name)
     for state_name, array in {"param": param, **state}.items():
         if array is None:
-            continue
+            if state_name == "velocity":  # SGD without momentum keeps none
+                continue
+            raise TypeError(f"{state_name} must be a numpy.ndarray, got None")
         array_shape, _ = check_array(state_name, array, None, name)
         check_shape(state_name, array_shape, shape, "the shape of param")
         if isinstance(array, np.ndarray) and not array.flags.c_contiguous:

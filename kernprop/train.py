@@ -100,6 +100,7 @@ class Trainer:
             raise TypeError(f"model must be a kernprop.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size, 1)  # row bounds are int64
         if optimizer is None:
             optimizer = Adam(1e-3)
         if not isinstance(optimizer, Optimizer):
