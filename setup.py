@@ -58,11 +58,13 @@ def compiler_supports_openmp() -> bool:
         return result.returncode == 0
 
 
-# (macro, source, flags): the per-instruction-set GEMM units of pyx/gemm/.
+# (macro, source, flags): the per-instruction-set GEMM units of pyx/gemm/.  The AMX unit
+# counts only with the AVX512_BF16 one (its packing lives there; kp_gemm.h checks both).
 GEMM_UNITS = [
     ("KP_HAVE_AVX2", "pyx/gemm/avx2.c", ["-mavx2", "-mfma"]),
     ("KP_HAVE_AVX512", "pyx/gemm/avx512.c", ["-mavx512f", "-mfma"]),
     ("KP_HAVE_AVX512_BF16", "pyx/gemm/avx512_bf16.c", ["-mavx512f", "-mavx512bf16", "-mfma"]),
+    ("KP_HAVE_AMX_BF16", "pyx/gemm/amx_bf16.c", ["-mamx-tile", "-mamx-bf16"]),
 ]
 GEMM_HEADERS = ["pyx/gemm/kp_gemm.h", "pyx/gemm/simd_tile.h"]
 
@@ -78,7 +80,9 @@ class BuildExt(build_ext):
                     objects = self.compiler.compile(
                         [source],
                         output_dir=self.build_temp,
-                        macros=[(macro, "1")],
+                        # the AMX unit sees the AVX512_BF16 declarations it relies on
+                        macros=[(macro, "1")]
+                        + ([("KP_HAVE_AVX512_BF16", "1")] if macro == "KP_HAVE_AMX_BF16" else []),
                         include_dirs=["pyx/gemm"],
                         extra_postargs=["-O3", "-fno-math-errno", *flags],
                     )

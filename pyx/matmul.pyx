@@ -74,14 +74,15 @@ cdef enum:
     KERNEL_AVX2 = 1
     KERNEL_AVX512 = 2
     KERNEL_AVX512_BF16 = 3
+    KERNEL_AMX_BF16 = 4     # untested: chosen only by name (pyx/gemm/amx_bf16.c)
     # Added to AVX2/AVX512 for outputs of at most one vector of columns: their narrow
     # 12 x 1-vector tile (chosen by shape in gemm, never by name: same bits as the wide)
     KERNEL_NARROW = 8
     MR_NARROW = 12
 
-KERNEL_NAMES = ("generic", "avx2", "avx512", "avx512_bf16")
+KERNEL_NAMES = ("generic", "avx2", "avx512", "avx512_bf16", "amx_bf16")
 # Tile shape of each kernel for float32 (rows x columns), for kernel_info.
-KERNEL_TILES = ("4x8", "6x16", "6x32", "6x32")
+KERNEL_TILES = ("4x8", "6x16", "6x32", "6x32", "32x32")
 
 # The SIMD micro-kernels live in their own translation units, one per instruction set,
 # compiled with that set's -m flags (setup.py; pyx/gemm/kp_gemm.h): this module itself
@@ -107,6 +108,13 @@ cdef extern from "gemm/kp_gemm.h":
                         Py_ssize_t kc, Py_ssize_t mr, float* out) noexcept nogil
     void kp_pack_b_bf16(const float* b, Py_ssize_t sb0, Py_ssize_t sb1, Py_ssize_t kc,
                         Py_ssize_t cols, Py_ssize_t nr, float* out) noexcept nogil
+    void kp_tile_amx_bf16(Py_ssize_t kc, const float* ap, const float* bp, float* c,
+                          Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
+                          int accumulate) noexcept nogil
+    void kp_pack_a_amx(const float* a, Py_ssize_t sa0, Py_ssize_t sa1, Py_ssize_t mc,
+                       Py_ssize_t kc, Py_ssize_t mr, float* out) noexcept nogil
+    void kp_pack_b_amx(const float* b, Py_ssize_t sb0, Py_ssize_t sb1, Py_ssize_t kc,
+                       Py_ssize_t cols, Py_ssize_t nr, float* out) noexcept nogil
     void kp_tile_avx2_narrow_f(Py_ssize_t kc, const float* ap, const float* bp, float* c,
                                Py_ssize_t ldc, Py_ssize_t mr, Py_ssize_t nr,
                                int accumulate) noexcept nogil
@@ -152,7 +160,8 @@ def gemm_kernels():
 
 def bf16_kernels():
     """Names of the bf16 micro-kernels this CPU can run (empty when none)."""
-    return ["avx512_bf16"] if _cpu_has & 4 else []
+    return ((["avx512_bf16"] if _cpu_has & 4 else [])
+            + (["amx_bf16"] if _cpu_has & 8 else []))
 
 
 def kernel_code(name):
@@ -236,6 +245,9 @@ cdef inline void _tile(int kernel, Py_ssize_t kc, const floating* ap, const floa
     if kernel == KERNEL_AVX512_BF16:
         if floating is float:  # kc counts pairs of k here
             kp_tile_avx512_bf16(kc, ap, bp, c, ldc, mr, nr, accumulate)
+    elif kernel == KERNEL_AMX_BF16:
+        if floating is float:  # kc: pair words, a multiple of 16
+            kp_tile_amx_bf16(kc, ap, bp, c, ldc, mr, nr, accumulate)
     elif kernel == KERNEL_AVX512 + KERNEL_NARROW:
         if floating is float:
             kp_tile_avx512_narrow_f(kc, ap, bp, c, ldc, mr, nr, accumulate)
@@ -311,12 +323,12 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                 floating* c, Py_ssize_t ldc, bint accumulate,
                 const floating* bias, int activation, int kernel, Py_ssize_t mr,
                 Py_ssize_t nr, floating* bpanel, floating* abufs, Py_ssize_t mc,
-                Py_ssize_t kcw, int nthreads) noexcept nogil:
+                Py_ssize_t kcw, Py_ssize_t abuf_size, int nthreads) noexcept nogil:
     # a (m, k), b (k, n) strided -> c (m, n) with row stride ldc
     # IN  kernel, mr, nr: the micro-kernel and its tile; kcw: packed words per K block
     #     (a word is one element, or a bf16 pair of k for the bf16 kernel); bpanel:
     #     kcw * round_up(min(n, NC), nr) words for the packed B panel; abufs: nthreads
-    #     packed-A buffers of mc * kcw words, one per thread (no sharing)
+    #     packed-A buffers of abuf_size words, one per thread (no sharing)
     # OUT c: a @ b (+ c when accumulate), then + bias and the activation
     # One parallel region for the whole product: the packing of a B panel and the tiles
     # are work-shared loops inside it, whose implicit barriers order them (the panel is
@@ -332,7 +344,9 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     cdef Py_ssize_t nslivers = 0, ngroups = 0, gsize = 0
     cdef bint last = False
     # k per packed word: a bf16 word holds a pair of k
-    cdef Py_ssize_t kstep = 2 if kernel == KERNEL_AVX512_BF16 else 1
+    cdef bint bf16 = kernel == KERNEL_AVX512_BF16 or kernel == KERNEL_AMX_BF16
+    cdef bint amx = kernel == KERNEL_AMX_BF16
+    cdef Py_ssize_t kstep = 2 if bf16 else 1
     # K blocks of equal depth (a multiple of kstep), not full blocks and a short tail:
     # K = 784 in blocks of 256 left a 16-deep last pass over all of C
     cdef Py_ssize_t kblocks = max(1, (k + kcw * kstep - 1) // (kcw * kstep))
@@ -340,7 +354,7 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     cdef floating* abuf = abufs
     cdef const floating* bsliver
     with parallel(num_threads=nthreads, use_threads_if=nthreads > 1):
-        abuf = abufs + threadid() * mc * kcw
+        abuf = abufs + threadid() * abuf_size
         jc = 0
         while jc < n:
             nc = min(<Py_ssize_t>NC, n - jc)
@@ -352,10 +366,16 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
             while p0 < k:
                 kc = min(kcb, k - p0)
                 words = (kc + kstep - 1) // kstep
+                if amx:  # whole tiles of 16 pair words, zero-padded
+                    words = (words + 15) // 16 * 16
                 last = p0 + kc == k
                 # B (kc, nc) -> slivers (nslivers, words, nr); disjoint per sliver
                 for js in prange(nslivers, schedule="static"):
-                    if kstep == 2:
+                    if amx:
+                        if floating is float:
+                            kp_pack_b_amx(b + p0 * sb0 + (jc + js * nr) * sb1, sb0, sb1, kc,
+                                          min(nr, nc - js * nr), nr, bpanel + js * nr * words)
+                    elif bf16:
                         if floating is float:
                             kp_pack_b_bf16(b + p0 * sb0 + (jc + js * nr) * sb1, sb0, sb1, kc,
                                            min(nr, nc - js * nr), nr, bpanel + js * nr * words)
@@ -367,7 +387,10 @@ cdef void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                     jg = task % ngroups
                     i0 = ib * mc
                     rows = min(mc, m - i0)
-                    if kstep == 2:
+                    if amx:
+                        if floating is float:
+                            kp_pack_a_amx(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
+                    elif bf16:
                         if floating is float:
                             kp_pack_a_bf16(a + i0 * sa0 + p0 * sa1, sa0, sa1, rows, kc, mr, abuf)
                     else:
@@ -424,21 +447,22 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
     cdef Py_ssize_t mr, nr
     cdef Py_ssize_t isz = sizeof(floating)
     cdef int nthreads = kp_max_threads()
-    cdef Py_ssize_t mc, kcw = _kc
+    cdef Py_ssize_t mc, kcw = _kc, abuf_size
     cdef const floating[::1] bias_view
     cdef const floating* bias_ptr = NULL
     cdef floating[::1] bpanel, abufs
     if kernel == -1:
         kernel = _cpu_kernel
-    if not 0 <= kernel <= KERNEL_AVX512_BF16 or not (
-            kernel <= _cpu_kernel or (kernel == KERNEL_AVX512_BF16 and _cpu_has & 4)):
+    if not 0 <= kernel <= KERNEL_AMX_BF16 or not (
+            kernel <= _cpu_kernel or (kernel == KERNEL_AVX512_BF16 and _cpu_has & 4)
+            or (kernel == KERNEL_AMX_BF16 and _cpu_has & 8)):
         raise ValueError(f"gemm: kernel {kernel} not available here")
-    if kernel == KERNEL_AVX512_BF16 and floating is double:
-        raise ValueError("gemm: the bf16 kernel takes float32 operands")
-    mr = MR if kernel == KERNEL_GENERIC else MR_SIMD
+    if kernel >= KERNEL_AVX512_BF16 and floating is double:
+        raise ValueError("gemm: the bf16 kernels take float32 operands")
+    mr = MR if kernel == KERNEL_GENERIC else 32 if kernel == KERNEL_AMX_BF16 else MR_SIMD
     # B bytes per tile row: 32 generic, 2 vectors of 32 (AVX2) or 64 (AVX-512) bytes;
     # the bf16 kernel: 32 columns of bf16 pairs
-    nr = 32 if kernel == KERNEL_AVX512_BF16 else (NR_BYTES << kernel) // sizeof(floating)
+    nr = 32 if kernel >= KERNEL_AVX512_BF16 else (NR_BYTES << kernel) // sizeof(floating)
     if (kernel == KERNEL_AVX2 or kernel == KERNEL_AVX512) and 2 * n <= nr:
         kernel = kernel + KERNEL_NARROW
         mr = MR_NARROW
@@ -455,13 +479,17 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
     # Rows per block: MC, or fewer so that every thread gets a block of a short matrix.
     mc = min(_mc, ((m + nthreads - 1) // nthreads + mr - 1) // mr * mr)
     dtype = np.float32 if floating is float else np.float64
-    bpanel = _workspace(dtype, 0, min(k, kcw) * ((min(n, <Py_ssize_t>NC) + nr - 1) // nr * nr))
-    abufs = _workspace(dtype, 1, nthreads * mc * kcw)
+    if kernel == KERNEL_AMX_BF16:  # K blocks padded to whole AMX tiles (16 words)
+        kcw = (kcw + 15) // 16 * 16
+    # (an A block of mc rows is packed in whole slivers of mr rows)
+    abuf_size = (mc + mr - 1) // mr * mr * kcw
+    bpanel = _workspace(dtype, 0, kcw * ((min(n, <Py_ssize_t>NC) + nr - 1) // nr * nr))
+    abufs = _workspace(dtype, 1, nthreads * abuf_size)
     with nogil:
         _gemm(m, n, k, &a[0, 0], a.strides[0] // isz, a.strides[1] // isz,
               &b[0, 0], b.strides[0] // isz, b.strides[1] // isz,
               &c[0, 0], c.strides[0] // isz, accumulate, bias_ptr, activation, kernel, mr, nr,
-              &bpanel[0], &abufs[0], mc, kcw, nthreads)
+              &bpanel[0], &abufs[0], mc, kcw, abuf_size, nthreads)
 
 
 def column_sums(const floating[:, :] g, double[::1] out):

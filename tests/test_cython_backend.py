@@ -529,3 +529,44 @@ def test_narrow_tile_gives_the_wide_tiles_bits(gemm_kernel, dtype, rng):
         narrow = kernprop.matmul(a, np.ascontiguousarray(b[:, :n]), backend="cython")
         np.testing.assert_array_equal(narrow, wide[:, :n])
         assert_close(narrow, ref_matmul.matmul(a, b[:, :n]), dtype, scale=4 * float(np.sqrt(700)))
+
+
+AMX_CHECK = """
+import numpy as np, kernprop
+from kernprop.kernels.cython import matmul
+from kernprop.kernels.reference.matmul import product
+matmul.select_kernel("bf16", "amx_bf16")  # runs its self-check first
+rng = np.random.default_rng(0)
+for m, k, n in [(1, 1, 1), (33, 65, 31), (97, 1030, 101), (300, 513, 17)]:
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    for threads in (1, 2):
+        kernprop.set_num_threads(threads)
+        got = kernprop.matmul(a, b, precision="bf16", backend="cython")
+        bound = 4 * np.sqrt(k) * 2.0**-24 * (np.abs(a).astype(np.float64) @ np.abs(b))
+        assert np.all(np.abs(got - product(a, b, "bf16")) <= bound + 1e-30), (m, k, n, threads)
+print("amx ok")
+"""
+
+
+@pytest.mark.xfail(reason="the AMX kernel was written on a CPU without AMX and never run; "
+                          "an XPASS here is its first evidence", strict=False)
+def test_amx_kernel_in_a_subprocess():
+    # In a child process, so a broken tile configuration (SIGILL, SIGSEGV) cannot take
+    # the test run with it; skipped where the CPU has no AMX.
+    import subprocess
+    import sys
+
+    from kernprop.kernels.cython import matmul
+
+    if "amx_bf16" not in matmul.available_kernels():
+        pytest.skip(f"no AMX here (have {matmul.available_kernels()})")
+    done = subprocess.run([sys.executable, "-c", AMX_CHECK], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "amx ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_amx_is_never_chosen_by_the_rule():
+    from kernprop.kernels.cython import matmul
+
+    assert "amx_bf16" not in matmul.kernel_info()["bf16"] or "forced" in matmul.kernel_info()["bf16"]

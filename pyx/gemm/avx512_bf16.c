@@ -157,3 +157,42 @@ void kp_pack_b_bf16(const float *b, ptrdiff_t sb0, ptrdiff_t sb1, ptrdiff_t kc, 
                     ? kp_pair_scalar(b + 2 * p * sb0 + j * sb1, sb0, 2 * p + 1 < kc) : 0u;
     }
 }
+
+/* --- the AMX layouts (for amx_bf16.c; packed here, where the RNE code lives) ---------
+   An AMX A tile is 16 rows of 64 bytes (16 pair words of one row), loaded with a row
+   stride, so an A sliver is row-major: (mr rows, wpad words); a B tile is 16 pair rows
+   of 16 columns, which the B sliver layout above already is (row stride nr words).  K
+   is zero-padded to wpad = a multiple of 16 words (32 k), a whole tile. */
+
+static inline ptrdiff_t kp_amx_words(ptrdiff_t kc) {
+    return ((kc + 1) / 2 + 15) / 16 * 16;
+}
+
+void kp_pack_a_amx(const float *a, ptrdiff_t sa0, ptrdiff_t sa1, ptrdiff_t mc, ptrdiff_t kc,
+                   ptrdiff_t mr, float *out_) {
+    /* a (mc, kc) any strides -> out (ceil(mc / mr) mr, wpad) pair words, zero-padded */
+    uint32_t *out = (uint32_t *)out_;
+    ptrdiff_t nw = (kc + 1) / 2, wpad = kp_amx_words(kc), rows = (mc + mr - 1) / mr * mr;
+    ptrdiff_t i, p;
+    for (i = 0; i < rows; i++, out += wpad) {
+        const float *row = a + i * sa0;
+        if (i >= mc) {
+            memset(out, 0, (size_t)wpad * 4);
+            continue;
+        }
+        if (sa1 == 1 && kc <= KP_MAX_KC) {
+            kp_bf16_run(row, kc, out);
+        } else {
+            for (p = 0; p < nw; p++) out[p] = kp_pair_scalar(row + 2 * p * sa1, sa1, 2 * p + 1 < kc);
+        }
+        memset(out + nw, 0, (size_t)(wpad - nw) * 4);
+    }
+}
+
+void kp_pack_b_amx(const float *b, ptrdiff_t sb0, ptrdiff_t sb1, ptrdiff_t kc, ptrdiff_t cols,
+                   ptrdiff_t nr, float *out) {
+    /* b (kc, cols) -> out (wpad, nr) pair words: the bf16 sliver, then zero pair rows */
+    ptrdiff_t nw = (kc + 1) / 2;
+    kp_pack_b_bf16(b, sb0, sb1, kc, cols, nr, out);
+    memset(out + nw * nr, 0, (size_t)((kp_amx_words(kc) - nw) * nr) * 4);
+}

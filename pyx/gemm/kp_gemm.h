@@ -5,6 +5,7 @@
        avx2.c         fp32/fp64 6 x 2 ymm, 12 x 1 ymm (narrow)   -mavx2 -mfma
        avx512.c       fp32/fp64 6 x 2 zmm, 12 x 1 zmm (narrow)   -mavx512f -mfma
        avx512_bf16.c  bf16 pairs -> fp32 6 x 32  -mavx512f -mavx512bf16
+       amx_bf16.c     bf16 -> fp32 32 x 32 AMX   -mamx-tile -mamx-bf16 (UNTESTED)
    setup.py defines KP_HAVE_<ISA> for matmul.pyx exactly when that unit compiled; a unit
    the compiler could not build becomes an empty stub here and is never selected.  At run
    time kp_cpu_has() says what the CPU (and the OS, for the zmm state) allows.
@@ -51,6 +52,12 @@
 #else
 #define HAVE_AVX512_BF16(yes, no) no
 #endif
+/* the AMX tile needs the AVX512_BF16 unit too: its packing lives there */
+#if defined(KP_HAVE_AMX_BF16) && defined(KP_HAVE_AVX512_BF16)
+#define HAVE_AMX_BF16(yes, no) yes
+#else
+#define HAVE_AMX_BF16(yes, no) no
+#endif
 
 KP_DECLARE_TILE(AVX2, kp_tile_avx2_f, float)
 KP_DECLARE_TILE(AVX2, kp_tile_avx2_d, double)
@@ -63,6 +70,8 @@ KP_DECLARE_TILE(AVX512, kp_tile_avx512_narrow_f, float)
 KP_DECLARE_TILE(AVX512, kp_tile_avx512_narrow_d, double)
 /* bf16 pairs in, fp32 out: ap and bp hold pairs of bf16 as 32-bit words */
 KP_DECLARE_TILE(AVX512_BF16, kp_tile_avx512_bf16, float)
+/* 32 x 32 on AMX tiles; kc counts pair words, a multiple of 16 */
+KP_DECLARE_TILE(AMX_BF16, kp_tile_amx_bf16, float)
 
 /* float32 -> bf16 pair layout with integer round-to-nearest-even (avx512_bf16.c), for
    the bf16 kernel only: a (mc, kc) -> (ceil(mc / mr), ceil(kc / 2), mr) words and
@@ -80,10 +89,23 @@ HAVE_AVX512_BF16(KP_HIDDEN void kp_pack_b_bf16(KP_PACK_B_ARGS);,
     KP_UNUSED static void kp_pack_b_bf16(KP_PACK_B_ARGS) {
         (void)b; (void)sb0; (void)sb1; (void)kc; (void)cols; (void)nr; (void)out; })
 
-/* Which kernels the CPU and OS run: bit 0 avx2+fma, bit 1 avx512f, bit 2 avx512_bf16;
+/* the AMX layouts, packed in avx512_bf16.c too */
+HAVE_AVX512_BF16(KP_HIDDEN void kp_pack_a_amx(KP_PACK_A_ARGS);,
+    KP_UNUSED static void kp_pack_a_amx(KP_PACK_A_ARGS) {
+        (void)a; (void)sa0; (void)sa1; (void)mc; (void)kc; (void)mr; (void)out; })
+HAVE_AVX512_BF16(KP_HIDDEN void kp_pack_b_amx(KP_PACK_B_ARGS);,
+    KP_UNUSED static void kp_pack_b_amx(KP_PACK_B_ARGS) {
+        (void)b; (void)sb0; (void)sb1; (void)kc; (void)cols; (void)nr; (void)out; })
+
+/* Which kernels the CPU and OS run: bit 0 avx2+fma, bit 1 avx512f, bit 2 avx512_bf16,
+   bit 3 amx_bf16 (its tile data granted by Linux, asked for here once per process);
    only units that were compiled are reported. */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #include <cpuid.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 static inline int kp_cpu_has(void) {
     unsigned int eax, ebx, ecx, edx;
     int bits = 0;
@@ -94,7 +116,17 @@ static inline int kp_cpu_has(void) {
     /* AVX512_BF16: CPUID leaf 7 subleaf 1, EAX bit 5 (older compilers lack the name) */
     if ((bits & 2) && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5)))
         bits |= 4;
-    return bits & (HAVE_AVX2(1, 0) | HAVE_AVX512(2, 0) | HAVE_AVX512_BF16(4, 0));
+#if defined(__linux__) && defined(KP_HAVE_AMX_BF16)
+    /* AMX-BF16 and AMX-TILE: leaf 7 subleaf 0, EDX bits 22 and 24; then the tile data
+       permission (arch_prctl ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18):
+       without it the first tile instruction kills the process (SIGILL) */
+    if ((bits & 4) && __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)
+            && (edx & (1u << 22)) && (edx & (1u << 24))
+            && syscall(SYS_arch_prctl, 0x1023, 18) == 0)
+        bits |= 8;
+#endif
+    return bits & (HAVE_AVX2(1, 0) | HAVE_AVX512(2, 0) | HAVE_AVX512_BF16(4, 0)
+                   | HAVE_AMX_BF16(8, 0));
 }
 #else
 static inline int kp_cpu_has(void) { return 0; }

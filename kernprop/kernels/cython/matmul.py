@@ -12,7 +12,9 @@ The rule, per float32 precision (float64 always runs the best fp32/fp64 kernel):
     "bf16x3"  the same: it is more accurate than bf16x3 asks, and three bf16 products
               cost more than one fp32 product without AMX
     "bf16"    avx512_bf16 where the CPU has it and it measures faster than the fp32
-              kernel here (AMD Zen 5: about 1.7x); else the fp32 kernel
+              kernel here (AMD Zen 5: about 1.7x); else the fp32 kernel.  amx_bf16
+              (Intel AMX tiles) is written but was never run by a test: only
+              ``select_kernel``/the environment variable choose it, after its self-check
 
 Before a kernel first runs in a process it multiplies a small odd-shaped product
 (``self_check``) and is compared with the NumPy reference at its precision; a kernel that
@@ -167,7 +169,8 @@ class _Selection:
             return fp32
         if precision == "bf16x3":
             return fp32[0], "more accurate than bf16x3: no faster bf16x3 kernel without AMX"
-        for name in _cy.bf16_kernels():
+        # amx_bf16 is never chosen here: no test has run it (see pyx/gemm/amx_bf16.c)
+        for name in [name for name in _cy.bf16_kernels() if name != "amx_bf16"]:
             reason = self._check(name)
             if reason is not None:
                 return fp32[0], f"fp32 kernel: {name} refused ({reason})"
@@ -210,7 +213,7 @@ class _Selection:
             name = self.kernel(precision)
             note = self._chosen[precision][1]
             kind = "bf16" if _is_bf16(name) else "fp32"
-            detail = " vdpbf16ps" if _is_bf16(name) else ""
+            detail = {"avx512_bf16": " vdpbf16ps", "amx_bf16": " tdpbf16ps (untested)"}.get(name, "")
             out[precision] = f"{kind} {name}{detail} {_TILES[name]}" + (f" ({note})" if note else "")
         return out
 
