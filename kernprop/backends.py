@@ -210,3 +210,10 @@ def matmul_kernels() -> dict[str, dict[str, str]]:
         if info is not None:
             out[name] = info()
     return out
+
+
+def matmul_kernel(name: str, precision: str) -> str | None:
+    """The description of the kernel ``name``'s backend runs float32 products at
+    ``precision`` with (``kernel_info`` of its matmul family), or None when it does not say."""
+    info = getattr(family(name, "matmul"), "kernel_info", None)
+    return None if info is None else info().get(precision)

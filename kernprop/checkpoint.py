@@ -7,7 +7,8 @@ Format (version ``FORMAT_VERSION``), one entry per name:
 ``architecture``       1-D array of JSON strings, one ``nn.to_config`` per top-level
                        layer (one entry for a single layer)
 ``trainer``            JSON: container ("Sequential" or "single"), loss and its
-                       options, batch_size, backend, seed, epochs_done, rng_state
+                       options, batch_size, backend, seed, epochs_done, rng_state,
+                       precision
 ``param.<i>``          the model's ``parameters()`` in order
 ``loss.weight``        the class weights (float64), when the loss has them
 ``optimizer.<key>``    ``Optimizer.state_dict()``
@@ -90,6 +91,7 @@ def to_arrays(trainer):
         "seed": trainer.seed if isinstance(trainer.seed, (int, type(None))) else None,
         "epochs_done": trainer.epochs_done,
         "rng_state": trainer.rng.bit_generator.state,
+        "precision": trainer.precision,
     }
     arrays = {
         "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
@@ -341,6 +343,7 @@ def from_arrays(arrays, trainer_class, backend=None, loss=None, engine="auto"):
         model, loss=loss, optimizer=optimizer,
         backend=backend if backend is not None else settings.get("backend"),
         batch_size=settings.get("batch_size", 128), seed=settings.get("seed"), engine=engine,
+        precision=settings.get("precision", "fp32"),  # checkpoints from before precision: fp32
     )
     trainer.epochs_done = check_int("epochs_done", settings.get("epochs_done", 0), 0)
     if settings.get("rng_state") is not None:

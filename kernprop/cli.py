@@ -247,7 +247,7 @@ def _train(args, dist=None) -> int:
     try:
         trainer = Trainer(model, "cross_entropy", optimizer, backend=backend, batch_size=args.batch_size,
                           seed=args.seed, label_smoothing=args.label_smoothing, distributed=dist,
-                          engine=args.engine)
+                          engine=args.engine, precision=args.precision)
     except ValueError as exc:
         print(f"kernprop train: {exc}", file=sys.stderr)
         return 2
@@ -261,6 +261,13 @@ def _train(args, dist=None) -> int:
           + (f" ({why_threads})" if threads is not None else "")
           + (f" x {dist.size} MPI ranks" if dist is not None else ""))
     print(f"engine: {f'mpi({engine})' if dist is not None else engine} ({why_engine})")
+    ran, why_precision = trainer.precision_in_effect(engine)
+    if args.precision == "fp32":
+        print("precision: fp32")
+    elif ran == args.precision:
+        print(f"precision: {args.precision} products ({why_precision}); weights, optimizer and loss in fp32")
+    else:
+        print(f"precision: {args.precision} asked, products in fp32: {why_precision}")
     interactive = sys.stderr.isatty()
 
     def report(epoch, logs):
@@ -338,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how a step runs (default auto: the rule in kernprop.engines; the choice is printed)")
     train.add_argument("--distributed", choices=("none", "mpi"), default="none",
                        help="mpi: data-parallel over the ranks of mpirun -n N (--batch-size is the global batch)")
+    train.add_argument("--precision", choices=("fp32", "bf16x3", "bf16"), default="fp32",
+                       help="how the layers' products are computed (kernprop.precision): bf16 rounds their "
+                            "operands to bfloat16, bf16x3 splits them in three bf16 products; weights, "
+                            "optimizer and loss stay fp32 (default fp32)")
     train.set_defaults(func=_train)
     train.error = _one_line_error(train)
     sub.add_parser("bench", add_help=False,

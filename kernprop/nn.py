@@ -32,6 +32,7 @@ import numpy as np
 from . import ops
 from .backends import family, resolve
 from ._validate import check_int
+from .precision import check_precision, get_matmul_precision
 
 __all__ = [
     "Module",
@@ -89,15 +90,39 @@ _FUNCTIONS = {
         p, g, m, v, step, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, decoupled=dec, backend=b)),
 }
 
-_TABLES: dict = {}  # (backend name or None, checked) -> table
+_TABLES: dict = {}  # (backend name or None, checked, precision) -> table
 
 
-def kernel_table(backend, checked=False):
+def _with_precision(functions, precision, checked, backend):
+    # The products (linear forward and backward) at ``precision``; everything else
+    # (activations, softmax, the loss, the optimizer) stays in the dtype's precision.
+    if checked:
+        functions["linear_forward"] = lambda x, w, bias, act: ops.linear(
+            x, w, bias, activation=act, precision=precision, backend=backend)
+        functions["linear_backward"] = lambda x, w, dy, has_bias, need_dx=True: ops.linear_backward(
+            x, w, dy, has_bias, need_dx=need_dx, precision=precision, backend=backend)
+        return
+    forward, backward = functions["linear_forward"], functions["linear_backward"]
+    # the kernels' contract: float64 always computes in float64
+    functions["linear_forward"] = lambda x, w, bias, act: forward(
+        x, w, bias, act, precision if x.dtype.itemsize == 4 else "fp32")
+    functions["linear_backward"] = lambda x, w, dy, has_bias, need_dx=True: backward(
+        x, w, dy, has_bias, need_dx, precision if x.dtype.itemsize == 4 else "fp32")
+
+
+def kernel_table(backend, checked=False, precision=None):
     """The table of functions layers, losses and optimizers call, for ``backend``:
     its kernels (``checked=False``; the name resolved now, inputs must already satisfy
     the contract in ``kernprop.kernels``) or the public ops bound to it (``checked=True``;
-    None: the default backend at each call).  Made once per backend and kept."""
-    key = (backend if checked else resolve(backend), checked)
+    None: the default backend at each call).  ``precision`` ("fp32", "bf16x3", "bf16",
+    see ``kernprop.precision``) is that of the linear layers' products (None: the
+    global default of ``kernprop.set_matmul_precision``, read at each call for a checked
+    table and now for a kernel table).  Made once per backend and precision and kept."""
+    if precision is not None:
+        check_precision(precision)
+    elif not checked:
+        precision = get_matmul_precision()
+    key = (backend if checked else resolve(backend), checked, precision)
     table = _TABLES.get(key)
     if table is None:
         if checked:
@@ -105,19 +130,24 @@ def kernel_table(backend, checked=False):
         else:
             functions = {name: getattr(family(key[0], family_name), name)
                          for name, (family_name, _) in _FUNCTIONS.items()}
-        table = _TABLES[key] = SimpleNamespace(trusted=not checked, name=key[0], **functions)
+        if precision is not None and (checked or precision != "fp32"):
+            _with_precision(functions, precision, checked, backend)
+        table = _TABLES[key] = SimpleNamespace(trusted=not checked, name=key[0], precision=precision,
+                                               **functions)
     return table
 
 
-def validated_ops(backend):
-    """The public ops bound to ``backend`` (None: the default at each call)."""
-    return kernel_table(backend, checked=True)
+def validated_ops(backend, precision=None):
+    """The public ops bound to ``backend`` (None: the default at each call), their
+    products at ``precision`` (None: the global default at each call)."""
+    return kernel_table(backend, checked=True, precision=precision)
 
 
-def raw_kernels(backend):
+def raw_kernels(backend, precision=None):
     """The kernel functions of ``backend`` (resolved now), unvalidated: inputs must
-    already satisfy the contract in ``kernprop.kernels``."""
-    return kernel_table(backend)
+    already satisfy the contract in ``kernprop.kernels``; products at ``precision``
+    (None: the global default now)."""
+    return kernel_table(backend, precision=precision)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,8 @@ import numpy as np
 from . import checkpoint, engines, nn
 from . import distributed as _distributed
 from ._validate import as_array, check_int, check_label_values, float_dtype_error
-from .backends import resolve
+from .backends import matmul_kernel, resolve
+from .precision import check_precision
 from .checkpoint import FORMAT_VERSION
 from .engines.layerwise import host
 from .optim import Adam, Optimizer
@@ -77,6 +78,15 @@ class Trainer:
     engine : str, default "auto"
         "auto" (the rule in ``kernprop.engines``), or an engine by name:
         "layerwise", "packed", "fused" (numba), "device" (cuda).
+    precision : {"fp32", "bf16x3", "bf16"}, default "fp32"
+        How the products of the forward and backward passes (each layer's ``x @ w``,
+        ``dy @ w.T`` and ``x.T @ dy``) are computed (``kernprop.precision``); weights,
+        gradients, optimizer state, biases, activations, softmax and the loss stay in
+        the model's dtype (float32 master weights).  Where the backend has no faster
+        kernel for it (a CPU without a fast bf16 unit, the cuda backend) the products
+        run in fp32 and ``fit`` warns once; the fused small-MLP step always computes in
+        fp32 (its products are too small for bf16 to pay).  ``history["precision"]``
+        records what the products ran at.  float64 models always compute in float64.
 
     Raises
     ------
@@ -94,8 +104,9 @@ class Trainer:
     """
 
     def __init__(self, model, loss="cross_entropy", optimizer=None, backend=None,
-                 batch_size=128, seed=0, distributed=None, engine="auto", **loss_kwargs):
+                 batch_size=128, seed=0, distributed=None, engine="auto", precision="fp32", **loss_kwargs):
         _check_trainer_keywords(loss, loss_kwargs)
+        check_precision(precision)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a kernprop.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -132,6 +143,8 @@ class Trainer:
         self.distributed = _distributed.make_context(distributed)
         self.engine = engine
         self.engine_choice = None  # (name, reason) of the last fit's engine
+        self.precision = precision
+        self.precision_choice = None  # (precision the products ran at, why) in the last fit
         if engine != "auto" and (backend is not None or model.backend is not None):
             engines.check(engine, model, self.loss, optimizer, self.backend_name(), self.distributed is not None)
 
@@ -181,7 +194,7 @@ class Trainer:
         X = np.ascontiguousarray(X, dtype=self.dtype)
         # One checked forward pass on a row: the model must accept these features.
         try:
-            with nn.bind_kernels(self.model, nn.validated_ops(self.backend_name())):
+            with nn.bind_kernels(self.model, nn.validated_ops(self.backend_name(), self.precision)):
                 out = self.model.forward(X[:1])
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{name} of shape {X.shape} does not fit the model: {exc}") from None
@@ -249,8 +262,9 @@ class Trainer:
             Per epoch: ``loss`` (mean loss per row over the epoch's batches; for
             reduction "sum" the summed loss divided by the rows), ``accuracy``
             (classification), ``val_loss``, ``val_accuracy`` (with validation data),
-            ``samples_per_s`` (training throughput, step loop only), ``lr`` and
-            ``engine`` (the step engine's name).
+            ``samples_per_s`` (training throughput, step loop only), ``lr``,
+            ``engine`` (the step engine's name) and ``precision`` (what the products
+            ran at: the Trainer's ``precision`` or "fp32", see ``precision_in_effect``).
         """
         def check():
             checked_callbacks = self._check_fit_args(epochs, verbose, callbacks)
@@ -301,6 +315,7 @@ class Trainer:
                 logs["samples_per_s"] = n / elapsed if elapsed > 0 else float("inf")
                 logs["lr"] = optimizer.lr
                 logs["engine"] = engine.name
+                logs["precision"] = self.precision_choice[0]
                 for key in history:
                     history[key].append(logs[key])
                     self.history.setdefault(key, []).append(logs[key])
@@ -313,14 +328,34 @@ class Trainer:
                     break
         return history
 
+    def precision_in_effect(self, engine_name=None):
+        """``(precision, reason)``: what the products of a fit run at, given its engine
+        (default: the one a fit would take now): the Trainer's ``precision``, or "fp32"
+        where the fused step, the backend or this CPU has no faster kernel for it."""
+        asked = self.precision
+        if asked == "fp32":
+            return "fp32", ""
+        if self.dtype == np.float64:
+            return "fp32", "a float64 model computes in float64"
+        engine_name = engine_name or self.choose_engine()[0]
+        if engine_name == "fused":
+            return "fp32", "the fused small-MLP step computes in fp32: its products are too small for bf16 to pay"
+        kernel = matmul_kernel(self.backend_name(), asked) or asked  # silent: computes what is asked
+        if kernel.startswith("fp32"):
+            return "fp32", f"{self.backend_name()} has no faster {asked} kernel on this CPU: {kernel or 'fp32'}"
+        return asked, kernel
+
     def _engine(self, X, y):
         """This fit's step engine, chosen once (see ``kernprop.engines``)."""
         name, why = self.engine_choice = self.choose_engine()
+        self.precision_choice = self.precision_in_effect(name)
+        if self.precision_choice[0] != self.precision and name != "fused":
+            _warn_once(f"precision={self.precision!r} runs the fp32 kernels ({self.precision_choice[1]})")
         backend = self.backend_name()
         dist = self.distributed
         if dist is not None and backend == "cuda":
             raise ValueError("distributed training runs on the CPU backends, not on 'cuda'")
-        return engines.make(name, self.model, self.loss, self.optimizer, nn.raw_kernels(backend), backend,
+        return engines.make(name, self.model, self.loss, self.optimizer, nn.raw_kernels(backend, self.precision), backend,
                             self.batch_size, dist, self.rng, (X, y))
 
     def _check_fit_args(self, epochs, verbose, callbacks):
@@ -347,7 +382,7 @@ class Trainer:
         keys = ["loss"] + (["accuracy"] if self.classification else [])
         if val is not None:
             keys += ["val_loss"] + (["val_accuracy"] if self.classification else [])
-        return keys + ["samples_per_s", "lr", "engine"]
+        return keys + ["samples_per_s", "lr", "engine", "precision"]
 
     def _epoch_loss(self, losses, sizes, rows):
         """Mean loss per row: batch means weighted by batch size, or summed losses / rows."""
@@ -376,7 +411,7 @@ class Trainer:
     def evaluate(self, X, y):
         """``{"loss": ..., "accuracy": ...}`` (accuracy for classification) on ``(X, y)``."""
         X, y = self._check_data(X, y)
-        with nn.bind_kernels(self.model, nn.raw_kernels(self.backend_name())) as kernels:
+        with nn.bind_kernels(self.model, nn.raw_kernels(self.backend_name(), self.precision)) as kernels:
             return self._evaluate(X, y, kernels)
 
     def predict_proba(self, X):
@@ -384,13 +419,13 @@ class Trainer:
         if not self.classification:
             raise ValueError("predict_proba needs a classification loss (cross_entropy)")
         X, _ = self._check_X(X, "X")
-        with nn.bind_kernels(self.model, nn.raw_kernels(self.backend_name())) as kernels:
+        with nn.bind_kernels(self.model, nn.raw_kernels(self.backend_name(), self.precision)) as kernels:
             return host(kernels.softmax_forward(self._outputs(X, kernels)))
 
     def predict(self, X):
         """Class labels (N,) int64 for classification, else the model outputs (N, OUT)."""
         X, _ = self._check_X(X, "X")
-        with nn.bind_kernels(self.model, nn.raw_kernels(self.backend_name())) as kernels:
+        with nn.bind_kernels(self.model, nn.raw_kernels(self.backend_name(), self.precision)) as kernels:
             out = self._outputs(X, kernels)
         return out.argmax(axis=1).astype(np.int64) if self.classification else out
 
@@ -437,7 +472,8 @@ def _as_ndarray(data, name):
     return array
 
 
-_TRAINER_KEYWORDS = ("model", "loss", "optimizer", "backend", "batch_size", "seed", "distributed", "engine")
+_TRAINER_KEYWORDS = ("model", "loss", "optimizer", "backend", "batch_size", "seed", "distributed", "engine",
+                     "precision")
 # Keywords other libraries' users reach for, and where they belong here.
 _KEYWORD_HINTS = {
     "lr": "set the learning rate on the optimizer: optimizer=kernprop.optim.Adam(lr=...)",
@@ -543,3 +579,10 @@ def _bar_close(bar, logs):
     short = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
     bar.set_postfix({short[k]: f"{v:.4f}" for k, v in logs.items() if k in short}, refresh=True)
     bar.close()
+
+
+def _warn_once(message):
+    """A UserWarning; Python's default filter shows each message once per process."""
+    import warnings
+
+    warnings.warn(message, UserWarning, stacklevel=3)
