@@ -102,7 +102,8 @@ def test_history_evaluate_predict(backend):
     X, y = _blobs()
     trainer = _trainer(backend)
     history = trainer.fit(X, y, epochs=4, validation_data=(X[:32], y[:32]), verbose=0)
-    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "samples_per_s", "lr", "engine"}
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "samples_per_s", "lr", "engine",
+                            "precision"}
     assert all(len(v) == 4 for v in history.values())
     assert history["loss"][-1] < history["loss"][0]
     assert all(s > 0 for s in history["samples_per_s"])
