@@ -35,6 +35,11 @@ The rule (``choose``), for ``engine="auto"``, in this order:
    per step packed, 3.96-4.12 ms not);
 5. otherwise ``layerwise``.
 
+The rule does not depend on ``Trainer(precision=...)``: the fused step always computes
+in fp32 (at the sizes it takes, packing and edge tiles cost as much as the products, so
+rounding operands to bf16 would not pay), and a larger model runs layer by layer, its
+products at the Trainer's precision.  ``Trainer.precision_in_effect`` says which.
+
 A name (``Trainer(..., engine="fused")``) skips the rule; an engine that cannot run the
 fit (``fused`` off numba or for a model it does not take, ``device`` off cuda, ``fused``
 or ``device`` distributed) is a ValueError saying why.  The choice and its reason are
