@@ -14,6 +14,11 @@ microseconds per step (best of several epochs; the first epoch warms the JIT):
   returns a preallocated result, i.e. the Python cost of the trainer itself (an upper
   bound: it includes the stand-ins' own cost, about 3 us).
 
+``--issue15`` prints issue 15's table: whole ``fit`` epochs of 784-512-256-10 (batch 256)
+and 784-2048-2048-10 (batch 512) on numba at each matmul precision (``Trainer(precision=
+...)``) against PyTorch eager fp32 and under ``torch.autocast("cpu", torch.bfloat16)``,
+then where a kernprop step's time goes (products, ReLU masks, loss, update).
+
 ``--issue7`` instead prints the table of issue 7, all in one run and each model twice:
 the digits MLP 64-32-10 and 64-128-10 at batch 32 and 784-512-256-10 ReLU at batch 256,
 per step and in samples/s, for the plain NumPy step, PyTorch eager (``nn.Sequential``,
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import time
 import timeit
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -171,6 +177,115 @@ def issue7(rounds=2):
                 print(f"  {label:28s} {t:9.1f} us {batch / t * 1e6:11,.0f}/s   {ratio}", flush=True)
 
 
+def torch_autocast_step(sizes, rng, threads):
+    """PyTorch eager with the forward pass under ``torch.autocast("cpu", torch.bfloat16)``
+    (the products in bf16, the loss in fp32, fp32 parameters), SGD; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    cross_entropy = torch.nn.functional.cross_entropy
+
+    def step(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(xb)
+        loss = cross_entropy(logits.float(), yb)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, torch.from_numpy
+
+
+def step_breakdown_us(sizes, batch, precision, X, y, repeat=20):
+    """Where one layer-by-layer numba step goes, each kernel timed alone in a block:
+    the products (forward with bias and ReLU; dx and dw with db; packing and the bf16
+    conversion inside them), the ReLU masks, the loss and the SGD updates; the
+    remainder of the trainer's step is Python."""
+    k = nn.raw_kernels("numba", precision)
+    model = nn.MLP(list(sizes), rng=0)
+    xb, yb = X[:batch], y[:batch]
+    acts, outs = [], [xb]
+    layers = model.layers if hasattr(model, "layers") else [model]
+    linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
+    for i, layer in enumerate(linears):
+        act = "relu" if i < len(linears) - 1 else None
+        outs.append(k.linear_forward(outs[-1], layer.weight, layer.bias, act))
+        acts.append(act)
+    _, dlogits = k.cross_entropy_with_grad(outs[-1], yb, "mean", -100, 0.0, None)
+
+    def timed(fn):
+        fn()
+        return min(timeit.repeat(fn, number=1, repeat=repeat)) * 1e6
+
+    parts = {"products": 0.0, "relu masks": 0.0, "loss": 0.0, "update": 0.0}
+    for i, layer in enumerate(linears):
+        parts["products"] += timed(lambda: k.linear_forward(outs[i], layer.weight, layer.bias, acts[i]))
+        parts["products"] += timed(lambda: k.linear_backward(outs[i], layer.weight, dlogits if i == len(linears) - 1
+                                                              else outs[i + 1], True, i > 0))
+        if acts[i] is not None:
+            parts["relu masks"] += timed(lambda: k.relu_backward(outs[i + 1], outs[i + 1]))
+        for p in layer.parameters():
+            grad = np.zeros_like(p)
+            parts["update"] += timed(lambda: k.sgd_step(p, grad, None, 0.0, 0.0, False, 0.0))
+    parts["loss"] = timed(lambda: k.cross_entropy_with_grad(outs[-1], yb, "mean", -100, 0.0, None))
+    return parts
+
+
+ISSUE15_MODELS = (((784, 512, 256, 10), 256), ((784, 2048, 2048, 10), 512))
+
+
+def issue15(rounds=2, threads=2):
+    """Issue 15's table: whole ``fit`` epochs (SGD, numba, layer by layer) at each
+    precision against PyTorch eager fp32 and under autocast bf16, each model ``rounds``
+    times, samples/s; then where a kernprop step goes."""
+    print(f"issue 15: train step, float32 master weights, SGD, {threads} threads (numba and torch); "
+          f"best epoch of several; samples/s")
+    for r in range(rounds):
+        for sizes, batch in ISSUE15_MODELS:
+            rng = np.random.default_rng(0)
+            n = 12 * batch
+            X = rng.random((n, sizes[0]), dtype=np.float32)
+            y = rng.integers(0, sizes[-1], n)
+            rows = {}
+            for name, made in (("torch fp32", torch_step(sizes, rng)),
+                               ("torch autocast bf16", torch_autocast_step(sizes, rng, threads))):
+                if made is not None:
+                    step, from_numpy = made
+                    rows[name] = loop_step_us(step, from_numpy(X), from_numpy(y), batch, repeat=5)
+            for precision in ("fp32", "bf16x3", "bf16"):
+                trainer = Trainer(nn.MLP(list(sizes), rng=0), optimizer=optim.SGD(0.05), backend="numba",
+                                  batch_size=batch, precision=precision)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    history = trainer.fit(X, y, epochs=6, verbose=0)
+                label = f"kernprop {precision} ({trainer.engine_choice[0]}, products {history['precision'][-1]})"
+                rows[label] = batch / max(history["samples_per_s"][1:]) * 1e6
+            print(f"round {r + 1}: {'-'.join(map(str, sizes))} batch {batch}")
+            base, autocast = rows.get("torch fp32"), rows.get("torch autocast bf16")
+            for label, t in rows.items():
+                ratio = "" if base is None else f"{base / t:5.2f}x torch fp32, {autocast / t:5.2f}x autocast"
+                print(f"  {label:48s} {batch / t * 1e6:10,.0f}/s  {t:9.1f} us/step  {ratio}", flush=True)
+    for sizes, batch in ISSUE15_MODELS:
+        rng = np.random.default_rng(0)
+        X = rng.random((batch, sizes[0]), dtype=np.float32)
+        y = rng.integers(0, sizes[-1], batch)
+        for precision in ("fp32", "bf16"):
+            parts = step_breakdown_us(sizes, batch, precision, X, y)
+            print(f"where a step goes, {'-'.join(map(str, sizes))} batch {batch}, {precision}: "
+                  + ", ".join(f"{k} {v:,.0f} us" for k, v in parts.items()) + f" (sum {sum(parts.values()):,.0f})")
+
+
 def kernel_times_us(backend, sizes, batch):
     k = nn.raw_kernels(backend)
     rng = np.random.default_rng(0)
@@ -251,11 +366,16 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--issue7", action="store_true", help="issue 7's table (see the docstring)")
+    parser.add_argument("--issue15", action="store_true", help="issue 15's table: precisions against torch "
+                        "fp32 and autocast bf16 (see issue15)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     kernprop.set_num_threads(args.threads)
     if args.issue7:
         issue7()
+        return
+    if args.issue15:
+        issue15(threads=args.threads)
         return
     if len(sizes) != 3:
         parser.error("--sizes takes three sizes: in,hidden,out")
