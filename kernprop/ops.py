@@ -374,6 +374,11 @@ def sgd_step(
     if nesterov and not momentum:
         raise ValueError("nesterov requires momentum > 0")
     _optimizer_state(name, param, grad=grad, velocity=velocity if momentum else None)
+    if momentum and param.dtype.type(momentum) == 0:
+        # The kernels compute in the parameters' dtype, where this momentum is 0 (no
+        # velocity update) while the reference keeps it: refuse rather than differ.
+        raise ValueError(f"momentum must be 0 or at least {np.finfo(param.dtype).smallest_subnormal} "
+                         f"for {param.dtype} parameters (it rounds to 0), got {momentum}")
     kernels.sgd_step(param, grad, velocity if momentum else None, lr, momentum, bool(nesterov), weight_decay)
 
 

@@ -419,3 +419,14 @@ def test_a_rank_with_bad_data_fails_every_rank_without_a_hang(tmp_path, bad, mes
     assert len(lines) == 2, result.stdout + result.stderr
     assert lines[0].startswith("rank 0 refused: rank 1 of 2 failed its checks: ") and re.search(message, lines[0])
     assert lines[1].startswith("rank 1 refused: ") and re.search(message, lines[1])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_momentum_that_rounds_to_zero_in_the_dtype_is_refused(backend):
+    # Found by the fuzz suite: the kernels compute in float32, where 1e-102 is 0 (no
+    # velocity update), while the reference kept it.
+    p, g, v = np.ones(3, np.float32), np.ones(3, np.float32), np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="momentum must be 0 or at least"):
+        kernprop.sgd_step(p, g, v, lr=0.1, momentum=1e-102, backend=_cpu_backend(backend))
+    kernprop.sgd_step(p.astype(np.float64), g.astype(np.float64), v.astype(np.float64), lr=0.1,
+                      momentum=1e-102, backend=backend)  # representable in float64
