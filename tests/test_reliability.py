@@ -430,3 +430,21 @@ def test_momentum_that_rounds_to_zero_in_the_dtype_is_refused(backend):
         kernprop.sgd_step(p, g, v, lr=0.1, momentum=1e-102, backend=_cpu_backend(backend))
     kernprop.sgd_step(p.astype(np.float64), g.astype(np.float64), v.astype(np.float64), lr=0.1,
                       momentum=1e-102, backend=backend)  # representable in float64
+
+
+# --- bounds-checked kernels (the CI job runs this file under NUMBA_BOUNDSCHECK=1) ----------
+
+
+def test_bounds_checked_numba_kernels_turn_a_missing_check_into_an_error():
+    """What the bounds-checked job is for: with the checks bypassed (the raw kernels,
+    as the trainer calls them), a class weight too short for the logits is an
+    IndexError instead of a read of the memory after it."""
+    import numba
+
+    if not numba.config.BOUNDSCHECK:
+        pytest.skip("runs under NUMBA_BOUNDSCHECK=1 (the bounds-checked CI job)")
+    _cpu_backend("numba")
+    kernels = nn.raw_kernels("numba")
+    logits, y = np.ones((8, 4), np.float32), np.arange(8) % 4
+    with pytest.raises(IndexError):
+        kernels.cross_entropy_with_grad(logits, y, "mean", -100, 0.0, np.ones(2, np.float32))
