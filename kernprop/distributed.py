@@ -152,7 +152,11 @@ class MPIContext:
             result, failure = check(), None
         except Exception as exc:  # noqa: BLE001 - any failure must reach the other ranks
             result, failure = None, exc
-        outcome = None if failure is None else (type(failure).__name__, str(failure))
+        if failure is None:
+            outcome = None
+        else:  # the class travels by kind: the few that take a message alone
+            kind = next((k for k in (TypeError, ValueError, OSError) if isinstance(failure, k)), RuntimeError)
+            outcome = (kind.__name__, str(failure))
         outcomes = self.comm.allgather(outcome)
         failed = [(rank, o) for rank, o in enumerate(outcomes) if o is not None]
         if not failed:
@@ -160,7 +164,7 @@ class MPIContext:
         if failure is not None:
             raise failure
         rank, (kind, message) = failed[0]
-        error = {"ValueError": ValueError, "TypeError": TypeError}.get(kind, RuntimeError)
+        error = {"ValueError": ValueError, "TypeError": TypeError, "OSError": OSError}.get(kind, RuntimeError)
         raise error(f"rank {rank} of {self.size} failed its checks: {message}")
 
     def any(self, flag):

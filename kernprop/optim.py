@@ -220,6 +220,8 @@ class SGD(Optimizer):
         self.lr = _number("lr", hyper["lr"], 0.0)
         self.momentum = _number("momentum", hyper["momentum"], 0.0, 1.0)
         self.nesterov = bool(hyper["nesterov"])
+        if self.nesterov and not self.momentum:  # as the constructor: a saved state is checked alike
+            raise ValueError("nesterov requires momentum > 0")
         self.weight_decay = _number("weight_decay", hyper["weight_decay"], 0.0)
         self._state_names = ("velocity",) if self.momentum else ()
 

@@ -434,13 +434,13 @@ class Trainer:
     def save(self, path):
         """Write a checkpoint to ``path`` (a ``.npz`` file, see ``kernprop.checkpoint``;
         written to a temporary file then renamed).  Distributed: rank 0 writes, every
-        rank returns once it has."""
+        rank returns once it has, or raises when rank 0 could not write."""
         dist = self.distributed
         if dist is None:
             return checkpoint.write(self, path)
-        if dist.is_root:
-            checkpoint.write(self, path)
-        dist.barrier()
+        # The agreement is the barrier: a failed write reaches every rank as an error
+        # instead of leaving the others waiting for rank 0.
+        dist.checked(lambda: checkpoint.write(self, path) if dist.is_root else None)
         return os.fspath(path)
 
     @classmethod

@@ -448,3 +448,48 @@ def test_bounds_checked_numba_kernels_turn_a_missing_check_into_an_error():
     logits, y = np.ones((8, 4), np.float32), np.arange(8) % 4
     with pytest.raises(IndexError):
         kernels.cross_entropy_with_grad(logits, y, "mean", -100, 0.0, np.ones(2, np.float32))
+
+
+SAVE_FAILS = textwrap.dedent(
+    """
+    import os
+    import numpy as np
+    from mpi4py import MPI
+    from kernprop import nn
+    from kernprop.train import Trainer
+
+    rank = MPI.COMM_WORLD.Get_rank()
+    trainer = Trainer(nn.MLP([4, 3], rng=0), backend="numpy", batch_size=8, distributed="mpi")
+    os.makedirs("a_directory", exist_ok=True)
+    try:
+        trainer.save("a_directory")  # rank 0 cannot write there; rank 1 must not wait for it
+    except OSError as exc:
+        print(f"rank {rank} refused: {exc}", flush=True)
+    """
+)
+
+
+@pytest.mark.mpi
+def test_a_failed_distributed_save_fails_every_rank_without_a_hang(tmp_path):
+    from test_distributed import MPIRUN, WHY, run_mpi
+
+    if MPIRUN is None:
+        pytest.skip(f"MPI tests need mpi4py and mpirun: {WHY}")
+    (tmp_path / "save_fails.py").write_text(SAVE_FAILS)
+    result = run_mpi(2, [sys.executable, "save_fails.py"], tmp_path, timeout=90)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    lines = sorted(line for line in result.stdout.splitlines() if "refused" in line)
+    assert len(lines) == 2 and "rank 1 refused: rank 0 of 2 failed its checks" in lines[1], result.stdout
+
+
+def test_checkpoint_with_nesterov_but_no_momentum_is_refused(tmp_path):
+    trainer = Trainer(nn.MLP([2, 2], rng=0), optimizer=optim.SGD(0.1), backend="numpy")
+    path = trainer.save(tmp_path / "ok.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["optimizer.nesterov"] = np.array(1.0)
+    arrays.pop("checksum")
+    arrays["checksum"] = np.array(checksum(arrays))
+    np.savez(tmp_path / "nesterov.npz", **arrays)
+    with pytest.raises(ValueError, match="nesterov requires momentum"):
+        Trainer.load(tmp_path / "nesterov.npz")
