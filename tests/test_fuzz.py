@@ -328,3 +328,43 @@ def test_fuzz_trainer_entry_points(backend, data):
             np.testing.assert_allclose(got[1][key], want[1][key], err_msg=f"evaluate {key}", **close)
         np.testing.assert_allclose(got[2], want[2], err_msg="predict", **close)
     assert _same(X, X_before) and _same(y, y_before), "the trainer modified its data"
+
+
+_CHECKPOINT = {}
+
+
+def _checkpoint_bytes(tmp_dir):
+    """One small checkpoint (Adam state, class weights), made once per session."""
+    if "bytes" not in _CHECKPOINT:
+        trainer = Trainer(nn.MLP([3, 4, 2], rng=0), optimizer=optim.Adam(), backend="numpy", weight=np.ones(2))
+        trainer.fit(np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]), verbose=0)
+        path = trainer.save(os.path.join(tmp_dir, "fuzz_base.npz"))
+        with open(path, "rb") as f:
+            _CHECKPOINT["bytes"] = f.read()
+    return _CHECKPOINT["bytes"]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_checkpoint_bytes(tmp_path_factory, data):
+    """Damaged checkpoints (bytes flipped, cut or inserted): ``Trainer.load`` raises a
+    ValueError naming the file, or loads a trainer; never anything else."""
+    tmp = tmp_path_factory.getbasetemp()
+    raw = bytearray(_checkpoint_bytes(str(tmp)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        how = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if how == "flip":
+            raw[at] ^= data.draw(st.integers(1, 255))
+        elif how == "cut":
+            del raw[at:at + data.draw(st.integers(1, 64))]
+        else:
+            raw[at:at] = bytes(data.draw(st.integers(0, 255)) for _ in range(data.draw(st.integers(1, 8))))
+        if not raw:
+            break
+    path = tmp / "fuzz_damaged.npz"
+    path.write_bytes(bytes(raw))
+    try:
+        Trainer.load(path)
+    except ValueError as exc:
+        assert "fuzz_damaged.npz" in str(exc), exc
