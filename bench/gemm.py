@@ -147,6 +147,9 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="also write the report to this Markdown file")
     args = parser.parse_args(argv)
     kernprop.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)  # NumPy's OpenBLAS on the same threads as the others
     try:
         import torch
 
