@@ -19,9 +19,11 @@ cdef extern from *:
     #define KP_SHORT_ELEMS 2048   /* elements per block: d and e stay in L1 */
     #define KP_SHORT_ROWS 512     /* rows per block at most (the m and s buffers) */
 
+    /* rows per block for rows of c: at least 1, so the callers' block count (computed
+       for every length, long rows included) never divides by zero */
     static inline Py_ssize_t kp_short_block_rows(Py_ssize_t c) {
         Py_ssize_t r = KP_SHORT_ELEMS / (c > 0 ? c : 1);
-        return r < KP_SHORT_ROWS ? r : KP_SHORT_ROWS;
+        return r < 1 ? 1 : r < KP_SHORT_ROWS ? r : KP_SHORT_ROWS;
     }
 
     /* x (rows, c) contiguous -> m (rows,) row maxima, d (rows c,) = x - m,

@@ -570,3 +570,24 @@ def test_amx_is_never_chosen_by_the_rule():
     from kernprop.kernels.cython import matmul
 
     assert "amx_bf16" not in matmul.kernel_info()["bf16"] or "forced" in matmul.kernel_info()["bf16"]
+
+
+@pytest.mark.parametrize("shape", [(3, 2049), (5, 5000), (2, 40000)])
+def test_rows_longer_than_a_short_block(rng, dtype, shape):
+    # Rows longer than the short-row block (2048 elements) take the per-row path; the
+    # block count computed for them once divided by zero (SIGFPE).
+    from kernprop.kernels.reference import softmax as ref_softmax
+
+    x = rng.uniform(-8, 8, shape).astype(dtype)
+    dy = rng.uniform(-1, 1, shape).astype(dtype)
+    labels = rng.integers(0, shape[1], shape[0])
+    run = dict(backend="cython")
+    assert_close(kernprop.log_softmax(x, **run), ref_softmax.log_softmax_forward(x), dtype, scale=8.0)
+    assert_close(kernprop.softmax(x, **run), ref_softmax.softmax_forward(x), dtype, scale=1e-3)
+    y = ref_softmax.log_softmax_forward(x)
+    assert_close(kernprop.log_softmax_backward(y, dy, **run), ref_softmax.log_softmax_backward(y, dy),
+                 dtype, scale=float(np.abs(dy).sum(axis=1).max()))
+    loss, grad = kernprop.cross_entropy_with_grad(x, labels, label_smoothing=0.1, **run)
+    want_loss, want_grad = ref_losses.cross_entropy_with_grad(x, labels, "mean", -100, 0.1, None)
+    assert_close(loss, want_loss, dtype, scale=8.0, name="loss")
+    assert_close(grad, want_grad, dtype, scale=float(np.abs(want_grad).max()), name="grad")
