@@ -493,3 +493,15 @@ def test_checkpoint_with_nesterov_but_no_momentum_is_refused(tmp_path):
     np.savez(tmp_path / "nesterov.npz", **arrays)
     with pytest.raises(ValueError, match="nesterov requires momentum"):
         Trainer.load(tmp_path / "nesterov.npz")
+
+
+def test_bounds_checked_cython_build_turns_a_missing_check_into_an_error():
+    """The same for the Cython build with bounds checks that CI makes on a copy of the
+    source (KERNPROP_CYTHON_BOUNDSCHECK=1 is set there)."""
+    if os.environ.get("KERNPROP_CYTHON_BOUNDSCHECK") != "1":
+        pytest.skip("runs against the bounds-checked Cython build of the CI job")
+    _cpu_backend("cython")
+    kernels = nn.raw_kernels("cython")
+    logits, y = np.ones((8, 4), np.float32), np.arange(8) % 4
+    with pytest.raises(IndexError):
+        kernels.cross_entropy_with_grad(logits, y, "mean", -100, 0.0, np.ones(2, np.float32))
