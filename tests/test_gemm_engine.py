@@ -24,10 +24,11 @@ EPS32 = float(np.finfo(np.float32).eps)
 PRECISION_BOUND = {"fp32": 0.0, "bf16x3": 2.0**-14, "bf16": 2.0**-7}
 # (kernel, precision) pairs: every kernel for every precision it serves
 CASES = [(name, precision) for name, kernel in selection.KERNELS.items() for precision in kernel.serves]
-# K longer than several K blocks (the largest block is 512), odd, and small shapes; the
-# larger ones exceed the serial cut-off and run the parallel driver
+# K longer than several K blocks (the deepest block is 512 for float32, 1024 for bf16),
+# odd, and small shapes; the larger ones exceed the serial cut-off and run the parallel
+# driver, (5, 2100, 9) runs two bf16 K blocks through the serial one
 SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 33), (13, 17, 19), (12, 64, 32), (67, 301, 45), (40, 1301, 70),
-          (130, 1100, 97)]
+          (130, 1100, 97), (5, 2100, 9), (30, 2600, 40)]
 
 
 def magnitude(a, b):
