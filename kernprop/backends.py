@@ -187,6 +187,10 @@ def set_num_threads(n: int) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     import numba
+    from numba.core.config import NUMBA_NUM_THREADS
+
+    if n > NUMBA_NUM_THREADS:  # Numba's pool is sized when it starts
+        raise ValueError(f"n must be at most {NUMBA_NUM_THREADS} (the cores, or NUMBA_NUM_THREADS), got {n}")
 
     numba.set_num_threads(n)
     if status("cython").available:

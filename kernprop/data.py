@@ -18,6 +18,13 @@ def train_test_split(X, y, test_fraction=0.2, seed=0):
     """Split rows into ``(X_train, y_train), (X_test, y_test)`` by a seeded permutation,
     stratified by class when ``y`` holds integer labels (each class split in the same
     proportion), so the split is fixed for a seed and balanced."""
+    for name, array in (("X", X), ("y", y)):
+        if not isinstance(array, np.ndarray) or array.ndim == 0:
+            raise TypeError(f"{name} must be a numpy.ndarray with rows, got {type(array).__name__}")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"y must have one entry per row of X ({X.shape[0]}), got shape {y.shape}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.integer, np.floating)):
+        raise TypeError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     n = X.shape[0]

@@ -292,6 +292,8 @@ def mse_backward(pred, target, reduction="mean", *, backend=None):
 
 def default_chunk_size(num_classes: int, itemsize: int) -> int:
     """Rows per chunk so that one chunk of logits stays within ``LOGITS_CHUNK_BYTES``."""
+    num_classes = check_int("num_classes", num_classes, 1)
+    itemsize = check_int("itemsize", itemsize, 1)
     return max(1, LOGITS_CHUNK_BYTES // (num_classes * itemsize))
 
 

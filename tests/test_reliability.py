@@ -505,3 +505,17 @@ def test_bounds_checked_cython_build_turns_a_missing_check_into_an_error():
     logits, y = np.ones((8, 4), np.float32), np.arange(8) % 4
     with pytest.raises(IndexError):
         kernels.cross_entropy_with_grad(logits, y, "mean", -100, 0.0, np.ones(2, np.float32))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: kernprop.ops.default_chunk_size(0, 4), ValueError, "num_classes must be an int in"),
+    (lambda: kernprop.ops.default_chunk_size(10, "a"), TypeError, "itemsize must be an int"),
+    (lambda: kernprop.set_num_threads(10**6), ValueError, "n must be at most"),
+    (lambda: kernprop.train_test_split([1, 2], np.arange(2)), TypeError, "X must be a numpy.ndarray"),
+    (lambda: kernprop.train_test_split(np.ones((5, 2)), np.arange(4)), ValueError, "y must have one entry per row"),
+    (lambda: kernprop.train_test_split(np.ones((5, 2)), np.arange(5), "x"), TypeError, "test_fraction must be"),
+])
+def test_small_public_helpers_name_the_argument(call, error, message):
+    # A ZeroDivisionError, AttributeError or Numba's unnamed message before.
+    with pytest.raises(error, match=message):
+        call()
