@@ -280,6 +280,9 @@ class Linear(Module):
         if dtype not in _FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         self.in_features, self.out_features = int(in_features), int(out_features)
+        if self.in_features * self.out_features * 8 > np.iinfo(np.intp).max:  # drawn in float64
+            raise ValueError(f"in_features x out_features = {self.in_features} x {self.out_features} "
+                             "weights are more than one array can hold")
         self.init = init
         fan_in, fan_out = self.in_features, self.out_features
         limit = math.sqrt(6.0 / fan_in) if init == "he" else math.sqrt(6.0 / (fan_in + fan_out))

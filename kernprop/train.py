@@ -136,7 +136,10 @@ class Trainer:
         self.backend = backend
         self.batch_size = int(batch_size)
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        try:
+            self.rng = np.random.default_rng(seed)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"seed must be None, a non-negative int or a numpy Generator, got {seed!r} ({exc})") from None
         self.dtype = dtypes.pop()
         self.history: dict[str, list] = {}
         self.epochs_done = 0

@@ -519,3 +519,13 @@ def test_small_public_helpers_name_the_argument(call, error, message):
     # A ZeroDivisionError, AttributeError or Numba's unnamed message before.
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: nn.Linear(10**20, 3), ValueError, "in_features x out_features"),
+    (lambda: Trainer(nn.MLP([2, 2], rng=0), seed="x"), TypeError, "seed must be"),
+    (lambda: Trainer(nn.MLP([2, 2], rng=0), seed=-1), ValueError, "seed must be"),
+])
+def test_model_sizes_and_seeds_name_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
