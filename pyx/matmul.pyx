@@ -3,16 +3,18 @@
 kernel in the Goto/BLIS shape (Goto & van de Geijn, "Anatomy of High-Performance
 Matrix Multiplication", ACM TOMS 2008; Van Zee & van de Geijn, "BLIS", TOMS 2015).
 
-Loops, outermost first, for C (M, N) = A (M, K) @ B (K, N):
-    for each panel of NC columns of B, for each KC-deep slice of K:
-        pack B (KC, NC) into NR-wide slivers, zero-padded (prange over slivers); the
-        packed panel is at most KC x NC, whatever the size of B
-        prange over blocks of MC rows of C (each thread owns its rows: no write races)
+Loops, outermost first, for C (M, N) = A (M, K) @ B (K, N), all in one OpenMP region:
+    for each panel of NC columns of B, for each KC-deep slice of K (KC and MC from the
+    cache sizes, ``set_blocking``; K cut into equal slices):
+        pack B (KC, NC) into NR-wide slivers, zero-padded (work-shared over slivers);
+        the packed panel is at most KC x NC, whatever the size of B
+        work-shared tasks (block of MC rows of C, group of B slivers): each task owns
+        its tiles of C, so no two threads write one element
             pack the A block (MC, KC) into MR-tall slivers, zero-padded
-            for each NR sliver of the B panel (KC, NR): stays in L1 while ...
+            for each NR sliver of the group (KC, NR): stays in L1 while ...
                 for each MR sliver of A (in L2): the micro-tile, MR x NR accumulators
                 in registers over the KC-long contiguous slivers
-            after the last K slice: epilogue on the thread's own tiles (+ bias,
+            after the last K slice: epilogue on the task's own tiles (+ bias,
             activation)
 Packing reads any strides, so transposed views (``w.T`` in ``dx = dy @ w.T``,
 ``x.T`` in ``dw = x.T @ dy``) are never copied first.  Each element of C sums its K
