@@ -257,6 +257,18 @@ cdef extern from *:
         float buf[KP_BLOCK];
         double acc[KP_LANES] = {0};
         Py_ssize_t j0, j, l, size;
+        if (out != NULL && out != x) {
+            /* a separate output: the exps go straight there, no copy through buf */
+            for (j0 = 0; j0 < n; j0 += KP_BLOCK) {
+                float *o = out + j0;
+                size = n - j0 < KP_BLOCK ? n - j0 : KP_BLOCK;
+                for (j = 0; j < size; j++) o[j] = kp_expf(x[j0 + j] - m);
+                for (j = 0; j + KP_LANES <= size; j += KP_LANES)
+                    for (l = 0; l < KP_LANES; l++) acc[l] += (double)o[j + l];
+                for (; j < size; j++) acc[0] += o[j];
+            }
+            return kp_sum_lanes(acc);
+        }
         for (j0 = 0; j0 < n; j0 += KP_BLOCK) {
             size = n - j0 < KP_BLOCK ? n - j0 : KP_BLOCK;
             for (j = 0; j < size; j++) buf[j] = kp_expf(x[j0 + j] - m);
