@@ -94,8 +94,7 @@ def labels(draw, n, classes):
     values = [draw(st.integers(0, max(classes - 1, 0))) for _ in range(n)]
     if n and draw(st.integers(0, 99)) < 25:
         values[draw(st.integers(0, n - 1))] = draw(st.sampled_from(
-            [int(info.max), int(info.min), -1, -100, classes, 2**63 - 100]))
-    values = [v for v in values]
+            [int(info.max), int(info.min), -1, -100, classes, 2**63 - 100, 2**64 - 100]))
     return np.array([min(max(v, int(info.min)), int(info.max)) for v in values], dtype=dtype)
 
 
