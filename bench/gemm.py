@@ -42,7 +42,9 @@ def cpu_name():
 
 
 def block_time(fn, min_seconds=0.3, max_reps=200):
-    """Seconds per call: one untimed call, then the best mean of 3 blocks of calls."""
+    """Seconds per call: a pause (the previous contender's idle threads stop spinning),
+    one untimed call, then the best mean of 3 blocks of calls."""
+    time.sleep(0.2)
     fn()
     start = time.perf_counter()
     fn()
