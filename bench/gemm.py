@@ -66,23 +66,16 @@ def peaks(threads):
     from kernprop.kernels.numba_cpu.gemm.microkernels import host_has_avx512_bf16, peak_loop
 
     @njit(parallel=True)
-    def fp32_loop(steps, threads):
+    def loop(steps, threads, kind):
         total = np.zeros(threads, np.float32)
         for t in prange(threads):
-            total[t] = peak_loop(steps, 0)
-        return total.sum()
-
-    @njit(parallel=True)
-    def bf16_loop(steps, threads):
-        total = np.zeros(threads, np.float32)
-        for t in prange(threads):
-            total[t] = peak_loop(steps, 1)
+            total[t] = peak_loop(steps, 0) if kind == 0 else peak_loop(steps, 1)
         return total.sum()
 
     steps = 2_000_000
-    out = {"fp32": 24 * 32 * steps * threads / block_time(lambda: fp32_loop(steps, threads), 0.2) / 1e9}
+    out = {"fp32": 24 * 32 * steps * threads / block_time(lambda: loop(steps, threads, 0), 0.2) / 1e9}
     if host_has_avx512_bf16():
-        out["bf16"] = 24 * 64 * steps * threads / block_time(lambda: bf16_loop(steps, threads), 0.2) / 1e9
+        out["bf16"] = 24 * 64 * steps * threads / block_time(lambda: loop(steps, threads, 1), 0.2) / 1e9
     return out
 
 

@@ -36,6 +36,7 @@ Not collected by pytest (no ``test_`` prefix).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 import timeit
 import warnings
@@ -81,13 +82,16 @@ def plain_numpy_step(sizes, rng):
     return step
 
 
-def torch_step(sizes, rng):
-    """PyTorch eager: the same ReLU MLP and SGD; None when torch is not installed."""
+def torch_step(sizes, rng, threads=2, autocast=False):
+    """PyTorch eager: the same ReLU MLP and SGD, with the forward pass under
+    ``torch.autocast("cpu", torch.bfloat16)`` when ``autocast`` (the products in bf16,
+    the loss in fp32, fp32 parameters); None when torch is not installed."""
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(torch.nn.Linear(a, b))
@@ -96,10 +100,14 @@ def torch_step(sizes, rng):
     model = torch.nn.Sequential(*layers)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     cross_entropy = torch.nn.functional.cross_entropy
+    forward_precision = (torch.autocast("cpu", dtype=torch.bfloat16) if autocast
+                         else contextlib.nullcontext())
 
     def step(xb, yb):
         opt.zero_grad(set_to_none=True)
-        loss = cross_entropy(model(xb), yb)
+        with forward_precision:
+            logits = model(xb)
+        loss = cross_entropy(logits.float(), yb)
         loss.backward()
         opt.step()
         return loss
@@ -177,36 +185,6 @@ def issue7(rounds=2):
                 print(f"  {label:28s} {t:9.1f} us {batch / t * 1e6:11,.0f}/s   {ratio}", flush=True)
 
 
-def torch_autocast_step(sizes, rng, threads):
-    """PyTorch eager with the forward pass under ``torch.autocast("cpu", torch.bfloat16)``
-    (the products in bf16, the loss in fp32, fp32 parameters), SGD; None without torch."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    cross_entropy = torch.nn.functional.cross_entropy
-
-    def step(xb, yb):
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(xb)
-        loss = cross_entropy(logits.float(), yb)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step, torch.from_numpy
-
-
 def step_breakdown_us(sizes, batch, precision, X, y, repeat=20):
     """Where one layer-by-layer numba step goes, each kernel timed alone in a block:
     the products (forward with bias and ReLU; dx and dw with db; packing and the bf16
@@ -258,8 +236,8 @@ def issue15(rounds=2, threads=2):
             X = rng.random((n, sizes[0]), dtype=np.float32)
             y = rng.integers(0, sizes[-1], n)
             rows = {}
-            for name, made in (("torch fp32", torch_step(sizes, rng)),
-                               ("torch autocast bf16", torch_autocast_step(sizes, rng, threads))):
+            for name, made in (("torch fp32", torch_step(sizes, rng, threads)),
+                               ("torch autocast bf16", torch_step(sizes, rng, threads, autocast=True))):
                 if made is not None:
                     step, from_numpy = made
                     rows[name] = loop_step_us(step, from_numpy(X), from_numpy(y), batch, repeat=5)

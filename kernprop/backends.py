@@ -8,12 +8,13 @@ caller does not use.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import threading
 from dataclasses import dataclass
 from types import ModuleType
+
+from ._defaults import ThreadDefault
 
 __all__ = [
     "FAMILIES", "NAMES", "DEFAULT_BACKEND", "BackendStatus", "status", "backends", "available_backends",
@@ -98,14 +99,16 @@ DEFAULT_BACKEND = "numba"
 _lock = threading.Lock()
 _status_cache: dict[str, BackendStatus] = {}
 _module_cache: dict[tuple[str, str], ModuleType] = {}
-_state = threading.local()
-_global_default = [os.environ.get("KERNPROP_BACKEND", DEFAULT_BACKEND)]
 
 
 def _require_known(name) -> str:
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(NAMES)}")
     return name
+
+
+# the default backend: global, and per thread inside use_backend
+_default = ThreadDefault(os.environ.get("KERNPROP_BACKEND", DEFAULT_BACKEND), _require_known)
 
 
 def status(name: str) -> BackendStatus:
@@ -133,28 +136,17 @@ def available_backends() -> list[str]:
 
 def set_backend(name: str) -> None:
     """Set the global default backend used when an op gets ``backend=None``."""
-    _require_known(name)
-    _global_default[0] = name
+    _default.set(name)
 
 
 def get_backend() -> str:
     """The backend an op uses when it gets ``backend=None``."""
-    stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else _global_default[0]
+    return _default.get()
 
 
-@contextlib.contextmanager
 def use_backend(name: str):
     """Use ``name`` as the default backend inside a ``with`` block (per thread)."""
-    _require_known(name)
-    stack = getattr(_state, "stack", None)
-    if stack is None:
-        stack = _state.stack = []
-    stack.append(name)
-    try:
-        yield name
-    finally:
-        stack.pop()
+    return _default.override(name)
 
 
 def resolve(name: str | None) -> str:

@@ -23,17 +23,13 @@ precision (on a CPU without a fast bf16 unit a "bf16" request runs the float32 k
 
 from __future__ import annotations
 
-import contextlib
-import threading
+from ._defaults import ThreadDefault
 
 __all__ = ["PRECISIONS", "DEFAULT_PRECISION", "check_precision", "set_matmul_precision",
            "get_matmul_precision", "matmul_precision", "resolve_precision"]
 
 PRECISIONS = ("fp32", "bf16x3", "bf16")
 DEFAULT_PRECISION = "fp32"
-
-_global_default = [DEFAULT_PRECISION]
-_state = threading.local()
 
 
 def check_precision(precision) -> str:
@@ -43,29 +39,23 @@ def check_precision(precision) -> str:
     return precision
 
 
+# the default precision: global, and per thread inside matmul_precision
+_default = ThreadDefault(DEFAULT_PRECISION, check_precision)
+
+
 def set_matmul_precision(precision: str) -> None:
     """Set the global default precision of float32 matmuls ("fp32", "bf16x3" or "bf16")."""
-    _global_default[0] = check_precision(precision)
+    _default.set(precision)
 
 
 def get_matmul_precision() -> str:
     """The precision a float32 matmul uses when it gets ``precision=None``."""
-    stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else _global_default[0]
+    return _default.get()
 
 
-@contextlib.contextmanager
 def matmul_precision(precision: str):
     """Use ``precision`` as the default matmul precision inside a ``with`` block (per thread)."""
-    check_precision(precision)
-    stack = getattr(_state, "stack", None)
-    if stack is None:
-        stack = _state.stack = []
-    stack.append(precision)
-    try:
-        yield precision
-    finally:
-        stack.pop()
+    return _default.override(precision)
 
 
 def resolve_precision(precision, dtype) -> str:

@@ -27,16 +27,22 @@ import numpy as np
 
 from . import checkpoint, engines, nn
 from . import distributed as _distributed
-from ._validate import as_array, check_int, check_label_values, float_dtype_error
+from ._validate import check_int
 from .backends import matmul_kernel, resolve
 from .precision import check_precision
 from .checkpoint import FORMAT_VERSION
 from .engines.layerwise import host
+from ._progress import accuracy as _accuracy
+from ._progress import bar as _bar
+from ._progress import bar_close as _bar_close
+from ._progress import bar_update as _bar_update
+from ._progress import epoch_line as _epoch_line
+from .trainer_inputs import (check_distinct_parameters, check_features, check_targets,
+                             check_trainer_keywords, output_features)
 from .optim import Adam, Optimizer
 
 __all__ = ["Trainer", "FORMAT_VERSION"]
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _EVAL_ROWS = 4096  # rows per forward pass in evaluate / predict
 _BAR_UPDATES = 50  # progress-bar updates per epoch (the engine runs the steps between them)
 
@@ -105,7 +111,7 @@ class Trainer:
 
     def __init__(self, model, loss="cross_entropy", optimizer=None, backend=None,
                  batch_size=128, seed=0, distributed=None, engine="auto", precision="fp32", **loss_kwargs):
-        _check_trainer_keywords(loss, loss_kwargs)
+        check_trainer_keywords(loss, loss_kwargs)
         check_precision(precision)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a kernprop.nn.Module, got {type(model).__name__}")
@@ -126,10 +132,10 @@ class Trainer:
         dtypes = {p.dtype for p in params}
         if len(dtypes) != 1:
             raise TypeError(f"model parameters must share one dtype, got {sorted(map(str, dtypes))}")
-        _check_distinct_parameters(params)
+        check_distinct_parameters(params)
         self.model = model
         self.loss = nn.make_loss(loss, **loss_kwargs)
-        outputs = _output_features(model)
+        outputs = output_features(model)
         if outputs is not None:
             self._check_loss(outputs)  # the rest is checked by fit's forward pass on a row
         self.optimizer = optimizer
@@ -181,54 +187,11 @@ class Trainer:
             )
 
     def _check_X(self, X, name):
-        X = _as_ndarray(X, name)
-        if X.dtype not in _FLOAT_DTYPES:
-            raise float_dtype_error(name, X.dtype)
-        if X.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
-        if X.shape[0] == 0 or X.shape[1] == 0:
-            raise ValueError(f"{name} must not be empty, got shape {X.shape}")
-        expected = _input_features(self.model)
-        if expected is not None and X.shape[1] != expected:
-            raise ValueError(f"{name} of shape {X.shape} does not fit the model: "
-                             f"{name} has {X.shape[1]} features, the model expects {expected}")
-        if not np.isfinite(X).all():
-            raise ValueError(f"{name} must be finite (it holds NaN or inf)")
-        X = np.ascontiguousarray(X, dtype=self.dtype)
-        # One checked forward pass on a row: the model must accept these features.
-        try:
-            with nn.bind_kernels(self.model, nn.validated_ops(self.backend_name(), self.precision)):
-                out = self.model.forward(X[:1])
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{name} of shape {X.shape} does not fit the model: {exc}") from None
-        return X, out.shape[1] if out.ndim == 2 else None
+        probe = nn.validated_ops(self.backend_name(), self.precision)
+        return check_features(X, name, self.model, self.dtype, probe)
 
     def _check_y(self, y, n, num_outputs, name, x_name):
-        y = _as_ndarray(y, name)
-        if y.ndim == 0 or y.shape[0] != n:
-            raise ValueError(
-                f"{name} must have one entry per row of {x_name}: {x_name} has {n} rows, "
-                f"{name} has shape {y.shape}"
-            )
-        if self.classification:
-            if y.dtype.kind not in "iu":
-                raise TypeError(f"{name} must hold integer class labels for cross-entropy, got dtype {y.dtype}")
-            if y.ndim != 1:
-                raise ValueError(f"{name} must be 1-D (one label per row), got shape {y.shape}")
-            if num_outputs is None:
-                raise ValueError(f"the model's output for {x_name} is not 2-D (rows, classes)")
-            # the ops' check: values range-checked in their own dtype, then int64
-            y = check_label_values(name, y, num_outputs, getattr(self.loss, "ignore_index", None))
-            return np.ascontiguousarray(y)
-        if y.dtype.kind not in "fiu":
-            raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
-        if y.ndim == 1:
-            y = y.reshape(n, 1)
-        if y.shape != (n, num_outputs):
-            raise ValueError(f"{name} must have shape ({n}, {num_outputs}) to match the model output, got {y.shape}")
-        if not np.isfinite(y).all():
-            raise ValueError(f"{name} must be finite (it holds NaN or inf)")
-        return np.ascontiguousarray(y, dtype=self.dtype)
+        return check_targets(y, n, num_outputs, name, x_name, self.loss, self.classification, self.dtype)
 
     def _check_data(self, X, y, x_name="X", y_name="y"):
         X, num_outputs = self._check_X(X, x_name)
@@ -456,132 +419,6 @@ class Trainer:
         Raises ValueError for a file that is truncated, altered or not a checkpoint.
         """
         return checkpoint.read(path, cls, backend, loss, engine)
-
-
-def _as_ndarray(data, name):
-    """Array-likes as scikit-learn takes them: a NumPy array as it is, a DLPack object
-    (a CPU tensor) viewed in place, anything else (lists, pandas) through
-    ``np.asarray``, once per call; the dtype rules that follow are those of arrays."""
-    data = as_array(name, data)
-    if isinstance(data, np.ndarray):
-        return data
-    try:
-        array = np.asarray(data)
-    except (TypeError, ValueError) as exc:  # ragged lists, objects NumPy cannot read
-        raise TypeError(f"{name} must be an array-like of numbers, got {type(data).__name__}: {exc}") from None
-    if array.dtype == object:
-        raise TypeError(f"{name} must be an array-like of numbers (rows of equal length), "
-                        f"got {type(data).__name__} that NumPy reads as objects")
-    return array
-
-
-_TRAINER_KEYWORDS = ("model", "loss", "optimizer", "backend", "batch_size", "seed", "distributed", "engine",
-                     "precision")
-# Keywords other libraries' users reach for, and where they belong here.
-_KEYWORD_HINTS = {
-    "lr": "set the learning rate on the optimizer: optimizer=kernprop.optim.Adam(lr=...)",
-    "learning_rate": "set the learning rate on the optimizer: optimizer=kernprop.optim.Adam(lr=...)",
-    "momentum": "set it on the optimizer: optimizer=kernprop.optim.SGD(lr=..., momentum=...)",
-    "epochs": "it is an argument of fit: trainer.fit(X, y, epochs=...)",
-    "verbose": "it is an argument of fit: trainer.fit(X, y, verbose=...)",
-    "callbacks": "it is an argument of fit: trainer.fit(X, y, callbacks=...)",
-    "validation_data": "it is an argument of fit: trainer.fit(X, y, validation_data=...)",
-    "random_state": "the Trainer's seed is seed=...",
-    "device": "pick the backend: backend='cuda'",
-}
-
-
-def _check_trainer_keywords(loss, kwargs):
-    """Keywords beyond the Trainer's own go to a named loss; one that neither takes is
-    named, with the accepted ones (and where it belongs when it is a habit from PyTorch,
-    Keras or scikit-learn), instead of surfacing as the loss's TypeError."""
-    if not kwargs:
-        return
-    loss_class = nn.LOSSES.get(loss) if isinstance(loss, str) else None
-    loss_options = ()
-    if loss_class is not None:
-        import inspect
-
-        loss_options = tuple(p for p in inspect.signature(loss_class).parameters if p != "self")
-    unknown = [k for k in kwargs if k not in loss_options]
-    if not unknown:
-        return
-    key = unknown[0]
-    accepted = ", ".join(_TRAINER_KEYWORDS)
-    if loss_options:
-        accepted += f"; for loss={loss!r}: " + ", ".join(loss_options)
-    hint = f" ({_KEYWORD_HINTS[key]})" if key in _KEYWORD_HINTS else ""
-    raise TypeError(f"Trainer got an unexpected keyword argument {key!r}{hint}; it accepts {accepted}")
-
-
-def _input_features(model):
-    """The number of input features when the model's first layer says it (a kernprop
-    ``Linear``, alone or first in a ``Sequential``), else None."""
-    while isinstance(model, nn.Sequential) and len(model):
-        model = model[0]
-    return model.weight.shape[0] if isinstance(model, nn.Linear) else None
-
-
-def _output_features(model):
-    """The model's number of outputs when its layers say it (built of kernprop's own
-    layers only: the last ``Linear``'s ``out_features``, activations keep the width),
-    else None (fit finds it by a forward pass)."""
-    modules = list(model.modules())
-    if not all(type(m) in (nn.Linear, nn.Sequential, nn.MLP, nn.ReLU, nn.Sigmoid, nn.Tanh) for m in modules):
-        return None
-    linears = [m for m in modules if isinstance(m, nn.Linear)]
-    return linears[-1].weight.shape[1] if linears else None
-
-
-def _check_distinct_parameters(params):
-    """No two parameters share memory: each is updated in place from its own gradient,
-    and a shared one would take several updates per step in a backend-dependent order."""
-    for i, p in enumerate(params):
-        for j in range(i + 1, len(params)):
-            if isinstance(p, np.ndarray) and isinstance(params[j], np.ndarray) \
-                    and np.may_share_memory(p, params[j]):
-                raise ValueError(f"model parameters {i} and {j} share memory; give each layer its own arrays")
-
-
-def _accuracy(preds, labels, ignore):
-    hit = preds == labels
-    if ignore is not None:
-        keep = labels != ignore
-        counted = int(np.count_nonzero(keep))
-        return int(np.count_nonzero(hit & keep)) / counted if counted else float("nan")
-    return int(np.count_nonzero(hit)) / labels.shape[0]
-
-
-def _epoch_line(epoch, logs):
-    parts = [f"epoch {epoch}"]
-    for key, value in logs.items():
-        if key == "samples_per_s":
-            parts.append(f"{value:,.0f} samples/s")
-        elif key not in ("lr", "engine"):
-            parts.append(f"{key} {value:.4f}")
-    return "  ".join(parts)
-
-
-def _bar(total, epoch, show):
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"epoch {epoch + 1}", unit="sample", leave=True, file=sys.stderr)
-
-
-def _bar_update(bar, running_loss, seen, t0):
-    bar.update(int(seen) - bar.n)
-    elapsed = time.perf_counter() - t0
-    bar.set_postfix(loss=f"{running_loss:.4f}", samples_per_s=f"{seen / max(elapsed, 1e-9):,.0f}", refresh=False)
-
-
-def _bar_close(bar, logs):
-    if bar is None:
-        return
-    short = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
-    bar.set_postfix({short[k]: f"{v:.4f}" for k, v in logs.items() if k in short}, refresh=True)
-    bar.close()
 
 
 def _warn_once(message):
