@@ -256,8 +256,9 @@ def _train(args, dist=None) -> int:
           f"{X_train.shape[1]} features, {num_classes} classes")
     if labels_line:
         print(labels_line)
+    running = get_num_threads()
     print(f"model: MLP {'-'.join(map(str, sizes))} ({args.activation}), {args.optimizer} lr {lr:g}, "
-          f"batch {args.batch_size}, backend {backend}, {get_num_threads()} threads"
+          f"batch {args.batch_size}, backend {backend}, {running} thread{'' if running == 1 else 's'}"
           + (f" ({why_threads})" if threads is not None else "")
           + (f" x {dist.size} MPI ranks" if dist is not None else ""))
     print(f"engine: {f'mpi({engine})' if dist is not None else engine} ({why_engine})")
