@@ -8,7 +8,7 @@ the tile with its epilogue, the serial and parallel drivers, the narrow-output c
 and micro-kernels per instruction set and precision (``microkernels``), chosen at run
 time from what the CPU runs, measures and passes a self-check (``selection``).
 ``matmul``, ``linear``, ``linear_backward``, ``linear_cross_entropy`` and the fused
-training step (``mlp_step``, through ``serial``) all call it.
+training step (``mlp_step``, through ``drivers.serial``) all call it.
 
 Blocking comes from the CPU's caches (``blocking``): the depth KC of a K block keeps an
 A micro-panel (KC x MR) in half of L1 while B micro-panels stream past it; a task's
@@ -32,10 +32,12 @@ from . import drivers, selection
 from .microkernels import AMX_PAIRS, MR, tile_cols
 from .selection import BF16_PACK, KERNELS
 
-__all__ = ["KC", "MR", "blocking", "gemm", "kernel_info", "select_kernel", "serial", "tile_cols", "kernel_for"]
+__all__ = ["KC", "MR", "blocking", "gemm", "kernel_info", "kernel_for", "measured_peaks", "select_kernel",
+           "tile_cols"]
 
-# Depth of a K block for the fused step's serial products (its pack buffers are sized
-# by it); the engine's own products use ``blocking()``.
+# Depth of a K block for the fused step's serial products (``mlp_step`` calls
+# ``drivers.serial`` over its own buffers, sized by it); the engine's own products use
+# ``blocking()``.
 KC = 256
 NC = 4096  # columns of a packed B panel (it stays in L3)
 _SERIAL_FLOPS = 4_000_000  # below this a parallel launch costs more than the product
@@ -214,11 +216,3 @@ def gemm(a, b, out=None, bias=None, activation=None, accumulate=False, column_su
         out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
     kernel = selection.FP32 if a.dtype.itemsize == 8 else _selection.kernel(precision)
     return _run(a, b, out, bias, activation, accumulate, column_sums_of_b, kernel, precision)
-
-
-def serial(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, bflat, b_base):
-    """The serial driver for callers that own their buffers and are compiled themselves
-    (``mlp_step``): float32/float64 panels of K blocks of ``KC``; see ``drivers.serial``.
-    Compiled code calls ``drivers.serial`` directly."""
-    drivers.serial(a, b, c, False, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, KC, 1,
-                   bflat, b_base)

@@ -34,7 +34,7 @@ from numba import njit
 
 from .microkernels import (AMX_ROWS, MR, NVEC, VECTOR_BYTES, host_has_amx_bf16, host_has_avx512_bf16,
                            peak_loop, request_amx)
-from ....precision import PRECISIONS
+from ....precision import PRECISIONS, check_precision
 
 BF16_MIN_GAIN = 1.25
 
@@ -275,7 +275,7 @@ class Selection:
         """Force kernel ``name`` (or the rule again, for None) for ``precision``; returns
         the previous kernel's name.  Raises ValueError for a kernel less accurate than the
         precision or one that cannot run here."""
-        check_precision_name(precision)
+        check_precision(precision)
         previous = self.kernel(precision).name
         with self._lock:
             if name is None:
@@ -294,8 +294,3 @@ class Selection:
             note = self._chosen[precision][1]
             out[precision] = kernel.description + (f" ({note})" if note else "")
         return out
-
-
-def check_precision_name(precision):
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
