@@ -292,15 +292,18 @@ def _amx_block_emulated(apack, a_off, bpack, b_off, steps):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "bf16x3"])
-@pytest.mark.parametrize("m,k,n", [(5, 7, 3), (40, 45, 70), (33, 300, 32)])
-def test_amx_packing_layout_gives_the_reference_product(rng, precision, m, k, n):
+@pytest.mark.parametrize("m,k,n", [(5, 7, 3), (40, 45, 70), (33, 300, 32), (64, 64, 64)])
+@pytest.mark.parametrize("layout_a,layout_b", [("transposed", "strided"), ("contiguous", "contiguous"),
+                                               ("strided", "transposed")])
+def test_amx_packing_layout_gives_the_reference_product(rng, precision, m, k, n, layout_a, layout_b):
     # The AMX panels, read as the tiles read them, multiply to the reference of the
-    # precision: checks the layout, padding and bf16x3 terms on a CPU without AMX.
+    # precision: checks the layout, padding and bf16x3 terms on a CPU without AMX, through
+    # every packing path (row-major, column-major and strided operands).
     from kernprop.kernels.numba_cpu.gemm import drivers
     from kernprop.kernels.numba_cpu.gemm.selection import AMX
 
-    a = make_array(rng, (m, k), np.float32, "transposed")
-    b = make_array(rng, (k, n), np.float32, "strided")
+    a = make_array(rng, (m, k), np.float32, layout_a)
+    b = make_array(rng, (k, n), np.float32, layout_b)
     terms = AMX.terms(precision)
     steps = gemm._steps(k, terms, AMX.pack_dtype)
     assert steps % 16 == 0
