@@ -300,12 +300,13 @@ def test_amx_packing_layout_gives_the_reference_product(rng, precision, m, k, n,
     # precision: checks the layout, padding and bf16x3 terms on a CPU without AMX, through
     # every packing path (row-major, column-major and strided operands).
     from kernprop.kernels.numba_cpu.gemm import drivers
+    from kernprop.kernels.numba_cpu.gemm.packing import steps_for
     from kernprop.kernels.numba_cpu.gemm.selection import AMX
 
     a = make_array(rng, (m, k), np.float32, layout_a)
     b = make_array(rng, (k, n), np.float32, layout_b)
     terms = AMX.terms(precision)
-    steps = gemm._steps(k, terms, AMX.pack_dtype)
+    steps = steps_for(k, terms, AMX.pack_dtype)
     assert steps % 16 == 0
     m_panels, n_panels = -(-m // 32), -(-n // 32)
     apack = np.full(m_panels * 32 * steps, -1, np.int32)

@@ -17,7 +17,9 @@ the input dtype; only the optimizer steps update their arguments in place.
     (``kernprop.precision``; always "fp32", meaning the dtype's full precision, for
     float64).  A backend computes at least as accurately as asked (a "bf16" request may
     run float32 where no faster bf16 kernel exists) and may report which kernel each
-    precision runs through ``kernel_info() -> {precision: description}``.
+    precision runs through ``kernel_info() -> {precision: description}``, each
+    description beginning with what the kernel computes ("fp32 ..." or "bf16 ..."):
+    ``Trainer.precision_in_effect`` reads that word to tell a fallback from the real thing.
     ``matmul(a, b, precision)``: a (M, K) @ b (K, N) -> (M, N).
     ``linear_forward(x, w, b, activation, precision)``: x (N, IN) @ w (IN, OUT) + b (OUT,) with
     ``b`` possibly ``None`` and ``activation`` one of ``None, "relu", "sigmoid", "tanh"``

@@ -29,7 +29,8 @@ from numba import get_num_threads
 
 from ..activations import ACTIVATION_CODES
 from . import drivers, selection
-from .microkernels import AMX_PAIRS, MR, tile_cols
+from .microkernels import MR, tile_cols
+from .packing import steps_for
 from .selection import BF16_PACK, KERNELS
 
 __all__ = ["KC", "MR", "blocking", "gemm", "kernel_info", "kernel_for", "measured_peaks", "select_kernel",
@@ -111,12 +112,10 @@ def _buffer(slot, size, dtype):
     return buffer[:size]
 
 
-def _steps(kc, terms, pack_dtype):
-    # micro-kernel steps of a K block (packing.pack_steps): bf16 pairs halve them,
-    # bf16x3 triples K first, AMX pads them to whole tiles of 16 pairs
-    if pack_dtype == selection.AMX_PACK:
-        return -(-((kc * terms + 1) // 2) // AMX_PAIRS) * AMX_PAIRS
-    return (kc * terms + 1) // 2 if pack_dtype == BF16_PACK else kc
+def _panels(extent, width, steps, pack_dtype, slot):
+    # the pack buffer ``slot`` for ``extent`` rows (A) or columns (B) in panels of
+    # ``width``, each ``steps`` micro-kernel steps deep
+    return _buffer(slot, -(-extent // width) * width * steps, pack_dtype)
 
 
 def _run(a, b, out, bias, activation, accumulate, column_sums_of_b, kernel, precision):
@@ -143,15 +142,16 @@ def _run(a, b, out, bias, activation, accumulate, column_sums_of_b, kernel, prec
     small = 2 * m * n * k <= _SERIAL_FLOPS
     if small and n < nr and n < m and not accumulate:
         depth = min(k, KC)
-        apack = _buffer("a", -(-n // rows) * rows * _steps(depth, terms, pack_dtype), pack_dtype)
-        bpack = _buffer("b", -(-m // nr) * nr * _steps(depth, terms, pack_dtype), pack_dtype)
+        steps = steps_for(depth, terms, pack_dtype)
+        apack = _panels(n, rows, steps, pack_dtype, "a")
+        bpack = _panels(m, nr, steps, pack_dtype, "b")
         drivers.narrow(a, b, out, bias, has_bias, code, apack, bpack, tile, sums, want_sums, KC, terms)
         return out
     kc_max = _k_block(k, kc_target)
     nc_max = min(n, NC)
-    steps = lambda kc: _steps(kc, terms, pack_dtype)  # noqa: E731
-    apack = _buffer("a", -(-m // rows) * rows * steps(kc_max), pack_dtype)
-    bpack = _buffer("b", -(-nc_max // nr) * nr * steps(kc_max), pack_dtype)
+    steps = steps_for(kc_max, terms, pack_dtype)
+    apack = _panels(m, rows, steps, pack_dtype, "a")
+    bpack = _panels(nc_max, nr, steps, pack_dtype, "b")
     if small and n <= NC:
         drivers.serial(a, b, out, accumulate, bias, has_bias, code, apack, bpack, tile, sums, want_sums,
                        kc_max, terms, bpack, -1)

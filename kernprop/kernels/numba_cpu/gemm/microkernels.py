@@ -114,19 +114,22 @@ def _as_i64(builder, value):
     return builder.sext(value, _I64) if value.type.width < 64 else value
 
 
+def _element_ptr(context, builder, array_type, array, offset):
+    # the address of element ``offset`` of a Numba array argument
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.gep(data, [_as_i64(builder, offset)])
+
+
 def _tile_loop(context, builder, signature, args, acc_type, step):
     """Emit ``for p < kc: accs = step(pa, pb, accs)`` and the store of the accumulators
     into ``c`` (added when beta).  ``step`` loads from the current A and B pointers and
-    returns the new accumulators; A advances ``a_step`` and B ``b_stride`` elements."""
+    returns the new accumulators; A advances MR elements a step and B ``b_stride``."""
     ap_v, a_off_v, bp_v, b_off_v, b_stride_v, kc_v, c_v, c_off_v, ldc_v, beta_v = args
     a_ty, b_ty, c_ty = signature.args[0], signature.args[2], signature.args[6]
-    a_data = context.make_array(a_ty)(context, builder, ap_v).data
-    b_data = context.make_array(b_ty)(context, builder, bp_v).data
-    c_data = context.make_array(c_ty)(context, builder, c_v).data
     c_size = context.get_abi_sizeof(context.get_data_type(c_ty.dtype))
     kc_v = _as_i64(builder, kc_v)
-    a0 = builder.gep(a_data, [_as_i64(builder, a_off_v)])
-    b0 = builder.gep(b_data, [_as_i64(builder, b_off_v)])
+    a0 = _element_ptr(context, builder, a_ty, ap_v, a_off_v)
+    b0 = _element_ptr(context, builder, b_ty, bp_v, b_off_v)
     pre = builder.basic_block
     loop = builder.append_basic_block("tile.loop")
     done = builder.append_basic_block("tile.done")
@@ -153,7 +156,7 @@ def _tile_loop(context, builder, signature, args, acc_type, step):
     builder.cbranch(builder.icmp_signed("<", p_next, kc_v), loop, done)
 
     builder.position_at_end(done)
-    c0 = builder.gep(c_data, [_as_i64(builder, c_off_v)])
+    c0 = _element_ptr(context, builder, c_ty, c_v, c_off_v)
     ldc_v = _as_i64(builder, ldc_v)
     lanes = acc_type.count
     vec_ptr = acc_type.as_pointer()
@@ -460,13 +463,10 @@ def amx_tile(typingctx, ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, be
             return context.get_dummy_value()  # never selected here (selection checks)
         a_ty, b_ty, c_ty = signature.args[0], signature.args[2], signature.args[6]
         i8p = ir.PointerType(_I8)
-        a_data = context.make_array(a_ty)(context, builder, ap_v).data
-        b_data = context.make_array(b_ty)(context, builder, bp_v).data
-        c_data = context.make_array(c_ty)(context, builder, c_v).data
         steps_v = _as_i64(builder, steps_v)
-        a_ptr = builder.bitcast(builder.gep(a_data, [_as_i64(builder, a_off_v)]), i8p)
-        b_ptr = builder.bitcast(builder.gep(b_data, [_as_i64(builder, b_off_v)]), i8p)
-        c_ptr = builder.bitcast(builder.gep(c_data, [_as_i64(builder, c_off_v)]), i8p)
+        a_ptr = builder.bitcast(_element_ptr(context, builder, a_ty, ap_v, a_off_v), i8p)
+        b_ptr = builder.bitcast(_element_ptr(context, builder, b_ty, bp_v, b_off_v), i8p)
+        c_ptr = builder.bitcast(_element_ptr(context, builder, c_ty, c_v, c_off_v), i8p)
         four = ir.Constant(_I64, 4)
         beta_bit = builder.icmp_unsigned("!=", beta_v, ir.Constant(beta_v.type, 0))
         emit_amx_block(builder, a_ptr, builder.mul(steps_v, four), b_ptr,

@@ -73,13 +73,34 @@ def pack_steps(kc, terms, pack):
     virtual steps for bf16 panels, padded to whole AMX tiles (16 pairs) for int32 ones."""
 
 
+@njit(**_JIT)
+def _pair_steps(kc, terms):
+    # bf16 pairs of the kc * terms virtual K steps (the last one half zero when odd)
+    return (kc * terms + 1) // 2
+
+
+@njit(**_JIT)
+def _amx_steps(kc, terms):
+    # the pairs padded to whole AMX tiles
+    return (_pair_steps(kc, terms) + AMX_PAIRS - 1) // AMX_PAIRS * AMX_PAIRS
+
+
 @overload(pack_steps, jit_options=_JIT)
 def _pack_steps(kc, terms, pack):
     if pack.dtype == types.uint32:
-        return lambda kc, terms, pack: (kc * terms + 1) // 2
+        return lambda kc, terms, pack: _pair_steps(kc, terms)
     if pack.dtype == types.int32:
-        return lambda kc, terms, pack: ((kc * terms + 1) // 2 + AMX_PAIRS - 1) // AMX_PAIRS * AMX_PAIRS
+        return lambda kc, terms, pack: _amx_steps(kc, terms)
     return lambda kc, terms, pack: kc
+
+
+def steps_for(kc, terms, pack_dtype):
+    """``pack_steps`` for Python callers sizing a pack buffer of ``pack_dtype``."""
+    if pack_dtype == np.uint32:
+        return _pair_steps(kc, terms)
+    if pack_dtype == np.int32:
+        return _amx_steps(kc, terms)
+    return kc
 
 
 def panel_rows(pack):
