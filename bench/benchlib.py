@@ -2,9 +2,13 @@
 
 Every benchmark goes through ``Harness.run``: it calls the op once (JIT compile, or
 cache load), asserts the result against the NumPy reference with float32 tolerances,
-and only then times it, with ``benchmark.group = f"{op} {shape}"`` so that the backends
-of one op and shape sit side by side, and ``extra_info`` holding the op, shape, backend,
-floating-point operations and bytes moved (for GFLOP/s and GB/s in the report).
+and only then times it in a block of its own: a pause (``PAUSE_S``, so the previous
+contender's idle threads have stopped spinning), one untimed call, then every round back
+to back, never a single call of another contender in between.  ``benchmark.group =
+f"{op} {shape}"`` puts the backends of one op and shape side by side, and
+``extra_info`` holds the op, shape, backend,
+floating-point operations and bytes moved (for GFLOP/s and GB/s in the report), and the
+cores other processes used during the block (``others_cores``: the report's busy rule).
 
 Backends: the kernprop backends (``numpy``, ``numba``, ``cython``, ``cuda``) and
 ``torch`` as an outside comparison (CPU, ``torch.set_num_threads`` set to Numba's count
@@ -22,6 +26,7 @@ import pytest
 
 import kernprop
 from kernprop.backends import NAMES, status
+from benchreport.machine import cpu_sample, others_cores
 
 DTYPE = np.dtype(np.float32)
 BACKENDS = (*NAMES, "torch")  # numpy, numba, cython, cuda, torch
@@ -35,8 +40,9 @@ ATOL = 1e-4
 # fixed, small number of rounds; faster ones are calibrated by pytest-benchmark.
 SLOW_CALL_S = 0.02
 MIN_ROUNDS, MAX_ROUNDS = 3, 20
-# Backends whose first call compiles or loads kernels, so it says little of the next one.
-JIT_BACKENDS = ("numba", "cuda")
+# Before each contender's block: OpenBLAS's idle threads spin for about 100 ms after a
+# call (Numba's and OpenMP's for a while too), taking the cores the next contender needs.
+PAUSE_S = 0.15
 
 
 def _torch():
@@ -203,9 +209,7 @@ class Harness:
             device.sync()
             return result
 
-        start = time.perf_counter()
         first = call()  # JIT compile or cache load, then the one check
-        first_s = time.perf_counter() - start
         if check is not None:
             check(first)
         elif want is not None:
@@ -214,12 +218,21 @@ class Harness:
         if benchmark.disabled:
             benchmark(call)
             return
-        if first_s > SLOW_CALL_S and backend in JIT_BACKENDS:  # the first call compiled; time one more
-            start = time.perf_counter()
-            call()
-            first_s = time.perf_counter() - start
-        if first_s > SLOW_CALL_S:
-            rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, self.max_time // first_s)))
+        # A block of this contender alone: a pause, so that the previous contender's pool
+        # (or the reference's OpenBLAS call just above) has stopped spinning, then one
+        # untimed call that wakes this contender's own pool, then every round back to back.
+        # The other processes' cores over the whole block go with the row (the report's
+        # busy rule reads them).
+        before = cpu_sample()
+        time.sleep(PAUSE_S)
+        start = time.perf_counter()
+        call()
+        once_s = time.perf_counter() - start
+        if once_s > SLOW_CALL_S:
+            rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, self.max_time // once_s)))
             benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
         else:
             benchmark(call)
+        others = others_cores(before, cpu_sample())
+        if others is not None:
+            benchmark.extra_info["others_cores"] = round(others, 3)

@@ -165,17 +165,17 @@ def test_render_report(run_a):
     assert "every backend, on one thread, shared its core" in br.render(run_a)
 
 
-def test_noisy_medians_get_a_min_table():
+def test_noisy_medians_are_busy_and_left_out_of_the_headline():
     data = _data([
         _bench("relu", "256x512", "numpy", 50e-6, minimum=40e-6, nbytes=8),
         _bench("relu", "256x512", "numba", 16e-3, minimum=10e-6, nbytes=8),  # descheduled rounds
     ])
     text = br.render(data)
-    assert "1 of 2 medians" in text
-    assert "(min 10 µs) †" in text
-    # the min-based headline: 40 µs / 10 µs
-    assert "| relu | – / 4.00 / – |" in text
-    assert "| relu | – / 0.003 / – |" in text  # the median-based one: 50 µs / 16 ms
+    assert "**BUSY: unreliable.** 1 of 2 rows" in text
+    assert "(min 10 µs) ‡" in text
+    assert "| relu | – / busy / – |" in text  # not 50 µs / 16 ms = 0.003
+    assert "0.003" not in text.split("## Every op")[0]
+    assert "| relu | 256x512 | numba | median 1600.0× its fastest round |" in text
 
 
 def test_startup_and_memory_sections(run_a):
@@ -280,6 +280,8 @@ def test_run_composes_pytest_and_measurements(tmp_path, run_a, monkeypatch):
         return seen.get("status", 0)
 
     monkeypatch.setattr(running, "run_pytest", fake_pytest)
+    monkeypatch.setattr(running, "wait_for_quiet", lambda limit, max_wait_s, log: 0.1)
+    monkeypatch.setattr(running, "sample_others", lambda seconds=1.0: 0.2)
     monkeypatch.setattr(running, "measure_peaks", lambda **kw: {"copy_gbs": 1.0, "copy_bytes": 1, "gemm_gflops": 2.0,
                                                            "gemm_n": 8})
     monkeypatch.setattr(running, "measure_startup", lambda backends: {"seen": {"error": ",".join(backends)}})
@@ -294,6 +296,7 @@ def test_run_composes_pytest_and_measurements(tmp_path, run_a, monkeypatch):
     assert extra["startup"] == {"seen": {"error": "numpy,numba"}}
     assert extra["memory"]["rows"] == 512
     assert extra["commit"] and extra["peaks"]["gemm_gflops"] == 2.0
+    assert tuple(extra["others"]) == (0.1, 0.2)
     saved = json.loads(out.read_text())
     assert saved["kernprop_report"]["command"] == "kernprop bench --quick"
     assert "## Memory" in br.render(saved) and "Warning" not in br.render(saved)

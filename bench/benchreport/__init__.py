@@ -11,13 +11,18 @@ OpenBLAS float32 GEMM for GFLOP/s); the machine, thread counts and library versi
 Numba's first-call compile time and cached start-up per backend (fresh subprocesses);
 and the peak memory of the fused linear cross-entropy against the unfused ops.
 
+A row timed while other processes took the cores (the busy rule, ``parsing.SPREAD``) is
+unreliable: marked in the tables and the plot, never counted in the headline.
+
 One module per part:
 
 ==================  =====================================================================
 ``parsing.py``      pytest-benchmark JSON -> ``Record`` s; tables, ratios, ``merge``
 ``rendering.py``    the Markdown report (``render``)
 ``comparing.py``    two saved runs side by side (``compare``)
-``plotting.py``     a PNG of speed-ups (``plot``, needs matplotlib)
+``plotting.py``     a PNG of speed-ups (``plot``, needs matplotlib): bars from 1×, the
+                    machine, threads and commit, a "BUSY: unreliable" stamp
+``machine.py``      the cores other processes use (``/proc/stat``): the busy rule's input
 ``running.py``      the measuring: ``pytest bench/`` in a subprocess, peaks, start-up,
                     memory; ``run`` composes them
 ``command.py``      the options and ``main`` of ``kernprop bench``
@@ -29,12 +34,13 @@ Everything except ``running`` only reads JSON, so the report, ``--compare`` and
 
 from .command import build_parser, main
 from .comparing import compare
-from .parsing import (BACKEND_ORDER, FAMILIES, OP_ORDER, BenchError, Record, _family_of, load, merge, records,
-                      speedup, table)
-from .plotting import plot
-from .rendering import family_tables, headline, render
+from .parsing import (BACKEND_ORDER, FAMILIES, OP_ORDER, OTHERS_MARGIN, SPREAD, BenchError, Record, _family_of,
+                      busy_reason, busy_rows, load, load_busy, merge, records, speedup, table)
+from .plotting import BUSY_STAMP, figure, plot, plot_info, plot_text
+from .rendering import busy_note, family_tables, headline, render
 from .running import THREAD_VARIABLES, find_bench_dir, run, set_thread_env
 
-__all__ = ["BACKEND_ORDER", "FAMILIES", "OP_ORDER", "BenchError", "Record", "THREAD_VARIABLES", "build_parser",
-           "compare", "family_tables", "find_bench_dir", "headline", "load", "main", "merge", "plot", "records",
-           "render", "run", "set_thread_env", "speedup", "table"]
+__all__ = ["BACKEND_ORDER", "BUSY_STAMP", "FAMILIES", "OP_ORDER", "OTHERS_MARGIN", "SPREAD", "BenchError", "Record",
+           "THREAD_VARIABLES", "build_parser", "busy_note", "busy_reason", "busy_rows", "compare", "family_tables",
+           "figure", "find_bench_dir", "headline", "load", "load_busy", "main", "merge", "plot", "plot_info",
+           "plot_text", "records", "render", "run", "set_thread_env", "speedup", "table"]

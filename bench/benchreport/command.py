@@ -13,7 +13,7 @@ from pathlib import Path
 from .parsing import BenchError, LOCK_HINT, load, merge, records
 from .rendering import render, terminal_summary
 from .comparing import compare
-from .plotting import plot
+from .plotting import plot, plot_info
 from .running import run, set_thread_env
 
 
@@ -44,11 +44,11 @@ def main(argv=None) -> int:
             data = run(quick=args.quick, ops=_split(args.ops), backends=_split(args.backends),
                        json_path=args.json, max_time=args.max_time, startup=not args.no_startup,
                        memory=not args.no_memory, command=command, note=args.note,
-                       log=lambda m: print(m, file=sys.stderr, flush=True),
+                       log=lambda m: print(m, file=sys.stderr, flush=True), wait_s=args.wait, retries=args.retries,
                        pytest_log=None if args.verbose else _pytest_log(args))
         _emit_report(data, args.output)
         if args.plot:
-            print(plot(records(data), args.plot), file=sys.stderr)
+            print(plot(records(data), args.plot, info=plot_info(data)), file=sys.stderr)
     except BenchError as exc:
         print(f"kernprop bench: {exc}", file=sys.stderr)
         return 2
@@ -140,6 +140,12 @@ def build_parser():
     bench.add_argument("--threads", type=int, default=None,
                        help="threads for every backend, numpy's BLAS and torch included (default: Numba's, "
                             "the number of cores); 1 is the robust choice on a machine others are using")
+    bench.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                       help="on a busy machine (other processes on the cores the threads need), wait up to "
+                            "this long for it to go quiet before the benchmarks and before a retry (default 60)")
+    bench.add_argument("--retries", type=int, default=1,
+                       help="time the rows a busy machine made unreliable again, up to this many times "
+                            "(default 1); rows still unreliable are marked and left out of the headline")
     bench.add_argument("--no-startup", action="store_true", help="skip the compile / cache start-up measurement")
     bench.add_argument("--no-memory", action="store_true", help="skip the linear cross-entropy memory measurement")
     bench.add_argument("--note", default=None, help="a line to put under the report's title")

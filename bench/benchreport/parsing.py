@@ -45,7 +45,15 @@ LOCK_HINT = "flock /tmp/kernprop-bench.lock"
 
 
 
-NOISY = 2.0  # a median over NOISY x the min is marked noisy in the report
+# The busy rule: a row is unreliable (marked, and left out of the headline) when
+# - its median is over SPREAD x its fastest round: other work interrupted many rounds
+#   (quiet runs of this suite stay under 1.3x, bench/RESULTS*.json), or
+# - other processes used more than (cores - the row's threads + OTHERS_MARGIN) cores over
+#   its block (benchlib measures them): some of its threads had no core of their own, or
+# - (a run without that measurement) the 1-minute load average of other processes, before
+#   the benchmarks or after them less the run's own threads, was above the cores.
+SPREAD = 1.5
+OTHERS_MARGIN = 0.5  # cores; /proc/stat ticks at 100 Hz, a short block is good to ~0.2 core
 
 
 
@@ -70,16 +78,17 @@ class Record:
     bytes: int
     rounds: int
     name: str
+    busy: str = ""  # why the row is unreliable (``busy_reason``); "" when it is not
 
     @property
     def key(self):
         return (self.op, self.shape, self.backend)
 
     @property
-    def noisy(self):
-        """The median is over twice the fastest round: other work on the machine got in
-        the way of many rounds (the min is then the better estimate of the kernel's cost)."""
-        return self.min > 0 and self.median > NOISY * self.min
+    def unreliable(self):
+        """Other processes got in the way of this row: it is marked in the report and the
+        plot, and left out of the headline."""
+        return bool(self.busy)
 
     def throughput(self):
         """(value, unit): GFLOP/s for compute-bound ops, GB/s otherwise; None if unknown."""
@@ -116,9 +125,46 @@ def load(path) -> dict:
 
 
 
+def busy_reason(median, minimum, others=None, threads=1, cores=None, load_busy=""):
+    """Why a row with these figures is unreliable by the busy rule (see ``SPREAD``), or ""."""
+    reasons = []
+    if minimum > 0 and median > SPREAD * minimum:
+        reasons.append(f"median {median / minimum:.1f}× its fastest round")
+    if others is not None and cores and others > cores - (threads or 1) + OTHERS_MARGIN:
+        reasons.append(f"other processes used {others:.1f} of {cores} cores")
+    elif others is None and load_busy:
+        reasons.append(load_busy)
+    return "; ".join(reasons)
+
+
+
+def load_busy(data) -> str:
+    """Why the run as a whole was busy by its load average (``kernprop_report["load"]``,
+    1 minute, before and after the benchmarks), or "".  The figure after counts the run's
+    own threads, so they are taken off it first."""
+    load = (data.get("kernprop_report") or {}).get("load")
+    kp = (data.get("machine_info") or {}).get("kernprop") or {}
+    cores, threads = kp.get("cpu_count"), kp.get("threads") or 1
+    if not load or not isinstance(cores, int):
+        return ""
+    before, after = load
+    others = max(before, after - threads)
+    return f"load average of other processes {others:.1f} on {cores} cores" if others > cores else ""
+
+
+
+def busy_rows(recs) -> list[Record]:
+    """The unreliable rows; any at all and the report and the plot carry the busy marking."""
+    return [r for r in recs if r.unreliable]
+
+
+
 def records(data) -> list[Record]:
-    """The benchmarks of a pytest-benchmark JSON dict, in report order."""
+    """The benchmarks of a pytest-benchmark JSON dict, in report order, each with the
+    busy rule's verdict (``Record.busy``)."""
     out = []
+    cores = ((data.get("machine_info") or {}).get("kernprop") or {}).get("cpu_count")
+    run_load = load_busy(data)
     for bench in data["benchmarks"]:
         info = bench.get("extra_info") or {}
         stats = bench.get("stats") or {}
@@ -128,12 +174,14 @@ def records(data) -> list[Record]:
         op = info.get("op") or group.split(" ")[0] or bench.get("name", "?")
         shape = info.get("shape") or (group.split(" ", 1)[1] if " " in group else "")
         backend = info.get("backend") or (bench.get("params") or {}).get("backend") or "?"
+        median, minimum = float(stats["median"]), float(stats.get("min", stats["median"]))
         out.append(Record(
             op=op, shape=shape, label=info.get("shape_label", ""), backend=backend,
-            family=info.get("family") or _family_of(op), median=float(stats["median"]),
-            min=float(stats.get("min", stats["median"])), iqr=float(stats.get("iqr", 0.0)),
+            family=info.get("family") or _family_of(op), median=median, min=minimum,
+            iqr=float(stats.get("iqr", 0.0)),
             flops=int(info.get("flops") or 0), bytes=int(info.get("bytes") or 0),
             rounds=int(stats.get("rounds") or 0), name=bench.get("fullname") or bench.get("name", ""),
+            busy=busy_reason(median, minimum, info.get("others_cores"), info.get("threads"), cores, run_load),
         ))
     out.sort(key=_sort_key)
     return out
@@ -178,17 +226,17 @@ def speedup(rows_entry, backend, baseline, stat="median"):
 
 def merge(runs, names=None) -> dict:
     """One run from several runs of the same command: every benchmark from the run where
-    its median is lowest (other work on the machine only ever slows a run down); the
-    machine info and the extra measurements of the last run."""
+    it is reliable (the busy rule) and its median lowest (other work on the machine only
+    ever slows a run down); the machine info and the extra measurements of the last run."""
     if not runs:
         raise BenchError("nothing to merge")
     names = list(names or [f"run {i + 1}" for i in range(len(runs))])
     best: dict = {}
     for index, run in enumerate(runs):
         for bench in _with_stats(run):
-            rec = _record_of(bench)
+            rec = _record_of(bench, run)
             key = rec.key
-            if key not in best or rec.median < best[key][1].median:
+            if key not in best or (rec.unreliable, rec.median) < (best[key][1].unreliable, best[key][1].median):
                 best[key] = (bench, rec, index)
     merged = json.loads(json.dumps(runs[-1]))
     merged["benchmarks"] = [bench for bench, _, _ in best.values()]
@@ -204,5 +252,5 @@ def _with_stats(run):
 
 
 
-def _record_of(bench):
-    return records({"benchmarks": [bench]})[0]
+def _record_of(bench, run):
+    return records({"benchmarks": [bench], "machine_info": run.get("machine_info") or {}})[0]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 import platform
 
-from .parsing import BACKEND_ORDER, BASELINES, NOISY, SHAPE_LABELS, records, speedup, table
+from .parsing import (BACKEND_ORDER, BASELINES, LOCK_HINT, OTHERS_MARGIN, SHAPE_LABELS, SPREAD, busy_rows,
+                      load_busy, records, speedup, table)
 
 
 def fmt_time(seconds):
@@ -76,17 +77,18 @@ HEADLINE_LABELS = ("small", "mlp", "large")
 
 
 
-def headline(recs, stat="median") -> str:
-    """Per op: each kernprop backend's speed-up over numpy and torch (by ``stat``) at the
+def headline(recs) -> str:
+    """Per op: each kernprop backend's speed-up over numpy and torch (median time) at the
     small, MLP-sized and large shapes, as "small / MLP / large" in one cell (geometric
-    mean when a class has several shapes; "–" where not measured)."""
-    pairs, body = _headline_rows(recs, stat)
+    mean when a class has several shapes; "–" where not measured; "busy" where every
+    shape of the class has an unreliable row on either side: those never count)."""
+    pairs, body = _headline_rows(recs)
     header = ["op", *(f"{c} vs {base} (small / MLP / large)" for c, base in pairs)]
     return _md_table(header, body)
 
 
 
-def _headline_rows(recs, stat="median"):
+def _headline_rows(recs):
     """(backend pairs, rows of [op, "small / MLP / large" per pair]) of the headline."""
     rows = table(recs)
     backends = _backends_present(recs)
@@ -103,8 +105,7 @@ def _headline_rows(recs, stat="median"):
                    for label in HEADLINE_LABELS}
         cells = [op]
         for c, base in pairs:
-            ratios = [_geomean([speedup(e, c, base, stat) for e in entries[label]]) for label in HEADLINE_LABELS]
-            cells.append(" / ".join(_short_ratio(r) for r in ratios))
+            cells.append(" / ".join(_headline_cell(entries[label], c, base) for label in HEADLINE_LABELS))
         body.append(cells)
     return pairs, body
 
@@ -127,20 +128,46 @@ def terminal_summary(data, report_path=None) -> str:
         lines.append(f"warning: {extra['failures']}")
     if recs:
         pairs, body = _headline_rows(recs)
-        noisy = sum(r.noisy for r in recs)
         header = ["op", *(f"{c} vs {base}" for c, base in pairs)]
         widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
         lines.append("")
         for row in [header, *body]:
             lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
-        if noisy:
-            lines += ["", f"{noisy} of {len(recs)} medians are over {NOISY:g}x their fastest round "
-                          "(a busy machine); the report has the fastest-round table too."]
+        note = busy_note(recs, markdown=False)
+        if note:
+            lines += ["", note.replace("marked ‡", "marked ‡ in the report")]
     else:
         lines.append("no benchmarks in this run")
     if report_path:
         lines += ["", f"full report: {report_path}"]
     return "\n".join(lines) + "\n"
+
+
+
+def _headline_cell(entries, contender, base):
+    """The geometric mean of the reliable speed-ups of these shapes, or "busy" when the
+    only measured ones are unreliable."""
+    measured = [e for e in entries if speedup(e, contender, base) is not None]
+    reliable = [e for e in measured if not (e[contender].unreliable or e[base].unreliable)]
+    if measured and not reliable:
+        return "busy"
+    return _short_ratio(_geomean([speedup(e, contender, base) for e in reliable]))
+
+
+
+def busy_note(recs, markdown=True) -> str:
+    """One paragraph on the unreliable rows (the busy rule, what was done with them), or
+    "" when there are none."""
+    busy = busy_rows(recs)
+    if not busy:
+        return ""
+    star = "**" if markdown else ""
+    return (f"{star}BUSY: unreliable.{star} {len(busy)} of {len(recs)} rows were timed while other processes "
+            f"took the cores (their median over {SPREAD:g}× their fastest round, or other processes on more "
+            f"than the cores less the row's threads plus {OTHERS_MARGIN:g} during their block, or, without "
+            "that figure, a load average of other processes above the cores); they are "
+            f"marked ‡ and left out of the headline.  Time again on a quiet machine (`{LOCK_HINT} kernprop "
+            "bench ...`, or --merge several runs).")
 
 
 
@@ -190,7 +217,7 @@ def family_tables(recs, peaks=None) -> str:
                     continue
                 tp = rec.throughput()
                 cells.append(fmt_time(rec.median) + (f" · {fmt_throughput(tp)}" if tp else "")
-                             + (f" (min {fmt_time(rec.min)}) †" if rec.noisy else ""))
+                             + (f" (min {fmt_time(rec.min)}) ‡" if rec.unreliable else ""))
                 if tp and (best is None or tp[0] > best[0]):
                     best = tp
             cells += [fmt_ratio(speedup(entry, c, base)) for c, base in pairs]
@@ -255,23 +282,28 @@ def _machine_section(data, extra):
     versions = kp.get("versions") or {}
     if versions:
         lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    if extra.get("others"):
+        before, after = extra["others"]
+        lines.append("- Cores used by other processes just before / after the benchmarks: "
+                     + " / ".join("?" if v is None else f"{v:.2f}" for v in (before, after)))
     if extra.get("load"):
         before, after = extra["load"]
         lines.append(f"- Load average (1 min) before / after the benchmarks: {before:.2f} / {after:.2f}")
-        if isinstance(cores, int) and max(before, after) > cores and threads == 1:
+        busy = load_busy(data)
+        if busy and threads == 1:
             lines.append(
                 f"- **The machine was busy** (load above its {cores} cores from other processes): "
-                "every backend, on one thread, shared its core with them at times; medians over many "
-                "rounds, and the fastest-round table, limit what that does."
+                "every backend, on one thread, shared its core with them at times; the rows without "
+                "their own measurement of the other processes are marked unreliable (‡)."
             )
-        elif isinstance(cores, int) and max(before, after) > cores:
+        elif busy:
             lines.append(
                 f"- **The machine was busy** (load above its {cores} cores from other processes): a "
                 f"backend running {threads or 'several'} threads waits at every parallel region until "
                 "all of them are scheduled, often a scheduler tick (ms), so µs-sized ops on numba, "
                 "cython and torch show ms medians that a quiet machine would not; single-threaded "
-                "NumPy is hit least.  Compare backends within one shape, and see the fastest-round "
-                "table."
+                "NumPy is hit least.  The rows without their own measurement of the other processes "
+                "are marked unreliable (‡)."
             )
     status = kp.get("backends") or {}
     for name in BACKEND_ORDER:
@@ -375,12 +407,17 @@ def render(data, title="kernprop benchmark report") -> str:
         taken = ", ".join(f"{n} from {name}" for name, n in zip(merged["runs"], merged["taken"]))
         meta.append(f"Merged from {len(merged['runs'])} runs of the same command: each benchmark is the "
                     f"run with its lowest median ({taken}); other processes only ever slow a run down.")
+    if extra.get("retried"):
+        meta.append(f"Timed again after waiting (bounded) for a quiet machine: {extra['retried']} busy rows; each "
+                    "row is from a run where it was reliable, the fastest such, else from its fastest run.")
     quick = ((data.get("machine_info") or {}).get("kernprop") or {}).get("quick")
     if quick:
         meta.append("Quick run: small and MLP-sized shapes only.")
     parts += [line + "  " for line in meta]
     if extra.get("failures"):
         parts += ["", f"**Warning: {extra['failures']}**"]
+    if busy_rows(recs):
+        parts += ["", busy_note(recs)]
     parts += ["", "## Machine", "", _machine_section(data, extra), ""]
     if not recs:
         parts += ["No benchmarks in this run.", ""]
@@ -392,14 +429,9 @@ def render(data, title="kernprop benchmark report") -> str:
         "has several shapes; – where not measured).  Every shape is in the tables further down.", "",
         headline(recs), "",
     ]
-    noisy = [r for r in recs if r.noisy]
-    if noisy:
-        parts += [
-            f"{len(noisy)} of {len(recs)} medians are over {NOISY:g}× their fastest round (marked † "
-            "below): other processes took the cores during many rounds.  The same table from the "
-            "fastest round of each benchmark, which such interruptions do not reach:", "",
-            headline(recs, "min"), "",
-        ]
+    if busy_rows(recs):
+        parts += ["\"busy\": only unreliable rows were measured there (the BUSY note at the top); "
+                  "unreliable rows count in no cell.", ""]
     parts += [
         "## Every op and shape", "",
         "Median time per call · throughput (GFLOP/s for GEMM-based ops and the training step, "
@@ -407,10 +439,16 @@ def render(data, title="kernprop benchmark report") -> str:
         "pass the DRAM copy peak).  `A vs B` is B's median over A's (> 1: A is faster).  "
         "`best of peak`: the best backend's throughput as a share of the measured peak that "
         "matches it: GEMM for GFLOP/s, else the copy bandwidth of where the data lives (a size "
-        "that fits in a cache is set against that cache's copy peak and marked, e.g. `85% (L2)`).  "
-        f"†: median over {NOISY:g}× the fastest round, shown in brackets.", "",
+        "that fits in a cache is set against that cache's copy peak and marked, e.g. `85% (L2)`)."
+        + ("  ‡: unreliable, timed while other processes took the cores (listed below), the fastest "
+           "round in brackets." if busy_rows(recs) else ""), "",
         family_tables(recs, extra.get("peaks")), "",
     ]
+    busy = busy_rows(recs)
+    if busy:
+        parts += ["## Busy: the unreliable rows", "",
+                  _md_table(["op", "shape", "backend", "why"], [[r.op, r.shape, r.backend, r.busy] for r in busy]),
+                  ""]
     startup = _startup_section(extra.get("startup"))
     if startup:
         parts += ["## Start-up: Numba compile and cache load", "", startup, ""]

@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .parsing import BACKEND_ORDER, BenchError, OP_ORDER, load
+from .machine import sample_others, wait_for_quiet
+from .parsing import BACKEND_ORDER, OTHERS_MARGIN, BenchError, OP_ORDER, busy_rows, load, merge, records
 
 
 def find_bench_dir() -> Path:
@@ -253,12 +254,13 @@ def _git(root, *args):
 
 
 def run_pytest(bench_dir, json_path, quick=False, ops=None, backends=None, max_time=None,
-               min_rounds=15, log_path=None) -> int:
+               min_rounds=15, log_path=None, targets=None) -> int:
     """``python -m pytest bench/ --benchmark-only --benchmark-json=json_path``; returns
     pytest's exit status (the JSON holds the benchmarks that passed).  Its output (with
     pytest-benchmark's own tables, hundreds of lines) streams to stderr, or with
-    ``log_path`` goes to that file and only pytest's summary line is shown."""
-    cmd = [sys.executable, "-m", "pytest", str(bench_dir), "--benchmark-only",
+    ``log_path`` goes to that file and only pytest's summary line is shown.  ``targets``:
+    these pytest node ids instead of the whole of ``bench/`` (a retry of busy rows)."""
+    cmd = [sys.executable, "-m", "pytest", *(targets or [str(bench_dir)]), "--benchmark-only",
            f"--benchmark-json={json_path}", "-q", "-p", "no:cacheprovider",
            f"--benchmark-min-rounds={min_rounds}", "--benchmark-columns=median,rounds",
            "--bench-quick" if quick else "--bench-full"]
@@ -287,11 +289,15 @@ def run_pytest(bench_dir, json_path, quick=False, ops=None, backends=None, max_t
 
 
 def run(quick=False, ops=None, backends=None, json_path=None, max_time=None, startup=True, memory=True,
-        command=None, note=None, log=print, pytest_log=None) -> dict:
+        command=None, note=None, log=print, pytest_log=None, wait_s=60.0, retries=1) -> dict:
     """Run the benchmarks and the extra measurements; returns the JSON dict (also written
     to ``json_path`` when given).  ``pytest_log``: a file for pytest's output (None:
-    streamed to stderr)."""
+    streamed to stderr).  A busy machine: wait up to ``wait_s`` for it to go quiet before
+    the benchmarks, and time the unreliable rows again (after the same wait) up to
+    ``retries`` times, each row kept from its reliable, fastest run (``merge``)."""
     import numpy as np
+
+    import kernprop
 
     bench_dir = find_bench_dir()
     if backends:
@@ -311,17 +317,40 @@ def run(quick=False, ops=None, backends=None, json_path=None, max_time=None, sta
     extra["blas_threads"] = blas_threads()
     log("measuring the machine's copy bandwidth and GEMM peak ...")
     extra["peaks"] = measure_peaks(copy_mib=128 if quick else 256, gemm_n=1024 if quick else 2048)
+    # Quiet enough: every thread of a row has a core the other processes leave free.
+    quiet = max(0.0, (os.cpu_count() or 1) - kernprop.get_num_threads() + OTHERS_MARGIN)
+    min_rounds = 10 if quick else 15
     with tempfile.TemporaryDirectory(prefix="kernprop-bench-") as tmp:
         out_json = json_path or os.path.join(tmp, "bench.json")
+        others_before = wait_for_quiet(quiet, wait_s, log)
         before = os.getloadavg()[0]
-        status = run_pytest(bench_dir, out_json, quick, ops, backends, max_time, min_rounds=10 if quick else 15,
+        status = run_pytest(bench_dir, out_json, quick, ops, backends, max_time, min_rounds=min_rounds,
                             log_path=pytest_log)
         if status not in (0, 5, None):
             extra["failures"] = (f"pytest exited with status {status}: some benchmarks failed their check "
                                  "against the reference or errored (see its output); they are missing below.")
             log("warning: " + extra["failures"])
         extra["load"] = (before, os.getloadavg()[0])
+        extra["others"] = (others_before, sample_others())
         data = load(out_json)
+        for attempt in range(retries):
+            busy = busy_rows(records(data))
+            if not busy:
+                break
+            log(f"{len(busy)} rows were timed on a busy machine; timing them again "
+                f"({attempt + 1} of {retries}) ...")
+            wait_for_quiet(quiet, wait_s, log)
+            again = os.path.join(tmp, f"retry{attempt}.json")
+            retry_log = str(Path(pytest_log).with_suffix(f".retry{attempt + 1}.log")) if pytest_log else None
+            try:
+                run_pytest(bench_dir, again, quick, ops, backends, max_time, min_rounds=min_rounds,
+                           log_path=retry_log, targets=[r.name for r in busy])
+            except BenchError as exc:  # the first run's rows stand, marked
+                log(f"warning: the retry failed: {exc}")
+                break
+            data = merge([data, load(again)])
+            data.pop("kernprop_report", None)
+            extra["retried"] = extra.get("retried", 0) + len(busy)
     from kernprop.backends import available_backends
 
     cpu = [b for b in available_backends() if b != "cuda" and (not backends or b in backends)]
