@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from ._defaults import ThreadDefault
+from .threadpolicy import configure as configure_threads
 
 __all__ = [
     "FAMILIES", "NAMES", "DEFAULT_BACKEND", "BackendStatus", "status", "backends", "available_backends",
@@ -48,10 +49,12 @@ def _check_numba() -> str | None:
         import numba  # noqa: F401
     except ImportError as exc:  # pragma: no cover - numba is a dependency
         return f"numba is not installed ({exc})"
+    configure_threads(numba=True)
     return None
 
 
 def _check_cython() -> str | None:
+    configure_threads()  # loading an extension loads libgomp: its wait policy first
     try:
         importlib.import_module("kernprop._cy.parallel")
     except ImportError as exc:
@@ -174,10 +177,12 @@ def family(backend: str | None, family_name: str) -> ModuleType:
 def set_num_threads(n: int) -> None:
     """Set the thread count of every CPU backend (Numba and the Cython OpenMP kernels).
 
-    The default is Numba's: ``NUMBA_NUM_THREADS`` or the number of cores.
+    The default is Numba's: ``NUMBA_NUM_THREADS`` or the number of cores.  How the
+    threads wait and share the machine: ``kernprop.threadpolicy``.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
+    configure_threads(numba=True)  # Numba starts its threads below
     import numba
     from numba.core.config import NUMBA_NUM_THREADS
 
@@ -191,6 +196,7 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """The thread count the CPU backends use."""
+    configure_threads(numba=True)  # asking Numba starts its threads
     import numba
 
     return numba.get_num_threads()

@@ -357,10 +357,7 @@ cdef extern from *:
     void kp_sigmoid_block_f(const float* x, float* out, Py_ssize_t n) noexcept nogil
     void kp_tanh_block_f(const float* x, float* out, Py_ssize_t n) noexcept nogil
 
-# Below this many elements an OpenMP region costs more than it saves (a fork/join is
-# a few microseconds; 32k elements of elementwise work take about that long).
-cdef enum:
-    PARALLEL_MIN_WORK = 32768
+include "_grain.pxi"
 
 # Activation codes shared with kernprop/kernels/cython/matmul.py.
 cdef enum:

@@ -25,6 +25,14 @@ cdef extern from *:
     int kp_get_max_threads()
 
 
+include "_grain.pxi"
+
+
+def parallel_min_work():
+    """Inputs of at most this many elements run a kernel without OpenMP threads."""
+    return PARALLEL_MIN_WORK
+
+
 def openmp_enabled():
     """True when the extensions were compiled with OpenMP."""
     return bool(kp_openmp_enabled())

@@ -9,9 +9,13 @@ On import the OpenMP thread count is set to Numba's, so both CPU backends start 
 one count; ``kernprop.set_num_threads`` keeps them in step afterwards.
 """
 
-import numba
+from kernprop.threadpolicy import configure as _configure
 
-from kernprop._cy import parallel as _parallel
+_configure(numba=True)  # before libgomp loads, and before Numba starts its threads
+
+import numba  # noqa: E402
+
+from kernprop._cy import parallel as _parallel  # noqa: E402
 
 _parallel.set_num_threads(numba.get_num_threads())
 

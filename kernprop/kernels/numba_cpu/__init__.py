@@ -8,5 +8,10 @@ the loop is written in LLVM IR as a Numba intrinsic: the GEMM micro-kernels
 says how its loops were checked to vectorise (``inspect_asm``).  The thread count is
 ``kernprop.set_num_threads`` (Numba's); no kernel calls BLAS.  ``kernprop.warmup``
 compiles or loads every kernel a training run needs; speeds against NumPy and PyTorch
-are in ``bench/SPEED_NOTES.md``.
+are in ``bench/SPEED_NOTES.md``.  Threads follow ``kernprop.threadpolicy`` (Numba's
+``omp`` layer, sharing one libgomp pool with the Cython kernels), configured on import.
 """
+
+from kernprop.threadpolicy import configure as _configure
+
+_configure(numba=True)

@@ -1,0 +1,195 @@
+"""How kernprop's CPU backends use threads, and how they share the machine.
+
+The policy, chosen by measurement (``bench/shared_machine.py``, ``bench/SHARED_MACHINE.md``):
+
+- **One OpenMP runtime.**  Numba runs its ``omp`` threading layer and the Cython kernels
+  are built with ``-fopenmp``: both use the system's libgomp, so a process that calls
+  both backends has one pool of worker threads, not two pools spinning against each
+  other.  (Numba would pick TBB when it can load it: a second runtime beside the Cython
+  one.)  Set ``NUMBA_THREADING_LAYER`` to choose another layer yourself.
+- **Bounded spinning.**  An idle libgomp worker spins before it sleeps, so that the next
+  parallel region starts without a wake-up.  libgomp's default (300,000 pauses, about
+  7 ms on a Zen 5, 10 ms or more on recent Xeons) keeps a core busy long after a kernel
+  returns: NumPy's OpenBLAS threads, PyTorch's pool or another process then wait for
+  it.  kernprop sets ``GOMP_SPINCOUNT`` to :data:`SPIN_COUNT`, which covers the gap
+  between the regions of one op and between the ops of a training step, and nothing
+  more.  Only where kernprop owns the decision: not when ``GOMP_SPINCOUNT`` or
+  ``OMP_WAIT_POLICY`` is set, nor when another library loaded libgomp first; the
+  variable is set only while kernprop loads libgomp, so child processes do not inherit it.
+- **Serial below a size.**  Small inputs run without threads (the Numba kernels'
+  ``SERIAL_ELEMENTS``, the Cython kernels' ``PARALLEL_MIN_WORK``): a fork/join costs
+  microseconds, and a parallel region waits for its slowest thread, which on a busy
+  core is a whole scheduler time slice.
+- **NumPy's BLAS is not kernprop's.**  OpenBLAS's idle threads spin for about 2**28
+  cycles (~0.1 s) after each call; a kernprop op right after a NumPy product then runs
+  on one core.  ``OPENBLAS_THREAD_TIMEOUT`` (set before NumPy is imported) shortens
+  that; :func:`blas_threads` limits NumPy's BLAS threads inside a block.  kernprop never
+  changes them by itself, and the trainer never calls NumPy's BLAS inside a step.
+
+:func:`policy` says what is in force; ``kernprop info`` prints it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import threading
+from dataclasses import dataclass
+
+__all__ = ["SPIN_COUNT", "ThreadPolicy", "configure", "policy", "blas_threads", "openmp_runtimes"]
+
+# libgomp spins this many pause instructions before an idle worker sleeps: about 70 µs
+# on a Zen 5 (23 ns per pause), about 150 µs on a Sapphire Rapids (~140 cycles each).
+SPIN_COUNT = 3000
+
+_lock = threading.Lock()
+_state: dict[str, str] = {}
+
+
+def _libgomp_loaded() -> bool:
+    try:
+        with open("/proc/self/maps") as maps:
+            return any(re.search(r"/libgomp\.so", line) for line in maps)
+    except OSError:  # not Linux: no libgomp to configure
+        return False
+
+
+def _configure_openmp_wait() -> str:
+    env = os.environ
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        if name in env:
+            return f"{name}={env[name]} (set by the user)"
+    if _libgomp_loaded():
+        return "libgomp's default (another library loaded libgomp before kernprop)"
+    # libgomp reads its environment once, when it is loaded: load it now, with the
+    # variable set only for that moment.
+    env["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    try:
+        ctypes.CDLL("libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return "no libgomp (the kernels run without OpenMP)"
+    finally:
+        del env["GOMP_SPINCOUNT"]
+    return f"GOMP_SPINCOUNT={SPIN_COUNT} (set by kernprop: idle workers sleep after ~0.1 ms)"
+
+
+def _configure_numba_layer() -> str:
+    requested = os.environ.get("NUMBA_THREADING_LAYER")
+    if requested:
+        return f"NUMBA_THREADING_LAYER={requested} (set by the user)"
+    from numba.core import config
+    from numba.np.ufunc import parallel
+
+    if parallel._is_initialized:  # another caller started Numba's threads first
+        return "started before kernprop configured it"
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401 - loads libgomp: the wait is set first
+    except ImportError as exc:
+        return f"Numba's default order (no omp layer here: {exc})"
+    config.THREADING_LAYER = "omp"
+    return "set to omp by kernprop (the Cython kernels' runtime)"
+
+
+def configure(numba: bool = False) -> None:
+    """Apply the parts of the policy kernprop owns, once per process: the OpenMP wait
+    (before libgomp is loaded) and, with ``numba=True``, Numba's threading layer (before
+    Numba starts its threads).  The backends call it before they load their kernels."""
+    with _lock:
+        if "wait" not in _state:
+            _state["wait"] = _configure_openmp_wait()
+        if numba and "numba_layer" not in _state:
+            _state["numba_layer"] = _configure_numba_layer()
+
+
+def openmp_runtimes() -> list[str]:
+    """The OpenMP runtimes loaded in this process (file names), from threadpoolctl."""
+    from threadpoolctl import threadpool_info
+
+    return sorted({os.path.basename(pool["filepath"]) for pool in threadpool_info() if pool["user_api"] == "openmp"})
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """What the CPU backends' threads do here, each field a sentence for a person."""
+
+    threads: int
+    numba_layer: str
+    openmp_runtimes: str
+    openmp_wait: str
+    serial_below: str
+    blas: str
+
+    def __str__(self) -> str:
+        return "\n".join([
+            f"threads: {self.threads}",
+            f"numba threading layer: {self.numba_layer}",
+            f"OpenMP runtimes loaded: {self.openmp_runtimes}",
+            f"idle OpenMP workers: {self.openmp_wait}",
+            f"serial below: {self.serial_below}",
+            f"NumPy's BLAS: {self.blas}",
+        ])
+
+
+def _numba_layer_now() -> str:
+    import sys
+
+    if "numba" not in sys.modules:
+        return "numba not imported"
+    from numba.np.ufunc import parallel
+
+    configured = _state.get("numba_layer", "Numba's default order")
+    if parallel._is_initialized:
+        return f"{parallel._threading_layer}, running ({configured})"
+    return f"not started yet; {configured}"
+
+
+def _blas_now() -> str:
+    from threadpoolctl import threadpool_info
+
+    pools = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    if not pools:
+        return "none loaded"
+    timeout = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    parts = [f"{pool['internal_api']} {pool.get('version') or ''}, {pool['num_threads']} threads".replace(" ,", ",")
+             for pool in pools]
+    if any(pool["internal_api"] == "openblas" for pool in pools):
+        parts.append(f"OPENBLAS_THREAD_TIMEOUT={timeout}" if timeout else
+                     "idle threads spin ~0.1 s after each call (OPENBLAS_THREAD_TIMEOUT unset)")
+    return "; ".join(parts)
+
+
+def policy() -> ThreadPolicy:
+    """The thread policy in force in this process (see the module docstring)."""
+    from .backends import get_num_threads, status
+    from .kernels.numba_cpu._jit import SERIAL_ELEMENTS
+
+    configure()
+    runtimes = openmp_runtimes()
+    if not runtimes:
+        shared = "none yet (loaded with the first CPU kernel)"
+    elif len(runtimes) == 1:
+        shared = f"{runtimes[0]} (one pool for numba and cython)"
+    else:
+        shared = f"{', '.join(runtimes)} (another library brought its own)"
+    serial = f"numba {SERIAL_ELEMENTS:,} elements"
+    if status("cython").available:
+        from ._cy import parallel
+
+        serial += f", cython {parallel.parallel_min_work():,} elements"
+    return ThreadPolicy(get_num_threads(), _numba_layer_now(), shared, _state["wait"], serial, _blas_now())
+
+
+@contextlib.contextmanager
+def blas_threads(n: int = 1):
+    """Limit NumPy's BLAS (OpenBLAS, MKL, BLIS) to ``n`` threads inside a ``with`` block,
+    through threadpoolctl.  For loops that alternate NumPy products with kernprop ops on
+    few cores: with one BLAS thread there is no idle BLAS thread spinning on the core a
+    kernprop thread needs (bench/SHARED_MACHINE.md measures it)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
