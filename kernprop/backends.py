@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from ._defaults import ThreadDefault
-from .threadpolicy import configure as configure_threads
+from .threadpolicy import configure as configure_threads, guarded_family, threads_set
 
 __all__ = [
     "FAMILIES", "NAMES", "DEFAULT_BACKEND", "BackendStatus", "status", "backends", "available_backends",
@@ -158,7 +158,8 @@ def resolve(name: str | None) -> str:
 
 
 def family(backend: str | None, family_name: str) -> ModuleType:
-    """The module of one op family in one backend, imported on first use.
+    """The module of one op family in one backend, imported on first use; for numba and
+    cython, its contract functions run under the busy-core guard (``kernprop.threadpolicy``).
 
     Raises RuntimeError with the reason when the backend cannot run here.
     """
@@ -170,7 +171,7 @@ def family(backend: str | None, family_name: str) -> ModuleType:
         if not state.available:
             raise RuntimeError(f"backend {name!r} is not available: {state.reason}")
         module = importlib.import_module(f"{_REGISTRY[name][0]}.{family_name}")
-        _module_cache[key] = module
+        module = _module_cache[key] = guarded_family(name, family_name, module)
     return module
 
 
@@ -192,6 +193,7 @@ def set_num_threads(n: int) -> None:
     numba.set_num_threads(n)
     if status("cython").available:
         importlib.import_module("kernprop._cy.parallel").set_num_threads(n)
+    threads_set(n)
 
 
 def get_num_threads() -> int:

@@ -20,6 +20,15 @@ The policy, chosen by measurement (``bench/shared_machine.py``, ``bench/SHARED_M
   ``SERIAL_ELEMENTS``, the Cython kernels' ``PARALLEL_MIN_WORK``): a fork/join costs
   microseconds, and a parallel region waits for its slowest thread, which on a busy
   core is a whole scheduler time slice.
+- **Busy cores: one thread while the cores are taken.**  A parallel region waits for its
+  slowest thread; when another process (or another pool's spinning thread) holds a
+  core, the worker gets it back only after a scheduler time slice, and two threads run
+  slower than one.  Every numba and cython kernel call of at least
+  :data:`JUDGED_CALL_S` is judged by the share of its wall time the calling thread was
+  on a core (``time.thread_time``, a few hundred ns): below :data:`BUSY_SHARE` the next
+  calls run on one thread, for 20 ms, doubling while the cores stay busy (up to 0.5 s);
+  then one call tries the full count again.  On a quiet machine the calling thread
+  works or spins through the whole call, so the judgement costs nothing else.
 - **NumPy's BLAS is not kernprop's.**  OpenBLAS's idle threads spin for about 2**28
   cycles (~0.1 s) after each call; a kernprop op right after a NumPy product then runs
   on one core.  ``OPENBLAS_THREAD_TIMEOUT`` (set before NumPy is imported) shortens
@@ -33,12 +42,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import threading
 from dataclasses import dataclass
+from time import perf_counter, thread_time
 
-__all__ = ["SPIN_COUNT", "ThreadPolicy", "configure", "policy", "blas_threads", "openmp_runtimes"]
+__all__ = ["SPIN_COUNT", "BUSY_SHARE", "JUDGED_CALL_S", "ThreadPolicy", "configure", "policy", "blas_threads",
+           "openmp_runtimes", "guarded_family", "busy_state"]
 
 # libgomp spins this many pause instructions before an idle worker sleeps: about 70 µs
 # on a Zen 5 (23 ns per pause), about 150 µs on a Sapphire Rapids (~140 cycles each).
@@ -110,6 +122,104 @@ def openmp_runtimes() -> list[str]:
     return sorted({os.path.basename(pool["filepath"]) for pool in threadpool_info() if pool["user_api"] == "openmp"})
 
 
+# A call of at least JUDGED_CALL_S seconds during which the calling thread was on a core
+# less than BUSY_SHARE of the time found the cores busy (quiet: 0.95-1.0 at 2 threads on
+# a Zen 5; with one core taken by another process: 0.2-0.5, bench/SHARED_MACHINE.md).
+BUSY_SHARE = 0.7
+JUDGED_CALL_S = 50e-6
+_SERIAL_FIRST_S, _SERIAL_MAX_S = 0.02, 0.5
+
+
+class _Busy:
+    """Process-wide: until when calls run on one thread, and how many judgements in a
+    row found the cores busy.  Races between Python threads only blur the timing."""
+
+    threads = 0  # the count set through kernprop (0: not read from Numba yet)
+    one_thread_until = 0.0
+    strikes = 0
+    serial_calls = 0
+
+
+def busy_state() -> dict:
+    """The busy-core guard's state: ``{"one_thread_for_s": seconds left (0: full count),
+    "strikes": busy judgements in a row, "serial_calls": calls it ran on one thread}``."""
+    return {"one_thread_for_s": max(0.0, _Busy.one_thread_until - perf_counter()),
+            "strikes": _Busy.strikes, "serial_calls": _Busy.serial_calls}
+
+
+def threads_set(n: int) -> None:
+    """Record the thread count kernprop.set_num_threads set (and clear the guard)."""
+    _Busy.threads, _Busy.one_thread_until, _Busy.strikes = n, 0.0, 0
+
+
+def _guard(function, set_threads):
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        threads = _Busy.threads
+        if threads == 1:
+            return function(*args, **kwargs)
+        if threads == 0:
+            import numba
+
+            threads = _Busy.threads = numba.get_num_threads()
+            if threads == 1:
+                return function(*args, **kwargs)
+        start = perf_counter()
+        if start < _Busy.one_thread_until:
+            _Busy.serial_calls += 1
+            set_threads(1)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                set_threads(threads)
+        on_core = thread_time()
+        result = function(*args, **kwargs)
+        wall = perf_counter() - start
+        if wall >= JUDGED_CALL_S:
+            if thread_time() - on_core < BUSY_SHARE * wall:
+                _Busy.strikes += 1
+                _Busy.one_thread_until = perf_counter() + min(_SERIAL_FIRST_S * 2 ** (_Busy.strikes - 1), _SERIAL_MAX_S)
+            else:
+                _Busy.strikes = 0
+        return result
+
+    return call
+
+
+class _GuardedFamily:
+    """A backend's family module whose contract functions run under the busy-core guard;
+    every other attribute is the module's own."""
+
+    def __init__(self, module, functions, set_threads):
+        self.__module = module
+        for name in functions:
+            setattr(self, name, _guard(getattr(module, name), set_threads))
+
+    def __getattr__(self, name):
+        return getattr(self.__module, name)
+
+    def __repr__(self):
+        return f"<guarded {self.__module!r}>"
+
+
+def guarded_family(backend: str, family: str, module):
+    """``module`` (a numba or cython family) with its contract functions guarded against
+    busy cores (see the module docstring); other backends' modules as they are."""
+    from .kernels import FUNCTIONS
+
+    if backend == "numba":
+        import numba
+
+        set_threads = numba.set_num_threads
+    elif backend == "cython":
+        from ._cy import parallel
+
+        set_threads = parallel.set_num_threads
+    else:
+        return module
+    return _GuardedFamily(module, FUNCTIONS[family], set_threads)
+
+
 @dataclass(frozen=True)
 class ThreadPolicy:
     """What the CPU backends' threads do here, each field a sentence for a person."""
@@ -119,6 +229,7 @@ class ThreadPolicy:
     openmp_runtimes: str
     openmp_wait: str
     serial_below: str
+    busy_cores: str
     blas: str
 
     def __str__(self) -> str:
@@ -128,6 +239,7 @@ class ThreadPolicy:
             f"OpenMP runtimes loaded: {self.openmp_runtimes}",
             f"idle OpenMP workers: {self.openmp_wait}",
             f"serial below: {self.serial_below}",
+            f"busy cores: {self.busy_cores}",
             f"NumPy's BLAS: {self.blas}",
         ])
 
@@ -178,7 +290,11 @@ def policy() -> ThreadPolicy:
         from ._cy import parallel
 
         serial += f", cython {parallel.parallel_min_work():,} elements"
-    return ThreadPolicy(get_num_threads(), _numba_layer_now(), shared, _state["wait"], serial, _blas_now())
+    state = busy_state()
+    busy = (f"calls on one thread while the calling thread gets under {BUSY_SHARE:.0%} of a core "
+            f"(now: {'one thread for %.2f s' % state['one_thread_for_s'] if state['one_thread_for_s'] else 'full count'}, "
+            f"{state['serial_calls']} calls on one thread so far)")
+    return ThreadPolicy(get_num_threads(), _numba_layer_now(), shared, _state["wait"], serial, busy, _blas_now())
 
 
 @contextlib.contextmanager

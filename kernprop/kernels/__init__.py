@@ -56,3 +56,14 @@ the input dtype; only the optimizer steps update their arguments in place.
     weight_decay, decoupled)``; ``step`` is the 1-based step count after this update.
     Arrays are C-contiguous and of one shape and dtype.
 """
+
+# The contract's functions per family: what every backend module defines.
+FUNCTIONS = {
+    "matmul": ("matmul", "linear_forward", "linear_backward"),
+    "activations": ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+                    "tanh_forward", "tanh_backward"),
+    "softmax": ("log_softmax_forward", "softmax_forward", "log_softmax_backward"),
+    "losses": ("cross_entropy_forward", "cross_entropy_with_grad", "mse_forward", "mse_backward",
+               "linear_cross_entropy"),
+    "optimizers": ("sgd_step", "adam_step"),
+}
