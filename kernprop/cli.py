@@ -35,9 +35,20 @@ def _info(args) -> int:
     return 0
 
 
-# Below this many multiply-adds per step, `kernprop train` runs the CPU backends on one
-# thread unless --threads says otherwise (see _train).
-SMALL_STEP_WORK = 1 << 20
+# Below this many multiply-adds per step (forward and backward, as kernprop.engines counts
+# them: 3 x batch x weights), `kernprop train` runs the CPU backends on one thread unless
+# --threads or NUMBA_NUM_THREADS says otherwise (see _choose_threads): tiny steps gain
+# nothing from threads and lose much when the cores are busy (a parallel region waits
+# for every thread).
+SMALL_STEP_WORK = 3 << 20
+
+# Seconds a cold `kernprop train` spends compiling the numba kernels of its fit, by
+# engine (Trainer.warmup with an empty NUMBA_CACHE_DIR, digits 64-128-10, 2-core AMD EPYC
+# Zen 4: fused 20 s; packed 10 s on 1 thread; layerwise 14 s on 2 threads, which adds the
+# parallel builds), and for the self-check of a bf16 matmul kernel (--precision bf16 or
+# bf16x3 off the fused step: 10 s): the estimate it prints before compiling.
+COLD_COMPILE_SECONDS = {"fused": 20, "packed": 15, "layerwise": 15}
+COLD_SELF_CHECK_SECONDS = 10
 
 # More classes than this (or than rows) in --data is refused without
 # --allow-many-classes: one stray huge label would size the output layer (a label of
@@ -155,6 +166,61 @@ def _hidden_sizes(values):
     return sizes
 
 
+def _plural(count, noun):
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _choose_threads(asked, backend, work):
+    """Set the CPU backends' thread count for ``kernprop train`` (``work``: multiply-adds
+    per step); returns the line that says how many and why (None for the numpy and cuda
+    backends, whose threads are not kernprop's).  By priority: --threads;
+    NUMBA_NUM_THREADS set in the environment (the user's choice, as for any Numba
+    program); one thread for a small model; every core."""
+    if backend not in ("numba", "cython"):
+        return None
+    from numba.core.config import NUMBA_NUM_THREADS as cores  # the pool's size: the cores or the variable
+
+    from kernprop.backends import set_num_threads
+
+    small = work < SMALL_STEP_WORK
+    if asked is not None:
+        threads, line = asked, f"{_plural(asked, 'thread')} (--threads)"
+    elif os.environ.get("NUMBA_NUM_THREADS"):
+        threads, line = cores, f"{_plural(cores, 'thread')} (NUMBA_NUM_THREADS)"
+    elif small and cores > 1:
+        threads, line = 1, (f"1 thread: the model is small (a step of {work:,} multiply-adds); "
+                            f"use --threads {cores} to override")
+    else:
+        threads, line = cores, f"{_plural(cores, 'thread')} ({'every core' if cores > 1 else 'one core'})"
+    if small and threads > 1:
+        line += f"; the model is small (a step of {work:,} multiply-adds): --threads 1 may be faster"
+    set_num_threads(threads)  # the Cython backend's OpenMP pool follows Numba's count
+    return line
+
+
+def _announce_compile(engine, precision):
+    """What ``kernprop train`` prints just before Numba's first compilation (see
+    kernprop.warmup.compiling): kernels loaded from the cache, and the cython and numpy
+    backends, print nothing."""
+    seconds = COLD_COMPILE_SECONDS.get(engine, COLD_COMPILE_SECONDS["layerwise"])
+    if precision != "fp32" and engine != "fused":
+        seconds += COLD_SELF_CHECK_SECONDS
+
+    def announce():
+        print(f"compiling kernels (first run with these settings on this machine, up to about {seconds} s; "
+              "later runs load them from Numba's cache)", flush=True)
+
+    return announce
+
+
+def _precision_line(asked, ran, why):
+    if asked == "fp32":
+        return "precision: fp32"
+    if ran == asked:
+        return f"precision: {asked} products ({why}); weights, optimizer and loss in fp32"
+    return f"precision: {asked} asked, products in fp32: {why}"
+
+
 def _train_mpi(args) -> int:
     """``--distributed mpi`` (under ``mpirun -n N``): rank 0 alone prints, and an
     exception on any rank aborts every rank instead of leaving them waiting."""
@@ -180,9 +246,11 @@ def _train(args, dist=None) -> int:
     import numpy as np
 
     from kernprop import nn, optim
-    from kernprop.backends import get_backend, get_num_threads, set_num_threads, status
+    from kernprop.backends import get_backend, status
     from kernprop.data import load_digits, load_npz, train_test_split
+    from kernprop.engines import multiply_adds
     from kernprop.train import Trainer
+    from kernprop.warmup import compiling
 
     start = time.perf_counter()
     # Every user error is found here, before training: one line and exit status 2.
@@ -235,15 +303,7 @@ def _train(args, dist=None) -> int:
     except MemoryError:
         print(f"kernprop train: not enough memory for an MLP {'-'.join(map(str, sizes))}", file=sys.stderr)
         return 2
-    threads, why_threads = args.threads, "--threads"
-    if threads is None and backend in ("numba", "cython"):
-        # Tiny steps gain nothing from threads and lose much when the cores are busy
-        # (a parallel region waits for every thread): one thread below ~1M multiply-adds.
-        work = args.batch_size * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-        if work < SMALL_STEP_WORK:
-            threads, why_threads = 1, f"a step of {work:,} multiply-adds is too short to gain from threads"
-    if threads is not None:
-        set_num_threads(threads)
+    threads_line = _choose_threads(args.threads, backend, multiply_adds(model, args.batch_size))
     try:
         trainer = Trainer(model, "cross_entropy", optimizer, backend=backend, batch_size=args.batch_size,
                           seed=args.seed, label_smoothing=args.label_smoothing, distributed=dist,
@@ -256,19 +316,18 @@ def _train(args, dist=None) -> int:
           f"{X_train.shape[1]} features, {num_classes} classes")
     if labels_line:
         print(labels_line)
-    running = get_num_threads()
     print(f"model: MLP {'-'.join(map(str, sizes))} ({args.activation}), {args.optimizer} lr {lr:g}, "
-          f"batch {args.batch_size}, backend {backend}, {running} thread{'' if running == 1 else 's'}"
-          + (f" ({why_threads})" if threads is not None else "")
+          f"batch {args.batch_size}, backend {backend}"
           + (f" x {dist.size} MPI ranks" if dist is not None else ""))
+    if threads_line:
+        print(threads_line)
     print(f"engine: {f'mpi({engine})' if dist is not None else engine} ({why_engine})")
-    ran, why_precision = trainer.precision_in_effect(engine)
-    if args.precision == "fp32":
-        print("precision: fp32")
-    elif ran == args.precision:
-        print(f"precision: {args.precision} products ({why_precision}); weights, optimizer and loss in fp32")
-    else:
-        print(f"precision: {args.precision} asked, products in fp32: {why_precision}")
+    with compiling(_announce_compile(engine, trainer.precision)) as compiles:
+        # Choosing a bf16 kernel runs its self-check: compiled too on a first run.
+        print(_precision_line(args.precision, *trainer.precision_in_effect(engine)))
+        trainer.warmup(X_train, y_train, validation_data=(X_test, y_test))
+    if compiles.kernels:
+        print(f"compiled {_plural(compiles.kernels, 'kernel')} in {compiles.seconds:.1f} s", flush=True)
     interactive = sys.stderr.isatty()
 
     def report(epoch, logs):
@@ -279,11 +338,9 @@ def _train(args, dist=None) -> int:
     history = trainer.fit(X_train, y_train, epochs, validation_data=(X_test, y_test),
                           callbacks=[report], verbose=1)
     result = trainer.evaluate(X_test, y_test)
-    speed = history["samples_per_s"]
-    # The first epoch pays for JIT compilation (or cache loading); report the rest.
-    steady = speed[1:] or speed
     print(f"test accuracy: {result['accuracy']:.4f}  test loss: {result['loss']:.4f}")
-    print(f"training speed: {np.median(steady):,.0f} samples/s (median over epochs); "
+    # Warmed up: no epoch pays for compiling or loading the kernels.
+    print(f"training speed: {np.median(history['samples_per_s']):,.0f} samples/s (median over epochs); "
           f"total time {time.perf_counter() - start:.1f} s")
     if args.save:
         try:
@@ -340,8 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="scale each feature to mean 0, std 1 (the training rows' statistics) before training")
     train.add_argument("--allow-many-classes", action="store_true",
                        help=f"accept --data labels meaning more than {MAX_CLASSES:,} classes or more classes than rows")
-    train.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the numba/cython backends (default: 1 for small models, "
-                       "whose steps are too short to gain from threads, else all cores)")
+    train.add_argument("--threads", type=_positive_int, default=None,
+                       help="CPU threads for the numba/cython backends (default: NUMBA_NUM_THREADS if set, "
+                            "else 1 for small models, whose steps are too short to gain from threads, else "
+                            "all cores; the choice and its reason are printed)")
     train.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
                        help="how a step runs (default auto: the rule in kernprop.engines; the choice is printed)")
     train.add_argument("--distributed", choices=("none", "mpi"), default="none",

@@ -9,6 +9,8 @@ is then a contiguous slice of it), let the engine run the epoch's steps, keep th
 history, run the callbacks and draw the progress bar.  The engine's name is recorded in
 ``history["engine"]``.  Inside the fit the layers call the backend's kernel table
 directly (``nn.raw_kernels``), without the per-call checks of the public ops.
+``warmup`` compiles (or loads from Numba's cache) the kernels a fit calls, so that its
+first epoch's ``samples_per_s`` does not count their compilation.
 
 Determinism: the shuffling draws from ``numpy.random.default_rng(seed)``; with the same
 seed, initial weights, backend, engine and thread count, ``fit`` gives bit-identical
@@ -19,6 +21,7 @@ Checkpoints (``save`` / ``Trainer.load``): ``kernprop.checkpoint``.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -228,7 +231,9 @@ class Trainer:
             Per epoch: ``loss`` (mean loss per row over the epoch's batches; for
             reduction "sum" the summed loss divided by the rows), ``accuracy``
             (classification), ``val_loss``, ``val_accuracy`` (with validation data),
-            ``samples_per_s`` (training throughput, step loop only), ``lr``,
+            ``samples_per_s`` (training throughput, step loop only; the first epoch of
+            a process's first fit also pays for compiling the Numba kernels, or loading
+            them from the cache, unless ``warmup`` ran first), ``lr``,
             ``engine`` (the step engine's name) and ``precision`` (what the products
             ran at: the Trainer's ``precision`` or "fp32", see ``precision_in_effect``).
         """
@@ -293,6 +298,36 @@ class Trainer:
                 if engine.agree(stop):
                     break
         return history
+
+    def warmup(self, X, y, validation_data=None):
+        """Compile (first run) or load from Numba's cache every kernel that
+        ``fit(X, y, validation_data=validation_data)`` calls, so that no epoch's
+        ``samples_per_s`` pays for it; returns the seconds it took.
+
+        It fits copies of the model and optimizer for one epoch on the first rows of
+        ``(X, y)`` (a full batch and the last, shorter one of an epoch: their sizes
+        choose between serial and parallel kernels) with the engine ``fit`` would
+        choose, and evaluates them on the first rows of ``validation_data``.  The
+        trainer is left as it was: model, optimizer state, shuffling generator, history.
+        Data-parallel trainers warm their engine's single-process kernels.
+        """
+        start = time.perf_counter()
+        X, y = self._check_data(X, y)
+        n, batch = X.shape[0], self.batch_size
+        rows = min(n, batch + n % batch)
+        val = None
+        if validation_data is not None:
+            X_val, y_val = self._check_validation(validation_data)
+            val_rows = min(X_val.shape[0], _EVAL_ROWS + X_val.shape[0] % _EVAL_ROWS)
+            val = (X_val[:val_rows], y_val[:val_rows])
+        # one deepcopy, one memo: optimizer state stays tied to the copied parameters
+        model, optimizer = copy.deepcopy((self.model, self.optimizer))
+        engine = self.choose_engine()[0]
+        copy_trainer = Trainer(model, self.loss, optimizer, backend=self.backend_name(), batch_size=batch,
+                               seed=0, engine=engine, precision=self.precision)
+        copy_trainer.epochs_done = self.epochs_done  # the same learning rate schedule step
+        copy_trainer.fit(X[:rows], y[:rows], 1, validation_data=val, shuffle=False, verbose=0)
+        return time.perf_counter() - start
 
     def precision_in_effect(self, engine_name=None):
         """``(precision, reason)``: what the products of a fit run at, given its engine

@@ -8,17 +8,84 @@ and parallel GEMM paths, contiguous and transposed operands), linear_backward, e
 activation forward and backward, log-softmax / softmax and backward, cross-entropy with
 and without gradient (with and without class weights), MSE, the fused linear
 cross-entropy, and the SGD (plain and momentum) and Adam steps.
+
+``compiling(before)`` tells a cold start from a cached one: it calls ``before`` just
+before Numba's first compilation inside its block.  Numba raises its ``numba:compile``
+event only for a kernel that is neither in memory nor in its on-disk cache (beside the
+module in ``__pycache__``, or in ``NUMBA_CACHE_DIR``), after the cache lookup and
+before the compiler runs; a kernel loaded from the cache raises nothing.  So the answer
+is exact for the kernels the block calls, wherever the cache lives, at no cost.
+``Trainer.warmup`` compiles (or loads) exactly the kernels one ``Trainer.fit`` calls;
+``kernprop train`` runs it inside ``compiling`` before the first epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 
 from . import ops
 
-__all__ = ["warmup"]
+__all__ = ["warmup", "compiling", "Compiles"]
+
+
+class Compiles:
+    """What Numba compiled inside a ``compiling`` block: ``kernels`` (top-level
+    compilations, each a kernel and signature missing from the cache) and ``seconds``
+    (their time; the kernels and helpers they pull in are counted inside them)."""
+
+    def __init__(self, before):
+        self.kernels = 0
+        self.seconds = 0.0
+        self._before = before
+        self._depth = 0  # compiling a kernel compiles its callees: only the outermost counts
+        self._start = 0.0
+
+    def _started(self):
+        if self._depth == 0:
+            if self.kernels == 0 and self._before is not None:
+                self._before()
+            self.kernels += 1
+            self._start = time.perf_counter()
+        self._depth += 1
+
+    def _ended(self):
+        self._depth -= 1
+        if self._depth == 0:
+            self.seconds += time.perf_counter() - self._start
+
+
+@contextlib.contextmanager
+def compiling(before=None):
+    """Within the block, call ``before()`` once, just before Numba compiles its first
+    kernel (one missing from its on-disk cache); yields a ``Compiles`` that counts the
+    compilations.  Kernels loaded from the cache call nothing.  Without Numba, nothing
+    compiles and nothing is called.
+
+    Example::
+
+        with compiling(lambda: print("compiling kernels ...")) as compiles:
+            trainer.warmup(X, y)
+        print(f"{compiles.kernels} kernels compiled in {compiles.seconds:.1f} s")
+    """
+    compiles = Compiles(before)
+    try:
+        from numba.core import event
+    except ImportError:
+        yield compiles
+        return
+
+    class Listener(event.Listener):  # compilations hold Numba's global compiler lock: one at a time
+        def on_start(self, _):
+            compiles._started()
+
+        def on_end(self, _):
+            compiles._ended()
+
+    with event.install_listener("numba:compile", Listener()):
+        yield compiles
 
 
 def _to_backend(backend, array):
