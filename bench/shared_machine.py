@@ -18,6 +18,7 @@ policy are fixed when a process starts its pools).  Not collected by pytest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -85,10 +86,11 @@ def _spinner():
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def _one_round(fn, numpy_matmul, numpy_alone, threads, kernprop):
+def _one_round(fn, numpy_matmul, numpy_alone, threads, kernprop, blas_threads):
     kernprop.set_num_threads(threads)
     quiet = _median_call(fn)
-    in_loop, numpy_in_loop = _alternating(fn, numpy_matmul)
+    with kernprop.threadpolicy.blas_threads(blas_threads) if blas_threads else contextlib.nullcontext():
+        in_loop, numpy_in_loop = _alternating(fn, numpy_matmul)
     spinner = _spinner()
     try:
         time.sleep(0.3)
@@ -109,11 +111,12 @@ def _one_round(fn, numpy_matmul, numpy_alone, threads, kernprop):
     }
 
 
-def child(backend, ops, threads, n_rounds):
+def child(backend, ops, threads, n_rounds, blas_threads):
     """Measure in this process; print one JSON line of results."""
     import numpy as np
 
     import kernprop
+    import kernprop.threadpolicy
 
     kernprop.set_num_threads(threads)
     table = _make_ops(backend)
@@ -128,13 +131,12 @@ def child(backend, ops, threads, n_rounds):
         results["threading_layer"] = numba.threading_layer()
     except (ImportError, ValueError):
         pass
-    policy = getattr(kernprop, "thread_policy", None)
-    if policy is not None:
-        results["policy"] = str(policy())
+    policy = kernprop.threadpolicy.policy()
+    results["policy"] = f"idle OpenMP workers: {policy.openmp_wait}; busy cores: {policy.busy_cores.split(' (now')[0]}"
     row = {}
     numpy_alone = _median_call(numpy_matmul)
     for op in ops:
-        rounds = [_one_round(table[op], numpy_matmul, numpy_alone, threads, kernprop) for _ in range(n_rounds)]
+        rounds = [_one_round(table[op], numpy_matmul, numpy_alone, threads, kernprop, blas_threads) for _ in range(n_rounds)]
         row[op] = {key: sorted(r[key] for r in rounds)[len(rounds) // 2] for key in rounds[0]}
         row[op]["busy_ratio_range"] = (min(r["busy_ratio"] for r in rounds), max(r["busy_ratio"] for r in rounds))
     results["ops"] = row
@@ -142,9 +144,10 @@ def child(backend, ops, threads, n_rounds):
     print("RESULT " + json.dumps(results))
 
 
-def run_child(backend, ops, threads, rounds, env_extra):
+def run_child(backend, ops, threads, rounds, blas_threads, env_extra):
     env = dict(os.environ, **env_extra)
-    cmd = [sys.executable, __file__, "--child", "--backends", backend, "--threads", str(threads), "--rounds", str(rounds), "--ops", *ops]
+    cmd = [sys.executable, __file__, "--child", "--backends", backend, "--threads", str(threads), "--rounds", str(rounds),
+           "--blas-threads", str(blas_threads), "--ops", *ops]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -172,17 +175,21 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="each figure is the median of this many rounds")
     parser.add_argument("--env", action="append", default=[],
                         help="NAME=VALUE for the measured processes (repeatable), e.g. NUMBA_THREADING_LAYER=tbb")
+    parser.add_argument("--blas-threads", type=int, default=0,
+                        help="run the alternating loop inside kernprop.threadpolicy.blas_threads(N) "
+                             "(NumPy alone is still timed at its default threads)")
     parser.add_argument("--out", help="append the markdown tables to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.backends[0], args.ops, args.threads, args.rounds)
+        child(args.backends[0], args.ops, args.threads, args.rounds, args.blas_threads)
         return 0
     env_extra = dict(item.split("=", 1) for item in args.env)
     text = []
     for backend in args.backends:
-        results = run_child(backend, args.ops, args.threads, args.rounds, env_extra)
-        title = f"{backend}, {args.threads} threads" + (f", {' '.join(args.env)}" if args.env else "")
+        results = run_child(backend, args.ops, args.threads, args.rounds, args.blas_threads, env_extra)
+        title = (f"{backend}, {args.threads} threads" + (f", {' '.join(args.env)}" if args.env else "")
+                 + (f", loop inside blas_threads({args.blas_threads})" if args.blas_threads else ""))
         block = markdown(title, results)
         print(block, flush=True)
         text.append(block)

@@ -32,6 +32,11 @@ def _info(args) -> int:
     print(f"matmul precision: {kernprop.get_matmul_precision()}; float32 kernels per precision:")
     for name, kernels in matmul_kernels().items():
         print(f"  {name}: " + "; ".join(f"{precision}: {kernel}" for precision, kernel in kernels.items()))
+    from kernprop.threadpolicy import policy
+
+    print("thread policy (kernprop.threadpolicy):")
+    for line in str(policy()).splitlines():
+        print(f"  {line}")
     return 0
 
 

@@ -29,6 +29,7 @@ The policy, chosen by measurement (``bench/shared_machine.py``, ``bench/SHARED_M
   calls run on one thread, for 20 ms, doubling while the cores stay busy (up to 0.5 s);
   then one call tries the full count again.  On a quiet machine the calling thread
   works or spins through the whole call, so the judgement costs nothing else.
+  ``KERNPROP_BUSY_GUARD=0`` turns the guard off (every call at the full count).
 - **NumPy's BLAS is not kernprop's.**  OpenBLAS's idle threads spin for about 2**28
   cycles (~0.1 s) after each call; a kernprop op right after a NumPy product then runs
   on one core.  ``OPENBLAS_THREAD_TIMEOUT`` (set before NumPy is imported) shortens
@@ -101,7 +102,7 @@ def _configure_numba_layer() -> str:
     except ImportError as exc:
         return f"Numba's default order (no omp layer here: {exc})"
     config.THREADING_LAYER = "omp"
-    return "set to omp by kernprop (the Cython kernels' runtime)"
+    return "omp chosen by kernprop: the Cython kernels' runtime"
 
 
 def configure(numba: bool = False) -> None:
@@ -207,6 +208,8 @@ def guarded_family(backend: str, family: str, module):
     busy cores (see the module docstring); other backends' modules as they are."""
     from .kernels import FUNCTIONS
 
+    if os.environ.get("KERNPROP_BUSY_GUARD", "1") == "0":
+        return module
     if backend == "numba":
         import numba
 
@@ -291,7 +294,7 @@ def policy() -> ThreadPolicy:
 
         serial += f", cython {parallel.parallel_min_work():,} elements"
     state = busy_state()
-    busy = (f"calls on one thread while the calling thread gets under {BUSY_SHARE:.0%} of a core "
+    busy = "guard off (KERNPROP_BUSY_GUARD=0)" if os.environ.get("KERNPROP_BUSY_GUARD", "1") == "0" else (f"calls on one thread while the calling thread gets under {BUSY_SHARE:.0%} of a core "
             f"(now: {'one thread for %.2f s' % state['one_thread_for_s'] if state['one_thread_for_s'] else 'full count'}, "
             f"{state['serial_calls']} calls on one thread so far)")
     return ThreadPolicy(get_num_threads(), _numba_layer_now(), shared, _state["wait"], serial, busy, _blas_now())
