@@ -23,11 +23,11 @@ The policy, chosen by measurement (``bench/shared_machine.py``, ``bench/SHARED_M
 - **Busy cores: one thread while the cores are taken.**  A parallel region waits for its
   slowest thread; when another process (or another pool's spinning thread) holds a
   core, the worker gets it back only after a scheduler time slice, and two threads run
-  slower than one.  Every numba and cython kernel call of at least
-  :data:`JUDGED_CALL_S` is judged by the share of its wall time the calling thread was
-  on a core (``time.thread_time``, a few hundred ns): below :data:`BUSY_SHARE` the next
-  calls run on one thread, for 20 ms, doubling while the cores stay busy (up to 0.5 s);
-  then one call tries the full count again.  On a quiet machine the calling thread
+  slower than one.  Every numba and cython kernel call is judged by the time its
+  calling thread spent off a core (``time.thread_time``, a few hundred ns): more than
+  :data:`OFF_CORE_S` and more than ``1 - BUSY_SHARE`` of the call, and the next calls run
+  on one thread, for 20 ms, doubling while the cores stay busy (up to 0.5 s); then one
+  call tries the full count again.  On a quiet machine the calling thread
   works or spins through the whole call, so the judgement costs nothing else.
   ``KERNPROP_BUSY_GUARD=0`` turns the guard off (every call at the full count).
 - **NumPy's BLAS is not kernprop's.**  OpenBLAS's idle threads spin for about 2**28
@@ -50,7 +50,7 @@ import threading
 from dataclasses import dataclass
 from time import perf_counter, thread_time
 
-__all__ = ["SPIN_COUNT", "BUSY_SHARE", "JUDGED_CALL_S", "ThreadPolicy", "configure", "policy", "blas_threads",
+__all__ = ["SPIN_COUNT", "BUSY_SHARE", "OFF_CORE_S", "JUDGED_CALL_S", "ThreadPolicy", "configure", "policy", "blas_threads",
            "openmp_runtimes", "guarded_family", "busy_state"]
 
 # libgomp spins this many pause instructions before an idle worker sleeps: about 70 µs
@@ -123,10 +123,15 @@ def openmp_runtimes() -> list[str]:
     return sorted({os.path.basename(pool["filepath"]) for pool in threadpool_info() if pool["user_api"] == "openmp"})
 
 
-# A call of at least JUDGED_CALL_S seconds during which the calling thread was on a core
-# less than BUSY_SHARE of the time found the cores busy (quiet: 0.95-1.0 at 2 threads on
-# a Zen 5; with one core taken by another process: 0.2-0.5, bench/SHARED_MACHINE.md).
+# A call found the cores busy when its calling thread was off a core for more than
+# OFF_CORE_S and for more than (1 - BUSY_SHARE) of its wall time.  Quiet, the calling
+# thread works or spins through a call (share 0.95-1.0 at 2 threads on a Zen 5); with one
+# core taken by another process, 0.2-0.5 (bench/SHARED_MACHINE.md).  The floor is above
+# what waking a sleeping worker costs (tens of µs in a VM), which is not a busy core.
 BUSY_SHARE = 0.7
+OFF_CORE_S = 150e-6
+# Calls shorter than this are not judged (the CPU clock costs ~0.4 µs a read): a call
+# after a short one of the same function reads it only once that call took longer.
 JUDGED_CALL_S = 50e-6
 _SERIAL_FIRST_S, _SERIAL_MAX_S = 0.02, 0.5
 
@@ -154,6 +159,8 @@ def threads_set(n: int) -> None:
 
 
 def _guard(function, set_threads):
+    last_wall = [1.0]  # this function's previous call, seconds (the first one is judged)
+
     @functools.wraps(function)
     def call(*args, **kwargs):
         threads = _Busy.threads
@@ -173,15 +180,19 @@ def _guard(function, set_threads):
                 return function(*args, **kwargs)
             finally:
                 set_threads(threads)
+        if last_wall[0] < JUDGED_CALL_S:
+            result = function(*args, **kwargs)
+            last_wall[0] = perf_counter() - start
+            return result
         on_core = thread_time()
         result = function(*args, **kwargs)
-        wall = perf_counter() - start
-        if wall >= JUDGED_CALL_S:
-            if thread_time() - on_core < BUSY_SHARE * wall:
-                _Busy.strikes += 1
-                _Busy.one_thread_until = perf_counter() + min(_SERIAL_FIRST_S * 2 ** (_Busy.strikes - 1), _SERIAL_MAX_S)
-            else:
-                _Busy.strikes = 0
+        wall = last_wall[0] = perf_counter() - start
+        off_core = wall - (thread_time() - on_core)
+        if off_core > OFF_CORE_S and off_core > (1.0 - BUSY_SHARE) * wall:
+            _Busy.strikes += 1
+            _Busy.one_thread_until = perf_counter() + min(_SERIAL_FIRST_S * 2 ** (_Busy.strikes - 1), _SERIAL_MAX_S)
+        elif wall >= JUDGED_CALL_S:
+            _Busy.strikes = 0
         return result
 
     return call
@@ -294,9 +305,10 @@ def policy() -> ThreadPolicy:
 
         serial += f", cython {parallel.parallel_min_work():,} elements"
     state = busy_state()
-    busy = "guard off (KERNPROP_BUSY_GUARD=0)" if os.environ.get("KERNPROP_BUSY_GUARD", "1") == "0" else (f"calls on one thread while the calling thread gets under {BUSY_SHARE:.0%} of a core "
-            f"(now: {'one thread for %.2f s' % state['one_thread_for_s'] if state['one_thread_for_s'] else 'full count'}, "
-            f"{state['serial_calls']} calls on one thread so far)")
+    now = f"one thread for {state['one_thread_for_s']:.2f} s" if state["one_thread_for_s"] else "full count"
+    busy = ("guard off (KERNPROP_BUSY_GUARD=0)" if os.environ.get("KERNPROP_BUSY_GUARD", "1") == "0" else
+            f"one thread after a call whose calling thread was off a core for over {OFF_CORE_S * 1e3:.2f} ms "
+            f"and {1 - BUSY_SHARE:.0%} of the call (now: {now}; {state['serial_calls']} calls on one thread so far)")
     return ThreadPolicy(get_num_threads(), _numba_layer_now(), shared, _state["wait"], serial, busy, _blas_now())
 
 
