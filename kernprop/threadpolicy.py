@@ -53,9 +53,11 @@ from time import perf_counter, thread_time
 __all__ = ["SPIN_COUNT", "BUSY_SHARE", "OFF_CORE_S", "JUDGED_CALL_S", "ThreadPolicy", "configure", "policy", "blas_threads",
            "openmp_runtimes", "guarded_family", "busy_state"]
 
-# libgomp spins this many pause instructions before an idle worker sleeps: about 70 µs
-# on a Zen 5 (23 ns per pause), about 150 µs on a Sapphire Rapids (~140 cycles each).
-SPIN_COUNT = 3000
+# libgomp spins this many pause instructions before an idle worker sleeps: about 0.23 ms
+# on a Zen 5 (23 ns per pause).  It must outlast waking a sleeping thread (80-150 µs in
+# this VM): at 3,000 (70 µs) a worker fell asleep between back-to-back calls and every
+# 6 µs relu waited 150 µs for it, call after call (bench/SHARED_MACHINE.md).
+SPIN_COUNT = 10000
 
 _lock = threading.Lock()
 _state: dict[str, str] = {}
@@ -85,7 +87,7 @@ def _configure_openmp_wait() -> str:
         return "no libgomp (the kernels run without OpenMP)"
     finally:
         del env["GOMP_SPINCOUNT"]
-    return f"GOMP_SPINCOUNT={SPIN_COUNT} (set by kernprop: idle workers sleep after ~0.1 ms)"
+    return f"GOMP_SPINCOUNT={SPIN_COUNT} (set by kernprop: idle workers sleep after ~0.25 ms)"
 
 
 def _configure_numba_layer() -> str:
@@ -126,13 +128,18 @@ def openmp_runtimes() -> list[str]:
 # A call found the cores busy when its calling thread was off a core for more than
 # OFF_CORE_S and for more than (1 - BUSY_SHARE) of its wall time.  Quiet, the calling
 # thread works or spins through a call (share 0.95-1.0 at 2 threads on a Zen 5); with one
-# core taken by another process, 0.2-0.5 (bench/SHARED_MACHINE.md).  The floor is above
-# what waking a sleeping worker costs (tens of µs in a VM), which is not a busy core.
+# core taken by another process, 0.2-0.5, and in this VM a worker whose virtual CPU the
+# host has given away stalls every call for ~0.15 ms (bench/SHARED_MACHINE.md).  The first
+# call at the full count after one-thread calls is not judged: it wakes the workers.
 BUSY_SHARE = 0.7
-OFF_CORE_S = 150e-6
+OFF_CORE_S = 30e-6
 # Calls shorter than this are not judged (the CPU clock costs ~0.4 µs a read): a call
 # after a short one of the same function reads it only once that call took longer.
 JUDGED_CALL_S = 50e-6
+# VERDICTS busy calls in a row open a one-thread window; after it, WAKING_CALLS calls at
+# the full count wake the workers before the next verdict (a worker whose virtual CPU
+# idled stalls up to about four calls by ~0.1-0.7 ms each in this VM: a busy core, every call).
+VERDICTS, WAKING_CALLS = 8, 4
 _SERIAL_FIRST_S, _SERIAL_MAX_S = 0.02, 0.5
 
 
@@ -144,18 +151,20 @@ class _Busy:
     one_thread_until = 0.0
     strikes = 0
     serial_calls = 0
+    verdicts = 0  # judged calls in a row that found the cores busy
+    waking = 0  # calls left that wake the workers after one-thread calls (not judged)
 
 
 def busy_state() -> dict:
     """The busy-core guard's state: ``{"one_thread_for_s": seconds left (0: full count),
-    "strikes": busy judgements in a row, "serial_calls": calls it ran on one thread}``."""
+    "strikes": one-thread windows in a row, "serial_calls": calls it ran on one thread}``."""
     return {"one_thread_for_s": max(0.0, _Busy.one_thread_until - perf_counter()),
             "strikes": _Busy.strikes, "serial_calls": _Busy.serial_calls}
 
 
 def threads_set(n: int) -> None:
     """Record the thread count kernprop.set_num_threads set (and clear the guard)."""
-    _Busy.threads, _Busy.one_thread_until, _Busy.strikes = n, 0.0, 0
+    _Busy.threads, _Busy.one_thread_until, _Busy.strikes, _Busy.verdicts, _Busy.waking = n, 0.0, 0, 0, 0
 
 
 def _guard(function, set_threads):
@@ -180,7 +189,10 @@ def _guard(function, set_threads):
                 return function(*args, **kwargs)
             finally:
                 set_threads(threads)
-        if last_wall[0] < JUDGED_CALL_S:
+        if last_wall[0] < JUDGED_CALL_S or _Busy.waking:
+            # the first calls at the full count after one-thread calls wake the sleeping
+            # workers (80-300 µs each in this VM): not a verdict on the cores
+            _Busy.waking = max(0, _Busy.waking - 1)
             result = function(*args, **kwargs)
             last_wall[0] = perf_counter() - start
             return result
@@ -189,10 +201,13 @@ def _guard(function, set_threads):
         wall = last_wall[0] = perf_counter() - start
         off_core = wall - (thread_time() - on_core)
         if off_core > OFF_CORE_S and off_core > (1.0 - BUSY_SHARE) * wall:
-            _Busy.strikes += 1
-            _Busy.one_thread_until = perf_counter() + min(_SERIAL_FIRST_S * 2 ** (_Busy.strikes - 1), _SERIAL_MAX_S)
+            _Busy.verdicts += 1
+            if _Busy.verdicts >= VERDICTS:
+                _Busy.verdicts, _Busy.waking = 0, WAKING_CALLS
+                _Busy.strikes += 1
+                _Busy.one_thread_until = perf_counter() + min(_SERIAL_FIRST_S * 2 ** (_Busy.strikes - 1), _SERIAL_MAX_S)
         elif wall >= JUDGED_CALL_S:
-            _Busy.strikes = 0
+            _Busy.strikes = _Busy.verdicts = 0
         return result
 
     return call
