@@ -120,6 +120,8 @@ def guard_state(monkeypatch):
     monkeypatch.setattr(threadpolicy._Busy, "one_thread_until", 0.0)
     monkeypatch.setattr(threadpolicy._Busy, "strikes", 0)
     monkeypatch.setattr(threadpolicy._Busy, "serial_calls", 0)
+    monkeypatch.setattr(threadpolicy._Busy, "waking", 0)
+    monkeypatch.setattr(threadpolicy._Busy, "verdicts", 0)
     return threadpolicy._Busy
 
 
@@ -145,9 +147,21 @@ def _working(seconds):
     return function
 
 
-def test_a_call_off_the_core_sends_the_next_calls_to_one_thread(guard_state):
+VERDICTS = threadpolicy.VERDICTS
+
+
+def _open_a_window(guarded):
+    """Call ``guarded`` (which finds the cores busy) until the guard opens a window."""
+    for _ in range(VERDICTS):
+        guarded(0)
+
+
+def test_busy_calls_in_a_row_send_the_next_calls_to_one_thread(guard_state):
     threads = _Recorder()
     guarded = threadpolicy._guard(_sleeping(0.002), threads)
+    for _ in range(VERDICTS - 1):
+        assert guarded(5) == 5
+    assert guard_state.strikes == 0 and guard_state.verdicts == VERDICTS - 1  # not yet: a cold worker stalls a few
     assert guarded(5) == 5
     assert threads.calls == [] and guard_state.strikes == 1
     left = threadpolicy.busy_state()["one_thread_for_s"]
@@ -157,31 +171,45 @@ def test_a_call_off_the_core_sends_the_next_calls_to_one_thread(guard_state):
     assert threadpolicy.busy_state()["serial_calls"] == 1
 
 
-def test_the_one_thread_window_doubles_while_busy_and_resets_when_quiet(guard_state):
-    threads = _Recorder()
-    sleeping = threadpolicy._guard(_sleeping(0.002), threads)
-    working = threadpolicy._guard(_working(0.002), threads)
-    for strikes in (1, 2, 3):
-        guard_state.one_thread_until = 0.0  # the window is over: the next call tries the full count
+def test_a_quiet_call_between_busy_ones_starts_the_count_again(guard_state):
+    sleeping = threadpolicy._guard(_sleeping(0.002), _Recorder())
+    working = threadpolicy._guard(_working(0.002), _Recorder())
+    for _ in range(VERDICTS - 1):
         sleeping(0)
+    working(0)
+    sleeping(0)
+    assert guard_state.verdicts == 1 and guard_state.strikes == 0
+
+
+def test_the_one_thread_window_doubles_while_busy_and_resets_when_quiet(guard_state):
+    sleeping = threadpolicy._guard(_sleeping(0.002), _Recorder())
+    working = threadpolicy._guard(_working(0.002), _Recorder())
+    for strikes in (1, 2, 3):
+        # the window is over and the workers are awake: the next calls are judged
+        guard_state.one_thread_until, guard_state.waking = 0.0, 0
+        _open_a_window(sleeping)
         assert guard_state.strikes == strikes
         assert threadpolicy.busy_state()["one_thread_for_s"] > 0.02 * 2 ** (strikes - 1) * 0.9
-    guard_state.one_thread_until = 0.0
+    guard_state.one_thread_until, guard_state.waking = 0.0, 0
     working(0)
     assert guard_state.strikes == 0 and threadpolicy.busy_state()["one_thread_for_s"] == 0.0
 
 
-def test_short_calls_waking_a_worker_and_one_thread_are_not_judged(guard_state):
+def test_short_calls_brief_waits_and_one_thread_are_not_judged(guard_state):
     threads = _Recorder()
     short = threadpolicy._guard(lambda value: value, threads)
     short(0)
-    assert guard_state.strikes == 0
-    # off the core for less than OFF_CORE_S: what waking a sleeping worker costs, not a busy core
-    threadpolicy._guard(_sleeping(threadpolicy.OFF_CORE_S / 3), threads)(0)
-    assert guard_state.strikes == 0
+    assert guard_state.verdicts == 0
+
+    def mostly_working(value):  # off the core for a moment of a long call: under 1 - BUSY_SHARE of it
+        _sleeping(0.0001)(value)
+        return _working(0.004)(value)
+
+    threadpolicy._guard(mostly_working, threads)(0)
+    assert guard_state.verdicts == 0
     guard_state.threads = 1
-    threadpolicy._guard(_sleeping(0.002), threads)(0)
-    assert guard_state.strikes == 0 and threads.calls == []
+    _open_a_window(threadpolicy._guard(_sleeping(0.002), threads))
+    assert guard_state.verdicts == 0 and guard_state.strikes == 0 and threads.calls == []
 
 
 def test_a_function_whose_last_call_was_short_is_judged_from_its_next_long_call(guard_state):
@@ -197,9 +225,21 @@ def test_a_function_whose_last_call_was_short_is_judged_from_its_next_long_call(
     guarded(0)  # judged (a first call), short
     state["seconds"] = 0.002
     guarded(0)  # after a short call the CPU clock is not read: not judged
-    assert guard_state.strikes == 0
+    assert guard_state.verdicts == 0
     guarded(0)  # after a long one it is
-    assert guard_state.strikes == 1
+    assert guard_state.verdicts == 1
+
+
+def test_the_calls_that_wake_the_workers_after_a_window_are_not_judged(guard_state):
+    sleeping = threadpolicy._guard(_sleeping(0.002), _Recorder())
+    _open_a_window(sleeping)
+    assert guard_state.strikes == 1 and guard_state.waking == threadpolicy.WAKING_CALLS
+    guard_state.one_thread_until = 0.0
+    for _ in range(threadpolicy.WAKING_CALLS):
+        sleeping(0)  # wakes the workers: not judged
+    assert guard_state.verdicts == 0 and guard_state.waking == 0
+    sleeping(0)
+    assert guard_state.verdicts == 1
 
 
 def test_set_num_threads_clears_the_guard(guard_state):
