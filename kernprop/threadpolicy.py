@@ -9,11 +9,11 @@ The policy, chosen by measurement (``bench/shared_machine.py``, ``bench/SHARED_M
   one.)  Set ``NUMBA_THREADING_LAYER`` to choose another layer yourself.
 - **Bounded spinning.**  An idle libgomp worker spins before it sleeps, so that the next
   parallel region starts without a wake-up.  libgomp's default (300,000 pauses, about
-  7 ms on a Zen 5, 10 ms or more on recent Xeons) keeps a core busy long after a kernel
-  returns: NumPy's OpenBLAS threads, PyTorch's pool or another process then wait for
-  it.  kernprop sets ``GOMP_SPINCOUNT`` to :data:`SPIN_COUNT`, which covers the gap
-  between the regions of one op and between the ops of a training step, and nothing
-  more.  Only where kernprop owns the decision: not when ``GOMP_SPINCOUNT`` or
+  7 ms on a Zen 5, longer where a pause takes longer) keeps a core busy long after a
+  kernel returns: NumPy's OpenBLAS threads, PyTorch's pool or another process then wait
+  for it.  kernprop sets ``GOMP_SPINCOUNT`` to :data:`SPIN_COUNT` (~0.25 ms), which covers
+  the gap between the regions of one op, between the ops of a training step and the
+  time to wake a sleeping thread, and little more.  Only where kernprop owns the decision: not when ``GOMP_SPINCOUNT`` or
   ``OMP_WAIT_POLICY`` is set, nor when another library loaded libgomp first; the
   variable is set only while kernprop loads libgomp, so child processes do not inherit it.
 - **Serial below a size.**  Small inputs run without threads (the Numba kernels'
@@ -27,8 +27,10 @@ The policy, chosen by measurement (``bench/shared_machine.py``, ``bench/SHARED_M
   calling thread spent off a core (``time.thread_time``, a few hundred ns): after
   :data:`VERDICTS` calls in a row off a core for more than ``1 - BUSY_SHARE`` of their
   time, the next calls run on one thread, for 20 ms, doubling while the cores stay busy
-  (up to 0.5 s); then a few calls wake the workers and the full count is judged again.  On a quiet machine the calling thread
-  works or spins through the whole call, so the judgement costs nothing else.
+  (up to 0.5 s); then a few calls wake the workers and the full count is judged again.
+  On a quiet machine the calling thread works or spins through the whole call, so the
+  judgement costs nothing else.  Every kernel gives the same bits at 1 and 2 threads, so
+  the guard never changes a result.
   ``KERNPROP_BUSY_GUARD=0`` turns the guard off (every call at the full count).
 - **NumPy's BLAS is not kernprop's.**  OpenBLAS's idle threads spin for about 2**28
   cycles (~0.1 s) after each call; a kernprop op right after a NumPy product then runs
@@ -50,8 +52,9 @@ import threading
 from dataclasses import dataclass
 from time import perf_counter, thread_time
 
-__all__ = ["SPIN_COUNT", "BUSY_SHARE", "OFF_CORE_S", "JUDGED_CALL_S", "VERDICTS", "WAKING_CALLS", "ThreadPolicy", "configure", "policy", "blas_threads",
-           "openmp_runtimes", "guarded_family", "busy_state"]
+__all__ = ["SPIN_COUNT", "BUSY_SHARE", "OFF_CORE_S", "JUDGED_CALL_S", "VERDICTS", "WAKING_CALLS",
+           "ThreadPolicy", "configure", "policy", "blas_threads", "openmp_runtimes", "guarded_family",
+           "busy_state", "threads_set"]
 
 # libgomp spins this many pause instructions before an idle worker sleeps: about 0.23 ms
 # on a Zen 5 (23 ns per pause).  It must outlast waking a sleeping thread (80-150 µs in
