@@ -3,8 +3,8 @@
 Numba compiles a kernel on its first call for each signature (dtype, layout, read-only
 flag); with ``cache=True`` the machine code is written to ``__pycache__`` and a later
 process only loads it.  ``warmup`` calls each op on small arrays, so that the first
-step of a training run is not the one that pays.  It covers: matmul and linear (serial
-and parallel GEMM paths, contiguous and transposed operands), linear_backward, every
+step of a training run is not the one that pays.  It covers: matmul and linear (serial,
+parallel and one-thread GEMM paths, contiguous and transposed operands), linear_backward, every
 activation forward and backward, log-softmax / softmax and backward, cross-entropy with
 and without gradient (with and without class weights), MSE, the fused linear
 cross-entropy, and the SGD (plain and momentum) and Adam steps.
@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from . import ops
+from .backends import get_num_threads, set_num_threads
 
 __all__ = ["warmup", "compiling", "Compiles"]
 
@@ -110,13 +111,24 @@ def warmup(backend="numba", dtypes=("float32",)) -> float:
         def array(*shape):
             return _to_backend(backend, rng.standard_normal(shape).astype(dtype))
 
-        # GEMM: a tiny product takes the serial path, a larger one the parallel one.
-        for m, k, n in ((3, 5, 7), (64, 96, 384)):
-            x, w, b, dy = array(m, k), array(k, n), array(n), array(m, n)
-            ops.matmul(x, w, backend=backend)
-            for activation in (None, "relu", "sigmoid", "tanh"):
-                ops.linear(x, w, b, activation=activation, backend=backend)
-            ops.linear_backward(x, w, dy, True, backend=backend)
+        # GEMM: a tiny product takes the serial path, a larger one the parallel one, and
+        # at one thread (the busy-core guard's choice, kernprop.threadpolicy) the blocked
+        # loops compiled without threads.
+        threads = get_num_threads()
+        for m, k, n, one_thread in ((3, 5, 7, False), (64, 96, 384, False), (64, 96, 384, True)):
+            if one_thread and threads == 1:
+                continue
+            if one_thread:
+                set_num_threads(1)
+            try:
+                x, w, b, dy = array(m, k), array(k, n), array(n), array(m, n)
+                ops.matmul(x, w, backend=backend)
+                for activation in (None, "relu", "sigmoid", "tanh"):
+                    ops.linear(x, w, b, activation=activation, backend=backend)
+                ops.linear_backward(x, w, dy, True, backend=backend)
+            finally:
+                if one_thread:
+                    set_num_threads(threads)
         # Elementwise and row kernels: a small input runs their serial build, a larger
         # one (above numba_cpu._jit.SERIAL_ELEMENTS) the parallel one.
         for rows, cols in ((4, 6), (64, 300)):
