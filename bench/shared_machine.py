@@ -111,7 +111,7 @@ def _one_round(fn, numpy_matmul, numpy_alone, threads, kernprop, blas_threads):
     }
 
 
-def child(backend, ops, threads, n_rounds, blas_threads):
+def child(backend, ops, threads, n_rounds, blas_threads, other="numpy"):
     """Measure in this process; print one JSON line of results."""
     import numpy as np
 
@@ -122,6 +122,11 @@ def child(backend, ops, threads, n_rounds, blas_threads):
     table = _make_ops(backend)
     a = np.random.default_rng(1).standard_normal((256, 256)).astype(np.float32)
     numpy_matmul = lambda: a @ a  # noqa: E731
+    if other == "torch":  # PyTorch's own OpenMP pool (its bundled libgomp) instead of OpenBLAS's
+        import torch
+
+        torch_a = torch.from_numpy(a)
+        numpy_matmul = lambda: torch.mm(torch_a, torch_a)  # noqa: E731
     results = {"threading_layer": None, "policy": None}
     for op in ops:
         table[op]()  # compile or load before anything is timed
@@ -144,10 +149,10 @@ def child(backend, ops, threads, n_rounds, blas_threads):
     print("RESULT " + json.dumps(results))
 
 
-def run_child(backend, ops, threads, rounds, blas_threads, env_extra):
+def run_child(backend, ops, threads, rounds, blas_threads, env_extra, other="numpy"):
     env = dict(os.environ, **env_extra)
     cmd = [sys.executable, __file__, "--child", "--backends", backend, "--threads", str(threads), "--rounds", str(rounds),
-           "--blas-threads", str(blas_threads), "--ops", *ops]
+           "--blas-threads", str(blas_threads), "--other", other, "--ops", *ops]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -178,18 +183,21 @@ def main(argv=None):
     parser.add_argument("--blas-threads", type=int, default=0,
                         help="run the alternating loop inside kernprop.threadpolicy.blas_threads(N) "
                              "(NumPy alone is still timed at its default threads)")
+    parser.add_argument("--other", choices=("numpy", "torch"), default="numpy",
+                        help="the other library's 256^3 product in the alternating loop")
     parser.add_argument("--out", help="append the markdown tables to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.backends[0], args.ops, args.threads, args.rounds, args.blas_threads)
+        child(args.backends[0], args.ops, args.threads, args.rounds, args.blas_threads, args.other)
         return 0
     env_extra = dict(item.split("=", 1) for item in args.env)
     text = []
     for backend in args.backends:
-        results = run_child(backend, args.ops, args.threads, args.rounds, args.blas_threads, env_extra)
+        results = run_child(backend, args.ops, args.threads, args.rounds, args.blas_threads, env_extra, args.other)
         title = (f"{backend}, {args.threads} threads" + (f", {' '.join(args.env)}" if args.env else "")
-                 + (f", loop inside blas_threads({args.blas_threads})" if args.blas_threads else ""))
+                 + (f", loop inside blas_threads({args.blas_threads})" if args.blas_threads else "")
+                 + (", beside PyTorch's torch.mm (the NumPy columns are PyTorch's)" if args.other == "torch" else ""))
         block = markdown(title, results)
         print(block, flush=True)
         text.append(block)
