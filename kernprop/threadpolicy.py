@@ -297,7 +297,7 @@ def _blas_now() -> str:
     if not pools:
         return "none loaded"
     timeout = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
-    parts = [f"{pool['internal_api']} {pool.get('version') or ''}, {pool['num_threads']} threads".replace(" ,", ",")
+    parts = [" ".join(filter(None, (pool["internal_api"], pool.get("version")))) + f", {pool['num_threads']} threads"
              for pool in pools]
     if any(pool["internal_api"] == "openblas" for pool in pools):
         parts.append(f"OPENBLAS_THREAD_TIMEOUT={timeout}" if timeout else

@@ -62,22 +62,29 @@ cdef void _row_log_softmax_backward(const floating* y, const floating* dy, float
             out[j] = dy[j] - _exp(y[j]) * total
 
 
+ctypedef void (*short_rows_kernel)(const float*, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+
+
+cdef void _short_rows_f(short_rows_kernel kernel, const float[:, ::1] x, float[:, ::1] out) noexcept:
+    # x (N, C) -> out (N, C), C < SHORT_ROW: ``kernel`` on blocks of rows
+    cdef Py_ssize_t i, n = x.shape[0], c = x.shape[1]
+    cdef Py_ssize_t rows = kp_short_block_rows(c), nblocks = (n + rows - 1) // rows
+    if n * c <= PARALLEL_MIN_WORK:  # no OpenMP region: even if(0) costs 0.6 us
+        with nogil:
+            for i in range(nblocks):
+                kernel(&x[i * rows, 0], &out[i * rows, 0], min(rows, n - i * rows), c)
+        return
+    for i in prange(nblocks, nogil=True, schedule="static"):
+        kernel(&x[i * rows, 0], &out[i * rows, 0], min(rows, n - i * rows), c)
+
+
 def log_softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
     # x (N, C) -> out (N, C)
     # IN x: logits, rows contiguous; OUT out: log-probabilities
     cdef Py_ssize_t i, n = x.shape[0], c = x.shape[1]
-    cdef Py_ssize_t rows = kp_short_block_rows(c), nblocks = (n + rows - 1) // rows
     if floating is float:
         if c < SHORT_ROW:
-            if n * c <= PARALLEL_MIN_WORK:  # no OpenMP region: even if(0) costs 0.6 us
-                with nogil:
-                    for i in range(nblocks):
-                        kp_short_log_softmax_f(&x[i * rows, 0], &out[i * rows, 0],
-                                               min(rows, n - i * rows), c)
-                return
-            for i in prange(nblocks, nogil=True, schedule="static"):
-                kp_short_log_softmax_f(&x[i * rows, 0], &out[i * rows, 0],
-                                       min(rows, n - i * rows), c)
+            _short_rows_f(kp_short_log_softmax_f, x, out)
             return
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
         _row_log_softmax(&x[i, 0], &out[i, 0], c)
@@ -87,18 +94,9 @@ def softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
     # x (N, C) -> out (N, C)
     # IN x: logits, rows contiguous; OUT out: probabilities, rows summing to 1
     cdef Py_ssize_t i, n = x.shape[0], c = x.shape[1]
-    cdef Py_ssize_t rows = kp_short_block_rows(c), nblocks = (n + rows - 1) // rows
     if floating is float:
         if c < SHORT_ROW:
-            if n * c <= PARALLEL_MIN_WORK:  # no OpenMP region: even if(0) costs 0.6 us
-                with nogil:
-                    for i in range(nblocks):
-                        kp_short_softmax_f(&x[i * rows, 0], &out[i * rows, 0],
-                                           min(rows, n - i * rows), c)
-                return
-            for i in prange(nblocks, nogil=True, schedule="static"):
-                kp_short_softmax_f(&x[i * rows, 0], &out[i * rows, 0],
-                                   min(rows, n - i * rows), c)
+            _short_rows_f(kp_short_softmax_f, x, out)
             return
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
         _row_softmax(&x[i, 0], &out[i, 0], c)

@@ -29,7 +29,7 @@ void kp_tile_amx_bf16(KP_TILE_ARGS(float)) {
     float out[32][32];
     const uint32_t *aw = (const uint32_t *)ap, *bw = (const uint32_t *)bp;
     const ptrdiff_t astride = kc * 4;  /* bytes per A row */
-    ptrdiff_t i, j, p;
+    ptrdiff_t i, p;
     memset(&cfg, 0, sizeof(cfg));
     cfg.palette_id = 1;
     /* tiles 0-3: C (16 rows of 16 fp32); 4-5: A (16 rows of 16 pairs); 6-7: B */
@@ -57,11 +57,5 @@ void kp_tile_amx_bf16(KP_TILE_ARGS(float)) {
     _tile_stored(2, &out[16][0], 128);
     _tile_stored(3, &out[16][16], 128);
     _tile_release();
-    if (accumulate) {
-        for (i = 0; i < mr; i++)
-            for (j = 0; j < nr; j++) c[i * ldc + j] += out[i][j];
-    } else {
-        for (i = 0; i < mr; i++)
-            for (j = 0; j < nr; j++) c[i * ldc + j] = out[i][j];
-    }
+    KP_STORE_TILE(out);
 }

@@ -17,7 +17,7 @@ void kp_tile_avx512_bf16(KP_TILE_ARGS(float)) {
     __m512 acc[6][2];
     float out[6][32];
     const uint32_t *aw = (const uint32_t *)ap;
-    ptrdiff_t i, j, p;
+    ptrdiff_t i, p;
     for (i = 0; i < 6; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     for (p = 0; p < kc; p++) {
         __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)bp);
@@ -34,13 +34,7 @@ void kp_tile_avx512_bf16(KP_TILE_ARGS(float)) {
         _mm512_storeu_ps(out[i], acc[i][0]);
         _mm512_storeu_ps(out[i] + 16, acc[i][1]);
     }
-    if (accumulate) {
-        for (i = 0; i < mr; i++)
-            for (j = 0; j < nr; j++) c[i * ldc + j] += out[i][j];
-    } else {
-        for (i = 0; i < mr; i++)
-            for (j = 0; j < nr; j++) c[i * ldc + j] = out[i][j];
-    }
+    KP_STORE_TILE(out);
 }
 
 /* --- packing into bf16 pair layout (run only with the kernel above) ------------------

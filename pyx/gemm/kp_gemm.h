@@ -24,6 +24,21 @@
     ptrdiff_t kc, const T *ap, const T *bp, T *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, \
     int accumulate
 
+/* The end of every tile: its registers, stored to the 2-D array OUT, go into the mr x nr
+   corner of C that is real, added to C when accumulating over K blocks (two loops: the
+   branch stays out of them, and a stored -0.0 stays -0.0). */
+#define KP_STORE_TILE(OUT)                                                   \
+    do {                                                                     \
+        ptrdiff_t i_, j_;                                                    \
+        if (accumulate) {                                                    \
+            for (i_ = 0; i_ < mr; i_++)                                      \
+                for (j_ = 0; j_ < nr; j_++) c[i_ * ldc + j_] += OUT[i_][j_]; \
+        } else {                                                             \
+            for (i_ = 0; i_ < mr; i_++)                                      \
+                for (j_ = 0; j_ < nr; j_++) c[i_ * ldc + j_] = OUT[i_][j_];  \
+        }                                                                    \
+    } while (0)
+
 #if defined(__GNUC__) || defined(__clang__)
 #define KP_UNUSED __attribute__((unused))
 #define KP_HIDDEN __attribute__((visibility("hidden")))

@@ -11,7 +11,7 @@ void NAME(KP_TILE_ARGS(T)) {                                                    
     /* ap (kc, 6), bp (kc, 2 L) packed -> c (mr, nr) */                               \
     V acc[6][2], b0, b1, a;                                                           \
     T out[6][2 * L];                                                                  \
-    ptrdiff_t i, j, k;                                                                \
+    ptrdiff_t i, k;                                                                   \
     for (i = 0; i < 6; i++) acc[i][0] = acc[i][1] = (V){0};                           \
     for (k = 0; k < kc; k++) {                                                        \
         memcpy(&b0, bp, sizeof(V));                                                   \
@@ -25,13 +25,7 @@ void NAME(KP_TILE_ARGS(T)) {                                                    
         bp += 2 * L;                                                                  \
     }                                                                                 \
     memcpy(out, acc, sizeof(out));                                                    \
-    if (accumulate) {                                                                 \
-        for (i = 0; i < mr; i++)                                                      \
-            for (j = 0; j < nr; j++) c[i * ldc + j] += out[i][j];                     \
-    } else {                                                                          \
-        for (i = 0; i < mr; i++)                                                      \
-            for (j = 0; j < nr; j++) c[i * ldc + j] = out[i][j];                      \
-    }                                                                                 \
+    KP_STORE_TILE(out);                                                               \
 }
 
 /* The narrow tile, for outputs of at most one vector of columns (N <= 16 fp32 with
@@ -44,7 +38,7 @@ void NAME(KP_TILE_ARGS(T)) {                                                    
     /* ap (kc, 12), bp (kc, L) packed -> c (mr, nr) */                                \
     V acc[12], b0, a;                                                                 \
     T out[12][L];                                                                     \
-    ptrdiff_t i, j, k;                                                                \
+    ptrdiff_t i, k;                                                                   \
     for (i = 0; i < 12; i++) acc[i] = (V){0};                                         \
     for (k = 0; k < kc; k++) {                                                        \
         memcpy(&b0, bp, sizeof(V));                                                   \
@@ -56,11 +50,5 @@ void NAME(KP_TILE_ARGS(T)) {                                                    
         bp += L;                                                                      \
     }                                                                                 \
     memcpy(out, acc, sizeof(out));                                                    \
-    if (accumulate) {                                                                 \
-        for (i = 0; i < mr; i++)                                                      \
-            for (j = 0; j < nr; j++) c[i * ldc + j] += out[i][j];                     \
-    } else {                                                                          \
-        for (i = 0; i < mr; i++)                                                      \
-            for (j = 0; j < nr; j++) c[i * ldc + j] = out[i][j];                      \
-    }                                                                                 \
+    KP_STORE_TILE(out);                                                               \
 }

@@ -257,6 +257,15 @@ def _column_sums_of_block(b, k0, kc, jj, nr, sums):
             part[j] += row[j]
 
 
+@njit(**_JIT)
+def _zero_columns(dst, rows, nr, nr_full):
+    # dst (rows, nr_full) flat: columns nr.. of a panel past B's last column become 0
+    for p in range(rows):
+        out = dst[p * nr_full:(p + 1) * nr_full]
+        for j in range(nr, nr_full):
+            out[j] = 0
+
+
 def _pack_b_panel_float(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
     n = b.shape[1]
     nr_full = tile_cols(b.itemsize)
@@ -279,11 +288,7 @@ def _pack_b_panel_float(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
             out = dst[p * nr_full:p * nr_full + nr]
             for j in range(nr):
                 out[j] = row[j]
-    if nr < nr_full:
-        for p in range(kc):
-            out = dst[p * nr_full:(p + 1) * nr_full]
-            for j in range(nr, nr_full):
-                out[j] = 0
+    _zero_columns(dst, kc, nr, nr_full)
     if want_sums:
         _column_sums_of_block(b, k0, kc, jj, nr, sums)
 
@@ -309,10 +314,7 @@ def _pack_b_panel_bf16(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
                 dst[q * nr_full + j] = bf16_bits(col[2 * q]) | (bf16_bits(col[2 * q + 1]) << np.uint32(16))
             if kc % 2:
                 dst[pairs * nr_full + j] = bf16_bits(col[kc - 1])
-        for q in range(used):
-            out = dst[q * nr_full:(q + 1) * nr_full]
-            for j in range(nr, nr_full):
-                out[j] = 0
+        _zero_columns(dst, used, nr, nr_full)
         if want_sums:
             _column_sums_of_block(b, k0, kc, jj, nr, sums)
         return
