@@ -52,11 +52,42 @@ def _zeros_like(p):
     return cuda.to_device(np.zeros(p.shape, dtype=p.dtype))
 
 
+def _flag(name, value):
+    if not isinstance(value, (bool, int, np.bool_, np.integer)) or value not in (0, 1):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _betas(value):
+    try:
+        beta1, beta2 = value
+    except (TypeError, ValueError):
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {value!r}") from None
+    return (_number("betas[0]", beta1, 0.0, 1.0, True), _number("betas[1]", beta2, 0.0, 1.0, True))
+
+
+def _schedule(value):
+    if value is not None and not callable(value):
+        raise TypeError(f"lr_schedule must be callable(epoch) -> lr, got {value!r}")
+    return value
+
+
 class Optimizer:
-    """Base: hyperparameters, lazily made state, schedule and state_dict."""
+    """Base: hyperparameters, lazily made state, schedule and state_dict.
+
+    Every hyperparameter is checked when it is set, by the constructor or later
+    (``optimizer.lr = ...`` in a callback): ``_checks`` maps each name to the check
+    the constructor uses, so an engine only ever reads valid values."""
 
     kind = ""
     _state_names: tuple = ()
+    _checks = {"lr": lambda v: _number("lr", v, 0.0), "lr_schedule": _schedule}
+
+    def __setattr__(self, name, value):
+        check = type(self)._checks.get(name)
+        if check is not None:
+            value = check(value)
+        super().__setattr__(name, value)
 
     def __new__(cls, *args, **kwargs):
         # Runs before __init__ binds its arguments, so optim.Adam(params, lr=...) gets
@@ -66,9 +97,7 @@ class Optimizer:
         return super().__new__(cls)
 
     def __init__(self, lr, lr_schedule=None):
-        self.lr = _number("lr", lr, 0.0)
-        if lr_schedule is not None and not callable(lr_schedule):
-            raise TypeError(f"lr_schedule must be callable(epoch) -> lr, got {lr_schedule!r}")
+        self.lr = lr  # checked by __setattr__, as every hyperparameter
         self.lr_schedule = lr_schedule
         self.state: dict[str, list[np.ndarray]] = {}
         self.steps = 0
@@ -76,7 +105,7 @@ class Optimizer:
 
     def set_lr(self, lr):
         """Set the learning rate (a finite number >= 0) for the following steps."""
-        self.lr = _number("lr", lr, 0.0)
+        self.lr = lr
 
     def start_epoch(self, epoch):
         """Apply the schedule (if any) for ``epoch`` (0-based)."""
@@ -167,7 +196,7 @@ class Optimizer:
         self._checked = None
 
     def _set_hyperparameters(self, hyper):
-        self.lr = _number("lr", hyper["lr"], 0.0)
+        self.lr = hyper["lr"]
 
     def _init_args(self) -> dict:
         # the constructor's arguments in their own types (hyperparameters() holds them
@@ -185,16 +214,30 @@ class SGD(Optimizer):
     ``p -= lr * step``."""
 
     kind = "sgd"
+    _checks = {**Optimizer._checks,
+               "momentum": lambda v: _number("momentum", v, 0.0, 1.0),
+               "weight_decay": lambda v: _number("weight_decay", v, 0.0),
+               "nesterov": lambda v: _flag("nesterov", v)}
 
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0, lr_schedule=None):
         super().__init__(lr, lr_schedule)
-        self.momentum = _number("momentum", momentum, 0.0, 1.0)
-        self.weight_decay = _number("weight_decay", weight_decay, 0.0)
-        if nesterov and not self.momentum:
-            raise ValueError("nesterov requires momentum > 0")
-        self.nesterov = bool(nesterov)
-        self._state_names = ("velocity",) if self.momentum else ()
-        self._checked = None
+        object.__setattr__(self, "nesterov", False)  # momentum is checked against it
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.nesterov = nesterov
+
+    def __setattr__(self, name, value):
+        if name in ("momentum", "nesterov"):
+            # nesterov needs momentum (checked as the constructor does), and momentum
+            # decides which state exists
+            value = self._checks[name](value)
+            momentum = value if name == "momentum" else self.momentum
+            if momentum == 0 and (value if name == "nesterov" else self.nesterov):
+                raise ValueError("nesterov requires momentum > 0")
+            if name == "momentum":
+                super().__setattr__("_state_names", ("velocity",) if value else ())
+                super().__setattr__("_checked", None)
+        super().__setattr__(name, value)
 
     def step(self, params, grads, kernels=None):
         k = kernels or validated_ops(None)
@@ -217,13 +260,11 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay}
 
     def _set_hyperparameters(self, hyper):
-        self.lr = _number("lr", hyper["lr"], 0.0)
-        self.momentum = _number("momentum", hyper["momentum"], 0.0, 1.0)
-        self.nesterov = bool(hyper["nesterov"])
-        if self.nesterov and not self.momentum:  # as the constructor: a saved state is checked alike
-            raise ValueError("nesterov requires momentum > 0")
-        self.weight_decay = _number("weight_decay", hyper["weight_decay"], 0.0)
-        self._state_names = ("velocity",) if self.momentum else ()
+        self.lr = hyper["lr"]
+        object.__setattr__(self, "nesterov", False)  # momentum is checked against it
+        self.momentum = hyper["momentum"]
+        self.nesterov = bool(hyper["nesterov"])  # as the constructor: a saved state is checked alike
+        self.weight_decay = hyper["weight_decay"]
 
 
 class Adam(Optimizer):
@@ -232,18 +273,18 @@ class Adam(Optimizer):
 
     kind = "adam"
     _state_names = ("exp_avg", "exp_avg_sq")
+    _checks = {**Optimizer._checks, "betas": _betas,
+               "eps": lambda v: _number("eps", v, 0.0),
+               "weight_decay": lambda v: _number("weight_decay", v, 0.0),
+               "decoupled": lambda v: _flag("decoupled", v)}
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False,
                  lr_schedule=None):
         super().__init__(lr, lr_schedule)
-        try:
-            beta1, beta2 = betas
-        except (TypeError, ValueError):
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        self.betas = (_number("betas[0]", beta1, 0.0, 1.0, True), _number("betas[1]", beta2, 0.0, 1.0, True))
-        self.eps = _number("eps", eps, 0.0)
-        self.weight_decay = _number("weight_decay", weight_decay, 0.0)
-        self.decoupled = bool(decoupled)
+        self.betas = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.decoupled = decoupled
 
     def step(self, params, grads, kernels=None):
         k = kernels or validated_ops(None)
@@ -266,11 +307,10 @@ class Adam(Optimizer):
                 "decoupled": self.decoupled}
 
     def _set_hyperparameters(self, hyper):
-        self.lr = _number("lr", hyper["lr"], 0.0)
-        self.betas = (_number("betas[0]", hyper["beta1"], 0.0, 1.0, True),
-                      _number("betas[1]", hyper["beta2"], 0.0, 1.0, True))
-        self.eps = _number("eps", hyper["eps"], 0.0)
-        self.weight_decay = _number("weight_decay", hyper["weight_decay"], 0.0)
+        self.lr = hyper["lr"]
+        self.betas = (hyper["beta1"], hyper["beta2"])
+        self.eps = hyper["eps"]
+        self.weight_decay = hyper["weight_decay"]
         self.decoupled = bool(hyper["decoupled"])
 
 
