@@ -118,7 +118,9 @@ def check_shape(name, shape, expected, what):
 
 
 def check_choice(name, value, choices):
-    if value not in choices:
+    # a str (or None) equal to a choice: `value in choices` would compare an array
+    # elementwise (np.array(["relu"]) == "relu" is truthy) and pass it on to a kernel
+    if not (value is None or isinstance(value, str)) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
@@ -216,3 +218,22 @@ def check_scalar(name, value, low=None, high=None, low_open=False, high_open=Fal
         bound = f"< {high}" if high_open else f"<= {high}"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
+
+
+def file_kind(path):
+    """What ``path`` names, for messages: "a regular file", "a directory", "a FIFO
+    (named pipe)", "a character device", "a block device", "a socket", or None when
+    nothing is there (symlinks followed)."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"

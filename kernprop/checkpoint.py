@@ -15,8 +15,14 @@ Format (version ``FORMAT_VERSION``), one entry per name:
 ``checksum``           SHA-256 of every other entry's name, dtype, shape and bytes
 =====================  ==========================================================
 
-``write`` goes to a temporary file then renames it, so a crash never leaves half a
-checkpoint (nor, when the write fails, the temporary file).
+``write`` goes to a temporary file in the destination's directory, then renames it
+over the destination (``os.replace``), so a crash never leaves half a checkpoint (nor,
+when the write fails, the temporary file).  A symlink is followed: its target is
+written and the link stays.  The destination must be a regular file or a new path:
+a directory, FIFO or device is refused (``check_destination``) before anything is
+written.  A checkpoint written from a callback during ``fit`` holds the parameters and
+optimizer state as the Trainer keeps them outside a fit (``Trainer.training_state``),
+so it loads like any other.
 
 ``read`` is bounded: it opens the zip itself and reads only the entries the format
 defines (any other name is refused unread); the text entries first, capped at
@@ -51,11 +57,11 @@ import zipfile
 import numpy as np
 
 from . import nn
-from ._validate import INT64_MAX, check_int
+from ._validate import INT64_MAX, check_int, file_kind
 from .optim import OPTIMIZERS
 
 __all__ = ["FORMAT_VERSION", "MAX_TEXT_BYTES", "MAX_DEPTH", "MAX_EXPANSION", "checksum", "to_arrays",
-           "write", "read"]
+           "check_destination", "write", "read"]
 
 FORMAT_VERSION = 1
 MAX_TEXT_BYTES = 4 << 20  # a text entry (architecture, trainer settings) or a scalar
@@ -98,27 +104,56 @@ def to_arrays(trainer):
         "architecture": np.array([json.dumps(c, sort_keys=True) for c in layers]),
         "trainer": np.array(json.dumps(settings, sort_keys=True)),
     }
-    for i, p in enumerate(model.parameters()):
-        arrays[f"param.{i}"] = p
+    # During a fit the engine may hold the parameters and state flat or on a device:
+    # training_state gives them per parameter, on the host, as read expects them.
+    params, state = trainer.training_state()
+    for i, p in enumerate(params):
+        arrays[f"param.{i}"] = np.array(p, copy=True)
     weight = getattr(loss, "weight", None)
     if weight is not None:
         arrays["loss.weight"] = np.asarray(weight, dtype=np.float64)
-    for key, value in trainer.optimizer.state_dict().items():
+    for key, value in trainer.optimizer.state_dict(state).items():
         arrays[f"optimizer.{key}"] = value
     arrays["checksum"] = np.array(checksum(arrays))
     return arrays
 
 
+def check_destination(path):
+    """The file a checkpoint for ``path`` is written to: ``path`` itself, or the target
+    of a symlink (followed to the end).  ValueError when that is not a regular file or
+    a new path in an existing directory (a directory, FIFO, device or socket); what
+    cannot be written then fails as the operating system says, in ``write``."""
+    target = os.path.realpath(os.fspath(path))
+    kind = file_kind(target)
+    if kind is not None and kind != "a regular file":
+        shown = os.fspath(path) if target == os.path.abspath(path) else f"{os.fspath(path)} (-> {target})"
+        raise ValueError(f"{shown} is {kind}: a checkpoint is written to a regular file or a new path")
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{path}: directory {parent} does not exist")
+    return target
+
+
 def write(trainer, path):
-    """Write ``trainer`` to ``path`` (temporary file, then rename); returns the path."""
+    """Write ``trainer`` to ``path`` (temporary file beside the destination, then
+    ``os.replace``; a symlink's target is written); returns the path."""
     path = os.fspath(path)
+    target = check_destination(path)
     buffer = io.BytesIO()
     np.savez(buffer, **to_arrays(trainer))
-    tmp = f"{path}.tmp{os.getpid()}"
+    directory, name = os.path.split(target)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        # O_EXCL: never through a file or link someone else put there; 0o666 less the
+        # umask, as open() would create the file, or the mode of the file it replaces
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
             f.write(buffer.getvalue())
-        os.replace(tmp, path)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, os.stat(target).st_mode & 0o7777)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)

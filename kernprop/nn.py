@@ -472,7 +472,9 @@ class MLP(Sequential):
         sizes = list(sizes)
         if len(sizes) < 2:
             raise ValueError(f"sizes must list at least the input and output sizes, got {sizes}")
-        if activation not in _ACTIVATION_LAYERS:
+        if not isinstance(activation, str) or activation not in _ACTIVATION_LAYERS:
+            # a str first: an unhashable value (an array, a list) would fail the lookup
+            # with "unhashable type" instead of naming the argument
             raise ValueError(f"activation must be one of {tuple(_ACTIVATION_LAYERS)}, got {activation!r}")
         rng = _as_rng(rng)
         layers = []

@@ -157,14 +157,18 @@ class Optimizer:
         or 1.0; ``repr`` shows them in the constructor's types)."""
         return {"lr": self.lr}
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Hyperparameters, step count and state as NumPy arrays, keyed by name."""
+    def state_dict(self, state=None) -> dict[str, np.ndarray]:
+        """Hyperparameters, step count and state as NumPy arrays, keyed by name.
+
+        ``state``: the state to save instead of ``self.state`` (``{name: [arrays]}``, one
+        per parameter: a Trainer mid-fit passes its engine's ``training_state``)."""
+        state = self.state if state is None else state
         out = {"kind": np.array(self.kind), "steps": np.array(self.steps, dtype=np.int64)}
         for key, value in self.hyperparameters().items():
             out[key] = np.array(value, dtype=np.float64)
         for name in self._state_names:
-            for i, array in enumerate(self.state.get(name, [])):
-                out[f"{name}.{i}"] = array.copy()
+            for i, array in enumerate(state.get(name, [])):
+                out[f"{name}.{i}"] = np.array(array, copy=True)
         return out
 
     def load_state_dict(self, state: dict) -> None:

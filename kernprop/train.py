@@ -21,6 +21,7 @@ Checkpoints (``save`` / ``Trainer.load``): ``kernprop.checkpoint``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sys
@@ -151,6 +152,7 @@ class Trainer:
             raise type(exc)(f"seed must be None, a non-negative int or a numpy Generator, got {seed!r} ({exc})") from None
         self.dtype = dtypes.pop()
         self.history: dict[str, list] = {}
+        self._engine_running = None  # the engine of the fit in progress (training_state)
         self.epochs_done = 0
         self.distributed = _distributed.make_context(distributed)
         self.engine = engine
@@ -257,7 +259,7 @@ class Trainer:
         verbose = verbose if engine.reports else 0  # data-parallel: rank 0 alone reports
         show_bar = bool(verbose) and stderr_is_tty()
         chunk = max(1, len(rows) // _BAR_UPDATES) if show_bar else len(rows)
-        with engine.running(Xs, ys, preds, rows):
+        with engine.running(Xs, ys, preds, rows), self._fitting(engine):
             for _ in range(epochs):
                 optimizer.start_epoch(self.epochs_done)
                 bar = _bar(n, self.epochs_done, show_bar)
@@ -298,6 +300,25 @@ class Trainer:
                 if engine.agree(stop):
                     break
         return history
+
+    @contextlib.contextmanager
+    def _fitting(self, engine):
+        """While ``fit`` runs, ``training_state`` asks its engine."""
+        self._engine_running = engine
+        try:
+            yield
+        finally:
+            self._engine_running = None
+
+    def training_state(self):
+        """``(parameters, optimizer state)``: the model's parameters and the optimizer's
+        state (``{name: [arrays]}``), one host array per parameter in
+        ``model.parameters()`` order, also during ``fit`` (from a callback), where the
+        engine may hold them flat or on the GPU.  What a checkpoint saves."""
+        engine = self._engine_running
+        if engine is not None:
+            return engine.training_state()
+        return self.model.parameters(), self.optimizer.state
 
     def warmup(self, X, y, validation_data=None):
         """Compile (first run) or load from Numba's cache every kernel that

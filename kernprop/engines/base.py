@@ -72,6 +72,13 @@ class Engine:
         """Whether training stops, given this process's wish (data-parallel: any rank's)."""
         return stop
 
+    def training_state(self):
+        """``(parameters, optimizer state)`` as the Trainer keeps them outside a fit: host
+        arrays, one per parameter in ``parameters()`` order, and ``{name: [arrays]}``
+        likewise (views where the engine packs them), for a checkpoint written during
+        the fit (``Trainer.save`` from a callback)."""
+        return self.model.parameters(), self.optimizer.state
+
     def __repr__(self):
         return f"{type(self).__name__}({self.name!r})"
 

@@ -66,3 +66,6 @@ class DataParallel(Engine):
 
     def agree(self, stop):
         return self.dist.any(stop)  # all ranks stop when one asks to
+
+    def training_state(self):
+        return self.inner.training_state()

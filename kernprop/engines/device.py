@@ -38,6 +38,11 @@ class DeviceEngine(LayerwiseEngine):
     def begin_epoch(self):
         self.X = to_device(self.host_X)  # one upload per epoch; each batch is then a device slice
 
+    def training_state(self):
+        # one copy to the host of each array (a checkpoint written during the fit)
+        return ([host(p) for p in self.model.parameters()],
+                {key: [host(a) for a in arrays] for key, arrays in self.optimizer.state.items()})
+
     def store_losses(self, values, losses, first, last):
         losses[first:last] = [host(v) for v in values]  # device scalars: one copy each, once per run
 

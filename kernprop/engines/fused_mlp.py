@@ -57,7 +57,7 @@ class FusedMLPEngine(PackedEngine):
 
     def __init__(self, model, loss, optimizer, kernels, batch_size):
         super().__init__(model, loss, optimizer, kernels)
-        self.batch_size = batch_size  # sizes the step's workspace
+        self.batch_size = batch_size  # bounds the step's workspace (with the fit's rows)
         self.layers, why = plan(model, loss, optimizer)
         if self.layers is None:
             raise ValueError(f"engine 'fused' does not take {why}")
@@ -88,7 +88,10 @@ class FusedMLPEngine(PackedEngine):
                              label_smoothing=loss.label_smoothing, weight=loss.weight_as(dtype))
         else:
             loss_opts = dict(loss="mse")
-        step = MLPStep(table, self.batch_size, dtype, self.flat, self.flat_grad, *state,
+        # the workspace holds the largest step this fit runs: min(batch_size, rows), not
+        # batch_size (a batch_size of 10**9 on 1,000 rows would ask for terabytes)
+        largest = int((rows[:, 1] - rows[:, 0]).max()) if len(rows) else 1
+        step = MLPStep(table, max(1, min(self.batch_size, largest)), dtype, self.flat, self.flat_grad, *state,
                        reduction=loss.reduction, **loss_opts, **opt)
         # bound once: the shuffled X, y are refilled in place every epoch
         self.steps = step.bind_steps(X, y, preds)

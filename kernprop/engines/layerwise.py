@@ -125,6 +125,10 @@ class PackedEngine(LayerwiseEngine):
         """Views of ``flat`` shaped as each parameter, in the order of ``parameters()``."""
         return [flat[o:o + p.size].reshape(p.shape) for o, p in zip(self.offsets, self.original)]
 
+    def training_state(self):
+        # the state is one flat array per kind while the fit runs: split as the parameters
+        return self.param_views, {key: self.views(flat) for key, (flat,) in self.optimizer.state.items()}
+
     def update(self, grads):
         """Gather ``grads`` into the flat buffer, then one optimizer call over it."""
         copyto = np.copyto
