@@ -10,8 +10,13 @@ says how its loops were checked to vectorise (``inspect_asm``).  The thread coun
 compiles or loads every kernel a training run needs; speeds against NumPy and PyTorch
 are in ``bench/SPEED_NOTES.md``.  Threads follow ``kernprop.threadpolicy`` (Numba's
 ``omp`` layer, sharing one libgomp pool with the Cython kernels), configured on import.
+The machine code is cached per build and instruction-set row (``cache``), so an edit, an
+upgrade or a ``KERNPROP_MAX_ISA`` cap never loads stale kernels.
 """
 
 from kernprop.threadpolicy import configure as _configure
 
+from . import cache as _cache
+
 _configure(numba=True)
+_cache.install()

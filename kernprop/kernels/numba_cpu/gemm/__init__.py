@@ -10,9 +10,10 @@ time from what the CPU runs, measures and passes a self-check (``selection``).
 ``matmul``, ``linear``, ``linear_backward``, ``linear_cross_entropy`` and the fused
 training step (``mlp_step``, through ``drivers.serial``) all call it.
 
-Blocking comes from the CPU's caches (``blocking``): the depth KC of a K block keeps an
-A micro-panel (KC x MR) in half of L1 while B micro-panels stream past it; a task's
-B block (KC x NCP*NR) fits in half of L2.
+The register tile and the blocking come from the instruction-set row this process runs
+(``kernprop.isa``: the CPU's own, capped by ``KERNPROP_MAX_ISA``): the depth KC of a K
+block keeps an A micro-panel (KC x MR) in half of L1 while B micro-panels stream past
+it; a task's B block (KC x NCP*NR) fits in half of L2.
 
 Precision: float64 always runs the float64 FMA kernel; float32 runs the kernel that
 ``selection`` chose for "fp32", "bf16x3" or "bf16" (``kernel_info`` shows them).
@@ -21,19 +22,19 @@ Precision: float64 always runs the float64 FMA kernel; float32 runs the kernel t
 from __future__ import annotations
 
 import functools
-import os
 import threading
 
 import numpy as np
 from numba import get_num_threads
 
+from .... import isa
 from ..activations import ACTIVATION_CODES
 from . import drivers, selection
-from .microkernels import MR, tile_cols
+from .microkernels import MR, ROW, tile_cols
 from .packing import steps_for
 from .selection import BF16_PACK, KERNELS
 
-__all__ = ["KC", "MR", "blocking", "gemm", "kernel_info", "kernel_for", "measured_peaks", "select_kernel",
+__all__ = ["KC", "MR", "ROW", "blocking", "gemm", "kernel_info", "kernel_for", "measured_peaks", "select_kernel",
            "tile_cols"]
 
 # Depth of a K block for the fused step's serial products (``mlp_step`` calls
@@ -44,37 +45,12 @@ NC = 4096  # columns of a packed B panel (it stays in L3)
 _SERIAL_FLOPS = 4_000_000  # below this a parallel launch costs more than the product
 
 
-def _cache_bytes(level, kind):
-    # the size of this CPU's cache of a level and type ("Data"/"Unified"), from sysfs
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for entry in sorted(os.listdir(base)):
-            path = os.path.join(base, entry)
-            with open(os.path.join(path, "level")) as f:
-                if int(f.read()) != level:
-                    continue
-            with open(os.path.join(path, "type")) as f:
-                if f.read().strip() not in kind:
-                    continue
-            with open(os.path.join(path, "size")) as f:
-                text = f.read().strip().upper()
-            scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1], 1)
-            return int(text.rstrip("KM")) * scale
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 @functools.lru_cache(maxsize=None)
 def blocking(itemsize=4):
-    """(KC, MC panels per task, NC panels per task) for elements of ``itemsize`` bytes,
-    from the L1d and L2 sizes (32 KiB and 1 MiB when they cannot be read)."""
-    l1 = _cache_bytes(1, ("Data",)) or 32 * 1024
-    l2 = _cache_bytes(2, ("Unified", "Data")) or 1024 * 1024
-    kc = max(128, min(512, l1 // (2 * MR * itemsize)) // 16 * 16)
-    nr = tile_cols(itemsize)
-    ncp = max(2, min(16, l2 // (2 * kc * nr * itemsize)))
-    return kc, 12, ncp
+    """(KC, MC panels per task, NC panels per task) for elements of ``itemsize`` bytes:
+    the instruction-set row's rule (``kernprop.isa.blocking``) for its tile."""
+    kc, mc_rows, nc_cols = isa.blocking(ROW.tile, itemsize)
+    return kc, mc_rows // MR, nc_cols // tile_cols(itemsize)
 
 
 def _reference_product(a, b, precision):

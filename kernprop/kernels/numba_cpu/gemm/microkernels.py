@@ -4,10 +4,12 @@ Numba exposes no vector type, and LLVM's SLP vectoriser does not turn an MR x NR
 scalar accumulators carried around a loop into vector registers (tried: it emitted 384
 scalar ``vfmadd231ss``).  So each micro-kernel is a Numba ``intrinsic`` that builds the
 loop itself: ``MR * NVEC`` vector accumulators held in registers as loop phis, one
-broadcast of A and ``NVEC`` loads of B per step.  On AVX-512 (VL = 64 bytes) MR = 12,
-NVEC = 2 uses 24 accumulators + 2 B vectors + 1 broadcast of the 32 zmm registers.
+broadcast of A and ``NVEC`` loads of B per step.  The tile is the instruction-set row's
+(``kernprop.isa``): avx512 12 x 2 zmm (24 accumulators + 2 B vectors + 1 broadcast of
+the 32 zmm registers), avx2 6 x 2 ymm (12 + 2 + 1 of 16), neon 8 x 3 q registers (24 +
+3 + 1 of 32), generic 6 x 2 xmm.
 
-Kernels (one tile shape, MR x NR = 12 x 32 float32 / 12 x 16 float64):
+Kernels (MR x NR: the row's tile, e.g. 12 x 32 float32 / 12 x 16 float64 on AVX-512):
   1. ``fma_tile``: ``llvm.fma`` on <VL x float|double>; ``inspect_asm`` shows the loop
      unrolled into ``vfmadd231ps ... zmm`` (float64: ``vfmadd231pd``).
   2. ``bf16_tile``: ``llvm.x86.avx512bf16.dpbf16ps.512``: one step multiplies a pair of
@@ -38,14 +40,24 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# Rows of the register tile, and vectors per row of it.
-MR = 12
-NVEC = 2
-# Bytes per vector register: 64 with AVX-512, 32 with AVX2 only (then 16 registers, so
-# the tile would spill; the kernel stays correct, only slower).
-VECTOR_BYTES = 64
+from ....isa import active_row
+
+# The register tile of the instruction-set row this process runs (``kernprop.isa``: the
+# CPU's own, or the KERNPROP_MAX_ISA cap).  Module constants, so Numba folds them into
+# the compiled loops; the cache directory is keyed by the row (``kernels.numba_cpu.cache``),
+# so a process under another cap never loads loops built for this one.
+ROW = active_row()
+MR = ROW.tile.mr
+NVEC = ROW.tile.nvec
+VECTOR_BYTES = ROW.tile.vector_bytes
 # float32 lanes of one vector: the columns of one bf16 B vector (pairs of bfloat16).
 F32_LANES = VECTOR_BYTES // 4
+# Whether the row's CPUs fuse multiply-adds: without FMA (the generic row) ``llvm.fma``
+# would become a libm call per element, so the generic kernel asks for ``fmuladd``,
+# which LLVM fuses only where the target has FMA.
+FMA_INTRINSIC = "llvm.fma" if ROW.fused_multiply_add else "llvm.fmuladd"
+# Whether ``vdpbf16ps`` runs: the CPU has it and the row allows it.
+NATIVE_BF16 = "vdpbf16ps" in ROW.bf16_kernels
 
 # AMX: rows of an A panel / C block, and K pairs of one tile (64 bytes a row).
 AMX_ROWS = 32
@@ -72,15 +84,14 @@ class _BFloat(ir.Type):
 
 
 def host_has_avx512_bf16():
-    """Whether the CPU that Numba compiles for runs ``vdpbf16ps`` on zmm registers."""
-    features = llvm.get_host_cpu_features()
-    return bool(features.get("avx512bf16")) and bool(features.get("avx512f"))
+    """Whether ``vdpbf16ps`` runs here: the CPU has AVX512_BF16 and the row allows it."""
+    return "vdpbf16ps" in ROW.bf16_kernels
 
 
 def host_has_amx_bf16():
-    """Whether the CPU that Numba compiles for has AMX-TILE and AMX-BF16."""
-    features = llvm.get_host_cpu_features()
-    return bool(features.get("amx-tile")) and bool(features.get("amx-bf16"))
+    """Whether the AMX-BF16 tiles run here: the CPU has AMX-TILE and AMX-BF16 and the row
+    allows them."""
+    return "amx" in ROW.bf16_kernels
 
 
 _AMX_GRANTED = []
@@ -210,7 +221,7 @@ def fma_tile(typingctx, ap, a_off, bp, b_off, b_stride, kc, c, c_off, ldc, beta)
         vec = ir.VectorType(elt, lanes)
         fma = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vec, [vec, vec, vec]),
-            "llvm.fma.v%d%s" % (lanes, "f32" if size == 4 else "f64"),
+            "%s.v%d%s" % (FMA_INTRINSIC, lanes, "f32" if size == 4 else "f64"),
         )
 
         def step(builder, pa, pb, accs):
@@ -232,30 +243,30 @@ def fma_tile(typingctx, ap, a_off, bp, b_off, b_stride, kc, c, c_off, ldc, beta)
 def _bf16_pair_dot(builder, native):
     """A function ``(acc <16 x float>, a <16 x i32>, b <16 x i32>) -> acc + a.lo*b.lo +
     a.hi*b.hi`` per lane, where each i32 holds two bfloat16 (low half: the even k)."""
-    f32x16 = ir.VectorType(ir.FloatType(), F32_LANES)
-    i32x16 = ir.VectorType(_I32, F32_LANES)
+    f32xl = ir.VectorType(ir.FloatType(), F32_LANES)
+    i32xl = ir.VectorType(_I32, F32_LANES)
     if native:
-        bf16x32 = ir.VectorType(_BFloat(), 2 * F32_LANES)
+        bf16x2l = ir.VectorType(_BFloat(), 2 * F32_LANES)
         dot = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(f32x16, [f32x16, bf16x32, bf16x32]),
+            builder.module, ir.FunctionType(f32xl, [f32xl, bf16x2l, bf16x2l]),
             "llvm.x86.avx512bf16.dpbf16ps.512",
         )
 
         def pair_dot(acc, a, b):
-            return builder.call(dot, [acc, builder.bitcast(a, bf16x32), builder.bitcast(b, bf16x32)])
+            return builder.call(dot, [acc, builder.bitcast(a, bf16x2l), builder.bitcast(b, bf16x2l)])
 
         return pair_dot
     fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(f32x16, [f32x16, f32x16, f32x16]), "llvm.fma.v16f32")
-    high = ir.Constant(i32x16, [-65536] * F32_LANES)  # 0xFFFF0000
-    sixteen = ir.Constant(i32x16, [16] * F32_LANES)
+        builder.module, ir.FunctionType(f32xl, [f32xl, f32xl, f32xl]), "%s.v%df32" % (FMA_INTRINSIC, F32_LANES))
+    high = ir.Constant(i32xl, [-65536] * F32_LANES)  # 0xFFFF0000
+    sixteen = ir.Constant(i32xl, [16] * F32_LANES)
 
     def pair_dot(acc, a, b):
         # a bfloat16 is the top half of a float32: widening is a shift or a mask
-        a_even = builder.bitcast(builder.shl(a, sixteen), f32x16)
-        b_even = builder.bitcast(builder.shl(b, sixteen), f32x16)
-        a_odd = builder.bitcast(builder.and_(a, high), f32x16)
-        b_odd = builder.bitcast(builder.and_(b, high), f32x16)
+        a_even = builder.bitcast(builder.shl(a, sixteen), f32xl)
+        b_even = builder.bitcast(builder.shl(b, sixteen), f32xl)
+        a_odd = builder.bitcast(builder.and_(a, high), f32xl)
+        b_odd = builder.bitcast(builder.and_(b, high), f32xl)
         return builder.call(fma, [a_odd, b_odd, builder.call(fma, [a_even, b_even, acc])])
 
     return pair_dot
@@ -271,30 +282,30 @@ def bf16_tile(typingctx, ap, a_off, bp, b_off, b_stride, kc2, c, c_off, ldc, bet
     sig = types.void(ap, a_off, bp, b_off, b_stride, kc2, c, c_off, ldc, beta)
 
     def codegen(context, builder, signature, args):
-        f32x16 = ir.VectorType(ir.FloatType(), F32_LANES)
-        i32x16 = ir.VectorType(_I32, F32_LANES)
+        f32xl = ir.VectorType(ir.FloatType(), F32_LANES)
+        i32xl = ir.VectorType(_I32, F32_LANES)
         pair_dot = _bf16_pair_dot(builder, host_has_avx512_bf16())
 
         def step(builder, pa, pb, accs):
             b_vecs = [builder.load(builder.bitcast(builder.gep(pb, [ir.Constant(_I64, j * F32_LANES)]),
-                                                   i32x16.as_pointer()), align=4)
+                                                   i32xl.as_pointer()), align=4)
                       for j in range(NVEC)]
             new = []
             for i in range(MR):
-                a_vec = _splat(builder, builder.load(builder.gep(pa, [ir.Constant(_I64, i)])), i32x16)
+                a_vec = _splat(builder, builder.load(builder.gep(pa, [ir.Constant(_I64, i)])), i32xl)
                 for j in range(NVEC):
                     new.append(pair_dot(accs[i * NVEC + j], a_vec, b_vecs[j]))
             return new
 
-        return _tile_loop(context, builder, signature, args, f32x16, step)
+        return _tile_loop(context, builder, signature, args, f32xl, step)
 
     return sig, codegen
 
 
 @intrinsic
 def peak_loop(typingctx, steps, kind):
-    """Run ``steps`` iterations of 24 independent register-only updates (kind 0: float32
-    FMA on 16 lanes, 32 FLOP each; kind 1: ``vdpbf16ps``, 64 FLOP each) and return a
+    """Run ``steps`` iterations of MR * NVEC independent register-only updates (kind 0:
+    float32 FMA on F32_LANES lanes; kind 1: ``vdpbf16ps``, twice the FLOP) and return a
     sum of the accumulators (so the loop is not removed); kind 2: ``steps`` x 4 AMX
     ``tdpbf16ps`` on zeroed tiles (16384 FLOP each; returns 0, and does nothing where
     the CPU has no AMX).  ``kind`` must be a literal."""
@@ -304,8 +315,8 @@ def peak_loop(typingctx, steps, kind):
     sig = types.float32(steps, kind)
 
     def codegen(context, builder, signature, args):
-        f32x16 = ir.VectorType(ir.FloatType(), F32_LANES)
-        i32x16 = ir.VectorType(_I32, F32_LANES)
+        f32xl = ir.VectorType(ir.FloatType(), F32_LANES)
+        i32xl = ir.VectorType(_I32, F32_LANES)
         steps_v = _as_i64(builder, args[0])
         if kind_value == 2:
             if host_has_amx_bf16():
@@ -313,15 +324,15 @@ def peak_loop(typingctx, steps, kind):
             return ir.Constant(ir.FloatType(), 0.0)
         if kind_value == 0:
             fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(f32x16, [f32x16] * 3), "llvm.fma.v16f32")
-            x = ir.Constant(f32x16, [1.0000001] * F32_LANES)
-            y = ir.Constant(f32x16, [0.9999999] * F32_LANES)
+                builder.module, ir.FunctionType(f32xl, [f32xl] * 3), "%s.v%df32" % (FMA_INTRINSIC, F32_LANES))
+            x = ir.Constant(f32xl, [1.0000001] * F32_LANES)
+            y = ir.Constant(f32xl, [0.9999999] * F32_LANES)
 
             def update(acc):
                 return builder.call(fma, [acc, x, y])
         else:
             pair_dot = _bf16_pair_dot(builder, host_has_avx512_bf16())
-            x = ir.Constant(i32x16, [0x3F803F80] * F32_LANES)  # two bfloat16 ones
+            x = ir.Constant(i32xl, [0x3F803F80] * F32_LANES)  # two bfloat16 ones
 
             def update(acc):
                 return pair_dot(acc, x, x)
@@ -331,10 +342,10 @@ def peak_loop(typingctx, steps, kind):
         builder.branch(loop)
         builder.position_at_end(loop)
         p = builder.phi(_I64)
-        accs = [builder.phi(f32x16) for _ in range(MR * NVEC)]
+        accs = [builder.phi(f32xl) for _ in range(MR * NVEC)]
         p.add_incoming(ir.Constant(_I64, 0), pre)
         for acc in accs:
-            acc.add_incoming(ir.Constant(f32x16, None), pre)
+            acc.add_incoming(ir.Constant(f32xl, None), pre)
         new = [update(acc) for acc in accs]
         p_next = builder.add(p, ir.Constant(_I64, 1))
         p.add_incoming(p_next, loop)

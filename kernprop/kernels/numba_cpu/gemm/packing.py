@@ -326,12 +326,12 @@ def _pack_b_panel_bf16(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
             out = dst[q * nr_full:(q + 1) * nr_full]
             row0 = b[k0 + 2 * q, jj:jj + nr_full]
             row1 = b[k0 + 2 * q + 1, jj:jj + nr_full]
-            for j in range(32):
+            for j in range(nr_full):
                 out[j] = bf16_bits(row0[j]) | (bf16_bits(row1[j]) << np.uint32(16))
         if kc % 2:
             out = dst[pairs * nr_full:(pairs + 1) * nr_full]
             row0 = b[k0 + kc - 1, jj:jj + nr_full]
-            for j in range(32):
+            for j in range(nr_full):
                 out[j] = bf16_bits(row0[j])
         if want_sums:
             _column_sums_of_block(b, k0, kc, jj, nr, sums)

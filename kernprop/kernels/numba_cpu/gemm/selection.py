@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from .microkernels import (AMX_ROWS, MR, NVEC, VECTOR_BYTES, host_has_amx_bf16, host_has_avx512_bf16,
-                           peak_loop, request_amx)
+from .microkernels import (AMX_ROWS, F32_LANES, MR, NVEC, ROW, VECTOR_BYTES, host_has_amx_bf16,
+                           host_has_avx512_bf16, peak_loop, request_amx)
+from ....isa import ENV_MAX_ISA, native_row
 from ....precision import PRECISIONS, check_precision
 
 BF16_MIN_GAIN = 1.25
@@ -49,16 +50,19 @@ _CHILD = "KERNPROP_GEMM_SELF_CHECK_CHILD"
 
 @dataclass(frozen=True)
 class Kernel:
-    """A micro-kernel: its name, the pack dtype that selects it, the precisions it can
-    serve (at the bf16x3 terms it needs), and a one-line description."""
+    """A micro-kernel: its short name (``fp32``, ``bf16``, ``amx``: what
+    ``KERNPROP_GEMM_KERNEL`` and ``select_kernel`` take), its full name (instruction set
+    and tile: ``fp32_avx2_6x16``, also accepted), the pack dtype that selects it, the
+    precisions it can serve (at the bf16x3 terms it needs), and a one-line description."""
 
     name: str
+    full_name: str
     pack_dtype: object
     serves: tuple
     description: str
     rows: int = MR  # rows of its A panels and output tile
     peak_kind: int = 0  # microkernels.peak_loop kind
-    flops_per_step: int = 24 * 32  # of that peak loop, per step
+    flops_per_step: int = MR * NVEC * F32_LANES * 2  # of that peak loop, per step
     isolated_check: bool = False  # run the first self-check in a child process
 
     def computes(self, precision):
@@ -70,32 +74,30 @@ class Kernel:
         return 3 if self.pack_dtype in _BF16_PACKS and precision == "bf16x3" else 1
 
 
-def _isa():
-    from llvmlite import binding as llvm
-
-    features = llvm.get_host_cpu_features()
-    if features.get("avx512f"):
-        return "avx512"
-    return "avx2" if features.get("avx2") else "generic"
-
-
-FP32 = Kernel("fp32", FLOAT_PACK, PRECISIONS, f"fp32 fma {_isa()} {MR}x{NVEC * VECTOR_BYTES // 4}")
-BF16 = Kernel("bf16", BF16_PACK, ("bf16x3", "bf16"),
-              f"bf16 avx512_bf16 vdpbf16ps {MR}x{NVEC * VECTOR_BYTES // 4}", peak_kind=1, flops_per_step=24 * 64)
-AMX = Kernel("amx", AMX_PACK, ("bf16x3", "bf16"), f"bf16 amx tdpbf16ps {AMX_ROWS}x32", rows=AMX_ROWS,
-             peak_kind=2, flops_per_step=4 * 16 * 16 * 32 * 2, isolated_check=True)
+_NR = NVEC * VECTOR_BYTES // 4
+FP32 = Kernel("fp32", ROW.kernel_name("fp32"), FLOAT_PACK, PRECISIONS,
+              f"fp32 fma {ROW.name} {MR}x{_NR} (fp64 {ROW.kernel_name('fp64')})")
+BF16 = Kernel("bf16", f"bf16_avx512_bf16_{MR}x{_NR}", BF16_PACK, ("bf16x3", "bf16"),
+              f"bf16 avx512_bf16 vdpbf16ps {MR}x{_NR}", peak_kind=1, flops_per_step=MR * NVEC * F32_LANES * 4)
+AMX = Kernel("amx", f"bf16_amx_{AMX_ROWS}x32", AMX_PACK, ("bf16x3", "bf16"), f"bf16 amx tdpbf16ps {AMX_ROWS}x32",
+             rows=AMX_ROWS, peak_kind=2, flops_per_step=4 * 16 * 16 * 32 * 2, isolated_check=True)
 KERNELS = {kernel.name: kernel for kernel in (FP32, BF16, AMX)}
+# the full names too, for one override syntax whatever a user copied from ``kernprop info``
+_BY_ANY_NAME = {**KERNELS, **{kernel.full_name: kernel for kernel in KERNELS.values()}}
 # the bf16 kernels, fastest first where several run
 BF16_KERNELS = (AMX, BF16)
+
+
+_CAPPED = f" ({ENV_MAX_ISA} caps this CPU's {native_row().name})" if native_row() != ROW else ""
 
 
 def unavailable_reason(kernel: Kernel) -> str | None:
     """Why ``kernel`` cannot run on this CPU (or in this process), or None."""
     if kernel is BF16 and not host_has_avx512_bf16():
-        return "this CPU has no AVX512_BF16"
+        return f"the {ROW.name} row runs no AVX512_BF16" + _CAPPED
     if kernel is AMX:
         if not host_has_amx_bf16():
-            return "this CPU has no AMX-BF16"
+            return f"the {ROW.name} row runs no AMX-BF16" + _CAPPED
         if not request_amx():
             return "Linux did not grant the AMX tile data state (arch_prctl)"
     return None
@@ -186,8 +188,9 @@ def parse_override(text):
     chosen = {}
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
         precision, _, name = item.rpartition("=")
-        if name not in KERNELS:
-            raise ValueError(f"KERNPROP_GEMM_KERNEL: unknown kernel {name!r}; known: {', '.join(KERNELS)}")
+        if name not in _BY_ANY_NAME:
+            raise ValueError(f"KERNPROP_GEMM_KERNEL: unknown kernel {name!r}; known: {', '.join(_BY_ANY_NAME)}")
+        name = _BY_ANY_NAME[name].name
         if precision and precision not in PRECISIONS:
             raise ValueError(f"KERNPROP_GEMM_KERNEL: unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
         for p in ([precision] if precision else KERNELS[name].serves):
@@ -281,9 +284,9 @@ class Selection:
             if name is None:
                 self._chosen.pop(precision, None)
             else:
-                if name not in KERNELS:
-                    raise ValueError(f"unknown kernel {name!r}; known: {', '.join(KERNELS)}")
-                self._chosen[precision] = self._force(precision, KERNELS[name], "forced by select_kernel")
+                if name not in _BY_ANY_NAME:
+                    raise ValueError(f"unknown kernel {name!r}; known: {', '.join(_BY_ANY_NAME)}")
+                self._chosen[precision] = self._force(precision, _BY_ANY_NAME[name], "forced by select_kernel")
         return previous
 
     def info(self):
