@@ -13,7 +13,14 @@ def _info(args) -> int:
     import numpy
 
     import kernprop
-    from kernprop.backends import backends, get_backend, get_num_threads, matmul_kernels
+    from kernprop.backends import available_backends, backends, get_backend, get_num_threads, matmul_kernels
+
+    try:
+        _check_threading_layer()
+        _check_gemm_choice(available_backends())
+    except _UserError as exc:
+        print(f"kernprop info: {exc}", file=sys.stderr)
+        return 2
 
     print(f"kernprop {kernprop.__version__} (Python {sys.version.split()[0]}, NumPy {numpy.__version__})")
     try:
@@ -65,6 +72,60 @@ class _UserError(ValueError):
     """A mistake in the command's options or data: one line, exit status 2."""
 
 
+def _one_line(exc):
+    """An exception's message on one line (Numba's hints span several)."""
+    return " ".join(str(exc).split())
+
+
+def _check_thread_count_variable():
+    """NUMBA_NUM_THREADS, before anything imports Numba (which raises from inside its
+    import for 0 or less): a positive integer, or unset."""
+    value = os.environ.get("NUMBA_NUM_THREADS", "")
+    if not value.strip():
+        return
+    try:
+        ok = int(value) >= 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _UserError(f"NUMBA_NUM_THREADS={value!r}: must be a positive integer (threads of the CPU backends)")
+
+
+def _check_threading_layer():
+    """Start Numba's threads (what the first parallel kernel would do): a bad
+    NUMBA_THREADING_LAYER, or tbb without TBB, is one line naming the variable."""
+    from kernprop.backends import get_num_threads
+
+    try:
+        get_num_threads()
+    except (ValueError, ImportError, RuntimeError) as exc:
+        layer = os.environ.get("NUMBA_THREADING_LAYER")
+        where = f"NUMBA_THREADING_LAYER={layer!r}" if layer else "Numba's threading layer"
+        raise _UserError(f"{where}: {_one_line(exc)}") from None
+
+
+GEMM_VARIABLES = ("KERNPROP_GEMM_KERNEL", "KERNPROP_CYTHON_GEMM_KERNEL")
+
+
+def _check_gemm_choice(backend_names, precision=None):
+    """The GEMM kernel overrides (``KERNPROP_*GEMM_KERNEL``), as the backends' matmul
+    ``kernel_info`` reads them: a bad value is one line naming the variable."""
+    from kernprop.backends import family
+
+    for name in backend_names:
+        info = getattr(family(name, "matmul"), "kernel_info", None)
+        if info is None:
+            continue
+        try:
+            info()
+        except ValueError as exc:
+            message = _one_line(exc)
+            named = [v for v in GEMM_VARIABLES if v in message]
+            set_ = [f"{v}={os.environ[v]!r}" for v in GEMM_VARIABLES if v in os.environ]
+            prefix = "" if named else (", ".join(set_) or f"the {name} GEMM kernel") + ": "
+            raise _UserError(f"{prefix}{message}") from None
+
+
 def _check_threads(threads):
     """--threads within what the CPU backends can run (Numba's pool is sized at start)."""
     if threads is None:
@@ -76,23 +137,40 @@ def _check_threads(threads):
                          "(the cores, or NUMBA_NUM_THREADS)")
 
 
-def _check_save_path(path):
-    """--save names a file that can be written: its directory exists and takes a new
-    file (tried, not guessed from permission bits, which root ignores), and it is not a
-    directory.  Checked before training so a run is not lost at its end."""
+def _check_output_path(option, path, regular=True):
+    """``option`` names a file that can be written: its directory (of a symlink's
+    target) exists and takes a new file (tried, not guessed from permission bits, which
+    root ignores), and it is not a directory, nor (``regular``) a FIFO, device or
+    socket.  Checked before the long work, so none is lost at its end.  None: no path."""
     import tempfile
 
-    full = os.path.abspath(path)
-    if os.path.isdir(full):
-        raise _UserError(f"--save {path}: is a directory; give a file name such as {os.path.join(path, 'model.npz')}")
+    if path is None:
+        return
+
+    from kernprop._validate import file_kind
+
+    full = os.path.realpath(path)
+    kind = file_kind(full)
+    if kind == "a directory":
+        raise _UserError(f"{option} {path}: is a directory; give a file name such as {os.path.join(path, 'out')}")
+    if regular and kind not in (None, "a regular file"):
+        raise _UserError(f"{option} {path}: is {kind}, not a regular file")
     parent = os.path.dirname(full)
     if not os.path.isdir(parent):
-        raise _UserError(f"--save {path}: directory {parent} does not exist")
+        raise _UserError(f"{option} {path}: directory {parent} does not exist")
     try:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as exc:
-        raise _UserError(f"--save {path}: cannot write in {parent}: {exc.strerror or exc}") from None
+        raise _UserError(f"{option} {path}: cannot write in {parent}: {exc.strerror or exc}") from None
+
+
+def _check_save_path(path):
+    """--save: a regular file or a new path that can be written (kernprop.checkpoint
+    writes a temporary file beside it, then renames)."""
+    if os.path.isdir(path):
+        raise _UserError(f"--save {path}: is a directory; give a file name such as {os.path.join(path, 'model.npz')}")
+    _check_output_path("--save", path)
 
 
 def _check_training_data(path, X, y, allow_many_classes):
@@ -165,8 +243,9 @@ def _hidden_sizes(values):
             part = part.strip()
             if not part:
                 continue
-            if not part.isdigit() or int(part) < 1:
-                raise ValueError(f"--hidden takes positive integers like 64,32, got {value!r}")
+            # ASCII digits only: "²".isdigit() is true and int("²") fails
+            if not (part.isascii() and part.isdigit()) or int(part) < 1:
+                raise _UserError(f"--hidden takes positive integers like 64,32, got {value!r}")
             sizes.append(int(part))
     return sizes
 
@@ -226,6 +305,14 @@ def _precision_line(asked, ran, why):
     return f"precision: {asked} asked, products in fp32: {why}"
 
 
+def _options_to_agree(args):
+    """The options every rank of ``--distributed mpi`` must be given alike, by option
+    name (``--data`` may name another path holding the same rows: the fit compares
+    the data themselves)."""
+    skip = {"func", "command", "data", "distributed"}
+    return {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(args).items()) if k not in skip}
+
+
 def _train_mpi(args) -> int:
     """``--distributed mpi`` (under ``mpirun -n N``): rank 0 alone prints, and an
     exception on any rank aborts every rank instead of leaving them waiting."""
@@ -258,16 +345,19 @@ def _train(args, dist=None) -> int:
     from kernprop.warmup import compiling
 
     start = time.perf_counter()
-    # Every user error is found here, before training: one line and exit status 2.
-    try:
+
+    def prepare():
+        # Every user error is found here, before training: one line and exit status 2.
         backend = args.backend or get_backend()
         state = status(backend)  # ValueError naming the known backends for an unknown one
         if not state.available:
             raise _UserError(f"backend {backend!r} is not available: {state.reason}")
         _check_threads(args.threads)
+        _check_threading_layer()
+        _check_gemm_choice([backend])
         if args.seed < 0:
             raise _UserError(f"--seed must be a non-negative integer, got {args.seed}")
-        if args.save:
+        if args.save and (dist is None or dist.is_root):  # rank 0 alone writes
             _check_save_path(args.save)
         hidden = _hidden_sizes(args.hidden or ["128"])
         if args.data:
@@ -284,38 +374,44 @@ def _train(args, dist=None) -> int:
             labels_line = None
             if args.standardize:
                 X_train, X_test = _scale_features(X_train, X_test, True)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"kernprop train: {exc}", file=sys.stderr)
-        return 2
-    sizes = [X_train.shape[1], *hidden, num_classes]
-    epochs = args.epochs
-
-    def cosine(lr):  # cosine decay from lr to 0 over the run
-        return lambda epoch: lr * 0.5 * (1 + np.cos(np.pi * epoch / max(epochs, 1)))
-
-    lr = args.lr if args.lr is not None else {"sgd": 0.5, "momentum": 0.1, "adam": 1e-2}[args.optimizer]
-    try:
+        sizes = [X_train.shape[1], *hidden, num_classes]
+        lr = args.lr if args.lr is not None else {"sgd": 0.5, "momentum": 0.1, "adam": 1e-2}[args.optimizer]
         if args.optimizer == "adam":
             optimizer = optim.Adam(lr, lr_schedule=cosine(lr))
         else:
             momentum = 0.9 if args.optimizer == "momentum" else 0.0
             optimizer = optim.SGD(lr, momentum=momentum, lr_schedule=cosine(lr))
         nn.make_loss("cross_entropy", label_smoothing=args.label_smoothing)
-        model = nn.MLP(sizes, activation=args.activation, rng=args.seed)
-    except (ValueError, TypeError) as exc:
-        print(f"kernprop train: {exc}", file=sys.stderr)
-        return 2
-    except MemoryError:
-        print(f"kernprop train: not enough memory for an MLP {'-'.join(map(str, sizes))}", file=sys.stderr)
-        return 2
-    threads_line = _choose_threads(args.threads, backend, multiply_adds(model, args.batch_size))
-    try:
+        try:
+            model = nn.MLP(sizes, activation=args.activation, rng=args.seed)
+        except MemoryError:
+            raise _UserError(f"not enough memory for an MLP {'-'.join(map(str, sizes))}") from None
+        threads_line = _choose_threads(args.threads, backend, multiply_adds(model, args.batch_size))
         trainer = Trainer(model, "cross_entropy", optimizer, backend=backend, batch_size=args.batch_size,
                           seed=args.seed, label_smoothing=args.label_smoothing, distributed=dist,
                           engine=args.engine, precision=args.precision)
-    except ValueError as exc:
-        print(f"kernprop train: {exc}", file=sys.stderr)
+        return (backend, X_train, y_train, X_test, y_test, num_classes, source, labels_line, sizes, lr,
+                threads_line, trainer)
+
+    epochs = args.epochs
+
+    def cosine(lr):  # cosine decay from lr to 0 over the run
+        return lambda epoch: lr * 0.5 * (1 + np.cos(np.pi * epoch / max(epochs, 1)))
+
+    try:
+        if dist is None:
+            prepared = prepare()
+        else:
+            # every rank checks, then one allgather: a rank whose options, paths or data
+            # fail ends every rank with that error, and ranks given different options
+            # fail naming the option, instead of one rank stopping and the others
+            # waiting in the first collective
+            prepared = dist.checked(prepare, agree=lambda _: _options_to_agree(args))
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"kernprop train: {_one_line(exc)}", file=sys.stderr)
         return 2
+    (backend, X_train, y_train, X_test, y_test, num_classes, source, labels_line, sizes, lr,
+     threads_line, trainer) = prepared
     engine, why_engine = trainer.choose_engine()
     print(f"data: {source}: {X_train.shape[0]} train, {X_test.shape[0]} test rows, "
           f"{X_train.shape[1]} features, {num_classes} classes")
@@ -340,8 +436,14 @@ def _train(args, dist=None) -> int:
             print(f"epoch {epoch + 1}/{epochs}  loss {logs['loss']:.4f}  accuracy {logs['accuracy']:.4f}  "
                   f"val_accuracy {logs['val_accuracy']:.4f}  {logs['samples_per_s']:,.0f} samples/s", flush=True)
 
-    history = trainer.fit(X_train, y_train, epochs, validation_data=(X_test, y_test),
-                          callbacks=[report], verbose=1)
+    try:
+        history = trainer.fit(X_train, y_train, epochs, validation_data=(X_test, y_test),
+                              callbacks=[report], verbose=1)
+    except (ValueError, TypeError) as exc:
+        # the fit's checks (distributed: the ranks' agreement, raised alike on every
+        # rank); a failure inside the training loop aborts every rank instead
+        print(f"kernprop train: {_one_line(exc)}", file=sys.stderr)
+        return 2
     result = trainer.evaluate(X_test, y_test)
     print(f"test accuracy: {result['accuracy']:.4f}  test loss: {result['loss']:.4f}")
     # Warmed up: no epoch pays for compiling or loading the kernels.
@@ -350,8 +452,8 @@ def _train(args, dist=None) -> int:
     if args.save:
         try:
             path = trainer.save(args.save)
-        except OSError as exc:  # checked before training; the disk may still fill up
-            print(f"kernprop train: could not write the checkpoint {args.save}: {exc}", file=sys.stderr)
+        except (OSError, ValueError) as exc:  # checked before training; the disk may still fill up
+            print(f"kernprop train: could not write the checkpoint {args.save}: {_one_line(exc)}", file=sys.stderr)
             return 2
         print(f"saved checkpoint to {path}")
     return 0
@@ -433,6 +535,19 @@ def _one_line_error(parser):
     return error
 
 
+def _bench_output(words):
+    """The report path of ``kernprop bench`` (``-o PATH``, ``-oPATH``, ``--output PATH``,
+    ``--output=PATH``), or None; checked before the suites run."""
+    for i, word in enumerate(words):
+        if word in ("-o", "--output") and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--output="):
+            return word.split("=", 1)[1]
+        if word.startswith("-o") and len(word) > 2 and not word.startswith("--"):
+            return word[2:]
+    return None
+
+
 def _bench(argv) -> int:
     """``kernprop bench``: the report lives beside the suites it runs, in the source
     checkout's ``bench/benchreport/``; it is found next to the package of an editable
@@ -458,6 +573,14 @@ def main(argv=None) -> int:
     """Run the ``kernprop`` command with ``argv`` (default ``sys.argv[1:]``); returns the
     exit status: 0 done, 1 a failed check, 2 a usage or input error (one line)."""
     words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), "kernprop")
+    try:
+        _check_thread_count_variable()  # before anything imports Numba, which fails on it
+        if words[:1] == ["bench"]:
+            _check_output_path("-o", _bench_output(words[1:]), regular=False)
+    except _UserError as exc:
+        print(f"kernprop {command}: {exc}", file=sys.stderr)
+        return 2
     if words[:1] == ["bench"]:  # its options belong to bench/benchreport (a source checkout)
         return _bench(words[1:])
     parser = build_parser()
@@ -469,6 +592,12 @@ def main(argv=None) -> int:
         if args.command == "train":
             parser.exit(2, f"kernprop train: {message} (see kernprop train --help)\n")
         parser.error(message)
+    if args.command == "cuda-check" and args.output:
+        try:  # before minutes of compiling, not after
+            _check_output_path("--output", args.output, regular=False)
+        except _UserError as exc:
+            print(f"kernprop cuda-check: {exc}", file=sys.stderr)
+            return 2
     return args.func(args)
 
 

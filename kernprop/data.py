@@ -11,6 +11,8 @@ import zipfile
 
 import numpy as np
 
+from ._validate import file_kind
+
 __all__ = ["load_digits", "load_npz", "train_test_split"]
 
 
@@ -66,8 +68,11 @@ def load_npz(path):
     Raises FileNotFoundError or ValueError naming the file and what is wrong.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    kind = file_kind(path)
+    if kind is None:
         raise FileNotFoundError(f"data file {path!r} does not exist")
+    if kind != "a regular file":
+        raise ValueError(f"data file {path!r} is {kind}, not a .npz file")
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):

@@ -142,24 +142,33 @@ class MPIContext:
         """Wait until every rank gets here (``MPI_Barrier``)."""
         self.comm.Barrier()
 
-    def checked(self, check):
+    def checked(self, check, agree=None):
         """``check()`` on every rank, then one ``allgather`` of the outcomes: its result
         when it passed everywhere, else the same error on every rank, carrying the
         first failing rank's message.  Collective: call on every rank, before any other
         collective of the fit, so a rank whose input fails its checks cannot leave the
-        others waiting in the next one."""
+        others waiting in the next one.
+
+        agree: ``agree(result) -> {name: value}``, what every rank must hold alike
+        (settings, hyperparameters, options), gathered in the same ``allgather``; when
+        the checks pass but ranks differ, every rank raises the same ValueError naming
+        the first differing name and the ranks' values."""
         try:
             result, failure = check(), None
+            mine = agree(result) if agree is not None else None
         except Exception as exc:  # noqa: BLE001 - any failure must reach the other ranks
-            result, failure = None, exc
+            result, failure, mine = None, exc, None
         if failure is None:
             outcome = None
         else:  # the class travels by kind: the few that take a message alone
             kind = next((k for k in (TypeError, ValueError, OSError) if isinstance(failure, k)), RuntimeError)
             outcome = (kind.__name__, str(failure))
-        outcomes = self.comm.allgather(outcome)
+        gathered = self.comm.allgather((outcome, mine))
+        outcomes = [o for o, _ in gathered]
         failed = [(rank, o) for rank, o in enumerate(outcomes) if o is not None]
         if not failed:
+            if agree is not None:
+                _check_agreement([m for _, m in gathered], self.size)
             return result
         if failure is not None:
             raise failure
@@ -176,7 +185,7 @@ class MPIContext:
     def setup(self, params, optimizer, rng, X, y, batch_size, loss):
         """Check that the ranks agree, then broadcast rank 0's parameters, optimizer
         state and generator state (in place).  Collective: call on every rank."""
-        mine = _fingerprint(params, optimizer, X, y, batch_size, loss)
+        mine = fingerprint(params, optimizer, X, y, batch_size, loss)
         everyone = self.comm.allgather(mine)
         differ = [r for r, f in enumerate(everyone) if f != everyone[0]]
         if differ:
@@ -283,6 +292,20 @@ def allreduce_gradients(comm, grads, buffer, scale, loss=0.0, nan_loss=False):
 # --- helpers ---------------------------------------------------------------------------
 
 
+def _check_agreement(values, size):
+    """``values``: each rank's ``{name: value}``; a ValueError naming the first name on
+    which a rank differs from rank 0, with both values (the same on every rank)."""
+    first = values[0]
+    for name in sorted(set().union(*values), key=lambda k: (k not in first, k)):
+        ours = first.get(name)
+        for rank, theirs in enumerate(values[1:], 1):
+            if theirs.get(name) != ours:
+                raise ValueError(
+                    f"the {size} ranks must train alike, but rank {rank} has {name} {theirs.get(name)!r} "
+                    f"where rank 0 has {ours!r}"
+                )
+
+
 def _weight_fn(loss, y):
     """``weights(labels, start, stop, lo, hi) -> (local, total)``: the shard's and the
     batch's share of the mean loss's denominator."""
@@ -307,7 +330,7 @@ def _weight_fn(loss, y):
     return weighted
 
 
-def _fingerprint(params, optimizer, X, y, batch_size, loss):
+def fingerprint(params, optimizer, X, y, batch_size, loss):
     """What every rank must agree on, cheap to compute: shapes, settings and a hash of
     the labels and of a strided sample of the rows of X."""
     n = X.shape[0]

@@ -246,9 +246,15 @@ class Trainer:
                     self._engine(checked_X, checked_y))
 
         # Distributed: every rank checks, then they agree before the first collective,
-        # so a rank with bad data fails them all instead of leaving them waiting.
+        # so a rank with bad data fails them all instead of leaving them waiting, and
+        # ranks with different settings or hyperparameters fail them all too (they would
+        # train to different parameters, or wait for each other at different epochs).
         dist = self.distributed
-        callbacks, X, y, val, engine = check() if dist is None else dist.checked(check)
+        if dist is None:
+            callbacks, X, y, val, engine = check()
+        else:
+            callbacks, X, y, val, engine = dist.checked(
+                check, agree=lambda checked: self._agreement(checked, epochs, shuffle))
         n, optimizer = X.shape[0], self.optimizer
         starts = np.arange(0, n, self.batch_size, dtype=np.int64)
         rows = np.stack([starts, np.minimum(starts + self.batch_size, n)], axis=1)  # (steps, 2): lo, hi
@@ -379,6 +385,18 @@ class Trainer:
             raise ValueError("distributed training runs on the CPU backends, not on 'cuda'")
         return engines.make(name, self.model, self.loss, self.optimizer, nn.raw_kernels(backend, self.precision), backend,
                             self.batch_size, dist, self.rng, (X, y))
+
+    def _agreement(self, checked, epochs, shuffle):
+        """What every rank of a distributed fit must hold alike, by name: the fit's
+        settings, the optimizer's hyperparameters, and the data, model and loss
+        (``distributed.fingerprint``)."""
+        _, X, y, val, engine = checked
+        out = {"engine": engine.name, "precision": self.precision, "epochs": int(epochs), "shuffle": bool(shuffle),
+               "backend": self.backend_name(), "validation_data": None if val is None else val[0].shape}
+        out.update({f"optimizer {k}": v for k, v in self.optimizer.hyperparameters().items()})
+        out.update(_distributed.fingerprint(self.model.parameters(), self.optimizer, X, y, self.batch_size,
+                                             self.loss))
+        return out
 
     def _check_fit_args(self, epochs, verbose, callbacks):
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:

@@ -125,6 +125,10 @@ def check_features(X, name, model, dtype, probe_kernels):
         with nn.bind_kernels(model, probe_kernels):
             out = model.forward(X[:1])
     except (ValueError, TypeError) as exc:
+        if expected is not None:
+            # X has the features the model's first layer takes: the error is not X's
+            # (a bad KERNPROP_GEMM_KERNEL, layers that do not chain): raised as it is
+            raise
         raise ValueError(f"{name} of shape {X.shape} does not fit the model: {exc}") from None
     return X, out.shape[1] if out.ndim == 2 else None
 
