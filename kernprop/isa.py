@@ -138,20 +138,14 @@ def row(name):
 
 def capped(cap, native):
     """The row that runs under the cap ``cap`` (a row name, or None/"" for none) on a CPU
-    whose best row is ``native``: the highest row at most ``cap`` that the CPU runs."""
+    whose best row is ``native``: the cap's row where the CPU runs it, else ``native``.
+    A row of another architecture (``neon`` on x86-64) is a ValueError."""
     if not cap:
         return native
     limit = row(cap.strip().lower())
-    if limit.level >= native.level:
-        return native
-    if limit.arch in ("any", native.arch):
-        return limit
-    # a cap of the other architecture (neon on x86, avx2 on ARM): its level, this CPU's rows
-    for candidate in sorted(ROWS.values(), key=lambda r: -r.level):
-        if candidate.level <= limit.level and candidate.arch in ("any", native.arch) \
-                and candidate.level <= native.level:
-            return candidate
-    return ROWS["generic"]
+    if limit.arch not in ("any", native.arch) and native.arch != "any":
+        raise ValueError(f"{limit.name} is a row for {limit.arch} CPUs; this one runs {native.arch} rows")
+    return limit if limit.level < native.level else native
 
 
 @functools.lru_cache(maxsize=None)

@@ -132,15 +132,25 @@ def _element_ptr(context, builder, array_type, array, offset):
 
 
 def _tile_loop(context, builder, signature, args, acc_type, step):
-    """Emit ``for p < kc: accs = step(pa, pb, accs)`` and the store of the accumulators
-    into ``c`` (added when beta).  ``step`` loads from the current A and B pointers and
-    returns the new accumulators; A advances MR elements a step and B ``b_stride``."""
+    """The Numba side of a micro-kernel: the element pointers of its array arguments,
+    then ``emit_tile_loop`` with the row's tile."""
     ap_v, a_off_v, bp_v, b_off_v, b_stride_v, kc_v, c_v, c_off_v, ldc_v, beta_v = args
     a_ty, b_ty, c_ty = signature.args[0], signature.args[2], signature.args[6]
     c_size = context.get_abi_sizeof(context.get_data_type(c_ty.dtype))
-    kc_v = _as_i64(builder, kc_v)
-    a0 = _element_ptr(context, builder, a_ty, ap_v, a_off_v)
-    b0 = _element_ptr(context, builder, b_ty, bp_v, b_off_v)
+    emit_tile_loop(builder, _element_ptr(context, builder, a_ty, ap_v, a_off_v),
+                   _element_ptr(context, builder, b_ty, bp_v, b_off_v), _as_i64(builder, b_stride_v),
+                   _as_i64(builder, kc_v), _element_ptr(context, builder, c_ty, c_v, c_off_v),
+                   _as_i64(builder, ldc_v), builder.icmp_unsigned("!=", beta_v, ir.Constant(beta_v.type, 0)),
+                   acc_type, c_size, step, MR, NVEC)
+    return context.get_dummy_value()
+
+
+def emit_tile_loop(builder, a0, b0, b_stride, kc, c0, ldc, beta, acc_type, c_size, step, mr, nvec):
+    """Emit ``for p < kc: accs = step(pa, pb, accs)`` over ``mr * nvec`` accumulators of
+    ``acc_type``, then their store into C at ``c0`` (rows ``ldc`` elements apart), added
+    to C when the i1 ``beta`` is set.  ``step`` loads from the current A and B pointers
+    and returns the new accumulators; A advances ``mr`` elements a step and B
+    ``b_stride``.  Pointers are element pointers; lengths i64."""
     pre = builder.basic_block
     loop = builder.append_basic_block("tile.loop")
     done = builder.append_basic_block("tile.done")
@@ -150,7 +160,7 @@ def _tile_loop(context, builder, signature, args, acc_type, step):
     p = builder.phi(_I64)
     pa = builder.phi(a0.type)
     pb = builder.phi(b0.type)
-    accs = [builder.phi(acc_type) for _ in range(MR * NVEC)]
+    accs = [builder.phi(acc_type) for _ in range(mr * nvec)]
     p.add_incoming(ir.Constant(_I64, 0), pre)
     pa.add_incoming(a0, pre)
     pb.add_incoming(b0, pre)
@@ -160,39 +170,36 @@ def _tile_loop(context, builder, signature, args, acc_type, step):
     p_next = builder.add(p, ir.Constant(_I64, 1))
     end = builder.basic_block
     p.add_incoming(p_next, end)
-    pa.add_incoming(builder.gep(pa, [ir.Constant(_I64, MR)]), end)
-    pb.add_incoming(builder.gep(pb, [_as_i64(builder, b_stride_v)]), end)
+    pa.add_incoming(builder.gep(pa, [ir.Constant(_I64, mr)]), end)
+    pb.add_incoming(builder.gep(pb, [b_stride]), end)
     for acc, value in zip(accs, new):
         acc.add_incoming(value, end)
-    builder.cbranch(builder.icmp_signed("<", p_next, kc_v), loop, done)
+    builder.cbranch(builder.icmp_signed("<", p_next, kc), loop, done)
 
     builder.position_at_end(done)
-    c0 = _element_ptr(context, builder, c_ty, c_v, c_off_v)
-    ldc_v = _as_i64(builder, ldc_v)
     lanes = acc_type.count
     vec_ptr = acc_type.as_pointer()
     ptrs = []
-    for i in range(MR):
-        row = builder.gep(c0, [builder.mul(ldc_v, ir.Constant(_I64, i))])
+    for i in range(mr):
+        row = builder.gep(c0, [builder.mul(ldc, ir.Constant(_I64, i))])
         ptrs.append([builder.bitcast(builder.gep(row, [ir.Constant(_I64, j * lanes)]), vec_ptr)
-                     for j in range(NVEC)])
+                     for j in range(nvec)])
     add = builder.append_basic_block("tile.add")
     store = builder.append_basic_block("tile.store")
     exit_block = builder.append_basic_block("tile.exit")
-    builder.cbranch(builder.icmp_unsigned("!=", beta_v, ir.Constant(beta_v.type, 0)), add, store)
+    builder.cbranch(beta, add, store)
     builder.position_at_end(add)
-    for i in range(MR):
-        for j in range(NVEC):
-            total = builder.fadd(builder.load(ptrs[i][j], align=c_size), new[i * NVEC + j])
+    for i in range(mr):
+        for j in range(nvec):
+            total = builder.fadd(builder.load(ptrs[i][j], align=c_size), new[i * nvec + j])
             builder.store(total, ptrs[i][j], align=c_size)
     builder.branch(exit_block)
     builder.position_at_end(store)
-    for i in range(MR):
-        for j in range(NVEC):
-            builder.store(new[i * NVEC + j], ptrs[i][j], align=c_size)
+    for i in range(mr):
+        for j in range(nvec):
+            builder.store(new[i * nvec + j], ptrs[i][j], align=c_size)
     builder.branch(exit_block)
     builder.position_at_end(exit_block)
-    return context.get_dummy_value()
 
 
 def _splat(builder, scalar, vec_type):
@@ -200,6 +207,31 @@ def _splat(builder, scalar, vec_type):
     one = builder.insert_element(ir.Constant(vec_type, ir.Undefined), scalar, ir.Constant(_I32, 0))
     return builder.shuffle_vector(one, ir.Constant(vec_type, ir.Undefined),
                                   ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
+
+
+def fma_step(builder, elt, tile, fused=True):
+    """The step of the float kernel of ``tile`` on ``elt`` (an LLVM float or double):
+    ``nvec`` loads of B, then per row a broadcast of A and ``nvec`` multiply-adds."""
+    size = 4 if isinstance(elt, ir.FloatType) else 8
+    lanes = tile.vector_bytes // size
+    vec = ir.VectorType(elt, lanes)
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+        "%s.v%d%s" % ("llvm.fma" if fused else "llvm.fmuladd", lanes, "f32" if size == 4 else "f64"),
+    )
+
+    def step(builder, pa, pb, accs):
+        b_vecs = [builder.load(builder.bitcast(builder.gep(pb, [ir.Constant(_I64, j * lanes)]),
+                                               vec.as_pointer()), align=size)
+                  for j in range(tile.nvec)]
+        new = []
+        for i in range(tile.mr):
+            a_vec = _splat(builder, builder.load(builder.gep(pa, [ir.Constant(_I64, i)])), vec)
+            for j in range(tile.nvec):
+                new.append(builder.call(fma, [a_vec, b_vecs[j], accs[i * tile.nvec + j]]))
+        return new
+
+    return vec, step
 
 
 @intrinsic
@@ -216,60 +248,56 @@ def fma_tile(typingctx, ap, a_off, bp, b_off, b_stride, kc, c, c_off, ldc, beta)
 
     def codegen(context, builder, signature, args):
         elt = context.get_data_type(signature.args[0].dtype)
-        size = context.get_abi_sizeof(elt)
-        lanes = VECTOR_BYTES // size
-        vec = ir.VectorType(elt, lanes)
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]),
-            "%s.v%d%s" % (FMA_INTRINSIC, lanes, "f32" if size == 4 else "f64"),
-        )
-
-        def step(builder, pa, pb, accs):
-            b_vecs = [builder.load(builder.bitcast(builder.gep(pb, [ir.Constant(_I64, j * lanes)]),
-                                                   vec.as_pointer()), align=size)
-                      for j in range(NVEC)]
-            new = []
-            for i in range(MR):
-                a_vec = _splat(builder, builder.load(builder.gep(pa, [ir.Constant(_I64, i)])), vec)
-                for j in range(NVEC):
-                    new.append(builder.call(fma, [a_vec, b_vecs[j], accs[i * NVEC + j]]))
-            return new
-
+        vec, step = fma_step(builder, elt, ROW.tile, ROW.fused_multiply_add)
         return _tile_loop(context, builder, signature, args, vec, step)
 
     return sig, codegen
 
 
-def _bf16_pair_dot(builder, native):
-    """A function ``(acc <16 x float>, a <16 x i32>, b <16 x i32>) -> acc + a.lo*b.lo +
-    a.hi*b.hi`` per lane, where each i32 holds two bfloat16 (low half: the even k)."""
-    f32xl = ir.VectorType(ir.FloatType(), F32_LANES)
-    i32xl = ir.VectorType(_I32, F32_LANES)
-    if native:
-        bf16x2l = ir.VectorType(_BFloat(), 2 * F32_LANES)
-        dot = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(f32xl, [f32xl, bf16x2l, bf16x2l]),
-            "llvm.x86.avx512bf16.dpbf16ps.512",
-        )
+def _tile_module(row, double=False):
+    # an LLVM module of one function, the row's float micro-kernel:
+    # tile(a*, b*, b_stride, kc, c*, ldc, beta) -- the loop fma_tile emits inside Numba
+    module = ir.Module(name=f"tile_{row.name}")
+    elt = ir.DoubleType() if double else ir.FloatType()
+    ptr = elt.as_pointer()
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, ptr, _I64, _I64, ptr, _I64, _I8]),
+                           name="tile")
+    builder = ir.IRBuilder(function.append_basic_block("entry"))
+    a, b, b_stride, kc, c, ldc, beta = function.args
+    vec, step = fma_step(builder, elt, row.tile, row.fused_multiply_add)
+    emit_tile_loop(builder, a, b, b_stride, kc, c, ldc, builder.trunc(beta, ir.IntType(1)), vec,
+                   8 if double else 4, step, row.tile.mr, row.tile.nvec)
+    builder.ret_void()
+    return module
 
-        def pair_dot(acc, a, b):
-            return builder.call(dot, [acc, builder.bitcast(a, bf16x2l), builder.bitcast(b, bf16x2l)])
 
-        return pair_dot
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(f32xl, [f32xl, f32xl, f32xl]), "%s.v%df32" % (FMA_INTRINSIC, F32_LANES))
-    high = ir.Constant(i32xl, [-65536] * F32_LANES)  # 0xFFFF0000
-    sixteen = ir.Constant(i32xl, [16] * F32_LANES)
+# LLVM target of each instruction-set row's CPUs, for ``compile_tile_for``
+TARGET_FEATURES = {
+    "generic": ("x86_64-unknown-linux-gnu", ""),
+    "avx2": ("x86_64-unknown-linux-gnu", "+avx2,+fma"),
+    "avx512": ("x86_64-unknown-linux-gnu", "+avx512f,+fma"),
+    "avx512_bf16": ("x86_64-unknown-linux-gnu", "+avx512f,+fma,+avx512bf16"),
+    "amx": ("x86_64-unknown-linux-gnu", "+avx512f,+fma,+avx512bf16,+amx-tile,+amx-bf16"),
+    "neon": ("aarch64-unknown-linux-gnu", "+neon"),
+}
 
-    def pair_dot(acc, a, b):
-        # a bfloat16 is the top half of a float32: widening is a shift or a mask
-        a_even = builder.bitcast(builder.shl(a, sixteen), f32xl)
-        b_even = builder.bitcast(builder.shl(b, sixteen), f32xl)
-        a_odd = builder.bitcast(builder.and_(a, high), f32xl)
-        b_odd = builder.bitcast(builder.and_(b, high), f32xl)
-        return builder.call(fma, [a_odd, b_odd, builder.call(fma, [a_even, b_even, acc])])
 
-    return pair_dot
+def compile_tile_for(row, cpu, double=False):
+    """Assembly of ``row``'s float micro-kernel (float64 when ``double``) compiled by
+    llvmlite for ``cpu`` (``haswell``, ``znver4``, ``neoverse-n1``, ...): how the tile
+    compiles on a CPU this machine may not have."""
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    triple, features = TARGET_FEATURES[row.name]
+    module = _tile_module(row, double)
+    module.triple = triple
+    parsed = llvm.parse_assembly(str(module))
+    parsed.verify()
+    machine = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=3)
+    options = llvm.create_pipeline_tuning_options(speed_level=3)
+    pass_builder = llvm.create_pass_builder(machine, options)
+    pass_builder.getModulePassManager().run(parsed, pass_builder)
+    return machine.emit_assembly(parsed)
 
 
 @intrinsic

@@ -76,10 +76,10 @@ class Kernel:
 
 _NR = NVEC * VECTOR_BYTES // 4
 FP32 = Kernel("fp32", ROW.kernel_name("fp32"), FLOAT_PACK, PRECISIONS,
-              f"fp32 fma {ROW.name} {MR}x{_NR} (fp64 {ROW.kernel_name('fp64')})")
+              f"{ROW.kernel_name('fp32')} fma (float64: {ROW.kernel_name('fp64')})")
 BF16 = Kernel("bf16", f"bf16_avx512_bf16_{MR}x{_NR}", BF16_PACK, ("bf16x3", "bf16"),
-              f"bf16 avx512_bf16 vdpbf16ps {MR}x{_NR}", peak_kind=1, flops_per_step=MR * NVEC * F32_LANES * 4)
-AMX = Kernel("amx", f"bf16_amx_{AMX_ROWS}x32", AMX_PACK, ("bf16x3", "bf16"), f"bf16 amx tdpbf16ps {AMX_ROWS}x32",
+              f"bf16_avx512_bf16_{MR}x{_NR} vdpbf16ps", peak_kind=1, flops_per_step=MR * NVEC * F32_LANES * 4)
+AMX = Kernel("amx", f"bf16_amx_{AMX_ROWS}x32", AMX_PACK, ("bf16x3", "bf16"), f"bf16_amx_{AMX_ROWS}x32 tdpbf16ps",
              rows=AMX_ROWS, peak_kind=2, flops_per_step=4 * 16 * 16 * 32 * 2, isolated_check=True)
 KERNELS = {kernel.name: kernel for kernel in (FP32, BF16, AMX)}
 # the full names too, for one override syntax whatever a user copied from ``kernprop info``
