@@ -42,9 +42,12 @@ needs_mpi = pytest.mark.skipif(MPIRUN is None, reason=f"MPI tests need mpi4py an
 
 
 def run_mpi(n, args, tmp_path, timeout=TIMEOUT_S):
+    """``mpirun -n n ARGS`` in ``tmp_path`` (see the module docstring); a hang fails."""
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [MPIRUN, "-n", str(n), "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,sm", *args]
+    # n None: args hold the ranks themselves (an MPMD line: -n 1 a : -n 1 b)
+    cmd = [MPIRUN, *(["-n", str(n)] if n else []), "--oversubscribe", "--bind-to", "none", "--mca", "btl",
+           "self,sm", *args]
     # Its own process group, so that a hang can be killed with every rank under it.
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
