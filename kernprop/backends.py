@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from ._defaults import ThreadDefault
-from .threadpolicy import configure as configure_threads, guarded_family, threads_set
+from .threadpolicy import configure as configure_threads, guarded_family, threads_allowed, threads_set
 
 __all__ = [
     "FAMILIES", "NAMES", "DEFAULT_BACKEND", "BackendStatus", "status", "backends", "available_backends",
@@ -179,7 +179,8 @@ def set_num_threads(n: int) -> None:
     """Set the thread count of every CPU backend (Numba and the Cython OpenMP kernels).
 
     The default is Numba's: ``NUMBA_NUM_THREADS`` or the number of cores.  How the
-    threads wait and share the machine: ``kernprop.threadpolicy``.
+    threads wait and share the machine: ``kernprop.threadpolicy``.  A child forked after
+    the threads started keeps one thread, whatever ``n`` (``threadpolicy.forked_child``).
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
@@ -190,6 +191,9 @@ def set_num_threads(n: int) -> None:
     if n > NUMBA_NUM_THREADS:  # Numba's pool is sized when it starts
         raise ValueError(f"n must be at most {NUMBA_NUM_THREADS} (the cores, or NUMBA_NUM_THREADS), got {n}")
 
+    # a forked child keeps one thread (kernprop.threadpolicy: its OpenMP pool is the
+    # parent's, without threads)
+    n = threads_allowed(n)
     numba.set_num_threads(n)
     if status("cython").available:
         importlib.import_module("kernprop._cy.parallel").set_num_threads(n)

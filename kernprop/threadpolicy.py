@@ -37,6 +37,14 @@ The policy, chosen by measurement (``bench/shared_machine.py``, ``bench/SHARED_M
   on one core.  ``OPENBLAS_THREAD_TIMEOUT`` (set before NumPy is imported) shortens
   that; :func:`blas_threads` limits NumPy's BLAS threads inside a block.  kernprop never
   changes them by itself, and the trainer never calls NumPy's BLAS inside a step.
+- **Forked children: one thread, same results.**  libgomp is not fork-safe: a child
+  forked after the parent started OpenMP workers inherits a pool whose threads do not
+  exist in it.  A Cython kernel in the child deadlocks waiting for them, and Numba's
+  ``omp`` layer kills the child (``Terminating: fork() called from a process already
+  using GNU OpenMP``, SIGTERM; its check compares the parent's pid, whatever the thread
+  count).  A fork handler (:func:`_after_fork_in_child`) puts the child on one thread for
+  good; see its docstring for the measurements behind it.  Spawn and forkserver
+  children start their own runtime and keep the full count.
 
 :func:`policy` says what is in force; ``kernprop info`` prints it.
 """
@@ -48,13 +56,14 @@ import ctypes
 import functools
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from time import perf_counter, thread_time
 
 __all__ = ["SPIN_COUNT", "BUSY_SHARE", "OFF_CORE_S", "JUDGED_CALL_S", "VERDICTS", "WAKING_CALLS",
            "ThreadPolicy", "configure", "policy", "blas_threads", "openmp_runtimes", "guarded_family",
-           "busy_state", "threads_set"]
+           "busy_state", "threads_set", "forked_child", "threads_allowed"]
 
 # libgomp spins this many pause instructions before an idle worker sleeps: about 0.23 ms
 # on a Zen 5 (23 ns per pause).  It must outlast waking a sleeping thread (80-150 µs in
@@ -171,6 +180,75 @@ def threads_set(n: int) -> None:
     _Busy.threads, _Busy.one_thread_until, _Busy.strikes, _Busy.verdicts, _Busy.waking = n, 0.0, 0, 0, 0
 
 
+# Set in a child forked after this process's OpenMP threads started: why it runs one thread.
+_forked_reason = ""
+
+
+def forked_child() -> str:
+    """Why this process runs its kernels on one thread for good: it was forked after its
+    parent had started OpenMP threads (see :func:`_after_fork_in_child`); "" otherwise."""
+    return _forked_reason
+
+
+def threads_allowed(n: int) -> int:
+    """The thread count kernprop.set_num_threads can give the kernels here: ``n``, or 1
+    in a forked child (its inherited OpenMP pool has no threads behind it)."""
+    return 1 if _forked_reason else n
+
+
+def _after_fork_in_child() -> None:
+    """Put a forked child on one thread for good, if its parent had started OpenMP.
+
+    What a child forked after a parallel kernel meets (2 threads, AMD EPYC, Numba 0.68,
+    libgomp; products and elementwise ops above the serial sizes, ``tests/test_fork.py``):
+
+    - nothing done: numba's first parallel kernel kills the child (Numba's ``omp`` layer
+      raises SIGTERM when its parent's pid is the one that started the layer), the
+      cython kernels wait forever for the parent's workers;
+    - ``numba.set_num_threads(1)`` and every kernel's serial twin (``_jit.sized``): still
+      killed (the fused linear + cross-entropy calls its parallel row kernel directly,
+      and a Python thread started in the child has the default count): switching every
+      call site is a list that will miss one;
+    - what this does: the numba layer's ``launch_threads(1)`` again, which records this
+      process as the one that started it (so its fork check passes) and makes 1 the
+      count of every thread here, then one thread for numba and for OpenMP in the
+      forking thread.  A parallel region of one thread never touches libgomp's pool (it
+      runs on the calling thread), so the same compiled kernels run and give the
+      parent's bits; every op, a product of 2 GFLOP and ``Trainer.fit`` on each backend
+      matched the parent's results exactly, in the forking thread and in a new thread.
+
+    A Python thread started in the child that calls a cython kernel gets a new pool of
+    its own from libgomp (pools belong to the thread that starts a region).  Nothing is
+    done when the parent had started neither backend's threads; the handler runs again
+    in a grandchild.  It must not raise (fork handlers' errors are only printed), so a
+    failure is kept as the reason shown by ``kernprop info``.
+    """
+    global _forked_reason
+    numba_parallel = sys.modules.get("numba.np.ufunc.parallel")
+    numba_started = bool(numba_parallel is not None and numba_parallel._is_initialized)
+    cython_parallel = sys.modules.get("kernprop._cy.parallel")
+    if not numba_started and cython_parallel is None:
+        return
+    _Busy.threads, _Busy.one_thread_until, _Busy.strikes, _Busy.verdicts, _Busy.waking = 1, 0.0, 0, 0, 0
+    reason = f"1, for good: forked from pid {os.getppid()} after its OpenMP threads started (they do not exist here)"
+    try:
+        if numba_started:
+            if numba_parallel._threading_layer == "omp":
+                from numba.np.ufunc import omppool
+
+                ctypes.CFUNCTYPE(None, ctypes.c_int)(omppool.launch_threads)(1)
+            numba_parallel.set_num_threads(1)
+        if cython_parallel is not None:
+            cython_parallel.set_num_threads(1)
+    except Exception as exc:  # noqa: BLE001 - a fork handler must not raise
+        reason += f"; switching failed: {type(exc).__name__}: {exc}"
+    _forked_reason = reason
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _guard(function, set_threads):
     last_wall = [1.0]  # this function's previous call, seconds (the first one is judged)
 
@@ -264,6 +342,7 @@ class ThreadPolicy:
     serial_below: str
     busy_cores: str
     blas: str
+    after_fork: str = ""
 
     def __str__(self) -> str:
         return "\n".join([
@@ -274,6 +353,7 @@ class ThreadPolicy:
             f"serial below: {self.serial_below}",
             f"busy cores: {self.busy_cores}",
             f"NumPy's BLAS: {self.blas}",
+            f"after fork: {self.after_fork}",
         ])
 
 
@@ -328,7 +408,10 @@ def policy() -> ThreadPolicy:
     busy = ("guard off (KERNPROP_BUSY_GUARD=0)" if os.environ.get("KERNPROP_BUSY_GUARD", "1") == "0" else
             f"one thread after a call whose calling thread was off a core for over {OFF_CORE_S * 1e3:.2f} ms "
             f"and {1 - BUSY_SHARE:.0%} of the call (now: {now}; {state['serial_calls']} calls on one thread so far)")
-    return ThreadPolicy(get_num_threads(), _numba_layer_now(), shared, _state["wait"], serial, busy, _blas_now())
+    after_fork = _forked_reason or ("a child forked once the OpenMP threads started runs its kernels on one "
+                                    "thread, with the same results (spawn and forkserver children: full count)")
+    return ThreadPolicy(get_num_threads(), _numba_layer_now(), shared, _state["wait"], serial, busy, _blas_now(),
+                        after_fork)
 
 
 @contextlib.contextmanager
