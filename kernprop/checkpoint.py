@@ -61,7 +61,7 @@ from ._validate import INT64_MAX, check_int, file_kind
 from .optim import OPTIMIZERS
 
 __all__ = ["FORMAT_VERSION", "MAX_TEXT_BYTES", "MAX_DEPTH", "MAX_EXPANSION", "checksum", "to_arrays",
-           "check_destination", "write", "read"]
+           "check_destination", "NotAFileError", "write", "read"]
 
 FORMAT_VERSION = 1
 MAX_TEXT_BYTES = 4 << 20  # a text entry (architecture, trainer settings) or a scalar
@@ -118,16 +118,22 @@ def to_arrays(trainer):
     return arrays
 
 
+class NotAFileError(OSError, ValueError):
+    """A checkpoint's destination is a directory, FIFO, device or socket: an OSError
+    (as writing there would be) and a ValueError (as every refused argument is)."""
+
+
 def check_destination(path):
     """The file a checkpoint for ``path`` is written to: ``path`` itself, or the target
-    of a symlink (followed to the end).  ValueError when that is not a regular file or
-    a new path in an existing directory (a directory, FIFO, device or socket); what
+    of a symlink (followed to the end).  ``NotAFileError`` (an OSError and a
+    ValueError) when that is not a regular file or a new path (a directory, FIFO,
+    device or socket), FileNotFoundError when its directory does not exist; what
     cannot be written then fails as the operating system says, in ``write``."""
     target = os.path.realpath(os.fspath(path))
     kind = file_kind(target)
     if kind is not None and kind != "a regular file":
         shown = os.fspath(path) if target == os.path.abspath(path) else f"{os.fspath(path)} (-> {target})"
-        raise ValueError(f"{shown} is {kind}: a checkpoint is written to a regular file or a new path")
+        raise NotAFileError(f"{shown} is {kind}: a checkpoint is written to a regular file or a new path")
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"{path}: directory {parent} does not exist")

@@ -161,8 +161,7 @@ class MPIContext:
         if failure is None:
             outcome = None
         else:  # the class travels by kind: the few that take a message alone
-            kind = next((k for k in (TypeError, ValueError, OSError) if isinstance(failure, k)), RuntimeError)
-            outcome = (kind.__name__, str(failure))
+            outcome = (_kind(failure), str(failure))
         gathered = self.comm.allgather((outcome, mine))
         outcomes = [o for o, _ in gathered]
         failed = [(rank, o) for rank, o in enumerate(outcomes) if o is not None]
@@ -173,8 +172,12 @@ class MPIContext:
         if failure is not None:
             raise failure
         rank, (kind, message) = failed[0]
-        error = {"ValueError": ValueError, "TypeError": TypeError, "OSError": OSError}.get(kind, RuntimeError)
-        raise error(f"rank {rank} of {self.size} failed its checks: {message}")
+        message = f"rank {rank} of {self.size} failed its checks: {message}"
+        try:
+            error = kind(message)
+        except Exception:  # noqa: BLE001 - a class that takes more than a message
+            error = next(k for k in (TypeError, ValueError, OSError, RuntimeError) if issubclass(kind, k))(message)
+        raise error
 
     def any(self, flag):
         """True on every rank when ``flag`` is true on any rank."""
@@ -290,6 +293,17 @@ def allreduce_gradients(comm, grads, buffer, scale, loss=0.0, nan_loss=False):
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _kind(failure):
+    """The class another rank raises for ``failure``: its own when it is a TypeError,
+    ValueError or OSError of Python's or kernprop's (e.g. ``checkpoint.NotAFileError``,
+    both an OSError and a ValueError; sent by reference), else RuntimeError."""
+    kind = type(failure)
+    if isinstance(failure, (TypeError, ValueError, OSError)) and (
+            kind.__module__ == "builtins" or kind.__module__.startswith("kernprop.")):
+        return kind
+    return next((k for k in (TypeError, ValueError, OSError) if isinstance(failure, k)), RuntimeError)
 
 
 def _check_agreement(values, size):
