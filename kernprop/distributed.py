@@ -37,7 +37,13 @@ global batch's gradient.  Nothing is dropped and no rank waits on another's data
 Checks: ``fit`` checks its arguments and data on every rank, then the ranks agree
 (``MPIContext.checked``: one ``allgather``) before the first collective; when any rank's
 check fails, every rank raises that ValueError/TypeError (the failing rank its own, the
-others naming it), so none waits for a rank that has stopped.
+others naming it), so none waits for a rank that has stopped.  The same ``allgather``
+compares what every rank must hold alike (``Trainer._agreement``: data, model, loss,
+batch size, engine, precision, epochs, each optimizer hyperparameter); ranks that
+differ all raise one ValueError naming the setting, the rank and both values, instead
+of training to different parameters or waiting at different epochs.  ``kernprop train
+--distributed mpi`` runs its option, path and data checks the same way, and compares
+its options.
 
 Failures: an exception on any rank inside a distributed ``fit`` (or the CLI) prints
 ``kernprop: rank R failed`` with the traceback and calls ``comm.Abort(1)``, so the other
