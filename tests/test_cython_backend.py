@@ -149,10 +149,18 @@ def test_gemm_kernel_reported():
     from kernprop.kernels.cython import matmul
 
     assert cy.gemm_kernels()[0] == "generic"
-    assert set(matmul.available_kernels()) == set(cy.gemm_kernels() + cy.bf16_kernels())
+    # the kernels the build and CPU run, as far as the instruction-set row allows
+    assert set(matmul.available_kernels()) <= set(cy.gemm_kernels() + cy.bf16_kernels())
+    assert matmul.available_kernels()[-1 - len(matmul._bf16_kernels())] == matmul.ROW.cython_kernel \
+        or matmul.ROW.cython_kernel not in cy.gemm_kernels()
     info = matmul.kernel_info()
     assert set(info) == {"fp32", "bf16x3", "bf16"}
-    assert info["fp32"].startswith(f"fp32 {cy.gemm_kernels()[-1]} ")
+    best = matmul._float_kernels()[-1]
+    assert info["fp32"].startswith(f"fp32_{best}_{cy.KERNEL_TILES[cy.KERNEL_NAMES.index(best)]}")
+    # the full name is accepted wherever a name is
+    assert matmul.select_kernel("fp32", matmul.full_name("generic")) == best
+    assert matmul.kernel_info()["fp32"].startswith("fp32_generic_4x8")
+    matmul.select_kernel("fp32", None)
     with pytest.raises(ValueError):
         matmul.select_kernel("fp32", "no-such-kernel")
     with pytest.raises(ValueError):
@@ -443,13 +451,13 @@ def test_kernel_forced_by_environment():
     env = dict(os.environ, KERNPROP_CYTHON_GEMM_KERNEL="generic")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.splitlines()
-    assert out[0].startswith("fp32 generic") and "forced by" in out[0]
-    assert out[1].startswith("fp32 generic")
+    assert out[0].startswith("fp32_generic_4x8") and "forced by" in out[0]
+    assert out[1].startswith("fp32_generic_4x8")
     if "avx512_bf16" in matmul.available_kernels():
         env["KERNPROP_CYTHON_GEMM_KERNEL"] = "bf16=avx512_bf16"
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, check=True).stdout.splitlines()
-        assert out[1].startswith("bf16 avx512_bf16")
+        assert out[1].startswith("bf16_avx512_6x32")
 
 
 def test_bf16_does_not_depend_on_thread_count(threads, rng):

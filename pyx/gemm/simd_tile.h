@@ -9,7 +9,7 @@
 #define KP_SIMD_TILE(NAME, T, V, L)                                                   \
 void NAME(KP_TILE_ARGS(T)) {                                                          \
     /* ap (kc, 6), bp (kc, 2 L) packed -> c (mr, nr) */                               \
-    V acc[6][2], b0, b1, a;                                                           \
+    V acc[6][2], b0, b1;                                                              \
     T out[6][2 * L];                                                                  \
     ptrdiff_t i, k;                                                                   \
     for (i = 0; i < 6; i++) acc[i][0] = acc[i][1] = (V){0};                           \
@@ -17,9 +17,10 @@ void NAME(KP_TILE_ARGS(T)) {                                                    
         memcpy(&b0, bp, sizeof(V));                                                   \
         memcpy(&b1, bp + L, sizeof(V));                                               \
         for (i = 0; i < 6; i++) {                                                     \
-            a = (V){0} + ap[i];                                                       \
-            acc[i][0] += a * b0;                                                      \
-            acc[i][1] += a * b1;                                                      \
+            /* scalar * vector broadcasts the scalar; (V){0} + ap[i] would add a zero  \
+               first (x + 0 is not x for -0.0, so GCC keeps the add in the chain) */  \
+            acc[i][0] += ap[i] * b0;                                                  \
+            acc[i][1] += ap[i] * b1;                                                  \
         }                                                                             \
         ap += 6;                                                                      \
         bp += 2 * L;                                                                  \
@@ -36,16 +37,13 @@ void NAME(KP_TILE_ARGS(T)) {                                                    
 #define KP_SIMD_TILE_NARROW(NAME, T, V, L)                                            \
 void NAME(KP_TILE_ARGS(T)) {                                                          \
     /* ap (kc, 12), bp (kc, L) packed -> c (mr, nr) */                                \
-    V acc[12], b0, a;                                                                 \
+    V acc[12], b0;                                                                    \
     T out[12][L];                                                                     \
     ptrdiff_t i, k;                                                                   \
     for (i = 0; i < 12; i++) acc[i] = (V){0};                                         \
     for (k = 0; k < kc; k++) {                                                        \
         memcpy(&b0, bp, sizeof(V));                                                   \
-        for (i = 0; i < 12; i++) {                                                    \
-            a = (V){0} + ap[i];                                                       \
-            acc[i] += a * b0;                                                         \
-        }                                                                             \
+        for (i = 0; i < 12; i++) acc[i] += ap[i] * b0;                                \
         ap += 12;                                                                     \
         bp += L;                                                                      \
     }                                                                                 \

@@ -3,7 +3,9 @@
 The kernel packs its operands from any strides, so transposed views are passed as they
 are (``dy @ w.T`` and ``x.T @ dy`` copy nothing before the packing).
 
-Micro-kernels and precision.  pyx/matmul.pyx runs one of: ``generic``, ``avx2``,
+Micro-kernels and precision.  The instruction-set row (``kernprop.isa``: the CPU's own,
+capped by ``KERNPROP_MAX_ISA``) says which kernels may run and gives the tile its
+blocking is sized for; pyx/matmul.pyx runs one of: ``generic``, ``avx2``,
 ``avx512`` (fp32 and fp64 FMA tiles) and ``avx512_bf16`` (``vdpbf16ps``: operands
 rounded to bf16 with integer round-to-nearest-even while packing, fp32 accumulation).
 The rule, per float32 precision (float64 always runs the best fp32/fp64 kernel):
@@ -21,7 +23,8 @@ Before a kernel first runs in a process it multiplies a small odd-shaped product
 fails is never selected and ``kernel_info`` says why.  Tests force a kernel with
 ``select_kernel(precision, name)`` or the environment variable
 ``KERNPROP_CYTHON_GEMM_KERNEL`` (``avx2``: every precision; ``fp32=avx2,bf16=avx512_bf16``:
-per precision), read at the first product.
+per precision; the full names ``kernel_info`` prints, ``fp32_avx2_6x16``, work too: the
+syntax of the numba engine's ``KERNPROP_GEMM_KERNEL``), read at the first product.
 """
 
 import os
@@ -32,6 +35,7 @@ import numpy as np
 
 from kernprop._cy import matmul as _cy
 
+from ... import isa
 from ..reference import matmul as _reference
 
 # Activation codes of pyx/_common.pxi.
@@ -40,15 +44,46 @@ _ACTIVATION_CODES = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 PRECISIONS = ("fp32", "bf16x3", "bf16")
 ENV_OVERRIDE = "KERNPROP_CYTHON_GEMM_KERNEL"
 _TILES = dict(zip(_cy.KERNEL_NAMES, _cy.KERNEL_TILES))
+# The instruction-set row this process runs (kernprop.isa: the CPU's own, capped by
+# KERNPROP_MAX_ISA): it names the best fp32/fp64 kernel and the bf16 kernels allowed.
+ROW = isa.active_row()
+_FLOAT_ORDER = ("generic", "avx2", "avx512")
+_BF16_UNITS = {"avx512_bf16": "vdpbf16ps", "amx_bf16": "amx"}
+
+
+def _float_kernels():
+    # the build's and CPU's fp32/fp64 kernels that the row allows, best last
+    limit = _FLOAT_ORDER.index(ROW.cython_kernel)
+    return [name for name in _cy.gemm_kernels() if _FLOAT_ORDER.index(name) <= limit]
+
+
+def _bf16_kernels():
+    return [name for name in _cy.bf16_kernels() if _BF16_UNITS.get(name) in ROW.bf16_kernels]
 
 
 def available_kernels():
-    """Names of the micro-kernels this CPU and this build run: fp32 ones, then bf16."""
-    return _cy.gemm_kernels() + _cy.bf16_kernels()
+    """Names of the micro-kernels this CPU, this build and the instruction-set row
+    (``KERNPROP_MAX_ISA``) run: fp32 ones, then bf16."""
+    return _float_kernels() + _bf16_kernels()
+
+
+def full_name(name):
+    """The kernel's name with its kind, instruction set and tile: ``fp32_avx2_6x16``."""
+    if name.endswith("bf16"):
+        return f"bf16_{name[:-len('_bf16')]}_{_TILES[name]}"
+    return f"fp32_{name}_{_TILES[name]}"
+
+
+def _short_name(name):
+    # a full name (as kernel_info prints it) -> the kernel's own name; others unchanged
+    for known in _cy.KERNEL_NAMES:
+        if name == full_name(known):
+            return known
+    return name
 
 
 def _is_bf16(name):
-    return name in _cy.bf16_kernels() or name.endswith("bf16")
+    return name.endswith("bf16")
 
 
 def _kernel_precision(name):
@@ -129,7 +164,7 @@ def _parse_override(text):
         for p in (precision,) if precision else PRECISIONS:
             if p not in PRECISIONS:
                 raise ValueError(f"{ENV_OVERRIDE}: unknown precision {p!r}; known: {', '.join(PRECISIONS)}")
-            forced[p] = name
+            forced[p] = _short_name(name)
     return forced
 
 
@@ -158,7 +193,7 @@ class _Selection:
 
     def _rule(self, precision):
         fp32 = None
-        for name in reversed(_cy.gemm_kernels()):
+        for name in reversed(_float_kernels()):
             if self._check(name) is None:
                 fp32 = (name, "")
                 break
@@ -170,7 +205,7 @@ class _Selection:
         if precision == "bf16x3":
             return fp32[0], "more accurate than bf16x3: no faster bf16x3 kernel without AMX"
         # amx_bf16 is never chosen here: no test has run it (see pyx/gemm/amx_bf16.c)
-        for name in [name for name in _cy.bf16_kernels() if name != "amx_bf16"]:
+        for name in [name for name in _bf16_kernels() if name != "amx_bf16"]:
             reason = self._check(name)
             if reason is not None:
                 return fp32[0], f"fp32 kernel: {name} refused ({reason})"
@@ -182,7 +217,7 @@ class _Selection:
             if bf16_s < fp32_s:
                 return name, f"measured {fp32_s / bf16_s:.2f}x the fp32 kernel"
             return fp32[0], f"fp32 kernel: {name} measured {fp32_s / bf16_s:.2f}x its speed"
-        return fp32[0], "fp32 kernel: no bf16 unit on this CPU"
+        return fp32[0], f"fp32 kernel: the {ROW.name} row has no bf16 unit"
 
     def kernel(self, precision):
         chosen = self._chosen.get(precision)
@@ -207,6 +242,7 @@ class _Selection:
             if name is None:
                 self._chosen.pop(precision, None)
             else:
+                name = _short_name(name)
                 self._validate(precision, name)
                 self._chosen[precision] = (name, "forced by select_kernel")
         return previous
@@ -216,53 +252,29 @@ class _Selection:
         for precision in PRECISIONS:
             name = self.kernel(precision)
             note = self._chosen[precision][1]
-            kind = "bf16" if _is_bf16(name) else "fp32"
-            detail = {"avx512_bf16": " vdpbf16ps", "amx_bf16": " tdpbf16ps (untested)"}.get(name, "")
-            out[precision] = f"{kind} {name}{detail} {_TILES[name]}" + (f" ({note})" if note else "")
+            detail = {"avx512_bf16": " vdpbf16ps", "amx_bf16": " tdpbf16ps (untested)"}.get(name, "" if name == "generic" else " fma")
+            out[precision] = f"{full_name(name)}{detail}" + (f" ({note})" if note else "")
         return out
 
 
 _selection = _Selection()
 
 
-def _cache_bytes(level):
-    # size of this CPU's level-1 data or level-2 cache, or None when it cannot be read
-    name = {1: "SC_LEVEL1_DCACHE_SIZE", 2: "SC_LEVEL2_CACHE_SIZE"}[level]
-    try:
-        size = os.sysconf(name)
-        if size > 0:
-            return size
-    except (ValueError, OSError):
-        pass
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for entry in sorted(os.listdir(base)):
-            with open(os.path.join(base, entry, "level")) as f:
-                if int(f.read()) != level:
-                    continue
-            with open(os.path.join(base, entry, "type")) as f:
-                if f.read().strip() == "Instruction":
-                    continue
-            with open(os.path.join(base, entry, "size")) as f:
-                text = f.read().strip().upper()
-            return int(text.rstrip("KM")) * {"K": 1024, "M": 1 << 20}.get(text[-1], 1)
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def blocking_for(l1d, l2):
+def blocking_for(l1d, l2, sliver_row_bytes=128):
     """(K-block words, A-block rows) for caches of ``l1d`` and ``l2`` bytes: a B sliver
-    of the widest tile (128 bytes a row) fills two thirds of L1 (the A sliver and C
-    streaming past take the rest); the packed A block a quarter of L2.  Measured on
-    AMD EPYC Zen 5 (48 KiB, 1 MiB -> 256, 252): fp32 flat from 128 to 384 words, bf16
-    10% slower at 128; rows 72 to 504 within noise."""
-    kc = max(128, min(384, (2 * l1d // 3) // 128 // 16 * 16))
+    of the row's tile (``sliver_row_bytes`` a row: 128 for the AVX-512 tiles, 64 for
+    avx2) fills two thirds of L1 (the A sliver and C streaming past take the rest); the
+    packed A block a quarter of L2.  Measured on AMD EPYC Zen 5 (48 KiB, 1 MiB -> 256,
+    252): fp32 flat from 128 to 384 words, bf16 10% slower at 128; rows 72 to 504 within
+    noise.  On AMD EPYC Zen 3 (32 KiB, 512 KiB; avx2 -> 336, 96) 1024^3 on one core ran
+    at 72-81 GFLOP/s against 55-72 with the AVX-512 tile's 160 words."""
+    kc = max(128, min(384, (2 * l1d // 3) // sliver_row_bytes // 16 * 16))
     mc = max(72, min(504, l2 // 4 // (4 * kc) // 12 * 12))
     return kc, mc
 
 
-_cy.set_blocking(*blocking_for(_cache_bytes(1) or 32 * 1024, _cache_bytes(2) or 1 << 20))
+_cy.set_blocking(*blocking_for(isa.cache_bytes(1, ("Data",)) or 32 * 1024, isa.cache_bytes(2) or 1 << 20,
+                               max(64, ROW.cython_tile.nvec * ROW.cython_tile.vector_bytes)))
 
 
 def kernel_info():
