@@ -196,3 +196,27 @@ def blocking(tile, itemsize, l1=None, l2=None):
     nr = tile.cols(itemsize)
     nc_panels = max(2, min(16, l2 // (2 * kc * nr * itemsize)))
     return kc, 12 * tile.mr, nc_panels * nr
+
+
+def cpu_name():
+    """The CPU's model name (``/proc/cpuinfo``), or the machine type when not known."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or _machine()
+
+
+def describe():
+    """One line for ``kernprop info``: the CPU, the row both engines run and why, and
+    the row's kernels.  A bad ``KERNPROP_MAX_ISA`` is a ValueError naming it."""
+    active, native = active_row(), native_row()
+    why = (f"{ENV_MAX_ISA}={os.environ.get(ENV_MAX_ISA)} caps this CPU's {native.name}" if active is not native
+           else "this CPU's best")
+    bf16 = ", ".join(active.bf16_kernels) or "none"
+    return (f"CPU: {cpu_name()}; GEMM row: {active.name} ({why}); kernels: numba "
+            f"{active.kernel_name('fp32')} / {active.kernel_name('fp64')}, cython "
+            f"{active.kernel_name('fp32', 'cython')} / {active.kernel_name('fp64', 'cython')}; bf16 units: {bf16}")

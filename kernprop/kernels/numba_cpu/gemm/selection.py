@@ -76,7 +76,7 @@ class Kernel:
 
 _NR = NVEC * VECTOR_BYTES // 4
 FP32 = Kernel("fp32", ROW.kernel_name("fp32"), FLOAT_PACK, PRECISIONS,
-              f"{ROW.kernel_name('fp32')} fma (float64: {ROW.kernel_name('fp64')})")
+              f"{ROW.kernel_name('fp32')} fma")
 BF16 = Kernel("bf16", f"bf16_avx512_bf16_{MR}x{_NR}", BF16_PACK, ("bf16x3", "bf16"),
               f"bf16_avx512_bf16_{MR}x{_NR} vdpbf16ps", peak_kind=1, flops_per_step=MR * NVEC * F32_LANES * 4)
 AMX = Kernel("amx", f"bf16_amx_{AMX_ROWS}x32", AMX_PACK, ("bf16x3", "bf16"), f"bf16_amx_{AMX_ROWS}x32 tdpbf16ps",
