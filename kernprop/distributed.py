@@ -127,11 +127,13 @@ class MPIContext:
     @contextlib.contextmanager
     def abort_on_error(self):
         """Inside the block an exception on this rank aborts every rank (``Abort(1)``)
-        after printing its traceback; with one rank it is simply raised."""
+        after printing its traceback; with one rank it is simply raised, and so is an
+        error every rank raises alike (``agree``'s: nobody is left waiting)."""
         try:
             yield self
         except BaseException as exc:
-            if self.size == 1 or isinstance(exc, SystemExit) and exc.code in (0, None):
+            if self.size == 1 or isinstance(exc, SystemExit) and exc.code in (0, None) \
+                    or getattr(exc, "on_every_rank", False):
                 raise
             self.abort(exc)
 
@@ -188,6 +190,19 @@ class MPIContext:
     def any(self, flag):
         """True on every rank when ``flag`` is true on any rank."""
         return bool(self.comm.allreduce(bool(flag), op=self.MPI.LOR))
+
+    def agree(self, flag, values):
+        """``any(flag)``, and ``values`` (``{name: value}``) compared across the ranks in
+        the same ``allgather``: a ValueError on every rank (marked ``on_every_rank``, so
+        ``abort_on_error`` lets it through) naming the first that differs.  A fit calls
+        it after each epoch's callbacks, which may change the optimizer's settings."""
+        gathered = self.comm.allgather((bool(flag), values))
+        try:
+            _check_agreement([v for _, v in gathered], self.size)
+        except ValueError as exc:
+            exc.on_every_rank = True
+            raise
+        return any(f for f, _ in gathered)
 
     # --- once per fit ------------------------------------------------------------------
 

@@ -392,8 +392,15 @@ opt = optim.SGD(0.1 if setting != "lr" or rank == 0 else 0.2,
 epochs = 2 if setting != "epochs" or rank == 0 else 3
 trainer = Trainer(nn.MLP([8, 8, 3], rng=0, dtype=np.float64), optimizer=opt, backend="numpy", batch_size=16,
                   distributed="mpi")
+
+
+def callback(epoch, logs):  # "callback": rank 1 alone changes the rate mid-fit
+    if setting == "callback" and rank == 1:
+        opt.lr = 0.05
+
+
 try:
-    trainer.fit(X, y, epochs, verbose=0)
+    trainer.fit(X, y, epochs, verbose=0, callbacks=[callback])
 except ValueError as exc:
     print(f"rank {rank}: {exc}", flush=True)
     sys.exit(3)
@@ -404,7 +411,7 @@ print(f"rank {rank}: trained", flush=True)
 @needs_mpi
 @pytest.mark.mpi
 @pytest.mark.parametrize("setting, word", [("lr", "optimizer lr"), ("momentum", "optimizer momentum"),
-                                           ("epochs", "epochs")])
+                                           ("epochs", "epochs"), ("callback", "optimizer lr")])
 def test_mpi_fit_with_different_hyperparameters_fails_on_every_rank(tmp_path, setting, word):
     (tmp_path / "fit.py").write_text(MPI_FIT)
     result = run_mpi(2, [sys.executable, "fit.py", setting], tmp_path, timeout=90)

@@ -65,7 +65,10 @@ class DataParallel(Engine):
         self.inner.finish()
 
     def agree(self, stop):
-        return self.dist.any(stop)  # all ranks stop when one asks to
+        # all ranks stop when one asks to; a callback that changed a hyperparameter on
+        # some ranks only fails them all (they would train to different parameters)
+        hyper = {f"optimizer {k}": v for k, v in self.optimizer.hyperparameters().items()}
+        return self.dist.agree(stop, hyper)
 
     def training_state(self):
         return self.inner.training_state()
