@@ -15,14 +15,17 @@ def _info(args) -> int:
     import kernprop
     from kernprop.backends import available_backends, backends, get_backend, get_num_threads, matmul_kernels
 
+    from kernprop import isa
+
     try:
+        cpu_line = isa.describe()  # first: a bad KERNPROP_MAX_ISA stops every engine's import
         _check_threading_layer()
         _check_gemm_choice(available_backends())
-    except _UserError as exc:
+    except (_UserError, ValueError) as exc:
         print(f"kernprop info: {exc}", file=sys.stderr)
         return 2
-
     print(f"kernprop {kernprop.__version__} (Python {sys.version.split()[0]}, NumPy {numpy.__version__})")
+    print(cpu_line)
     try:
         import numba
 
@@ -548,6 +551,16 @@ def _bench_output(words):
     return None
 
 
+_BENCH_HELP = """usage: kernprop bench [--quick] [--ops OP] [--backends NAME] [-o PATH] [--json PATH] [...]
+
+Run the benchmark suites (every backend side by side, each op and shape) and write a
+Markdown report of speeds, with the CPU named.  The suites and the report live in a source
+checkout's bench/, which an installed wheel does not carry (looked in {bench}).  To run
+them, and for every option:
+
+  git clone <kernprop's repository>; cd kernprop; pip install -e '.[test]'; kernprop bench --help"""
+
+
 def _bench(argv) -> int:
     """``kernprop bench``: the report lives beside the suites it runs, in the source
     checkout's ``bench/benchreport/``; it is found next to the package of an editable
@@ -558,9 +571,12 @@ def _bench(argv) -> int:
 
     bench = Path(kernprop.__file__).resolve().parent.parent / "bench"
     if not (bench / "benchreport" / "__init__.py").is_file() or not (bench / "conftest.py").is_file():
-        print(f"kernprop bench: the benchmark suites and their report (bench/) are not next to the kernprop "
-              f"package: looked in {bench}. kernprop bench runs from a source checkout installed in editable "
-              "mode (git clone ...; pip install -e '.[test]')", file=sys.stderr)
+        # an installed wheel: no suites to run, but --help still says what the command is
+        if any(word in ("-h", "--help") for word in argv):
+            print(_BENCH_HELP.format(bench=bench))
+            return 0
+        print(f"kernprop bench: needs the source checkout's bench/ (not found at {bench}): "
+              "git clone ...; pip install -e '.[test]'", file=sys.stderr)
         return 2
     if str(bench) not in sys.path:
         sys.path.insert(0, str(bench))
@@ -573,13 +589,13 @@ def main(argv=None) -> int:
     """Run the ``kernprop`` command with ``argv`` (default ``sys.argv[1:]``); returns the
     exit status: 0 done, 1 a failed check, 2 a usage or input error (one line)."""
     words = list(sys.argv[1:] if argv is None else argv)
-    command = next((w for w in words if not w.startswith("-")), "kernprop")
+    command = " ".join(["kernprop", *[w for w in words if not w.startswith("-")][:1]])
     try:
         _check_thread_count_variable()  # before anything imports Numba, which fails on it
-        if words[:1] == ["bench"]:
+        if words[:1] == ["bench"] and not {"-h", "--help"} & set(words[1:]):  # --help always helps
             _check_output_path("-o", _bench_output(words[1:]), regular=False)
     except _UserError as exc:
-        print(f"kernprop {command}: {exc}", file=sys.stderr)
+        print(f"{command}: {exc}", file=sys.stderr)
         return 2
     if words[:1] == ["bench"]:  # its options belong to bench/benchreport (a source checkout)
         return _bench(words[1:])
