@@ -210,7 +210,7 @@ def get_num_threads() -> int:
 
 def matmul_kernels() -> dict[str, dict[str, str]]:
     """For each available backend that reports it, the kernel each float32 matmul
-    precision runs (``{"numba": {"fp32": "fp32 fma avx512 12x32", ...}}``); choosing
+    precision runs (``{"numba": {"fp32": "fp32_avx512_12x32 fma ...", ...}}``); choosing
     them may run each kernel's self-check once."""
     out = {}
     for name in available_backends():

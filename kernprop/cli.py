@@ -570,9 +570,20 @@ def _bench(argv) -> int:
     import kernprop
 
     bench = Path(kernprop.__file__).resolve().parent.parent / "bench"
-    if not (bench / "benchreport" / "__init__.py").is_file() or not (bench / "conftest.py").is_file():
+    checkout = (bench / "benchreport" / "__init__.py").is_file() and (bench / "conftest.py").is_file()
+    helping = any(word in ("-h", "--help") for word in argv)
+    if "--quick" in argv and not helping:
+        # first, the answer to "is it fast on my CPU?" (kernprop.speed: installed too);
+        # on stderr beside the suites, whose report may be piped from stdout
+        from kernprop import speed
+
+        print(speed.headline(), file=sys.stderr if checkout else sys.stdout, flush=True)
+        if not checkout:
+            print(f"(the full benchmark suites need the source checkout's bench/, not found at {bench})")
+            return 0
+    if not checkout:
         # an installed wheel: no suites to run, but --help still says what the command is
-        if any(word in ("-h", "--help") for word in argv):
+        if helping:
             print(_BENCH_HELP.format(bench=bench))
             return 0
         print(f"kernprop bench: needs the source checkout's bench/ (not found at {bench}): "

@@ -141,3 +141,13 @@ def test_the_cap_runs_the_generic_row_in_a_child_process(tmp_path):
         assert "['generic']" in done.stdout
     # the cache of the capped row sits apart from the native row's
     assert any("-generic-" in name for _, dirs, _ in os.walk(tmp_path) for name in dirs)
+
+
+def test_the_speed_headline_names_the_row_and_checks_every_product():
+    from kernprop import speed
+
+    rates = speed.gemm_rates(shapes=((9, 31, 7),), block_s=0.01)
+    assert set(rates[(9, 31, 7)]) >= {"numpy", "numba"}
+    assert all(rate > 0 for rate in rates[(9, 31, 7)].values())
+    text = speed.headline(rates, threads=2)
+    assert f"GEMM row: {isa.active_row().name}" in text and "9x31x7: numpy" in text and "x," not in text.split("numpy")[0]
