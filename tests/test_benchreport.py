@@ -254,8 +254,20 @@ def test_missing_bench_dir(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(kernprop, "__file__", str(fake))
     with pytest.raises(br.BenchError, match="not next to the kernprop package"):
         br.find_bench_dir()
-    assert cli.main(["bench", "--quick"]) == 2
-    assert "source checkout" in capsys.readouterr().err
+    assert cli.main(["bench", "--backends", "numba"]) == 2
+    err = capsys.readouterr().err
+    assert "source checkout" in err and err.count("\n") == 1  # one line
+    # --quick still answers "is it fast here?" from an installed package
+    from kernprop import speed
+
+    real = speed.gemm_rates
+    monkeypatch.setattr(speed, "gemm_rates", lambda: real(shapes=((9, 31, 7),), block_s=0.01))
+    assert cli.main(["bench", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "GEMM row:" in out and "9x31x7: numpy" in out and "source checkout's bench/" in out
+    for words in (["bench", "--help"], ["bench", "-h"], ["bench", "-o", str(tmp_path / "no" / "x.md"), "--help"]):
+        assert cli.main(words) == 0  # an installed wheel: --help still helps
+        assert capsys.readouterr().out.startswith("usage: kernprop bench")
 
 
 def test_bench_dir_of_this_checkout():
