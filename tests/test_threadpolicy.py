@@ -114,6 +114,13 @@ class _Recorder:
         self.calls.append(n)
 
 
+# The guard judges a call by two clocks, the wall (perf_counter) and the calling thread's
+# CPU time (thread_time).  The tests drive both by hand: on a loaded machine a real
+# busy-wait is preempted now and then, and the guard is then right to judge it busy, so
+# real clocks made these tests fail about 1 run in 5.
+_CLOCK = {"wall": 1000.0, "cpu": 10.0}
+
+
 @pytest.fixture
 def guard_state(monkeypatch):
     monkeypatch.setattr(threadpolicy._Busy, "threads", 2)
@@ -122,26 +129,28 @@ def guard_state(monkeypatch):
     monkeypatch.setattr(threadpolicy._Busy, "serial_calls", 0)
     monkeypatch.setattr(threadpolicy._Busy, "waking", 0)
     monkeypatch.setattr(threadpolicy._Busy, "verdicts", 0)
+    _CLOCK.update(wall=1000.0, cpu=10.0)
+    monkeypatch.setattr(threadpolicy, "perf_counter", lambda: _CLOCK["wall"])
+    monkeypatch.setattr(threadpolicy, "thread_time", lambda: _CLOCK["cpu"])
     return threadpolicy._Busy
 
 
-def _sleeping(seconds):
-    import time
+def _elapse(wall, on_core):
+    _CLOCK["wall"] += wall
+    _CLOCK["cpu"] += on_core
 
+
+def _sleeping(seconds):
     def function(value):
-        time.sleep(seconds)  # off the core: what a call waiting for a descheduled worker looks like
+        _elapse(seconds, 0.0)  # off the core: what a call waiting for a descheduled worker looks like
         return value
 
     return function
 
 
 def _working(seconds):
-    import time
-
     def function(value):
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            pass
+        _elapse(seconds, seconds)
         return value
 
     return function
@@ -195,39 +204,26 @@ def test_the_one_thread_window_doubles_while_busy_and_resets_when_quiet(guard_st
     assert guard_state.strikes == 0 and threadpolicy.busy_state()["one_thread_for_s"] == 0.0
 
 
-def test_short_calls_brief_waits_and_one_thread_are_not_judged(guard_state, monkeypatch):
-    # On the clocks the guard reads, made exact here: a real call on a loaded machine
-    # really is preempted now and then, and the guard is right to judge it (this test
-    # failed 1 run in 5 with real clocks)
+def test_short_calls_brief_waits_and_one_thread_are_not_judged(guard_state):
     threads = _Recorder()
-    clock = {"wall": 1000.0, "cpu": 10.0}
-
-    def short_call(value):  # 0.1 ms off the core, but a short call
-        clock["wall"] += 0.0001
-        return value
+    short = threadpolicy._guard(_sleeping(0.0001), threads)  # 0.1 ms off the core, but a short call
+    short(0)
+    short(0)
+    assert guard_state.verdicts == 0
 
     def mostly_working(value):  # off the core for a moment of a long call: under 1 - BUSY_SHARE
-        clock["wall"] += 0.0041
-        clock["cpu"] += 0.0040
+        _elapse(0.0041, 0.0040)
         return value
 
-    with monkeypatch.context() as patch:
-        patch.setattr(threadpolicy, "perf_counter", lambda: clock["wall"])
-        patch.setattr(threadpolicy, "thread_time", lambda: clock["cpu"])
-        short = threadpolicy._guard(short_call, threads)
-        short(0)
-        short(0)
-        assert guard_state.verdicts == 0
-        threadpolicy._guard(mostly_working, threads)(0)
-        assert guard_state.verdicts == 0
+    threadpolicy._guard(mostly_working, threads)(0)
+    assert guard_state.verdicts == 0
 
-        def half_off(value):  # the same call off the core half of the time is judged
-            clock["wall"] += 0.004
-            clock["cpu"] += 0.002
-            return value
+    def half_off(value):  # the same call off the core half of the time is judged
+        _elapse(0.004, 0.002)
+        return value
 
-        threadpolicy._guard(half_off, threads)(0)
-        assert guard_state.verdicts == 1
+    threadpolicy._guard(half_off, threads)(0)
+    assert guard_state.verdicts == 1
     guard_state.verdicts = 0
     guard_state.threads = 1
     _open_a_window(threadpolicy._guard(_sleeping(0.002), threads))
@@ -238,9 +234,7 @@ def test_a_function_whose_last_call_was_short_is_judged_from_its_next_long_call(
     state = {"seconds": 0.0}
 
     def sometimes_slow(value):
-        import time
-
-        time.sleep(state["seconds"]) if state["seconds"] else None
+        _elapse(state["seconds"], 0.0)
         return value
 
     guarded = threadpolicy._guard(sometimes_slow, _Recorder())
