@@ -11,8 +11,10 @@ hash of every source file the kernels are built from (this package and ``isa.py`
 an edit or an upgrade finds an empty directory and compiles afresh, and each row keeps
 its own cache.
 
-The directory is the usual one with that name below it: ``NUMBA_CACHE_DIR`` when set,
-else the package's ``__pycache__`` when writable, else the user's cache directory.
+The directory is ``<NUMBA_CACHE_DIR>/kernprop-<tag>/<module's folder in the package>``
+when ``NUMBA_CACHE_DIR`` is set (so an installed wheel and a checkout of the same
+sources share it), else ``__pycache__/kernprop-<tag>`` beside the module when writable,
+else the same below the user's cache directory.
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ def build_tag():
 class KernpropCacheLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
     """Numba cache locator for kernprop's own kernels (see the module docstring)."""
 
-    def __init__(self, py_func, py_file, base):
+    def __init__(self, py_func, py_file, path):
         self._py_file = py_file
         self._lineno = py_func.__code__.co_firstlineno
-        self._cache_path = os.path.join(base, "kernprop-" + build_tag())
+        self._cache_path = path
 
     def get_cache_path(self):
         return self._cache_path
@@ -60,15 +62,18 @@ class KernpropCacheLocator(caching._SourceFileBackedLocatorMixin, caching._Cache
         path = Path(py_file).resolve()
         if _PACKAGE not in path.parents:
             return None  # not kernprop's: Numba's own locators
-        bases = []
+        tag = "kernprop-" + build_tag()
+        # below NUMBA_CACHE_DIR by the module's place in the package, not its absolute
+        # path: an installed wheel and a checkout of the same sources (the same tag)
+        # share one cache there
+        inside = path.parent.relative_to(_PACKAGE.parent.parent)
         if config.CACHE_DIR:
-            bases.append(os.path.join(config.CACHE_DIR, cls.get_suitable_cache_subpath(py_file)))
+            places = [os.path.join(config.CACHE_DIR, tag, inside)]
         else:
-            bases.append(os.path.join(os.path.dirname(py_file), "__pycache__"))
-            bases.append(os.path.join(caching.AppDirs(appname="numba", appauthor=False).user_cache_dir,
-                                      cls.get_suitable_cache_subpath(py_file)))
-        for base in bases:
-            locator = cls(py_func, py_file, base)
+            places = [os.path.join(path.parent, "__pycache__", tag),
+                      os.path.join(caching.AppDirs(appname="numba", appauthor=False).user_cache_dir, tag, inside)]
+        for place in places:
+            locator = cls(py_func, py_file, place)
             try:
                 locator.ensure_cache_path()
             except OSError:
