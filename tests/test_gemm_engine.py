@@ -325,3 +325,20 @@ def test_amx_packing_layout_gives_the_reference_product(rng, precision, m, k, n,
     tol = 4 * (k + 2) * EPS32 * magnitude(a, b)
     assert np.all(np.abs(got[:m, :n] - want) <= tol)
     assert not got[m:].any() and not got[:, n:].any()  # zero padding, no stray -1 words
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16x3"])
+@pytest.mark.parametrize("m,k,n", [(5, 7, 3), (29, 601, 45), (40, 45, 70)])
+def test_bf16_pair_kernel_runs_on_every_row(rng, precision, m, k, n):
+    # The bf16 pair kernel's IR, its packing and its peak loop on whatever row this
+    # process runs: without AVX512_BF16 the same IR widens the pairs to float32 and
+    # multiplies exactly, so it must give the reference's bf16 products (a CPU without
+    # the unit never selects it, so nothing else would compile it here).
+    from kernprop.kernels.numba_cpu.gemm import selection as sel
+
+    a = make_array(rng, (m, k), np.float32, "transposed")
+    b = make_array(rng, (k, n), np.float32, "strided")
+    got = gemm._run(a, b, np.empty((m, n), np.float32), None, None, False, None, sel.BF16, precision)
+    want = ref.product(a, b, precision).astype(np.float64)
+    assert np.all(np.abs(got - want) <= 4 * (k + 2) * EPS32 * magnitude(a, b))
+    assert sel._peak_bf16(10) == sel._peak_bf16(10)  # the peak loop compiles and runs

@@ -300,6 +300,39 @@ def compile_tile_for(row, cpu, double=False):
     return machine.emit_assembly(parsed)
 
 
+def _bf16_pair_dot(builder, native):
+    """A function ``(acc <L x float>, a <L x i32>, b <L x i32>) -> acc + a.lo*b.lo +
+    a.hi*b.hi`` per lane (L = F32_LANES), where each i32 holds two bfloat16 (low half:
+    the even k)."""
+    f32xl = ir.VectorType(ir.FloatType(), F32_LANES)
+    i32xl = ir.VectorType(_I32, F32_LANES)
+    if native:
+        bf16x2l = ir.VectorType(_BFloat(), 2 * F32_LANES)
+        dot = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(f32xl, [f32xl, bf16x2l, bf16x2l]),
+            "llvm.x86.avx512bf16.dpbf16ps.512",
+        )
+
+        def pair_dot(acc, a, b):
+            return builder.call(dot, [acc, builder.bitcast(a, bf16x2l), builder.bitcast(b, bf16x2l)])
+
+        return pair_dot
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(f32xl, [f32xl, f32xl, f32xl]), "%s.v%df32" % (FMA_INTRINSIC, F32_LANES))
+    high = ir.Constant(i32xl, [-65536] * F32_LANES)  # 0xFFFF0000
+    sixteen = ir.Constant(i32xl, [16] * F32_LANES)
+
+    def pair_dot(acc, a, b):
+        # a bfloat16 is the top half of a float32: widening is a shift or a mask
+        a_even = builder.bitcast(builder.shl(a, sixteen), f32xl)
+        b_even = builder.bitcast(builder.shl(b, sixteen), f32xl)
+        a_odd = builder.bitcast(builder.and_(a, high), f32xl)
+        b_odd = builder.bitcast(builder.and_(b, high), f32xl)
+        return builder.call(fma, [a_odd, b_odd, builder.call(fma, [a_even, b_even, acc])])
+
+    return pair_dot
+
+
 @intrinsic
 def bf16_tile(typingctx, ap, a_off, bp, b_off, b_stride, kc2, c, c_off, ldc, beta):
     """``c[c_off + i*ldc + j] (+)= sum_q dot(ap[a_off + q*MR + i], bp[b_off + q*b_stride + j])``
