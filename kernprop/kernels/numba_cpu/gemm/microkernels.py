@@ -405,8 +405,10 @@ def peak_loop(typingctx, steps, kind):
         p = builder.phi(_I64)
         accs = [builder.phi(f32xl) for _ in range(MR * NVEC)]
         p.add_incoming(ir.Constant(_I64, 0), pre)
-        for acc in accs:
-            acc.add_incoming(ir.Constant(f32xl, None), pre)
+        for number, acc in enumerate(accs):
+            # distinct starting values: identical chains would be merged by LLVM into one,
+            # and the "peak" would count work the loop no longer does
+            acc.add_incoming(ir.Constant(f32xl, [float(number)] * F32_LANES), pre)
         new = [update(acc) for acc in accs]
         p_next = builder.add(p, ir.Constant(_I64, 1))
         p.add_incoming(p_next, loop)
