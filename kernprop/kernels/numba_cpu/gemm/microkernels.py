@@ -554,8 +554,8 @@ def amx_tile(typingctx, ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, be
 def compile_amx_for(cpu="sapphirerapids"):
     """Assembly of ``emit_amx_block`` compiled for ``cpu`` (AMX-BF16): checks that the
     AMX IR is valid on a machine that cannot run it."""
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
+    llvm.initialize_all_targets()  # the x86 target on any machine (an ARM64 one too)
+    llvm.initialize_all_asmprinters()
     module = ir.Module(name="amx_check")
     module.triple = "x86_64-unknown-linux-gnu"
     i8p = ir.PointerType(_I8)
