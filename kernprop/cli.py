@@ -599,6 +599,18 @@ def _bench(argv) -> int:
 def main(argv=None) -> int:
     """Run the ``kernprop`` command with ``argv`` (default ``sys.argv[1:]``); returns the
     exit status: 0 done, 1 a failed check, 2 a usage or input error (one line)."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return status
+    except BrokenPipeError:
+        # the reader went away (kernprop info | head): no traceback; what is still
+        # buffered goes nowhere instead of failing again at exit (Python's own recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv):
     words = list(sys.argv[1:] if argv is None else argv)
     command = " ".join(["kernprop", *[w for w in words if not w.startswith("-")][:1]])
     try:

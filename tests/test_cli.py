@@ -92,3 +92,16 @@ def test_train_as_a_program():
     assert run.returncode == 0, run.stderr
     assert "epoch 1/2" in run.stdout and "test accuracy:" in run.stdout
     assert "it/s" not in run.stderr and "samples/s]" not in run.stderr
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    # kernprop info | head -1, at its worst: the reader is gone before the first line
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-m", "kernprop", "info"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    child.stdout.close()
+    err = child.stderr.read()
+    assert child.wait(timeout=300) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err[-2000:]
