@@ -207,11 +207,15 @@ def test_linear_cross_entropy_never_holds_all_logits(backend, rng):
     # the same thread count for the measured call: the busy-core guard (kernprop.threadpolicy)
     # may have sent calls to one thread, whose kernels a first call would compile here
     kernprop.set_num_threads(kernprop.get_num_threads())
-    tracemalloc.start()
-    try:
-        kernprop.linear_cross_entropy(x, w, None, labels, chunk_size=64, backend=backend)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peaks = []
+    for _ in range(2):  # the lower of two: a call that still compiled something (seen once
+        # in CI, 20 MB of Numba's) cannot compile it again
+        tracemalloc.start()
+        try:
+            kernprop.linear_cross_entropy(x, w, None, labels, chunk_size=64, backend=backend)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    peak = min(peaks)
     all_logits = n * classes * 4
     assert peak < all_logits / 4, f"peak {peak} bytes vs {all_logits} bytes for all logits"
