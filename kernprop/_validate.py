@@ -153,7 +153,7 @@ def check_label_values(name, labels, num_classes, ignore_index):
         if too_big.any():
             row = np.unravel_index(int(np.argmax(too_big)), labels.shape)
             index = ", ".join(map(str, row))
-            raise ValueError(f"{name}[{index}] = {labels[row]} is out of range: labels must be in {allowed}")
+            raise ValueError(f"{name}[{index}] = {labels[row]} is out of range: {name} must be in {allowed}")
     labels = labels.astype(np.int64, copy=False)
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:
@@ -161,7 +161,7 @@ def check_label_values(name, labels, num_classes, ignore_index):
     if bad.any():
         row = np.unravel_index(int(np.argmax(bad)), labels.shape)
         index = ", ".join(map(str, row))
-        raise ValueError(f"{name}[{index}] = {labels[row]} is out of range: labels must be in {allowed}")
+        raise ValueError(f"{name}[{index}] = {labels[row]} is out of range: {name} must be in {allowed}")
     return labels
 
 

@@ -23,7 +23,7 @@ __all__ = [
     "matmul_kernels",
 ]
 
-FAMILIES = ("matmul", "activations", "softmax", "losses", "optimizers")
+FAMILIES = ("matmul", "activations", "softmax", "losses", "optimizers", "normalization", "attention", "embedding")
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,14 @@ from ._validate import (
     check_array,
     check_choice,
     check_int,
+    check_label_values,
     check_labels,
     check_no_alias,
     check_same_dtype,
     check_scalar,
     check_shape,
+    is_device_array,
+    shape_and_dtype,
 )
 
 __all__ = [
@@ -37,7 +40,12 @@ __all__ = [
     "log_softmax", "log_softmax_backward", "softmax",
     "cross_entropy", "cross_entropy_with_grad", "mse", "mse_backward", "linear_cross_entropy",
     "default_chunk_size", "sgd_step", "adam_step", "LOGITS_CHUNK_BYTES",
+    "gelu", "gelu_backward", "layer_norm", "layer_norm_backward", "attention", "attention_backward",
+    "embedding", "embedding_backward", "GELU_APPROXIMATIONS",
 ]
+
+# torch.nn.functional.gelu's ``approximate``
+GELU_APPROXIMATIONS = ("none", "tanh")
 
 # The fused linear cross-entropy holds at most about this many bytes of logits at once.
 LOGITS_CHUNK_BYTES = 32 * 1024 * 1024
@@ -167,6 +175,31 @@ def tanh(x, *, backend=None):
 def tanh_backward(y, dy, *, backend=None):
     """``dy * (1 - y**2)`` where ``y = tanh(x)`` is the forward output."""
     return _unary_backward("tanh_backward", "y", y, dy, backend)
+
+
+def gelu(x, approximate="none", *, backend=None):
+    """GELU ``x * Phi(x)`` elementwise, any shape, as ``torch.nn.functional.gelu``.
+
+    ``approximate="none"`` uses the normal CDF through ``erf``; ``"tanh"`` uses GPT-2's
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.
+    """
+    name, kernels = _kernels(backend, "activations")
+    x = as_array("x", x, name)
+    check_array("x", x, None, name)
+    check_choice("approximate", approximate, GELU_APPROXIMATIONS)
+    return kernels.gelu_forward(x, approximate)
+
+
+def gelu_backward(x, dy, approximate="none", *, backend=None):
+    """Gradient of ``gelu``: ``dy * d gelu(x) / dx`` with ``x`` the forward *input*."""
+    name, kernels = _kernels(backend, "activations")
+    x, dy = as_array("x", x, name), as_array("dy", dy, name)
+    x_shape, _ = check_array("x", x, None, name)
+    dy_shape, _ = check_array("dy", dy, None, name)
+    check_shape("dy", dy_shape, x_shape, "the shape of x")
+    check_same_dtype(x=x, dy=dy)
+    check_choice("approximate", approximate, GELU_APPROXIMATIONS)
+    return kernels.gelu_backward(x, dy, approximate)
 
 
 # --- softmax family ------------------------------------------------------------------
@@ -329,6 +362,157 @@ def linear_cross_entropy(
         x, w, b, labels, reduction, ignore_index, label_smoothing, weight, int(chunk_size),
         _resolve_precision(precision, dtype),
     )
+
+
+# --- normalization family ------------------------------------------------------------
+
+
+def _row_vector(name, vector, channels, backend, what):
+    shape, _ = check_array(name, vector, 1, backend)
+    check_shape(name, shape, (channels,), what)
+
+
+def layer_norm(x, weight, bias=None, *, eps=1e-5, backend=None):
+    """Layer normalization of ``x`` (N, C) over its last axis: returns ``(y, mean, rstd)``.
+
+    ``y = (x - mean) * rstd * weight + bias`` with ``rstd = 1 / sqrt(var + eps)`` of the
+    biased variance, as ``torch.nn.functional.layer_norm(x, (C,), weight, bias, eps)``.
+    ``weight`` and ``bias`` (None: no bias) are (C,); ``mean`` and ``rstd`` (N,) are
+    what ``layer_norm_backward`` needs.
+    """
+    name, kernels = _kernels(backend, "normalization")
+    x, weight, bias = as_array("x", x, name), as_array("weight", weight, name), as_array("bias", bias, name)
+    (_, channels), _ = check_array("x", x, 2, name)
+    _row_vector("weight", weight, channels, name, "one per column of x")
+    if bias is not None:
+        _row_vector("bias", bias, channels, name, "one per column of x")
+    check_same_dtype(x=x, weight=weight, bias=bias)
+    eps = check_scalar("eps", eps, 0.0)
+    return kernels.layer_norm_forward(x, weight, bias, eps)
+
+
+def layer_norm_backward(x, weight, mean, rstd, dy, has_bias=True, *, backend=None):
+    """Gradients of ``layer_norm``: returns ``(dx (N, C), dweight (C,), dbias (C,))``.
+
+    ``mean`` and ``rstd`` are the forward's; ``dbias`` is None when ``has_bias`` is false.
+    """
+    name, kernels = _kernels(backend, "normalization")
+    x, weight, dy = as_array("x", x, name), as_array("weight", weight, name), as_array("dy", dy, name)
+    mean, rstd = as_array("mean", mean, name), as_array("rstd", rstd, name)
+    (rows, channels), _ = check_array("x", x, 2, name)
+    _row_vector("weight", weight, channels, name, "one per column of x")
+    for stat_name, stat in (("mean", mean), ("rstd", rstd)):
+        _row_vector(stat_name, stat, rows, name, "one per row of x")
+    dy_shape, _ = check_array("dy", dy, 2, name)
+    check_shape("dy", dy_shape, (rows, channels), "the shape of x")
+    check_same_dtype(x=x, weight=weight, mean=mean, rstd=rstd, dy=dy)
+    return kernels.layer_norm_backward(x, weight, mean, rstd, dy, bool(has_bias))
+
+
+# --- attention family ----------------------------------------------------------------
+
+
+def _attention_operands(name, q, k, v, scale):
+    """Check q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv); returns the scale."""
+    (batch, heads, _, depth), _ = check_array("q", q, 4, name)
+    k_shape, _ = check_array("k", k, 4, name)
+    v_shape, _ = check_array("v", v, 4, name)
+    keys = k_shape[2]
+    check_shape("k", k_shape, (batch, heads, keys, depth), "(B, H, Lk, D) with q's B, H and D")
+    if tuple(v_shape[:3]) != (batch, heads, keys):
+        raise ValueError(f"v must have shape ({batch}, {heads}, {keys}, Dv) (k's B, H and Lk), "
+                         f"got {tuple(v_shape)}")
+    check_same_dtype(q=q, k=k, v=v)
+    if scale is None:
+        return 1.0 / float(np.sqrt(depth))
+    return check_scalar("scale", scale)
+
+
+def attention(q, k, v, *, causal=False, scale=None, precision=None, backend=None):
+    """Fused scaled dot-product attention: returns ``(out, lse)``.
+
+    ``q`` (B, H, Lq, D), ``k`` (B, H, Lk, D), ``v`` (B, H, Lk, Dv) -> ``out`` (B, H, Lq,
+    Dv), as ``torch.nn.functional.scaled_dot_product_attention(q, k, v,
+    is_causal=causal, scale=scale)`` (default scale ``1 / sqrt(D)``); ``lse`` (B, H, Lq)
+    is each row's log-sum-exp of the scaled, masked scores, for the backward.  ``causal``
+    masks key ``j > i`` for query ``i``, aligned top-left as PyTorch does (so every
+    query sees key 0 and no row is fully masked).  One pass over blocks of keys with an
+    online softmax (FlashAttention-2): no (Lq, Lk) score matrix is held, stable for
+    scores of +-1e4.  ``precision`` is that of the products, as in ``matmul``.
+    """
+    name, kernels = _kernels(backend, "attention")
+    q, k, v = as_array("q", q, name), as_array("k", k, name), as_array("v", v, name)
+    scale = _attention_operands(name, q, k, v, scale)
+    return kernels.attention_forward(q, k, v, bool(causal), scale, _resolve_precision(precision, q.dtype))
+
+
+def attention_backward(q, k, v, out, lse, dout, *, causal=False, scale=None, precision=None, backend=None):
+    """Gradients of ``attention``: returns ``(dq, dk, dv)`` shaped as ``q``, ``k``, ``v``.
+
+    ``out`` and ``lse`` are the forward's; the probabilities are recomputed from
+    ``lse`` block by block, as FlashAttention's backward does.  ``causal`` and ``scale``
+    must be the forward's.
+    """
+    name, kernels = _kernels(backend, "attention")
+    q, k, v = as_array("q", q, name), as_array("k", k, name), as_array("v", v, name)
+    out, lse, dout = as_array("out", out, name), as_array("lse", lse, name), as_array("dout", dout, name)
+    scale = _attention_operands(name, q, k, v, scale)
+    q_shape, _ = shape_and_dtype(q)
+    v_shape, _ = shape_and_dtype(v)
+    out_shape = (*q_shape[:3], v_shape[3])
+    for array_name, array in (("out", out), ("dout", dout)):
+        shape, _ = check_array(array_name, array, 4, name)
+        check_shape(array_name, shape, out_shape, "(B, H, Lq, Dv) of q and v")
+    lse_shape, _ = check_array("lse", lse, 3, name)
+    check_shape("lse", lse_shape, q_shape[:3], "(B, H, Lq) of q")
+    check_same_dtype(q=q, k=k, v=v, out=out, lse=lse, dout=dout)
+    return kernels.attention_backward(
+        q, k, v, out, lse, dout, bool(causal), scale, _resolve_precision(precision, q.dtype)
+    )
+
+
+# --- embedding family ----------------------------------------------------------------
+
+
+def _embedding_ids(ids, num_embeddings):
+    """ids: a host integer array of any shape, each in [0, num_embeddings); as int64."""
+    if is_device_array(ids):
+        raise TypeError("ids must be a host numpy.ndarray of integers (the ids are checked on the host), "
+                        "got a CUDA device array")
+    if not isinstance(ids, np.ndarray):
+        hint = "; call np.asarray(ids) first" if isinstance(ids, (list, tuple)) else ""
+        raise TypeError(f"ids must be a numpy.ndarray of integers, got {type(ids).__name__}{hint}")
+    if ids.size == 0:
+        raise ValueError(f"ids must not be empty, got shape {ids.shape}")
+    return check_label_values("ids", ids, num_embeddings, None)
+
+
+def embedding(ids, table, *, backend=None):
+    """Rows of ``table`` (V, C) at ``ids`` (integers, any shape) -> ``ids.shape + (C,)``.
+
+    As ``torch.nn.functional.embedding``.  An id outside ``[0, V)`` is a ValueError
+    naming the first bad position.
+    """
+    name, kernels = _kernels(backend, "embedding")
+    ids, table = as_array("ids", ids, name), as_array("table", table, name)
+    (vocabulary, _), _ = check_array("table", table, 2, name)
+    ids = _embedding_ids(ids, vocabulary)
+    return kernels.embedding_forward(ids, table)
+
+
+def embedding_backward(ids, dy, num_embeddings, *, backend=None):
+    """Gradient of ``embedding`` with respect to the table: (num_embeddings, C).
+
+    ``dy`` is ``ids.shape + (C,)``; the rows of repeated ids are summed in the order of
+    their positions, so the result is the same bits at any thread count.
+    """
+    name, kernels = _kernels(backend, "embedding")
+    ids, dy = as_array("ids", ids, name), as_array("dy", dy, name)
+    num_embeddings = check_int("num_embeddings", num_embeddings, 1)
+    ids = _embedding_ids(ids, num_embeddings)
+    dy_shape, _ = check_array("dy", dy, ids.ndim + 1, name)
+    check_shape("dy", dy_shape, (*ids.shape, dy_shape[-1]), "ids.shape + (C,)")
+    return kernels.embedding_backward(ids, dy, num_embeddings)
 
 
 # --- optimizers family ---------------------------------------------------------------

@@ -32,6 +32,9 @@ the input dtype; only the optimizer steps update their arguments in place.
     ``relu_forward(x)``, ``relu_backward(x, dy)`` (gradient 0 at x == 0, as PyTorch);
     ``sigmoid_forward(x)``, ``sigmoid_backward(y, dy)``; ``tanh_forward(x)``,
     ``tanh_backward(y, dy)``, where ``y`` is the forward output.  Any shape.
+    ``gelu_forward(x, approximate)``, ``gelu_backward(x, dy, approximate)`` with
+    ``approximate`` "none" (``x * Phi(x)`` through erf) or "tanh" (GPT-2's
+    approximation), as ``torch.nn.functional.gelu``; the backward takes the input ``x``.
 
 ``softmax``
     ``log_softmax_forward(x)``, ``softmax_forward(x)``: x (N, C) -> (N, C) over the last
@@ -49,6 +52,30 @@ the input dtype; only the optimizer steps update their arguments in place.
     is ``None``); ``chunk_size`` is a positive int (rows per chunk).  ``reduction`` is
     "mean" or "sum" here.
 
+``normalization``
+    ``layer_norm_forward(x, weight, bias, eps)``: x (N, C) normalised over its last axis,
+    weight (C,), bias (C,) or ``None``, ``eps`` a float -> ``(y (N, C), mean (N,), rstd
+    (N,))`` with ``rstd = 1 / sqrt(var + eps)`` of the biased variance.
+    ``layer_norm_backward(x, weight, mean, rstd, dy, has_bias)`` -> ``(dx, dweight,
+    dbias)``, ``dbias`` ``None`` when ``has_bias`` is false.
+
+``attention``
+    ``attention_forward(q, k, v, causal, scale, precision)``: q (B, H, Lq, D), k (B, H, Lk,
+    D), v (B, H, Lk, Dv), ``scale`` a float -> ``(out (B, H, Lq, Dv), lse (B, H, Lq))``,
+    ``lse`` each row's log-sum-exp of the scaled, masked scores.  ``causal`` masks key
+    ``j > i`` for query ``i`` (top-left aligned, as PyTorch, also when Lq != Lk).
+    ``attention_backward(q, k, v, out, lse, dout, causal, scale, precision)`` -> ``(dq,
+    dk, dv)``, recomputing the probabilities from ``lse``.  No backend holds a (Lq, Lk)
+    score matrix per head: extra memory is bounded by a tile per thread.  ``precision``
+    is that of the products, as for ``matmul``.
+
+``embedding``
+    ``embedding_forward(ids, table)``: ids an int64 array of any shape with entries in
+    ``[0, V)`` (host memory), table (V, C) -> ``ids.shape + (C,)``.
+    ``embedding_backward(ids, dy, num_embeddings)``: dy ``ids.shape + (C,)`` -> dtable
+    (num_embeddings, C), the rows of repeated ids summed in the order of their
+    positions, so the result is the same bits at any thread count.
+
 ``optimizers`` (update in place, return ``None``)
     ``sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay)``;
     ``velocity`` is ``None`` when momentum is 0.
@@ -61,9 +88,12 @@ the input dtype; only the optimizer steps update their arguments in place.
 FUNCTIONS = {
     "matmul": ("matmul", "linear_forward", "linear_backward"),
     "activations": ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
-                    "tanh_forward", "tanh_backward"),
+                    "tanh_forward", "tanh_backward", "gelu_forward", "gelu_backward"),
     "softmax": ("log_softmax_forward", "softmax_forward", "log_softmax_backward"),
     "losses": ("cross_entropy_forward", "cross_entropy_with_grad", "mse_forward", "mse_backward",
                "linear_cross_entropy"),
     "optimizers": ("sgd_step", "adam_step"),
+    "normalization": ("layer_norm_forward", "layer_norm_backward"),
+    "attention": ("attention_forward", "attention_backward"),
+    "embedding": ("embedding_forward", "embedding_backward"),
 }
