@@ -410,7 +410,7 @@ def _train(args, dist=None) -> int:
             # fail naming the option, instead of one rank stopping and the others
             # waiting in the first collective
             prepared = dist.checked(prepare, agree=lambda _: _options_to_agree(args))
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, ImportError) as exc:  # ImportError: the sklearn extra for digits
         print(f"kernprop train: {_one_line(exc)}", file=sys.stderr)
         return 2
     (backend, X_train, y_train, X_test, y_test, num_classes, source, labels_line, sizes, lr,

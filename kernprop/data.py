@@ -1,7 +1,7 @@
 """Data sets for the trainer: scikit-learn's bundled digits and a user's ``.npz``.
 
 Nothing is downloaded: the 8x8 digits (1797 images, 10 classes) ship inside
-scikit-learn.
+scikit-learn (the ``sklearn`` extra, imported only when the digits are loaded).
 """
 
 from __future__ import annotations
@@ -53,7 +53,11 @@ def load_digits(test_fraction=0.2, seed=0, dtype=np.float32):
     Returns ``(X_train, y_train), (X_test, y_test)``: X (N, 64) of ``dtype``, y (N,)
     int64 labels 0..9; a stratified split, fixed by ``seed`` (default 80/20).
     """
-    from sklearn.datasets import load_digits as _sk_load_digits
+    try:
+        from sklearn.datasets import load_digits as _sk_load_digits
+    except ImportError:  # an optional extra: `import kernprop` never needs it
+        raise ModuleNotFoundError("the digits data set ships inside scikit-learn, which is not installed: "
+                                  "pip install kernprop[sklearn]", name="sklearn") from None
 
     bunch = _sk_load_digits()
     X = (bunch.data / 16.0).astype(dtype)
