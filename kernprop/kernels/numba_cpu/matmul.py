@@ -8,35 +8,8 @@ columns of dy (db) while the engine packs dy for dW = x.T @ dy (one read of dy f
 """
 
 import numpy as np
-from numba import prange
 
-from ._jit import kernel, sized
 from .gemm import gemm, kernel_info  # noqa: F401  (kernel_info: for kernprop info)
-
-
-@kernel
-def _column_sums(x, out, accumulate):
-    # x (M, N) -> out (N,): sums over rows, accumulated in float64, split over columns.
-    m, n = x.shape
-    for tile in prange((n + 255) // 256):
-        j0 = tile * 256
-        width = min(j0 + 256, n) - j0
-        sums = np.zeros(width, dtype=np.float64)
-        for i in range(m):
-            row = x[i, j0 : j0 + width]
-            for j in range(width):
-                sums[j] += row[j]
-        out_part = out[j0 : j0 + width]
-        for j in range(width):
-            out_part[j] = sums[j] + out_part[j] if accumulate else sums[j]
-
-
-def column_sums(x, out=None, accumulate=False):
-    """Sum of the rows of ``x`` (M, N) -> (N,)."""
-    if out is None:
-        out = np.empty(x.shape[1], dtype=x.dtype)
-    sized(_column_sums, x.size)(x, out, accumulate)
-    return out
 
 
 def matmul(a, b, precision="fp32"):

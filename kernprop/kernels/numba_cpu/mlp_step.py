@@ -3,7 +3,7 @@
 For a model of a few thousand parameters at a small batch (the digits MLP, 64-32-10 at
 batch 32) the arithmetic of a step takes a few microseconds, and the separate kernel
 calls of the layer-by-layer path (forward, loss, backward, optimizer: 7 calls of at
-least 2.5 us each, plus their allocations) cost more than the math.  ``mlp_step`` does
+least 2.5 us each, plus their allocations) cost more than the math.  The fused step (``MLPStep``) does
 forward through every ``Linear`` (+ ReLU / Sigmoid / Tanh), softmax cross-entropy (or
 MSE) with its gradient, backward, and the SGD (momentum, nesterov, weight decay) or
 Adam(W) update in place, in one call, over buffers allocated once per fit.  Serial on
@@ -62,7 +62,7 @@ from .losses import scale_row, target_grad_p, weighted_sum
 from .optimizers import adam_update, sgd_update
 from .gemm.drivers import serial as _serial_gemm
 
-__all__ = ["mlp_step", "MLPStep", "LAYER", "LOSS", "OPTIMIZER", "WORKSPACE"]
+__all__ = ["MLPStep", "LAYER", "LOSS", "OPTIMIZER", "WORKSPACE"]
 
 CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
@@ -367,10 +367,3 @@ class MLPStep:
     def bind_steps(self, X, y, preds):
         return self._bound(_mlp_steps, X, y, preds)
 
-
-def mlp_step(plan, x, y, lr, step, preds=None):
-    """One fused step of ``plan`` (an ``MLPStep``) on all rows of ``x``; returns the
-    loss; ``preds`` (cross-entropy) receives the argmax of each row."""
-    if preds is None:
-        preds = np.zeros(x.shape[0], np.int64)
-    return plan.bind(x, y, preds)(0, x.shape[0], lr, step)

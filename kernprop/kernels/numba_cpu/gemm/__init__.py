@@ -34,8 +34,7 @@ from .microkernels import MR, ROW, tile_cols
 from .packing import steps_for
 from .selection import BF16_PACK, KERNELS
 
-__all__ = ["KC", "MR", "ROW", "blocking", "gemm", "kernel_info", "kernel_for", "measured_peaks", "select_kernel",
-           "tile_cols"]
+__all__ = ["KC", "MR", "ROW", "blocking", "gemm", "kernel_info", "select_kernel", "tile_cols"]
 
 # Depth of a K block for the fused step's serial products (``mlp_step`` calls
 # ``drivers.serial`` over its own buffers, sized by it); the engine's own products use
@@ -157,11 +156,6 @@ def _forced_product(a, b, precision, kernel):
 _selection = selection.Selection(_forced_product, _reference_product)
 
 
-def kernel_for(precision):
-    """The ``selection.Kernel`` that runs float32 products at ``precision`` here."""
-    return _selection.kernel(precision)
-
-
 def kernel_info():
     """{precision: the micro-kernel it runs here, with the reason when it is not the
     precision's own}, e.g. ``{"bf16": "bf16 avx512_bf16 vdpbf16ps 12x32", ...}``."""
@@ -174,12 +168,6 @@ def select_kernel(precision, name):
     accurate than the precision, unavailable on this CPU or failing its self-check is a
     ValueError."""
     return _selection.select(precision, name)
-
-
-def measured_peaks():
-    """One core's measured peak GFLOP/s of the fp32 kernel and of the kernel each
-    precision runs (measured once per process), by kernel name."""
-    return dict(_selection.peaks(tuple({_selection.kernel(p) for p in ("fp32", "bf16x3", "bf16")} | {selection.FP32})))
 
 
 def gemm(a, b, out=None, bias=None, activation=None, accumulate=False, column_sums_of_b=None,
