@@ -159,6 +159,22 @@ if SIMULATOR:
             offset //= 2
         return pairs[lane]
 
+    def group_sum(value, width):
+        values, lane = _warp_values(value)
+        offset = width // 2
+        while offset > 0:
+            values = [values[i] + values[i ^ offset] for i in range(WARP)]
+            offset //= 2
+        return values[lane]
+
+    def group_max(value, width):
+        values, lane = _warp_values(value)
+        offset = width // 2
+        while offset > 0:
+            values = [max(values[i], values[i ^ offset]) for i in range(WARP)]
+            offset //= 2
+        return values[lane]
+
 else:
 
     @cuda.jit(device=True, inline=True)
@@ -179,6 +195,26 @@ else:
             m, s = merge_max_sum(m, s, other_m, other_s)
             offset //= 2
         return m, s
+
+    @cuda.jit(device=True, inline=True)
+    def group_sum(value, width):
+        # the sum over each aligned group of ``width`` lanes (a power of two <= 32, a
+        # compile-time constant), in every lane of the group: the butterfly's first
+        # log2(width) exchanges never leave the group
+        offset = width // 2
+        while offset > 0:
+            value += cuda.shfl_xor_sync(FULL_MASK, value, offset)
+            offset //= 2
+        return value
+
+    @cuda.jit(device=True, inline=True)
+    def group_max(value, width):
+        # the max over each aligned group of ``width`` lanes, as group_sum
+        offset = width // 2
+        while offset > 0:
+            value = max(value, cuda.shfl_xor_sync(FULL_MASK, value, offset))
+            offset //= 2
+        return value
 
 
 # --- block reductions -----------------------------------------------------------------

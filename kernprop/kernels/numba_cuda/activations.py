@@ -4,6 +4,12 @@ One kernel per op and dtype (built by ``_kernels``): constants are cast to the a
 dtype so float32 stays float32 (a bare ``1.0`` is a double and would drag the whole
 expression to float64 on the device).  The scalar functions are shared with the fused
 epilogue of ``matmul.linear_forward``.  Each derivative sits next to its formula.
+
+GELU (``approximate`` "none" or "tanh", as ``torch.nn.functional.gelu``) is one kernel
+per approximation, chosen by the launcher, so the branch is not in the loop.  The exact
+form computes Phi(x) = erfc(-x / sqrt 2) / 2 rather than (1 + erf(x / sqrt 2)) / 2: the
+same value, without the cancellation of 1 + erf near -1 that loses float32's digits of
+gelu(x) for x < -3 (libdevice's erfcf is accurate to a few ulp of its small result).
 """
 
 from __future__ import annotations
@@ -15,6 +21,12 @@ import numpy as np
 from numba import cuda
 
 from ._common import any_device, elementwise_grid, finish, numba_type, to_device_flat
+
+# GELU constants (the reference's, kernels/reference/activations.py)
+SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
+SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2 / pi)
+INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi): the normal density at 0
+GELU_TANH_CUBIC = 0.044715
 
 # activation codes of the fused epilogue in matmul.linear_forward
 NONE, RELU, SIGMOID, TANH = 0, 1, 2, 3
@@ -97,6 +109,41 @@ def _kernels(dtype):
         for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
             dx[i] = dy[i] * (T(1) - y[i] * y[i])
 
+    @cuda.jit
+    def gelu_forward_kernel(x, out):
+        # x (n,) -> out (n,); gelu(x) = x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2.
+        # x = -inf: -inf * 0 = nan, as PyTorch
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            v = x[i]
+            out[i] = v * (T(0.5) * math.erfc(-v * T(SQRT_HALF)))
+
+    @cuda.jit
+    def gelu_backward_kernel(x, dy, dx):
+        # x, dy (n,) -> dx (n,); d gelu / dx = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi)
+        # (x = +-inf: inf * 0 = nan, as PyTorch)
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            v = x[i]
+            cdf = T(0.5) * math.erfc(-v * T(SQRT_HALF))
+            dx[i] = dy[i] * (cdf + v * T(INV_SQRT_2PI) * math.exp(T(-0.5) * v * v))
+
+    @cuda.jit
+    def gelu_tanh_forward_kernel(x, out):
+        # x (n,) -> out (n,); gelu(x) ~ x (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + 0.044715 x^3)
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            v = x[i]
+            t = math.tanh(T(SQRT_2_OVER_PI) * (v + T(GELU_TANH_CUBIC) * v * v * v))
+            out[i] = T(0.5) * v * (T(1) + t)
+
+    @cuda.jit
+    def gelu_tanh_backward_kernel(x, dy, dx):
+        # x, dy (n,) -> dx (n,); d/dx x (1 + t) / 2 = (1 + t) / 2 + x (1 - t^2) u'(x) / 2,
+        # u'(x) = sqrt(2/pi) (1 + 3 0.044715 x^2)
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            v = x[i]
+            t = math.tanh(T(SQRT_2_OVER_PI) * (v + T(GELU_TANH_CUBIC) * v * v * v))
+            du = T(SQRT_2_OVER_PI) * (T(1) + T(3 * GELU_TANH_CUBIC) * v * v)
+            dx[i] = dy[i] * (T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t * t) * du)
+
     return {
         "relu_forward": relu_forward_kernel,
         "relu_backward": relu_backward_kernel,
@@ -104,6 +151,10 @@ def _kernels(dtype):
         "sigmoid_backward": sigmoid_backward_kernel,
         "tanh_forward": tanh_forward_kernel,
         "tanh_backward": tanh_backward_kernel,
+        "gelu_forward": gelu_forward_kernel,
+        "gelu_backward": gelu_backward_kernel,
+        "gelu_tanh_forward": gelu_tanh_forward_kernel,
+        "gelu_tanh_backward": gelu_tanh_backward_kernel,
     }
 
 
@@ -141,3 +192,17 @@ def tanh_forward(x):
 
 def tanh_backward(y, dy):
     return _launch("tanh_backward", y, dy)
+
+
+# "none" -> the erf kernels, "tanh" -> GPT-2's approximation
+_GELU = {"none": "gelu", "tanh": "gelu_tanh"}
+
+
+def gelu_forward(x, approximate):
+    # x (any shape) -> gelu(x), same shape
+    return _launch(_GELU[approximate] + "_forward", x)
+
+
+def gelu_backward(x, dy, approximate):
+    # x (forward input), dy (same shape) -> dx
+    return _launch(_GELU[approximate] + "_backward", x, dy)
