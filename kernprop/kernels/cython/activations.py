@@ -50,3 +50,17 @@ def tanh_forward(x):
 def tanh_backward(y, dy):
     # y is the forward output: dy * (1 - y^2)
     return _binary(_cy.tanh_backward, y, dy)
+
+
+def gelu_forward(x, approximate):
+    # x Phi(x); approximate "tanh": GPT-2's 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    out = np.empty(x.shape, dtype=x.dtype)
+    _cy.gelu_forward(_flat(x), out.reshape(-1), approximate == "tanh")
+    return out
+
+
+def gelu_backward(x, dy, approximate):
+    # x is the forward input: dy * d gelu / dx
+    out = np.empty(dy.shape, dtype=dy.dtype)
+    _cy.gelu_backward(_flat(x), _flat(dy), out.reshape(-1), approximate == "tanh")
+    return out
