@@ -1,5 +1,7 @@
 """Numba CPU activations and their backward, elementwise over any shape."""
 
+import math
+
 import numpy as np
 from numba import prange
 
@@ -123,3 +125,73 @@ def tanh_forward(x):
 
 def tanh_backward(y, dy):
     return _backward(y, dy, "tanh")
+
+
+# GELU, "none" (erf) and "tanh" (GPT-2's approximation): formulas and constants as in
+# the reference (kernels.reference.activations), each derivative beside its forward.
+# The tanh form runs on _math's vectorisable float32 tanh; erf is libm's (scalar).
+_SQRT_HALF = 0.7071067811865476
+_SQRT_2_OVER_PI = 0.7978845608028654
+_INV_SQRT_2PI = 0.3989422804014327
+_CUBIC = 0.044715
+GELU_NONE, GELU_TANH = 0, 1
+GELU_CODES = {"none": GELU_NONE, "tanh": GELU_TANH}
+
+
+@kernel
+def _gelu_forward(x, form, out):
+    # x (n,) -> out (n,) = x Phi(x)
+    n = x.shape[0]
+    half, one = x.dtype.type(0.5), x.dtype.type(1)
+    c0, c1, sqrt_half = x.dtype.type(_SQRT_2_OVER_PI), x.dtype.type(_CUBIC), x.dtype.type(_SQRT_HALF)
+    for block in prange((n + _BLOCK - 1) // _BLOCK):
+        start = block * _BLOCK
+        xs = x[start : min(start + _BLOCK, n)]
+        outs = out[start : start + xs.shape[0]]
+        if form == GELU_TANH:
+            for i in range(xs.shape[0]):
+                v = xs[i]
+                outs[i] = half * v * (one + fast_tanh(c0 * (v + c1 * v * v * v)))
+        else:
+            for i in range(xs.shape[0]):
+                v = xs[i]
+                outs[i] = v * (half * (one + math.erf(v * sqrt_half)))
+
+
+@kernel
+def _gelu_backward(x, dy, form, out):
+    # x, dy (n,) -> out (n,) = dy * gelu'(x)
+    n = x.shape[0]
+    half, one, three = x.dtype.type(0.5), x.dtype.type(1), x.dtype.type(3)
+    c0, c1, sqrt_half = x.dtype.type(_SQRT_2_OVER_PI), x.dtype.type(_CUBIC), x.dtype.type(_SQRT_HALF)
+    inv_sqrt_2pi = x.dtype.type(_INV_SQRT_2PI)
+    for block in prange((n + _BLOCK - 1) // _BLOCK):
+        start = block * _BLOCK
+        xs = x[start : min(start + _BLOCK, n)]
+        ds = dy[start : start + xs.shape[0]]
+        outs = out[start : start + xs.shape[0]]
+        if form == GELU_TANH:
+            # d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 c x^2)
+            for i in range(xs.shape[0]):
+                v = xs[i]
+                t = fast_tanh(c0 * (v + c1 * v * v * v))
+                du = c0 * (one + three * c1 * v * v)
+                outs[i] = ds[i] * (half * (one + t) + half * v * (one - t * t) * du)
+        else:
+            # d/dx x Phi(x) = Phi(x) + x phi(x)
+            for i in range(xs.shape[0]):
+                v = xs[i]
+                cdf = half * (one + math.erf(v * sqrt_half))
+                outs[i] = ds[i] * (cdf + v * inv_sqrt_2pi * np.exp(-half * v * v))
+
+
+def gelu_forward(x, approximate):
+    out = np.empty(x.shape, dtype=x.dtype)
+    sized(_gelu_forward, x.size)(_flat(x), GELU_CODES[approximate], out.reshape(-1))
+    return out
+
+
+def gelu_backward(x, dy, approximate):
+    out = np.empty(x.shape, dtype=x.dtype)
+    sized(_gelu_backward, x.size)(_flat(x), _flat(dy), GELU_CODES[approximate], out.reshape(-1))
+    return out
