@@ -11,10 +11,14 @@ from dataclasses import dataclass
 # Families in report order, and the ops of each in the order they are listed.
 FAMILIES = {
     "matmul": ("matmul", "matmul_bf16", "linear", "linear_backward"),
-    "activations": ("relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward"),
+    "activations": ("relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+                    "gelu_fwd_bwd"),
     "softmax": ("log_softmax", "log_softmax_backward", "softmax"),
     "losses": ("cross_entropy", "cross_entropy_with_grad", "mse", "mse_backward", "linear_cross_entropy"),
     "optimizers": ("sgd_step", "adam_step"),
+    "normalization": ("layer_norm_fwd_bwd",),
+    "attention": ("attention_fwd_bwd",),
+    "embedding": ("embedding_backward",),
     "train": ("train_step", "fit_epoch"),
 }
 
@@ -25,7 +29,7 @@ OP_ORDER = [op for ops in FAMILIES.values() for op in ops]
 
 
 # Throughput in GFLOP/s for these (compute-bound); GB/s for every other op.
-COMPUTE_BOUND = {"matmul", "matmul_bf16", "linear", "linear_backward", "linear_cross_entropy", "train_step", "fit_epoch"}
+COMPUTE_BOUND = {"attention_fwd_bwd", "matmul", "matmul_bf16", "linear", "linear_backward", "linear_cross_entropy", "train_step", "fit_epoch"}
 
 
 
