@@ -129,7 +129,7 @@ def tanh_backward(y, dy):
 
 # GELU, "none" (erf) and "tanh" (GPT-2's approximation): formulas and constants as in
 # the reference (kernels.reference.activations), each derivative beside its forward.
-# The tanh form runs on _math's vectorisable float32 tanh; erf is libm's (scalar).
+# The tanh form runs on _math's vectorisable float32 sigmoid; erf is libm's (scalar).
 _SQRT_HALF = 0.7071067811865476
 _SQRT_2_OVER_PI = 0.7978845608028654
 _INV_SQRT_2PI = 0.3989422804014327
@@ -143,15 +143,16 @@ def _gelu_forward(x, form, out):
     # x (n,) -> out (n,) = x Phi(x)
     n = x.shape[0]
     half, one = x.dtype.type(0.5), x.dtype.type(1)
-    c0, c1, sqrt_half = x.dtype.type(_SQRT_2_OVER_PI), x.dtype.type(_CUBIC), x.dtype.type(_SQRT_HALF)
+    two_c0, c1, sqrt_half = x.dtype.type(2 * _SQRT_2_OVER_PI), x.dtype.type(_CUBIC), x.dtype.type(_SQRT_HALF)
     for block in prange((n + _BLOCK - 1) // _BLOCK):
         start = block * _BLOCK
         xs = x[start : min(start + _BLOCK, n)]
         outs = out[start : start + xs.shape[0]]
         if form == GELU_TANH:
+            # 0.5 (1 + tanh(u)) = sigmoid(2u): one vectorised exp, no tanh branches
             for i in range(xs.shape[0]):
                 v = xs[i]
-                outs[i] = half * v * (one + fast_tanh(c0 * (v + c1 * v * v * v)))
+                outs[i] = v * sigmoid_scalar(two_c0 * (v + c1 * v * v * v))
         else:
             for i in range(xs.shape[0]):
                 v = xs[i]
@@ -163,7 +164,7 @@ def _gelu_backward(x, dy, form, out):
     # x, dy (n,) -> out (n,) = dy * gelu'(x)
     n = x.shape[0]
     half, one, three = x.dtype.type(0.5), x.dtype.type(1), x.dtype.type(3)
-    c0, c1, sqrt_half = x.dtype.type(_SQRT_2_OVER_PI), x.dtype.type(_CUBIC), x.dtype.type(_SQRT_HALF)
+    two_c0, c1, sqrt_half = x.dtype.type(2 * _SQRT_2_OVER_PI), x.dtype.type(_CUBIC), x.dtype.type(_SQRT_HALF)
     inv_sqrt_2pi = x.dtype.type(_INV_SQRT_2PI)
     for block in prange((n + _BLOCK - 1) // _BLOCK):
         start = block * _BLOCK
@@ -171,12 +172,13 @@ def _gelu_backward(x, dy, form, out):
         ds = dy[start : start + xs.shape[0]]
         outs = out[start : start + xs.shape[0]]
         if form == GELU_TANH:
-            # d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 c x^2)
+            # gelu = x s, s = sigmoid(2u), u = sqrt(2/pi) (x + c x^3):
+            # d/dx = s + x s (1 - s) 2u',  2u' = 2 sqrt(2/pi) (1 + 3 c x^2)
             for i in range(xs.shape[0]):
                 v = xs[i]
-                t = fast_tanh(c0 * (v + c1 * v * v * v))
-                du = c0 * (one + three * c1 * v * v)
-                outs[i] = ds[i] * (half * (one + t) + half * v * (one - t * t) * du)
+                sg = sigmoid_scalar(two_c0 * (v + c1 * v * v * v))
+                du2 = two_c0 * (one + three * c1 * v * v)
+                outs[i] = ds[i] * (sg + v * sg * (one - sg) * du2)
         else:
             # d/dx x Phi(x) = Phi(x) + x phi(x)
             for i in range(xs.shape[0]):
