@@ -19,7 +19,8 @@ Layout (what ``Trainer.fit`` keeps during a fit, see ``kernprop.engines.layerwis
 ``params`` and ``grads`` are flat buffers of every layer's weight (IN, OUT) row-major
 then its bias (OUT,); ``state1`` / ``state2`` the flat optimizer state (SGD velocity;
 Adam exp_avg, exp_avg_sq).  The settings are named records (``LAYER`` per layer,
-``LOSS``, ``OPTIMIZER``, ``WORKSPACE``; see below).  ``work`` holds every layer's output
+``LOSS``, ``OPTIMIZER``, ``WORKSPACE``; see below); each layer's three products are
+the GEMM engine's ``PRODUCT`` records (``gemm.drivers``).  ``work`` holds every layer's output
 (batch, OUT), two gradient buffers (batch, widest layer) that backward ping-pongs
 between, and the GEMM's pack buffers; ``sums`` (float64) the bias gradient's column sums.
 
@@ -60,7 +61,7 @@ from ._math import fast_exp
 from .activations import ACTIVATION_CODES, activation_backward_flat
 from .losses import scale_row, target_grad_p, weighted_sum
 from .optimizers import adam_update, sgd_update
-from .gemm.drivers import serial as _serial_gemm
+from .gemm.drivers import product, product_table, serial as _serial_gemm
 
 __all__ = ["MLPStep", "LAYER", "LOSS", "OPTIMIZER", "WORKSPACE"]
 
@@ -185,14 +186,16 @@ def _mse(pred, target, mean, g):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _mlp_step(params, grads, state1, state2, work, sums, layers, loss_rec, opt_rec, space_rec, x_all,
+def _mlp_step(params, grads, state1, state2, work, sums, layers, products, loss_rec, opt_rec, space_rec, x_all,
               labels_all, targets_all, preds_all, lo, hi, lr, step):
     # x = x_all[lo:hi] (B, IN0) -> one step: forward, loss and gradient, backward, update
     # in place.  Returns the batch loss, reduced as the loss's reduction, rounded to the
     # dtype.  Rows lo:hi of whole arrays: slicing here costs nothing, in Python a few
     # hundred ns per array; and every scratch buffer lives in work, since each array
     # argument costs ~65 ns of dispatch.  loss_rec, opt_rec, space_rec: one-record arrays
-    # of LOSS, OPTIMIZER, WORKSPACE; layers: LAYER records.
+    # of LOSS, OPTIMIZER, WORKSPACE; layers: LAYER records; products: the GEMM engine's
+    # settings (``drivers.PRODUCT``) of layer l's products at 3 l (forward), 3 l + 1
+    # (dw), 3 l + 2 (dx).
     cfg = loss_rec[0]
     opt = opt_rec[0]
     space = space_rec[0]
@@ -222,8 +225,7 @@ def _mlp_step(params, grads, state1, state2, work, sums, layers, loss_rec, opt_r
         w = params[w_off:w_off + n_in * n_out].reshape((n_in, n_out))
         bias = params[b_off:b_off + n_out] if b_off >= 0 else bias0
         y = work[a_off:a_off + b * n_out].reshape((b, n_out))
-        _serial_gemm(inp, w, y, False, bias, b_off >= 0, activation, apack, bpack, tile, sums, False, _KC, 1,
-                     params, w_off)
+        _serial_gemm(inp, w, y, bias, sums, apack, bpack, tile, params, products[3 * l:3 * l + 1])
     # loss and its gradient into the first gradient buffer
     last_out, last_off = layers[num_layers - 1].n_out, layers[num_layers - 1].output
     out = work[last_off:last_off + b * last_out].reshape((b, last_out))
@@ -259,14 +261,12 @@ def _mlp_step(params, grads, state1, state2, work, sums, layers, loss_rec, opt_r
         if b_off >= 0:
             for j in range(n_out):
                 sums[j] = 0.0
-        _serial_gemm(inp.T, dz, dw, False, bias0, False, 0, apack, bpack, tile, sums, b_off >= 0, _KC, 1,
-                     work, cur)
+        _serial_gemm(inp.T, dz, dw, bias0, sums, apack, bpack, tile, work, products[3 * l + 1:3 * l + 2])
         if b_off >= 0:
             for j in range(n_out):
                 dbias[j] = sums[j]
         if l > 0:
-            _serial_gemm(dz, w.T, dx, False, bias0, False, 0, apack, bpack, tile, sums, False, _KC, 1,
-                         bpack, -1)
+            _serial_gemm(dz, w.T, dx, bias0, sums, apack, bpack, tile, bpack, products[3 * l + 2:3 * l + 3])
         cur, other = other, cur
     # update, every parameter in one pass over the flat buffers
     if opt.kind == SGD:
@@ -280,15 +280,15 @@ def _mlp_step(params, grads, state1, state2, work, sums, layers, loss_rec, opt_r
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _mlp_steps(params, grads, state1, state2, work, sums, layers, loss_rec, opt_rec, space_rec, x_all,
+def _mlp_steps(params, grads, state1, state2, work, sums, layers, products, loss_rec, opt_rec, space_rec, x_all,
                labels_all, targets_all, preds_all, bounds, lr, first_step, losses):
     # consecutive steps, step s on rows bounds[s, 0]:bounds[s, 1] with step count
     # first_step + s; losses[s] receives its loss.  A whole epoch in one call: from
     # Python each step costs ~2 us of dispatch and bookkeeping, 20% of the digits step.
     for s in range(bounds.shape[0]):
-        losses[s] = _mlp_step(params, grads, state1, state2, work, sums, layers, loss_rec, opt_rec, space_rec,
-                              x_all, labels_all, targets_all, preds_all, bounds[s, 0], bounds[s, 1], lr,
-                              first_step + s)
+        losses[s] = _mlp_step(params, grads, state1, state2, work, sums, layers, products, loss_rec, opt_rec,
+                              space_rec, x_all, labels_all, targets_all, preds_all, bounds[s, 0], bounds[s, 1],
+                              lr, first_step + s)
 
 
 class MLPStep:
@@ -340,6 +340,17 @@ class MLPStep:
             self.work[weight_at:] = weight
         classify = loss == "cross_entropy"
         self.layers = table
+        # each layer's three products (as drivers.serial reads them): y = act(x @ w + b)
+        # with w read in place from params; dw = x.T @ dz with db's sums taken while dz
+        # is packed (dz read in place from the gradient buffer backward writes it to:
+        # grad_a for the last layer, then alternately grad_b, grad_a); dx = dz @ w.T
+        specs = []
+        for l, (n_in, n_out, w_off, b_off, activation) in enumerate(layers):
+            dz_at = da if (len(layers) - 1 - l) % 2 == 0 else db
+            specs += [product(False, b_off >= 0, ACTIVATION_CODES[activation], False, _KC, 1, w_off),
+                      product(False, False, 0, b_off >= 0, _KC, 1, dz_at),
+                      product(False, False, 0, False, _KC)]
+        self.products = product_table(specs)
         self.loss = np.array([(CROSS_ENTROPY if classify else MSE, reduction == "mean", ignore_index,
                                weight is not None, label_smoothing, classify)], dtype=LOSS)
         self.optimizer = np.array([(SGD if optimizer == "sgd" else ADAM, momentum, bool(nesterov), weight_decay,
@@ -358,8 +369,8 @@ class MLPStep:
         else:
             labels, targets, preds = np.zeros(1, np.int64), y, np.zeros(1, np.int64)
         return functools.partial(kernel, self.params, self.grads, self.state1, self.state2, self.work, self.sums,
-                                 self.layers, self.loss, self.optimizer, self.workspace, X, labels, targets,
-                                 preds)
+                                 self.layers, self.products, self.loss, self.optimizer, self.workspace, X, labels,
+                                 targets, preds)
 
     def bind(self, X, y, preds):
         return self._bound(_mlp_step, X, y, preds)

@@ -120,7 +120,8 @@ def _run(a, b, out, bias, activation, accumulate, column_sums_of_b, kernel, prec
         steps = steps_for(depth, terms, pack_dtype)
         apack = _panels(n, rows, steps, pack_dtype, "a")
         bpack = _panels(m, nr, steps, pack_dtype, "b")
-        drivers.narrow(a, b, out, bias, has_bias, code, apack, bpack, tile, sums, want_sums, KC, terms)
+        drivers.narrow(a, b, out, bias, sums, apack, bpack, tile,
+                       drivers.product(False, has_bias, code, want_sums, KC, terms))
         return out
     kc_max = _k_block(k, kc_target)
     nc_max = min(n, NC)
@@ -128,8 +129,8 @@ def _run(a, b, out, bias, activation, accumulate, column_sums_of_b, kernel, prec
     apack = _panels(m, rows, steps, pack_dtype, "a")
     bpack = _panels(nc_max, nr, steps, pack_dtype, "b")
     if small and n <= NC:
-        drivers.serial(a, b, out, accumulate, bias, has_bias, code, apack, bpack, tile, sums, want_sums,
-                       kc_max, terms, bpack, -1)
+        drivers.serial(a, b, out, bias, sums, apack, bpack, tile, bpack,
+                       drivers.product(accumulate, has_bias, code, want_sums, kc_max, terms))
         return out
     # One thread: the same blocked loops compiled without threads, so that a large
     # product keeps its blocks in L1/L2 (the serial driver streams all of packed A past
@@ -138,14 +139,14 @@ def _run(a, b, out, bias, activation, accumulate, column_sums_of_b, kernel, prec
     pack_b = drivers.pack_b.serial if one else drivers.pack_b
     pack_a = drivers.pack_a.serial if one else drivers.pack_a
     macro = drivers.macro.serial if one else drivers.macro
+    spec = drivers.product(accumulate, has_bias, code, want_sums, kc_max, terms, -1, mc_panels, nc_panels)
     for j0 in range(0, n, NC):
         nc = min(NC, n - j0)
         for k0 in range(0, k, kc_max):
             kc = min(kc_max, k - k0)
             pack_b(b, k0, kc, j0, nc, bpack, sums, want_sums, terms, nr)
             pack_a(a, k0, kc, apack, terms)
-            macro(apack, bpack, kc, terms, out, j0, nc, accumulate or k0 > 0, k0 + kc >= k,
-                  bias, has_bias, code, mc_panels, nc_panels)
+            macro(apack, bpack, kc, out, j0, nc, accumulate or k0 > 0, k0 + kc >= k, bias, spec)
     return out
 
 

@@ -17,11 +17,19 @@ small to pay for a parallel launch, every product when Numba runs one thread, an
 fused training step (``mlp_step``).  ``narrow`` computes an output narrower than a tile
 (the 10 logits of a classifier) transposed, so the narrow side fills the tile's rows.
 
-The micro-kernel follows the pack buffers' dtype (``microkernels.micro_tile``): float
-panels run ``fma_tile``, uint32 (bf16 pair) panels ``bf16_tile``; ``terms`` is 3 for
-bf16x3 (see ``packing``).  The epilogue (accumulate, bias, activation) runs on each
-tile as it is stored, on the last K block.
+The micro-kernel follows the pack buffers' dtype (``micro_tile`` below): float panels
+run ``microkernels.fma_tile``, uint32 (bf16 pair) panels ``bf16_tile``, int32 (AMX)
+panels ``amx_tile``; ``terms`` is 3 for bf16x3 (see ``packing``).  Each tile is stored
+(added to C when accumulating), then on the last K block the epilogue (bias,
+activation) runs on it while it is in L1.
+
+A product's settings travel as one ``PRODUCT`` record (a one-record NumPy structured
+array, as the fused training step's tables: one argument, its fields read by name), the
+arrays (operands, bias, column sums, pack buffers) beside it: ``product(...)`` makes
+one.
 """
+
+import functools
 
 import numpy as np
 from numba import prange, types
@@ -34,6 +42,38 @@ from .packing import pack_a_panel, pack_b_panel, pack_steps, panel_rows
 from numba import njit
 
 _JIT = {"cache": True, "fastmath": FASTMATH, "error_model": ERROR_MODEL}
+
+# One product's settings (what the drivers read as ``spec[0].<field>``).
+PRODUCT = np.dtype([
+    ("accumulate", np.bool_),   # c += a @ b, else c = a @ b
+    ("has_bias", np.bool_),     # + the ``bias`` array on the last K block
+    ("activation", np.int64),   # then this activation (activations.ACTIVATION_CODES; 0: none)
+    ("want_sums", np.bool_),    # ``sums`` += the column sums of b, taken while b is packed
+    ("kc", np.int64),           # depth of a K block
+    ("terms", np.int64),        # micro-kernel products per K step: 3 for bf16x3, else 1
+    ("b_base", np.int64),       # serial: b is also ``bflat[b_base:]`` row-major (-1: not)
+    ("mc_panels", np.int64),    # macro: MR panels per task (at most)
+    ("nc_panels", np.int64),    # macro: NR panels per task (at most)
+], align=True)
+
+
+@functools.lru_cache(maxsize=None)
+def product(accumulate, has_bias, activation, want_sums, kc, terms=1, b_base=-1, mc_panels=0, nc_panels=0):
+    """A ``PRODUCT`` record of these fields (read-only, made once per distinct setting:
+    the engine's products ask for the same few again and again)."""
+    spec = np.array([(accumulate, has_bias, activation, want_sums, kc, terms, b_base, mc_panels, nc_panels)],
+                    dtype=PRODUCT)
+    spec.flags.writeable = False
+    return spec
+
+
+def product_table(specs):
+    """The records ``specs`` (made by ``product``) as one read-only table, each row passed
+    to a driver as ``table[i:i + 1]`` (the type of a ``product`` record: one compiled
+    driver for both); the fused training step keeps its products so."""
+    table = np.concatenate(specs)
+    table.flags.writeable = False
+    return table
 
 
 def micro_tile(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta):
@@ -57,17 +97,15 @@ def _micro_tile(ap, a_off, bp, b_off, b_stride, steps, c, c_off, ldc, beta):
 
 
 @njit(**_JIT)
-def tile_product(apack, a_off, bsrc, b_off, b_stride, steps, c, i0, j0, mr, nr, beta, last,
-                 bias, has_bias, activation, tile):
-    # C tile c[i0:i0+mr, j0:j0+nr] (+)= packed A panel @ B panel.  A full tile goes
-    # straight from the registers to c; an edge tile goes through the (MR, NR) buffer
-    # ``tile`` and only its valid part is stored.  On the last K block the bias and the
-    # activation are applied while the tile is still in L1.
+def tile_product(apack, a_off, bsrc, b_off, steps, c, i0, j0, mr, nr, beta, tile):
+    # C tile c[i0:i0+mr, j0:j0+nr] (+)= packed A panel @ B panel (NR wide).  A full tile
+    # goes straight from the registers to c; an edge tile goes through the (MR, NR)
+    # buffer ``tile`` and only its valid part is stored.
     nr_full = tile_cols(c.itemsize)
     full = mr == panel_rows(apack) and nr == nr_full
     # one call site of the micro-kernel (each one is a copy of its unrolled loop)
     dst = c if full else tile
-    micro_tile(apack, a_off, bsrc, b_off, b_stride, steps, dst, i0 * c.shape[1] + j0 if full else 0,
+    micro_tile(apack, a_off, bsrc, b_off, nr_full, steps, dst, i0 * c.shape[1] + j0 if full else 0,
                c.shape[1] if full else nr_full, beta and full)
     if not full:
         for i in range(mr):
@@ -79,7 +117,15 @@ def tile_product(apack, a_off, bsrc, b_off, b_stride, steps, c, i0, j0, mr, nr, 
             else:
                 for j in range(nr):
                     row[j] = t[j]
-    if last and (has_bias or activation != 0):
+
+
+@njit(**_JIT)
+def epilogue(c, i0, j0, mr, nr, bias, spec):
+    # C tile c[i0:i0+mr, j0:j0+nr] = activation(c + bias), as ``spec`` asks: run on each
+    # tile of the last K block right after it is stored, while it is still in L1
+    settings = spec[0]
+    has_bias, activation = settings.has_bias, settings.activation
+    if has_bias or activation != 0:
         bias_part = bias[j0:j0 + nr]
         for i in range(mr):
             row = c[i0 + i, j0:j0 + nr]
@@ -89,12 +135,16 @@ def tile_product(apack, a_off, bsrc, b_off, b_stride, steps, c, i0, j0, mr, nr, 
 
 
 @njit(**_JIT)
-def narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, kc_block, terms):
-    # As ``serial``, for c (M, N) narrower than a register tile (N < NR, e.g. the 10
-    # logits): computed as c.T = b.T @ a.T, so that N fills the MR rows of a tile and M
-    # its NR columns (one tile for 10 x 32 instead of three tiles of 32 columns, 10
-    # useful); each tile goes through ``tile`` and is stored transposed.  The bf16x3
-    # terms keep their roles crossed (b.T takes A's), which gives the same three products.
+def narrow(a, b, c, bias, sums, apack, bpack, tile, spec):
+    # As ``serial`` (c overwritten), for c (M, N) narrower than a register tile (N < NR,
+    # e.g. the 10 logits): computed as c.T = b.T @ a.T, so that N fills the MR rows of a
+    # tile and M its NR columns (one tile for 10 x 32 instead of three tiles of 32
+    # columns, 10 useful); each tile goes through ``tile`` and is stored transposed.  The
+    # bf16x3 terms keep their roles crossed (b.T takes A's), which gives the same three
+    # products.
+    settings = spec[0]
+    has_bias, activation, want_sums = settings.has_bias, settings.activation, settings.want_sums
+    kc_block, terms = settings.kc, settings.terms
     m, k = a.shape
     n = b.shape[1]
     nr_full = tile_cols(c.itemsize)
@@ -141,22 +191,24 @@ def narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_s
 
 
 @njit(**_JIT)
-def serial(a, b, c, beta, bias, has_bias, activation, apack, bpack, tile, sums, want_sums,
-           kc_block, terms, bflat, b_base):
-    # a (M, K) @ b (K, N) -> c (M, N) C-contiguous, overwritten (added to when beta),
-    # then + bias and the activation on the last K block; a and b of any strides.  The
-    # Goto/BLIS loops on one thread over caller-owned buffers: ``apack`` holds
-    # ceil(M / MR) * MR and ``bpack`` ceil(N / NR) * NR micro-kernel steps of a K block
-    # of ``kc_block``, ``tile`` is (MR, NR).  When b_base >= 0, b is also bflat[b_base:]
-    # row-major (float packs only): if it is exactly one NR panel wide its rows already
-    # are the packed panel and the micro-kernel reads them in place.  (Reading a wider
-    # contiguous B in place was tried: slower, 7.9 vs 5.1 us for 32x64x128; its rows
-    # 512 bytes apart conflict in L1.)
+def serial(a, b, c, bias, sums, apack, bpack, tile, bflat, spec):
+    # a (M, K) @ b (K, N) -> c (M, N) C-contiguous, overwritten (added to when
+    # spec.accumulate), then + bias and the activation on the last K block; a and b of
+    # any strides.  The Goto/BLIS loops on one thread over caller-owned buffers:
+    # ``apack`` holds ceil(M / MR) * MR and ``bpack`` ceil(N / NR) * NR micro-kernel
+    # steps of a K block of spec.kc, ``tile`` is (MR, NR).  When spec.b_base >= 0, b is
+    # also bflat[b_base:] row-major (float packs only): if it is exactly one NR panel
+    # wide its rows already are the packed panel and the micro-kernel reads them in
+    # place.  (Reading a wider contiguous B in place was tried: slower, 7.9 vs 5.1 us for
+    # 32x64x128; its rows 512 bytes apart conflict in L1.)
+    settings = spec[0]
+    beta, want_sums, kc_block, terms, b_base = (settings.accumulate, settings.want_sums, settings.kc,
+                                                settings.terms, settings.b_base)
     m, k = a.shape
     n = b.shape[1]
     nr_full = tile_cols(c.itemsize)
     if n < nr_full and n < m and not beta:
-        narrow(a, b, c, bias, has_bias, activation, apack, bpack, tile, sums, want_sums, kc_block, terms)
+        narrow(a, b, c, bias, sums, apack, bpack, tile, spec)
         return
     rows = panel_rows(apack)
     m_panels = (m + rows - 1) // rows
@@ -177,8 +229,10 @@ def serial(a, b, c, beta, bias, has_bias, activation, apack, bpack, tile, sums, 
                         sums[j] += row[j]
             for ip in range(m_panels):
                 i0 = ip * rows
-                tile_product(apack, ip * kc * rows, bflat, b_base + k0 * n, nr_full, kc, c, i0, 0,
-                             min(rows, m - i0), n, beta_k, last, bias, has_bias, activation, tile)
+                mr = min(rows, m - i0)
+                tile_product(apack, ip * kc * rows, bflat, b_base + k0 * n, kc, c, i0, 0, mr, n, beta_k, tile)
+                if last:
+                    epilogue(c, i0, 0, mr, n, bias, spec)
             continue
         for jp in range(n_panels):
             pack_b_panel(b, k0, kc, 0, jp, bpack, sums, want_sums, terms)
@@ -186,16 +240,18 @@ def serial(a, b, c, beta, bias, has_bias, activation, apack, bpack, tile, sums, 
             nr = min(nr_full, n - jj)
             for ip in range(m_panels):
                 i0 = ip * rows
-                tile_product(apack, ip * steps * rows, bpack, jp * steps * nr_full, nr_full, steps, c, i0,
-                             jj, min(rows, m - i0), nr, beta_k, last, bias, has_bias, activation, tile)
+                mr = min(rows, m - i0)
+                tile_product(apack, ip * steps * rows, bpack, jp * steps * nr_full, steps, c, i0, jj, mr, nr,
+                             beta_k, tile)
+                if last:
+                    epilogue(c, i0, jj, mr, nr, bias, spec)
 
 
 # --- the parallel driver's kernels ------------------------------------------------------
 
 
 @njit(**_JIT)
-def _macro_block(apack, bpack, steps, c, j0, nc, ip0, ip1, jp0, jp1, tile, beta, last, bias,
-                 has_bias, activation):
+def _macro_block(apack, bpack, steps, c, j0, nc, ip0, ip1, jp0, jp1, tile, beta, last, bias, spec):
     # One task: MR panels ip0:ip1 x NR panels jp0:jp1 of the packed B panel that starts
     # at column j0.  The A micro-panel stays in L1 across the task's NR panels, which
     # stream from L2.
@@ -204,11 +260,14 @@ def _macro_block(apack, bpack, steps, c, j0, nc, ip0, ip1, jp0, jp1, tile, beta,
     rows = panel_rows(apack)
     for ip in range(ip0, ip1):
         i0 = ip * rows
+        mr = min(rows, m - i0)
         for jp in range(jp0, jp1):
             jj = jp * nr_full
             nr = min(nr_full, nc - jj)
-            tile_product(apack, ip * steps * rows, bpack, jp * steps * nr_full, nr_full, steps, c, i0,
-                         j0 + jj, min(rows, m - i0), nr, beta, last, bias, has_bias, activation, tile)
+            tile_product(apack, ip * steps * rows, bpack, jp * steps * nr_full, steps, c, i0, j0 + jj, mr, nr,
+                         beta, tile)
+            if last:
+                epilogue(c, i0, j0 + jj, mr, nr, bias, spec)
 
 
 @njit(**_JIT)
@@ -235,10 +294,12 @@ def pack_b(b, k0, kc, j0, nc, bpack, sums, want_sums, terms, nr_full):
 
 
 @kernel
-def macro(apack, bpack, kc, terms, c, j0, nc, beta, last, bias, has_bias, activation, mc_panels,
-          nc_panels):
-    # c (M, N) C-contiguous: the tasks of one packed (A block, B panel) pair, each task
-    # owning its rectangle of C (no two threads write one element).
+def macro(apack, bpack, kc, c, j0, nc, beta, last, bias, spec):
+    # c (M, N) C-contiguous: the tasks of one packed (A block of depth kc, B panel)
+    # pair, each task owning its rectangle of C (no two threads write one element);
+    # beta: add to c (a later K block, or spec.accumulate); last: the last K block.
+    settings = spec[0]
+    terms, mc_panels, nc_panels = settings.terms, settings.mc_panels, settings.nc_panels
     m = c.shape[0]
     nr_full = tile_cols(c.itemsize)
     steps = pack_steps(kc, terms, apack)
@@ -252,4 +313,4 @@ def macro(apack, bpack, kc, terms, c, j0, nc, beta, last, bias, has_bias, activa
         ip0 = (task // n_blocks) * m_per
         jp0 = (task % n_blocks) * n_per
         _macro_block(apack, bpack, steps, c, j0, nc, ip0, min(ip0 + m_per, m_panels), jp0,
-                     min(jp0 + n_per, n_panels), tile, beta, last, bias, has_bias, activation)
+                     min(jp0 + n_per, n_panels), tile, beta, last, bias, spec)
