@@ -6,8 +6,9 @@ Work Partitioning", 2023) on CPU threads: no (Lq, Lk) score matrix is ever held,
 tile per thread.  Shapes per head: q (Lq, D), k (Lk, D), v (Lk, Dv), C-contiguous.
 
 Forward: a ``prange`` over (head, block of BQ queries), each task owning its rows of
-``out`` and ``lse``.  For each block of BK keys: S = Q_blk K_blk^T (K_blk transposed into
-the thread's tile first, so the product's inner loop runs along contiguous keys), scaled;
+``out`` and ``lse``.  For each block of BK keys: S = Q_blk K_blk^T (the keys are
+transposed by blocks once, before, so the product's inner loop runs along contiguous
+keys: a copy of k, as big as k, never a score matrix), scaled;
 then the online softmax per row (running max m and sum l: the accumulator is rescaled by
 exp(m_old - m_new) whenever the max grows, so no exp argument is ever > 0 and scores of
 +-1e4 stay finite); then O += P V_blk.  With ``causal`` (key j > query i masked, top-left
@@ -79,14 +80,14 @@ cdef extern from *:
                 for (v = 0; v < NV; v++) acc[r][v] += av * bv[v];
             }
         }
-        for (r = 0; r < MR; r++)
-            for (v = 0; v < NV; v++) {
-                if (accumulate) {
+        if (accumulate)
+            for (r = 0; r < MR; r++)
+                for (v = 0; v < NV; v++) {
                     memcpy(&old, c + r * ldc + 8 * v, 32);
                     acc[r][v] += old;
                 }
-                memcpy(c + r * ldc + 8 * v, &acc[r][v], 32);
-            }
+        for (r = 0; r < MR; r++)
+            for (v = 0; v < NV; v++) memcpy(c + r * ldc + 8 * v, &acc[r][v], 32);
     }
 
     #define KP_ATT_TILE_ROWS(NV)                                                      \\
@@ -140,40 +141,99 @@ cdef extern from *:
                         dst[c * ldd + r] = src[r * lds + c];
     }
 
-    /* One query row's step of the online softmax over a block of keys.
-       s (n,): the row's raw scores, the first cnt >= 1 unmasked -> s = p =
-       exp(s scale - m_new), 0 beyond cnt; m (running max of the scaled scores, -inf
-       at first) and l (running sum of exps) updated; o (dv,), the row's accumulator,
-       rescaled by exp(m_old - m_new) (0 at the first block, where o is 0). */
-    KP_CLONES static void kp_att_online_row_f(float *s, Py_ssize_t cnt, Py_ssize_t n,
-                                              float scale, float *m, double *l, float *o,
-                                              Py_ssize_t dv) {
-        float acc[8] = {0}, mx, mn, alpha;
-        Py_ssize_t j, t;
-        for (j = 0; j < cnt; j++) s[j] *= scale;
-        mx = kp_max16_f(s, cnt, s[0]);
-        mn = *m > mx ? *m : mx;
-        for (j = 0; j < cnt; j++) s[j] = kp_expf(s[j] - mn);
-        for (j = cnt; j < n; j++) s[j] = 0.0f;
-        for (j = 0; j + 8 <= cnt; j += 8)
-            for (t = 0; t < 8; t++) acc[t] += s[j + t];
-        for (; j < cnt; j++) acc[0] += s[j];
-        if (mn != *m) {
-            alpha = kp_expf(*m - mn);
-            for (j = 0; j < dv; j++) o[j] *= alpha;
-            *l = *l * (double)alpha;
-            *m = mn;
-        }
-        *l += (double)(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+    typedef int kp_att_v8i __attribute__((vector_size(32)));
+
+    /* the larger of a and b per lane (b where a is NaN) */
+    static inline kp_att_v8f kp_att_vmax(kp_att_v8f a, kp_att_v8f b) {
+        kp_att_v8i gt = a > b;
+        return (kp_att_v8f)(((kp_att_v8i)a & gt) | ((kp_att_v8i)b & ~gt));
     }
 
-    /* s (n,) raw scores of one row, the first cnt unmasked -> p = exp(s scale - lse), 0
-       beyond cnt: the probabilities again, from the forward's log-sum-exp */
-    KP_CLONES static void kp_att_probs_row_f(float *s, Py_ssize_t cnt, Py_ssize_t n,
-                                             float scale, float lse) {
-        Py_ssize_t j;
-        for (j = 0; j < cnt; j++) s[j] = kp_expf(s[j] * scale - lse);
-        for (j = cnt; j < n; j++) s[j] = 0.0f;
+    /* keys k0 .. k0 + nk - 1 that query i = k0 + diag + r sees: all, or (causal) j <= i */
+    static inline Py_ssize_t kp_att_unmasked(Py_ssize_t diag, Py_ssize_t r, Py_ssize_t nk,
+                                             int causal) {
+        Py_ssize_t cnt = diag + r + 1;
+        if (!causal) return nk;
+        return cnt < 0 ? 0 : cnt > nk ? nk : cnt;
+    }
+
+    /* s (mq, nk) raw scores of a block of queries and keys, rows ld apart: row r's first
+       cnt (kp_att_unmasked) unmasked -> the row max of the scaled scores, the row
+       scaled and shifted by max(m_old, row max) in place (-inf where masked: its exp is
+       0); returns that shift.  A fully masked row returns -inf and is left alone. */
+    static inline __attribute__((always_inline)) float kp_att_shift_row_f(
+            float *sr, Py_ssize_t cnt, Py_ssize_t nk, float scale, float m_old) {
+        kp_att_v8f vm = (kp_att_v8f){0} - INFINITY, v;
+        float mx, mn;
+        Py_ssize_t j, jv = cnt / 8 * 8;
+        if (cnt == 0) {
+            for (j = 0; j < nk; j++) sr[j] = -INFINITY;
+            return -INFINITY;
+        }
+        for (j = 0; j < jv; j += 8) {
+            memcpy(&v, sr + j, 32);
+            v *= scale;
+            memcpy(sr + j, &v, 32);
+            vm = kp_att_vmax(v, vm);
+        }
+        mx = -INFINITY;
+        for (; j < cnt; j++) {
+            sr[j] *= scale;
+            mx = kp_select_f(sr[j] > mx, sr[j], mx);
+        }
+        for (j = 0; j < 8; j++) mx = kp_select_f(vm[j] > mx, vm[j], mx);
+        mn = kp_select_f(m_old > mx, m_old, mx);
+        for (j = 0; j < cnt; j++) sr[j] -= mn;
+        for (j = cnt; j < nk; j++) sr[j] = -INFINITY;
+        return mn;
+    }
+
+    /* The online softmax over one block of keys, for a block of queries.  s (mq, nk),
+       rows ld apart: raw scores -> p = exp(s scale - m_new), 0 where masked; per row r:
+       m[r] (running max of the scaled scores, -inf at first) and l[r] (running sum of
+       exps) updated, and o's row r (dv, rows ldo apart), its accumulator, rescaled by
+       exp(m_old - m_new) (0 at the first block, where o is 0). */
+    KP_CLONES static void kp_att_online_f(float *s, Py_ssize_t mq, Py_ssize_t nk, Py_ssize_t ld,
+                                          Py_ssize_t diag, int causal, float scale, float *m,
+                                          double *l, float *o, Py_ssize_t ldo, Py_ssize_t dv) {
+        Py_ssize_t r, j, jv = nk / 8 * 8;
+        for (r = 0; r < mq; r++) {
+            float *sr = s + r * ld, *orow = o + r * ldo, mn, alpha, sum;
+            kp_att_v8f acc = (kp_att_v8f){0}, v;
+            mn = kp_att_shift_row_f(sr, kp_att_unmasked(diag, r, nk, causal), nk, scale, m[r]);
+            if (mn == -INFINITY) {  /* masked throughout: p = 0, m and l unchanged */
+                for (j = 0; j < nk; j++) sr[j] = 0.0f;
+                continue;
+            }
+            for (j = 0; j < nk; j++) sr[j] = kp_expf(sr[j]);
+            for (j = 0; j < jv; j += 8) {
+                memcpy(&v, sr + j, 32);
+                acc += v;
+            }
+            sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+            for (j = jv; j < nk; j++) sum += sr[j];
+            if (mn != m[r]) {
+                alpha = kp_expf(m[r] - mn);
+                for (j = 0; j < dv; j++) orow[j] *= alpha;
+                l[r] *= (double)alpha;
+                m[r] = mn;
+            }
+            l[r] += (double)sum;
+        }
+    }
+
+    /* s (mq, nk) raw scores, rows ld apart -> p = exp(s scale - lse[r]), 0 where masked:
+       the probabilities again, from the forward's log-sum-exp */
+    KP_CLONES static void kp_att_probs_f(float *s, Py_ssize_t mq, Py_ssize_t nk, Py_ssize_t ld,
+                                         Py_ssize_t diag, int causal, float scale,
+                                         const float *lse) {
+        Py_ssize_t r, j, cnt;
+        for (r = 0; r < mq; r++) {
+            float *sr = s + r * ld, shift = lse[r];
+            cnt = kp_att_unmasked(diag, r, nk, causal);
+            for (j = 0; j < cnt; j++) sr[j] = kp_expf(sr[j] * scale - shift);
+            for (j = cnt; j < nk; j++) sr[j] = 0.0f;
+        }
     }
 
     /* p, dp (m, n), rows ld apart; delta (m,) -> dp = dS = p (dp - delta) scale */
@@ -191,10 +251,13 @@ cdef extern from *:
                        int accumulate) noexcept nogil
     void kp_att_transpose_f(const float* src, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t lds,
                             float* dst, Py_ssize_t ldd) noexcept nogil
-    void kp_att_online_row_f(float* s, Py_ssize_t cnt, Py_ssize_t n, float scale, float* m,
-                             double* l, float* o, Py_ssize_t dv) noexcept nogil
-    void kp_att_probs_row_f(float* s, Py_ssize_t cnt, Py_ssize_t n, float scale,
-                            float lse) noexcept nogil
+    Py_ssize_t kp_att_unmasked(Py_ssize_t diag, Py_ssize_t r, Py_ssize_t nk,
+                               int causal) noexcept nogil
+    void kp_att_online_f(float* s, Py_ssize_t mq, Py_ssize_t nk, Py_ssize_t ld, Py_ssize_t diag,
+                         int causal, float scale, float* m, double* l, float* o, Py_ssize_t ldo,
+                         Py_ssize_t dv) noexcept nogil
+    void kp_att_probs_f(float* s, Py_ssize_t mq, Py_ssize_t nk, Py_ssize_t ld, Py_ssize_t diag,
+                        int causal, float scale, const float* lse) noexcept nogil
     void kp_att_dscores_f(const float* p, float* dp, Py_ssize_t m, Py_ssize_t n, Py_ssize_t ld,
                           const float* delta, float scale) noexcept nogil
 
@@ -236,47 +299,59 @@ cdef void _transpose(const floating* src, Py_ssize_t rows, Py_ssize_t cols, Py_s
                 dst[c * ldd + r] = src[r * lds + c]
 
 
-cdef void _online_row(floating* s, Py_ssize_t cnt, Py_ssize_t n, floating scale, floating* m,
-                      double* l, floating* o, Py_ssize_t dv) noexcept nogil:
-    # see kp_att_online_row_f
-    cdef Py_ssize_t j
+cdef void _online(floating* s, Py_ssize_t mq, Py_ssize_t nk, Py_ssize_t ld, Py_ssize_t diag,
+                  bint causal, floating scale, floating* m, double* l, floating* o,
+                  Py_ssize_t ldo, Py_ssize_t dv) noexcept nogil:
+    # see kp_att_online_f
+    cdef Py_ssize_t r, j, cnt
     cdef floating mx, mn, alpha
-    cdef double total = 0
+    cdef floating* sr
+    cdef double total
     if floating is float:
-        kp_att_online_row_f(s, cnt, n, scale, m, l, o, dv)
+        kp_att_online_f(s, mq, nk, ld, diag, causal, scale, m, l, o, ldo, dv)
     else:
-        for j in range(cnt):
-            s[j] = s[j] * scale
-        mx = s[0]
-        for j in range(1, cnt):
-            if s[j] > mx:
-                mx = s[j]
-        mn = m[0] if m[0] > mx else mx
-        for j in range(cnt):
-            s[j] = exp(s[j] - mn)
-            total += s[j]
-        for j in range(cnt, n):
-            s[j] = 0
-        if mn != m[0]:
-            alpha = exp(m[0] - mn)
-            for j in range(dv):
-                o[j] = o[j] * alpha
-            l[0] = l[0] * alpha
-            m[0] = mn
-        l[0] = l[0] + total
+        for r in range(mq):
+            sr = s + r * ld
+            cnt = kp_att_unmasked(diag, r, nk, causal)
+            if cnt == 0:  # masked throughout: p = 0, m and l unchanged
+                for j in range(nk):
+                    sr[j] = 0
+                continue
+            for j in range(cnt):
+                sr[j] = sr[j] * scale
+            mx = sr[0]
+            for j in range(1, cnt):
+                if sr[j] > mx:
+                    mx = sr[j]
+            mn = m[r] if m[r] > mx else mx
+            total = 0
+            for j in range(cnt):
+                sr[j] = exp(sr[j] - mn)
+                total += sr[j]
+            for j in range(cnt, nk):
+                sr[j] = 0
+            if mn != m[r]:
+                alpha = exp(m[r] - mn)
+                for j in range(dv):
+                    o[r * ldo + j] = o[r * ldo + j] * alpha
+                l[r] = l[r] * alpha
+                m[r] = mn
+            l[r] = l[r] + total
 
 
-cdef void _probs_row(floating* s, Py_ssize_t cnt, Py_ssize_t n, floating scale,
-                     floating lse) noexcept nogil:
-    # see kp_att_probs_row_f
-    cdef Py_ssize_t j
+cdef void _probs(floating* s, Py_ssize_t mq, Py_ssize_t nk, Py_ssize_t ld, Py_ssize_t diag,
+                 bint causal, floating scale, const floating* lse) noexcept nogil:
+    # see kp_att_probs_f
+    cdef Py_ssize_t r, j, cnt
     if floating is float:
-        kp_att_probs_row_f(s, cnt, n, scale, lse)
+        kp_att_probs_f(s, mq, nk, ld, diag, causal, scale, lse)
     else:
-        for j in range(cnt):
-            s[j] = exp(s[j] * scale - lse)
-        for j in range(cnt, n):
-            s[j] = 0
+        for r in range(mq):
+            cnt = kp_att_unmasked(diag, r, nk, causal)
+            for j in range(cnt):
+                s[r * ld + j] = exp(s[r * ld + j] * scale - lse[r])
+            for j in range(cnt, nk):
+                s[r * ld + j] = 0
 
 
 cdef void _dscores(const floating* p, floating* dp, Py_ssize_t m, Py_ssize_t n, Py_ssize_t ld,
@@ -291,28 +366,27 @@ cdef void _dscores(const floating* p, floating* dp, Py_ssize_t m, Py_ssize_t n, 
                 dp[i * ld + j] = p[i * ld + j] * (dp[i * ld + j] - delta[i]) * scale
 
 
-cdef inline Py_ssize_t _unmasked(Py_ssize_t i, Py_ssize_t k0, Py_ssize_t nk,
-                                 bint causal) noexcept nogil:
-    # keys k0 .. k0 + nk - 1 that query i sees: all, or (causal) those j <= i
-    if not causal:
-        return nk
-    return max(<Py_ssize_t>0, min(nk, i - k0 + 1))
+cdef void _transpose_blocks(const floating* x, Py_ssize_t length, Py_ssize_t width,
+                           Py_ssize_t blk, floating* xt) noexcept nogil:
+    # one head's x (length, width), rows blk * BK .. + BK -> xt (width, BK): the block
+    # transposed, so a product with it runs along contiguous keys (columns past the
+    # last key of a short block are left unset: no product reads them)
+    _transpose(x + blk * BK * width, min(<Py_ssize_t>BK, length - blk * BK), width, width,
+               xt, BK)
 
 
 # --- forward ------------------------------------------------------------------------------
 
-cdef void _forward_block(const floating* q, const floating* k, const floating* v,
+cdef void _forward_block(const floating* q, const floating* kt, const floating* v,
                          floating* out, floating* lse, Py_ssize_t lq, Py_ssize_t lk,
                          Py_ssize_t d, Py_ssize_t dv, Py_ssize_t q0, bint causal,
-                         floating scale, floating* work) noexcept nogil:
-    # one head: q (lq, d), k (lk, d), v (lk, dv) -> out (lq, dv), lse (lq,), rows
-    # q0 .. q0 + BQ of them (this task's)
-    # work (the thread's): kt (d, BK) | s (BQ, BK)
+                         floating scale, floating* s) noexcept nogil:
+    # one head: q (lq, d), kt (key blocks, d, BK) its keys transposed by blocks, v (lk, dv)
+    # -> out (lq, dv), lse (lq,), rows q0 .. q0 + BQ of them (this task's)
+    # s (BQ, BK): the thread's tile of scores
     cdef Py_ssize_t mq = min(<Py_ssize_t>BQ, lq - q0)
     cdef Py_ssize_t kend = min(lk, q0 + mq) if causal else lk
-    cdef Py_ssize_t k0, nk, r, j, cnt
-    cdef floating* kt = work
-    cdef floating* s = work + d * BK
+    cdef Py_ssize_t k0, nk, r, j
     cdef floating* o = out + q0 * dv
     cdef floating m[BQ]
     cdef double l[BQ]
@@ -324,15 +398,8 @@ cdef void _forward_block(const floating* q, const floating* k, const floating* v
     k0 = 0
     while k0 < kend:  # causal: key blocks above the diagonal are never visited
         nk = min(<Py_ssize_t>BK, lk - k0)
-        _transpose(k + k0 * d, nk, d, d, kt, BK)
-        _gemm(mq, nk, d, q + q0 * d, d, 1, kt, BK, s, BK, False)
-        for r in range(mq):
-            cnt = _unmasked(q0 + r, k0, nk, causal)
-            if cnt == 0:  # the whole row is masked here: p = 0, m and l unchanged
-                for j in range(nk):
-                    s[r * BK + j] = 0
-            else:
-                _online_row(s + r * BK, cnt, nk, scale, &m[r], &l[r], o + r * dv, dv)
+        _gemm(mq, nk, d, q + q0 * d, d, 1, kt + (k0 // BK) * d * BK, BK, s, BK, False)
+        _online(s, mq, nk, BK, q0 - k0, causal, scale, m, l, o, dv, dv)
         _gemm(mq, dv, nk, s, BK, 1, v + k0 * dv, dv, o, dv, True)
         k0 = k0 + BK
     for r in range(mq):
@@ -349,43 +416,43 @@ def attention_forward(const floating[:, :, ::1] q, const floating[:, :, ::1] k,
     # IN q, k, v (heads flattened), causal, scale; OUT out, lse
     cdef Py_ssize_t bh = q.shape[0], lq = q.shape[1], d = q.shape[2]
     cdef Py_ssize_t lk = k.shape[1], dv = v.shape[2]
-    cdef Py_ssize_t nqb = (lq + BQ - 1) // BQ
-    cdef Py_ssize_t ntasks = bh * nqb, task, h, qb
+    cdef Py_ssize_t nqb = (lq + BQ - 1) // BQ, nkb = (lk + BK - 1) // BK
+    cdef Py_ssize_t task, h, blk
     cdef int nthreads = kp_max_threads()
-    cdef Py_ssize_t wsize = d * BK + BQ * BK
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] works = np.empty((nthreads, wsize), dtype=dtype)
-    cdef floating* work = NULL
+    # the keys transposed by blocks, once (a copy of k, not per query block)
+    cdef floating[:, :, :, ::1] kt = np.empty((bh, nkb, d, BK), dtype=dtype)
+    cdef floating[:, ::1] tiles = np.empty((nthreads, BQ * BK), dtype=dtype)
+    cdef floating* s = NULL
     cdef bint threads = nthreads > 1 and bh * lq * lk * (d + dv) > ATT_PARALLEL_MIN_WORK
     with nogil, parallel(num_threads=nthreads, use_threads_if=threads):
-        work = &works[threadid(), 0]
-        for task in prange(ntasks, schedule="dynamic", chunksize=1):
+        s = &tiles[threadid(), 0]
+        for task in prange(bh * nkb, schedule="static"):
+            _transpose_blocks(&k[task // nkb, 0, 0], lk, d, task % nkb, &kt[task // nkb, task % nkb, 0, 0])
+        for task in prange(bh * nqb, schedule="dynamic", chunksize=1):
             h = task // nqb
-            qb = nqb - 1 - task % nqb  # causal: the longest blocks (most keys) first
-            _forward_block(&q[h, 0, 0], &k[h, 0, 0], &v[h, 0, 0], &out[h, 0, 0], &lse[h, 0],
-                           lq, lk, d, dv, qb * BQ, causal, <floating>scale, work)
+            blk = nqb - 1 - task % nqb  # causal: the longest blocks (most keys) first
+            _forward_block(&q[h, 0, 0], &kt[h, 0, 0, 0], &v[h, 0, 0], &out[h, 0, 0], &lse[h, 0],
+                           lq, lk, d, dv, blk * BQ, causal, <floating>scale, s)
 
 
 # --- backward -----------------------------------------------------------------------------
 
-cdef void _backward_key_block(const floating* q, const floating* k, const floating* v,
-                              const floating* dout, const floating* lse,
+cdef void _backward_key_block(const floating* q, const floating* k, const floating* kt,
+                              const floating* vt, const floating* dout, const floating* lse,
                               const floating* delta, floating* dq, floating* dk,
                               floating* dvo, Py_ssize_t lq, Py_ssize_t lk, Py_ssize_t d,
                               Py_ssize_t dv, Py_ssize_t k0, bint causal, floating scale,
                               floating* work) noexcept nogil:
-    # one head, keys k0 .. k0 + BK -> their rows of dk (lk, d) and dv (lk, dv); when
-    # dq != NULL also dq (lq, d) += dS K_blk for every query block (the caller runs the
-    # head's key blocks in order on one thread)
-    # work: kt (d, BK) | vt (dv, BK) | s (BQ, BK) | dp (BQ, BK)
+    # one head, keys k0 .. k0 + BK -> their rows of dk (lk, d) and dv (lk, dv); kt (d, BK)
+    # and vt (dv, BK): this key block of k and v transposed; when dq != NULL also
+    # dq (lq, d) += dS K_blk for every query block (the caller runs the head's key
+    # blocks in order on one thread)
+    # work (the thread's): s (BQ, BK) | dp (BQ, BK)
     cdef Py_ssize_t nk = min(<Py_ssize_t>BK, lk - k0)
-    cdef Py_ssize_t q0, mq, r
-    cdef floating* kt = work
-    cdef floating* vt = work + d * BK
-    cdef floating* s = vt + dv * BK
-    cdef floating* dp = s + BQ * BK
-    _transpose(k + k0 * d, nk, d, d, kt, BK)
-    _transpose(v + k0 * dv, nk, dv, dv, vt, BK)
+    cdef Py_ssize_t q0, mq
+    cdef floating* s = work
+    cdef floating* dp = work + BQ * BK
     memset(dk + k0 * d, 0, nk * d * sizeof(floating))
     memset(dvo + k0 * dv, 0, nk * dv * sizeof(floating))
     # causal: queries before k0 see none of these keys; the first block reaching them
@@ -393,8 +460,7 @@ cdef void _backward_key_block(const floating* q, const floating* k, const floati
     while q0 < lq:
         mq = min(<Py_ssize_t>BQ, lq - q0)
         _gemm(mq, nk, d, q + q0 * d, d, 1, kt, BK, s, BK, False)
-        for r in range(mq):
-            _probs_row(s + r * BK, _unmasked(q0 + r, k0, nk, causal), nk, scale, lse[q0 + r])
+        _probs(s, mq, nk, BK, q0 - k0, causal, scale, lse + q0)
         # dV += P^T dO: P read transposed in place
         _gemm(nk, dv, mq, s, 1, BK, dout + q0 * dv, dv, dvo + k0 * dv, dv, True)
         _gemm(mq, nk, dv, dout + q0 * dv, dv, 1, vt, BK, dp, BK, False)
@@ -406,30 +472,26 @@ cdef void _backward_key_block(const floating* q, const floating* k, const floati
         q0 = q0 + BQ
 
 
-cdef void _backward_query_block(const floating* q, const floating* k, const floating* v,
-                                const floating* dout, const floating* lse,
+cdef void _backward_query_block(const floating* q, const floating* k, const floating* kt,
+                                const floating* vt, const floating* dout, const floating* lse,
                                 const floating* delta, floating* dq, Py_ssize_t lq,
                                 Py_ssize_t lk, Py_ssize_t d, Py_ssize_t dv, Py_ssize_t q0,
                                 bint causal, floating scale, floating* work) noexcept nogil:
     # one head, queries q0 .. q0 + BQ -> their rows of dq = sum over key blocks, in
-    # order, of dS K_blk, dS recomputed as _backward_key_block computes it
+    # order, of dS K_blk, dS recomputed as _backward_key_block computes it; kt (key
+    # blocks, d, BK), vt (key blocks, dv, BK): k and v transposed by blocks
     cdef Py_ssize_t mq = min(<Py_ssize_t>BQ, lq - q0)
     cdef Py_ssize_t kend = min(lk, q0 + mq) if causal else lk
-    cdef Py_ssize_t k0, nk, r
-    cdef floating* kt = work
-    cdef floating* vt = work + d * BK
-    cdef floating* s = vt + dv * BK
-    cdef floating* dp = s + BQ * BK
+    cdef Py_ssize_t k0, nk
+    cdef floating* s = work
+    cdef floating* dp = work + BQ * BK
     memset(dq + q0 * d, 0, mq * d * sizeof(floating))
     k0 = 0
     while k0 < kend:
         nk = min(<Py_ssize_t>BK, lk - k0)
-        _transpose(k + k0 * d, nk, d, d, kt, BK)
-        _transpose(v + k0 * dv, nk, dv, dv, vt, BK)
-        _gemm(mq, nk, d, q + q0 * d, d, 1, kt, BK, s, BK, False)
-        for r in range(mq):
-            _probs_row(s + r * BK, _unmasked(q0 + r, k0, nk, causal), nk, scale, lse[q0 + r])
-        _gemm(mq, nk, dv, dout + q0 * dv, dv, 1, vt, BK, dp, BK, False)
+        _gemm(mq, nk, d, q + q0 * d, d, 1, kt + (k0 // BK) * d * BK, BK, s, BK, False)
+        _probs(s, mq, nk, BK, q0 - k0, causal, scale, lse + q0)
+        _gemm(mq, nk, dv, dout + q0 * dv, dv, 1, vt + (k0 // BK) * dv * BK, BK, dp, BK, False)
         _dscores(s, dp, mq, nk, BK, delta + q0, scale)
         _gemm(mq, d, nk, dp, BK, 1, k + k0 * d, d, dq + q0 * d, d, True)
         k0 = k0 + BK
@@ -448,45 +510,53 @@ def attention_backward(const floating[:, :, ::1] q, const floating[:, :, ::1] k,
     cdef Py_ssize_t nqb = (lq + BQ - 1) // BQ, nkb = (lk + BK - 1) // BK
     cdef Py_ssize_t task, h, i, j, blk
     cdef int nthreads = kp_max_threads()
-    cdef Py_ssize_t wsize = (d + dvd) * BK + 2 * BQ * BK
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] works = np.empty((nthreads, wsize), dtype=dtype)
+    # k and v transposed by key blocks, once; delta; the threads' tiles
+    cdef floating[:, :, :, ::1] kt = np.empty((bh, nkb, d, BK), dtype=dtype)
+    cdef floating[:, :, :, ::1] vt = np.empty((bh, nkb, dvd, BK), dtype=dtype)
     cdef floating[:, ::1] delta = np.empty((bh, lq), dtype=dtype)
+    cdef floating[:, ::1] tiles = np.empty((nthreads, 2 * BQ * BK), dtype=dtype)
     cdef floating* work = NULL
     cdef double acc
     cdef bint threads = nthreads > 1 and bh * lq * lk * (d + dvd) > ATT_PARALLEL_MIN_WORK
     # one task per head when the heads alone keep the threads busy (at most a quarter of
     # a thread's share idle at the end); else key blocks, then query blocks for dq
     cdef bint per_head = not threads or bh >= 4 * nthreads
-    # delta_i = sum_d dout[i, d] out[i, d], in double
-    for task in prange(bh * lq, nogil=True, schedule="static", use_threads_if=threads):
-        h = task // lq
-        i = task % lq
-        acc = 0
-        for j in range(dvd):
-            acc = acc + dout[h, i, j] * out[h, i, j]
-        delta[h, i] = <floating>acc
     with nogil, parallel(num_threads=nthreads, use_threads_if=threads):
-        work = &works[threadid(), 0]
+        work = &tiles[threadid(), 0]
+        for task in prange(bh * nkb, schedule="static"):
+            h = task // nkb
+            blk = task % nkb
+            _transpose_blocks(&k[h, 0, 0], lk, d, blk, &kt[h, blk, 0, 0])
+            _transpose_blocks(&v[h, 0, 0], lk, dvd, blk, &vt[h, blk, 0, 0])
+        # delta_i = sum_d dout[i, d] out[i, d], in double
+        for task in prange(bh * lq, schedule="static"):
+            h = task // lq
+            i = task % lq
+            acc = 0
+            for j in range(dvd):
+                acc = acc + dout[h, i, j] * out[h, i, j]
+            delta[h, i] = <floating>acc
         if per_head:
             for h in prange(bh, schedule="dynamic", chunksize=1):
                 memset(&dq[h, 0, 0], 0, lq * d * sizeof(floating))
                 for blk in range(nkb):
-                    _backward_key_block(&q[h, 0, 0], &k[h, 0, 0], &v[h, 0, 0], &dout[h, 0, 0],
-                                        &lse[h, 0], &delta[h, 0], &dq[h, 0, 0], &dk[h, 0, 0],
-                                        &dv[h, 0, 0], lq, lk, d, dvd, blk * BK, causal,
-                                        <floating>scale, work)
+                    _backward_key_block(&q[h, 0, 0], &k[h, 0, 0], &kt[h, blk, 0, 0],
+                                        &vt[h, blk, 0, 0], &dout[h, 0, 0], &lse[h, 0],
+                                        &delta[h, 0], &dq[h, 0, 0], &dk[h, 0, 0], &dv[h, 0, 0],
+                                        lq, lk, d, dvd, blk * BK, causal, <floating>scale, work)
         else:
             # causal: key blocks in order of their start hold the most query blocks first
             for task in prange(bh * nkb, schedule="dynamic", chunksize=1):
                 h = task // nkb
                 blk = task % nkb
-                _backward_key_block(&q[h, 0, 0], &k[h, 0, 0], &v[h, 0, 0], &dout[h, 0, 0],
-                                    &lse[h, 0], &delta[h, 0], NULL, &dk[h, 0, 0], &dv[h, 0, 0],
-                                    lq, lk, d, dvd, blk * BK, causal, <floating>scale, work)
+                _backward_key_block(&q[h, 0, 0], &k[h, 0, 0], &kt[h, blk, 0, 0], &vt[h, blk, 0, 0],
+                                    &dout[h, 0, 0], &lse[h, 0], &delta[h, 0], NULL, &dk[h, 0, 0],
+                                    &dv[h, 0, 0], lq, lk, d, dvd, blk * BK, causal,
+                                    <floating>scale, work)
             for task in prange(bh * nqb, schedule="dynamic", chunksize=1):
                 h = task // nqb
                 blk = nqb - 1 - task % nqb
-                _backward_query_block(&q[h, 0, 0], &k[h, 0, 0], &v[h, 0, 0], &dout[h, 0, 0],
-                                      &lse[h, 0], &delta[h, 0], &dq[h, 0, 0], lq, lk, d, dvd,
-                                      blk * BQ, causal, <floating>scale, work)
+                _backward_query_block(&q[h, 0, 0], &k[h, 0, 0], &kt[h, 0, 0, 0], &vt[h, 0, 0, 0],
+                                      &dout[h, 0, 0], &lse[h, 0], &delta[h, 0], &dq[h, 0, 0],
+                                      lq, lk, d, dvd, blk * BQ, causal, <floating>scale, work)
