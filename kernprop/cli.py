@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -333,133 +334,195 @@ def _train_mpi(args) -> int:
             return _train(args, dist)
 
 
-def _train(args, dist=None) -> int:
-    if getattr(args, "distributed", "none") == "mpi" and dist is None:
-        return _train_mpi(args)
-    import time
+@dataclasses.dataclass
+class _Run:
+    """What ``kernprop train`` trains, read from its options and checked before anything
+    is printed."""
 
+    backend: str
+    train: tuple  # (X, y)
+    test: tuple  # (X, y)
+    num_classes: int
+    source: str  # where the data came from, as printed
+    labels_line: str | None  # what --data's labels mean, when they need saying
+    sizes: list  # the MLP's layer widths
+    lr: float
+    threads_line: str | None  # the thread count and why, when the CLI chose it
+    trainer: object  # kernprop.Trainer
+
+
+def _check_options(args, dist):
+    """The backend ``args`` asks for, after every check of the options that needs no data
+    (a ``_UserError`` or ValueError naming the option otherwise)."""
+    from kernprop.backends import get_backend, status
+
+    backend = args.backend or get_backend()
+    state = status(backend)  # ValueError naming the known backends for an unknown one
+    if not state.available:
+        raise _UserError(f"backend {backend!r} is not available: {state.reason}")
+    _check_threads(args.threads)
+    _check_threading_layer()
+    _check_gemm_choice([backend])
+    if args.seed < 0:
+        raise _UserError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.save and (dist is None or dist.is_root):  # rank 0 alone writes
+        _check_save_path(args.save)
+    return backend
+
+
+def _read_data(args):
+    """``(train, test, classes, source, labels line or None)`` from ``--data`` (checked,
+    split 80/20) or the digits, scaled as ``--standardize`` says."""
+    from kernprop.data import load_digits, load_npz, train_test_split
+
+    if args.data:
+        X, y = load_npz(args.data)
+        num_classes = _check_training_data(args.data, X, y, args.allow_many_classes)
+        (X_train, y_train), (X_test, y_test) = train_test_split(X, y, 0.2, args.seed)
+        X_train, X_test = _scale_features(X_train, X_test, args.standardize)
+        return ((X_train, y_train), (X_test, y_test), num_classes, args.data,
+                _describe_labels(args.data, y, num_classes))
+    (X_train, y_train), (X_test, y_test) = load_digits(seed=args.seed)
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    if args.standardize:
+        X_train, X_test = _scale_features(X_train, X_test, True)
+    return (X_train, y_train), (X_test, y_test), num_classes, "digits (scikit-learn, 8x8)", None
+
+
+DEFAULT_LR = {"sgd": 0.5, "momentum": 0.1, "adam": 1e-2}
+
+
+def _optimizer(args, lr):
+    """``--optimizer`` at ``lr``, decayed by a cosine from lr to 0 over ``--epochs``."""
     import numpy as np
 
-    from kernprop import nn, optim
-    from kernprop.backends import get_backend, status
-    from kernprop.data import load_digits, load_npz, train_test_split
+    from kernprop import optim
+
+    epochs = max(args.epochs, 1)
+    schedule = lambda epoch: lr * 0.5 * (1 + np.cos(np.pi * epoch / epochs))  # noqa: E731
+    if args.optimizer == "adam":
+        return optim.Adam(lr, lr_schedule=schedule)
+    momentum = 0.9 if args.optimizer == "momentum" else 0.0
+    return optim.SGD(lr, momentum=momentum, lr_schedule=schedule)
+
+
+def _build_run(args, dist):
+    """The ``_Run`` of ``args``.  Every user error is found here, before training: the
+    caller prints it as one line and exits with status 2."""
+    from kernprop import nn
     from kernprop.engines import multiply_adds
     from kernprop.train import Trainer
+
+    backend = _check_options(args, dist)
+    hidden = _hidden_sizes(args.hidden or ["128"])
+    train, test, num_classes, source, labels_line = _read_data(args)
+    sizes = [train[0].shape[1], *hidden, num_classes]
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    optimizer = _optimizer(args, lr)
+    nn.make_loss("cross_entropy", label_smoothing=args.label_smoothing)
+    try:
+        model = nn.MLP(sizes, activation=args.activation, rng=args.seed)
+    except MemoryError:
+        raise _UserError(f"not enough memory for an MLP {'-'.join(map(str, sizes))}") from None
+    threads_line = _choose_threads(args.threads, backend, multiply_adds(model, args.batch_size))
+    trainer = Trainer(model, "cross_entropy", optimizer, backend=backend, batch_size=args.batch_size,
+                      seed=args.seed, label_smoothing=args.label_smoothing, distributed=dist,
+                      engine=args.engine, precision=args.precision)
+    return _Run(backend, train, test, num_classes, source, labels_line, sizes, lr, threads_line, trainer)
+
+
+def _describe_run(args, run, dist):
+    """Print what will train (data, model, threads, engine); returns the engine's name."""
+    X_train, X_test = run.train[0], run.test[0]
+    engine, why_engine = run.trainer.choose_engine()
+    print(f"data: {run.source}: {X_train.shape[0]} train, {X_test.shape[0]} test rows, "
+          f"{X_train.shape[1]} features, {run.num_classes} classes")
+    if run.labels_line:
+        print(run.labels_line)
+    print(f"model: MLP {'-'.join(map(str, run.sizes))} ({args.activation}), {args.optimizer} lr {run.lr:g}, "
+          f"batch {args.batch_size}, backend {run.backend}"
+          + (f" x {dist.size} MPI ranks" if dist is not None else ""))
+    if run.threads_line:
+        print(run.threads_line)
+    print(f"engine: {f'mpi({engine})' if dist is not None else engine} ({why_engine})")
+    return engine
+
+
+def _warm_up(args, run, engine):
+    """Compile (or load) the fit's kernels before the first epoch, saying so on a first run."""
     from kernprop.warmup import compiling
 
-    start = time.perf_counter()
-
-    def prepare():
-        # Every user error is found here, before training: one line and exit status 2.
-        backend = args.backend or get_backend()
-        state = status(backend)  # ValueError naming the known backends for an unknown one
-        if not state.available:
-            raise _UserError(f"backend {backend!r} is not available: {state.reason}")
-        _check_threads(args.threads)
-        _check_threading_layer()
-        _check_gemm_choice([backend])
-        if args.seed < 0:
-            raise _UserError(f"--seed must be a non-negative integer, got {args.seed}")
-        if args.save and (dist is None or dist.is_root):  # rank 0 alone writes
-            _check_save_path(args.save)
-        hidden = _hidden_sizes(args.hidden or ["128"])
-        if args.data:
-            X, y = load_npz(args.data)
-            num_classes = _check_training_data(args.data, X, y, args.allow_many_classes)
-            (X_train, y_train), (X_test, y_test) = train_test_split(X, y, 0.2, args.seed)
-            source = args.data
-            labels_line = _describe_labels(args.data, y, num_classes)
-            X_train, X_test = _scale_features(X_train, X_test, args.standardize)
-        else:
-            (X_train, y_train), (X_test, y_test) = load_digits(seed=args.seed)
-            num_classes = int(max(y_train.max(), y_test.max())) + 1
-            source = "digits (scikit-learn, 8x8)"
-            labels_line = None
-            if args.standardize:
-                X_train, X_test = _scale_features(X_train, X_test, True)
-        sizes = [X_train.shape[1], *hidden, num_classes]
-        lr = args.lr if args.lr is not None else {"sgd": 0.5, "momentum": 0.1, "adam": 1e-2}[args.optimizer]
-        if args.optimizer == "adam":
-            optimizer = optim.Adam(lr, lr_schedule=cosine(lr))
-        else:
-            momentum = 0.9 if args.optimizer == "momentum" else 0.0
-            optimizer = optim.SGD(lr, momentum=momentum, lr_schedule=cosine(lr))
-        nn.make_loss("cross_entropy", label_smoothing=args.label_smoothing)
-        try:
-            model = nn.MLP(sizes, activation=args.activation, rng=args.seed)
-        except MemoryError:
-            raise _UserError(f"not enough memory for an MLP {'-'.join(map(str, sizes))}") from None
-        threads_line = _choose_threads(args.threads, backend, multiply_adds(model, args.batch_size))
-        trainer = Trainer(model, "cross_entropy", optimizer, backend=backend, batch_size=args.batch_size,
-                          seed=args.seed, label_smoothing=args.label_smoothing, distributed=dist,
-                          engine=args.engine, precision=args.precision)
-        return (backend, X_train, y_train, X_test, y_test, num_classes, source, labels_line, sizes, lr,
-                threads_line, trainer)
-
-    epochs = args.epochs
-
-    def cosine(lr):  # cosine decay from lr to 0 over the run
-        return lambda epoch: lr * 0.5 * (1 + np.cos(np.pi * epoch / max(epochs, 1)))
-
-    try:
-        if dist is None:
-            prepared = prepare()
-        else:
-            # every rank checks, then one allgather: a rank whose options, paths or data
-            # fail ends every rank with that error, and ranks given different options
-            # fail naming the option, instead of one rank stopping and the others
-            # waiting in the first collective
-            prepared = dist.checked(prepare, agree=lambda _: _options_to_agree(args))
-    except (ValueError, TypeError, OSError, ImportError) as exc:  # ImportError: the sklearn extra for digits
-        print(f"kernprop train: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    (backend, X_train, y_train, X_test, y_test, num_classes, source, labels_line, sizes, lr,
-     threads_line, trainer) = prepared
-    engine, why_engine = trainer.choose_engine()
-    print(f"data: {source}: {X_train.shape[0]} train, {X_test.shape[0]} test rows, "
-          f"{X_train.shape[1]} features, {num_classes} classes")
-    if labels_line:
-        print(labels_line)
-    print(f"model: MLP {'-'.join(map(str, sizes))} ({args.activation}), {args.optimizer} lr {lr:g}, "
-          f"batch {args.batch_size}, backend {backend}"
-          + (f" x {dist.size} MPI ranks" if dist is not None else ""))
-    if threads_line:
-        print(threads_line)
-    print(f"engine: {f'mpi({engine})' if dist is not None else engine} ({why_engine})")
-    with compiling(_announce_compile(engine, trainer.precision)) as compiles:
+    with compiling(_announce_compile(engine, run.trainer.precision)) as compiles:
         # Choosing a bf16 kernel runs its self-check: compiled too on a first run.
-        print(_precision_line(args.precision, *trainer.precision_in_effect(engine)))
-        trainer.warmup(X_train, y_train, validation_data=(X_test, y_test))
+        print(_precision_line(args.precision, *run.trainer.precision_in_effect(engine)))
+        run.trainer.warmup(*run.train, validation_data=run.test)
     if compiles.kernels:
         print(f"compiled {_plural(compiles.kernels, 'kernel')} in {compiles.seconds:.1f} s", flush=True)
+
+
+def _fit(args, run):
+    """``run.trainer.fit``, printing a line per epoch (unless a progress bar shows them);
+    returns the history."""
     interactive = sys.stderr.isatty()
 
     def report(epoch, logs):
         if not interactive:  # the tqdm bar shows these on a terminal
-            print(f"epoch {epoch + 1}/{epochs}  loss {logs['loss']:.4f}  accuracy {logs['accuracy']:.4f}  "
+            print(f"epoch {epoch + 1}/{args.epochs}  loss {logs['loss']:.4f}  accuracy {logs['accuracy']:.4f}  "
                   f"val_accuracy {logs['val_accuracy']:.4f}  {logs['samples_per_s']:,.0f} samples/s", flush=True)
 
-    try:
-        history = trainer.fit(X_train, y_train, epochs, validation_data=(X_test, y_test),
-                              callbacks=[report], verbose=1)
-    except (ValueError, TypeError) as exc:
-        # the fit's checks (distributed: the ranks' agreement, raised alike on every
-        # rank); a failure inside the training loop aborts every rank instead
-        print(f"kernprop train: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    result = trainer.evaluate(X_test, y_test)
+    return run.trainer.fit(*run.train, args.epochs, validation_data=run.test, callbacks=[report], verbose=1)
+
+
+def _report(args, run, history, start):
+    """Print the test accuracy and the training speed, write ``--save``; the exit status."""
+    import time
+
+    import numpy as np
+
+    result = run.trainer.evaluate(*run.test)
     print(f"test accuracy: {result['accuracy']:.4f}  test loss: {result['loss']:.4f}")
     # Warmed up: no epoch pays for compiling or loading the kernels.
     print(f"training speed: {np.median(history['samples_per_s']):,.0f} samples/s (median over epochs); "
           f"total time {time.perf_counter() - start:.1f} s")
     if args.save:
         try:
-            path = trainer.save(args.save)
+            path = run.trainer.save(args.save)
         except (OSError, ValueError) as exc:  # checked before training; the disk may still fill up
             print(f"kernprop train: could not write the checkpoint {args.save}: {_one_line(exc)}", file=sys.stderr)
             return 2
         print(f"saved checkpoint to {path}")
     return 0
+
+
+def _train(args, dist=None) -> int:
+    """``kernprop train``: build and check the run, describe it, warm up, fit, report."""
+    if getattr(args, "distributed", "none") == "mpi" and dist is None:
+        return _train_mpi(args)
+    import time
+
+    start = time.perf_counter()
+    try:
+        if dist is None:
+            run = _build_run(args, None)
+        else:
+            # every rank checks, then one allgather: a rank whose options, paths or data
+            # fail ends every rank with that error, and ranks given different options
+            # fail naming the option, instead of one rank stopping and the others
+            # waiting in the first collective
+            run = dist.checked(lambda: _build_run(args, dist), agree=lambda _: _options_to_agree(args))
+    except (ValueError, TypeError, OSError, ImportError) as exc:  # ImportError: the sklearn extra for digits
+        print(f"kernprop train: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    engine = _describe_run(args, run, dist)
+    _warm_up(args, run, engine)
+    try:
+        history = _fit(args, run)
+    except (ValueError, TypeError) as exc:
+        # the fit's checks (distributed: the ranks' agreement, raised alike on every
+        # rank); a failure inside the training loop aborts every rank instead
+        print(f"kernprop train: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    return _report(args, run, history, start)
 
 
 def _positive_int(text):
