@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a machine with an NVIDIA GPU: the cuda backend's tests on the device,
-# a training run on it, and the GPU benchmarks against cuBLAS (CuPy) and PyTorch CUDA,
-# written to bench/RESULTS-gpu.md.  Under 8 minutes on an H100/H200.
+# a training run on it, and the GPU benchmarks against cuBLAS (CuPy) and PyTorch CUDA
+# (the transformer ops too: gelu, layer_norm, attention, embedding, forward and
+# backward), written to bench/RESULTS-gpu.md.  Under 8 minutes on an H100/H200.
 #
 #   bash bench/gpu.sh                # from the repository root, or anywhere
 #
@@ -50,7 +51,9 @@ step "tests: tests/cuda and every backend-parametrised test, on the cuda backend
 workers=$($PY -c "import xdist" 2>/dev/null && echo "-n ${GPU_TEST_WORKERS:-4}")
 # without the built extension (PYTHONPATH use, no pip install) its test module cannot import
 $PY -c "import kernprop._cy.parallel" 2>/dev/null || workers="$workers --ignore=tests/test_cython_backend.py"
-timeout 200 $PY -m pytest tests -k "cuda" -q -p gpu_signatures -p no:cacheprovider \
+# (260 s: each worker compiles the kernels its tests start; the transformer ops' attention
+# kernels take about 5 s each to compile)
+timeout 260 $PY -m pytest tests -k "cuda" -q -p gpu_signatures -p no:cacheprovider \
     $workers --maxfail=50 -o addopts="" -rfE 2>&1 | tee "$OUT/tests.log" | tail -60
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
@@ -70,6 +73,10 @@ timeout 180 $PY bench/gpu_bench.py --out "$root/bench/RESULTS-gpu.md" ${GPU_QUIC
     || status=1
 step "the launch-bound benchmarks again with kernprop's caching allocator"
 timeout 90 $PY bench/gpu_bench.py --pool --only mlp,small --out "$root/bench/RESULTS-gpu.md" || status=1
+step "transformer ops (gelu, layer_norm, attention, embedding) forward and backward against PyTorch CUDA"
+timeout 180 $PY bench/gpu_bench.py --only copy,transformer --append --out "$root/bench/RESULTS-gpu.md" \
+    ${GPU_QUICK:+--quick} 2>&1 | tee "$OUT/transformer.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 cp "$root/bench/RESULTS-gpu.md" "$OUT/" 2>/dev/null || true
 
 step "done, status $status"

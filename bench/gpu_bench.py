@@ -54,8 +54,8 @@ def rel_error(got, want) -> float:
     """||got - want|| / ||want|| in float64 (torch tensors or anything array-like)."""
     import torch
 
-    g = torch.as_tensor(got, device="cuda").double()
-    w = torch.as_tensor(want, device="cuda").double()
+    g = torch.as_tensor(got, device="cuda").detach().double()
+    w = torch.as_tensor(want, device="cuda").detach().double()
     if not torch.isfinite(g).all():
         return float("nan")
     return float(torch.linalg.vector_norm(g - w) / torch.linalg.vector_norm(w))
@@ -269,6 +269,140 @@ def bench_small_op():
     return out
 
 
+def _bandwidth_rows(op, contenders, nbytes, bandwidth, want, reps=20):
+    """Rows of a memory-bound op: each contender ``(name, fn, to_torch)`` checked against
+    ``want`` (float64) once, then timed; rate in GB/s of ``nbytes`` moved per call."""
+    out = []
+    for contender, fn, to_torch in contenders:
+        err = rel_error(to_torch(fn()), want)
+        seconds = timeit(fn, reps=reps)
+        rate = nbytes / seconds / 1e9
+        out.append({"op": op, "contender": contender, "ms": seconds * 1e3, "rate": rate, "unit": "GB/s",
+                    "share": rate / bandwidth, "check": f"rel err {err:.1e}"})
+    return out
+
+
+def bench_transformer(bandwidth, quick):
+    """The transformer ops, forward and backward, float32, against PyTorch CUDA eager:
+    gelu and layer_norm at GPT-2 small's activations (8192 tokens x 3072 and x 768),
+    causal attention with heads of 64 and 128 (FLOP rates: forward 4 B H L^2 D, halved
+    by the mask, backward 2.5 times that, FlashAttention's convention; kernprop's
+    backward does 7 of those tile products, not 5, to stay free of atomics), and the
+    embedding of GPT-2's 50257-token vocabulary."""
+    import torch
+    import torch.nn.functional as F
+
+    import kernprop
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    g = torch.Generator(device="cuda").manual_seed(26)
+    tokens = 8192 if not quick else 1024
+    out = []
+
+    # gelu, elementwise: read x (and dy), write the result
+    x = torch.randn(tokens, 3072, device="cuda", generator=g) * 2
+    dy = torch.randn(tokens, 3072, device="cuda", generator=g)
+    xd, dyd = nb(x), nb(dy)
+    n = x.numel()
+    for approximate in ("none", "tanh"):
+        want = F.gelu(x.double(), approximate=approximate)
+        out += _bandwidth_rows(f"gelu ({approximate}) {tokens}x3072 f32", [
+            ("kernprop cuda", lambda: kernprop.gelu(xd, approximate, backend="cuda"), th),
+            ("torch eager", lambda: F.gelu(x, approximate=approximate), lambda r: r),
+        ], 2 * 4 * n, bandwidth, want)
+    want = torch.ops.aten.gelu_backward(dy.double(), x.double(), approximate="tanh")
+    out += _bandwidth_rows(f"gelu_backward (tanh) {tokens}x3072 f32", [
+        ("kernprop cuda", lambda: kernprop.gelu_backward(xd, dyd, "tanh", backend="cuda"), th),
+        ("torch eager", lambda: torch.ops.aten.gelu_backward(dy, x, approximate="tanh"), lambda r: r),
+    ], 3 * 4 * n, bandwidth, want)
+    del x, dy, xd, dyd, want
+
+    # layer_norm over 768 channels: forward reads x, writes y; backward reads x, dy, writes dx
+    c = 768
+    x = torch.randn(tokens, c, device="cuda", generator=g) * 3 + 1
+    w = torch.rand(c, device="cuda", generator=g) + 0.5
+    b = torch.randn(c, device="cuda", generator=g)
+    dy = torch.randn(tokens, c, device="cuda", generator=g)
+    xd, wd, bd, dyd = nb(x), nb(w), nb(b), nb(dy)
+    want = F.layer_norm(x.double(), (c,), w.double(), b.double(), 1e-5)
+    out += _bandwidth_rows(f"layer_norm {tokens}x{c} f32", [
+        ("kernprop cuda", lambda: kernprop.layer_norm(xd, wd, bd, backend="cuda")[0], th),
+        ("torch eager", lambda: F.layer_norm(x, (c,), w, b, 1e-5), lambda r: r),
+    ], 2 * 4 * x.numel(), bandwidth, want)
+    _, mean, rstd = kernprop.layer_norm(xd, wd, bd, backend="cuda")
+    _, t_mean, t_rstd = torch.ops.aten.native_layer_norm(x, [c], w, b, 1e-5)
+    _, m64, r64 = torch.ops.aten.native_layer_norm(x.double(), [c], w.double(), b.double(), 1e-5)
+    want, _, _ = torch.ops.aten.native_layer_norm_backward(dy.double(), x.double(), [c], m64, r64, w.double(),
+                                                           b.double(), [True, True, True])
+    out += _bandwidth_rows(f"layer_norm_backward (dx, dweight, dbias) {tokens}x{c} f32", [
+        ("kernprop cuda", lambda: kernprop.layer_norm_backward(xd, wd, mean, rstd, dyd, backend="cuda")[0], th),
+        ("torch eager", lambda: torch.ops.aten.native_layer_norm_backward(
+            dy, x, [c], t_mean, t_rstd, w, b, [True, True, True])[0], lambda r: r),
+    ], 3 * 4 * x.numel(), bandwidth, want)
+    del x, dy, xd, dyd, want, m64, r64
+
+    # attention: (B, H, L, D) causal, forward, and forward + backward
+    shapes = [(8, 12, 1024, 64), (4, 16, 1024, 128)] if not quick else [(2, 4, 256, 64), (1, 4, 256, 128)]
+    for batch, heads, length, depth in shapes:
+        q, k, v, dout = (torch.randn(batch, heads, length, depth, device="cuda", generator=g) for _ in range(4))
+        qd, kd, vd, doutd = nb(q), nb(k), nb(v), nb(dout)
+        flops = 4 * batch * heads * length * length * depth / 2  # causal: half the scores
+        leaves = [t.double().requires_grad_() for t in (q, k, v)]
+        want_out = F.scaled_dot_product_attention(*leaves, is_causal=True)
+        want_grads = torch.autograd.grad(want_out, leaves, dout.double())
+        want_out = want_out.detach()
+        del leaves
+        label = f"attention causal B{batch} H{heads} L{length} D{depth} f32"
+
+        def kernprop_both():
+            o, lse = kernprop.attention(qd, kd, vd, causal=True, backend="cuda")
+            return o, kernprop.attention_backward(qd, kd, vd, o, lse, doutd, causal=True, backend="cuda")
+
+        tq, tk, tv = (t.clone().requires_grad_() for t in (q, k, v))
+
+        def torch_both():
+            o = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+            return o, torch.autograd.grad(o, (tq, tk, tv), dout)
+
+        def errors(result, to_torch):
+            o, grads = result
+            return max([rel_error(to_torch(o), want_out)]
+                       + [rel_error(to_torch(gr), w) for gr, w in zip(grads, want_grads)])
+
+        for contender, fwd, both, to_torch in (
+            ("kernprop cuda", lambda: kernprop.attention(qd, kd, vd, causal=True, backend="cuda"), kernprop_both, th),
+            ("torch eager (SDPA)", lambda: (F.scaled_dot_product_attention(q, k, v, is_causal=True),), torch_both,
+             lambda r: r),
+        ):
+            err = errors(both(), to_torch)
+            seconds = timeit(fwd, reps=10)
+            out.append({"op": label + ", forward", "contender": contender, "ms": seconds * 1e3,
+                        "rate": flops / seconds / 1e12, "unit": "TFLOP/s", "check": f"rel err (out, dq, dk, dv) {err:.1e}"})
+            seconds = timeit(both, reps=5)
+            out.append({"op": label + ", forward + backward", "contender": contender, "ms": seconds * 1e3,
+                        "rate": 3.5 * flops / seconds / 1e12, "unit": "TFLOP/s",
+                        "check": f"rel err (out, dq, dk, dv) {err:.1e}"})
+        del q, k, v, dout, qd, kd, vd, doutd, tq, tk, tv, want_out, want_grads
+
+    # embedding: GPT-2's vocabulary, 768 channels; the backward writes the whole (V, C) table
+    vocabulary = 50257
+    table = torch.randn(vocabulary, c, device="cuda", generator=g)
+    ids = torch.randint(0, vocabulary, (tokens // 1024 or 1, min(tokens, 1024)), device="cuda", generator=g)
+    ids_host = ids.cpu().numpy()
+    dy = torch.randn(*ids.shape, c, device="cuda", generator=g)
+    tabled, dyd = nb(table), nb(dy)
+    out += _bandwidth_rows(f"embedding {tuple(ids.shape)} of {vocabulary}x{c} f32", [
+        ("kernprop cuda", lambda: kernprop.embedding(ids_host, tabled, backend="cuda"), th),
+        ("torch eager", lambda: F.embedding(ids, table), lambda r: r),
+    ], 2 * 4 * ids.numel() * c, bandwidth, F.embedding(ids, table.double()))
+    want = torch.ops.aten.embedding_dense_backward(dy.double(), ids, vocabulary, -1, False)
+    out += _bandwidth_rows(f"embedding_backward {tuple(ids.shape)} -> {vocabulary}x{c} f32", [
+        ("kernprop cuda (deterministic)", lambda: kernprop.embedding_backward(ids_host, dyd, vocabulary, backend="cuda"), th),
+        ("torch eager", lambda: torch.ops.aten.embedding_dense_backward(dy, ids, vocabulary, -1, False), lambda r: r),
+    ], 4 * (ids.numel() * c + vocabulary * c), bandwidth, want)
+    return out
+
+
 def signatures_section(folder):
     """The merged report of bench/gpu_signatures.py, as Markdown lines."""
     files = sorted(glob.glob(os.path.join(folder, "*.tsv"))) if folder else []
@@ -310,14 +444,24 @@ def environment():
             f"numba-cuda {numba_cuda}, torch {torch.__version__}, CuPy {cupy_version}")
 
 
-def append_pool_rows(path, results, errors) -> int:
-    """The rows measured with the caching allocator, as a section of the page."""
-    lines = ["", "## With the caching allocator", "",
-             "Same benchmarks in a second process with `kernprop.kernels.numba_cuda.pool` installed "
-             "(freed device blocks reused instead of cuMemFree / cuMemAlloc):", "",
-             "| op | contender | ms | rate | check |", "|---|---|---:|---:|---|"]
-    lines += [f"| {r['op']} | {r['contender']} | {r['ms']:.3f} | {r['rate']:,.1f} {r['unit']} | {r['check']} |"
-              for r in results]
+POOL_SECTION = ("With the caching allocator",
+                "Same benchmarks in a second process with `kernprop.kernels.numba_cuda.pool` installed "
+                "(freed device blocks reused instead of cuMemFree / cuMemAlloc):")
+TRANSFORMER_SECTION = ("Transformer ops (issue 26)",
+                       "Measured in a process of their own by `gpu_bench.py --only copy,transformer --append`: "
+                       "forward and backward against PyTorch CUDA eager (aten's own backward kernels where "
+                       "there is one, autograd for SDPA), float32, every contender checked first against "
+                       "PyTorch in float64. Bandwidth shares are of the copy in this table.")
+
+
+def append_pool_rows(path, results, errors, section=POOL_SECTION) -> int:
+    """Rows measured in a second process, as a section of the page: ``section`` is
+    (title, one paragraph)."""
+    title, intro = section
+    lines = ["", f"## {title}", "", intro, "",
+             "| op | contender | ms | rate | share | check |", "|---|---|---:|---:|---:|---|"]
+    lines += [f"| {r['op']} | {r['contender']} | {r['ms']:.3f} | {r['rate']:,.1f} {r['unit']} | "
+              f"{format(r['share'], '.0%') if 'share' in r else ''} | {r['check']} |" for r in results]
     lines += [f"- failed: {e}" for e in errors]
     with open(path, "a") as f:
         f.write("\n".join(lines) + "\n")
@@ -342,7 +486,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tests-log", default=None, help="pytest log whose summary the page quotes")
     parser.add_argument("--train-log", default=None, help="kernprop train log the page quotes")
     parser.add_argument("--signatures", default=None, help="folder of bench/gpu_signatures.py reports")
-    parser.add_argument("--only", default=None, help="comma-separated benchmarks: copy,rows,sgemm,mlp,small")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated benchmarks: copy,rows,sgemm,mlp,small,transformer "
+                             "(default: all but transformer, which gpu.sh runs in a process of its own)")
+    parser.add_argument("--append", action="store_true",
+                        help="append the rows to --out as a section (the transformer ops) instead of writing the page")
     parser.add_argument("--pool", action="store_true",
                         help="kernprop's caching allocator (kernels/numba_cuda/pool.py); append its kernprop rows to --out")
     args = parser.parse_args(argv)
@@ -362,8 +510,11 @@ def main(argv=None) -> int:
                      ("rows", lambda: bench_rows(copy["rate"] if copy else float("nan"), args.quick)),
                      ("sgemm", lambda: bench_sgemm(args.quick)),
                      ("mlp", lambda: bench_mlp_step(args.quick)),
-                     ("small", bench_small_op)):
+                     ("small", bench_small_op),
+                     ("transformer", lambda: bench_transformer(copy["rate"] if copy else float("nan"), args.quick))):
         if args.only and name not in args.only.split(","):
+            continue
+        if not args.only and name == "transformer":
             continue
         try:
             rows = fn()
@@ -386,6 +537,8 @@ def main(argv=None) -> int:
 
     if args.pool:
         return append_pool_rows(args.out, results, errors)
+    if args.append:
+        return append_pool_rows(args.out, results, errors, TRANSFORMER_SECTION)
     commit = os.environ.get("KERNPROP_COMMIT", "?")
     lines = [
         "# kernprop on a GPU: measured results",

@@ -73,6 +73,10 @@ def test_every_launcher_block_is_listed():
     table = launches.launches()
     names = {launch.kernel for launch in table}
     assert {"gemm_kernel", "cross_entropy_kernel", "softmax_forward_kernel", "adam_step_kernel"} <= names
+    assert {"gelu_forward_kernel", "gelu_tanh_backward_kernel", "layer_norm_forward_kernel",
+            "layer_norm_backward_kernel", "layer_norm_params_partial_kernel", "column_total_kernel",
+            "attention_forward_kernel", "attention_delta_kernel", "attention_backward_dkdv_kernel",
+            "attention_backward_dq_kernel", "embedding_forward_kernel", "embedding_backward_kernel"} <= names
     assert all(launch.threads <= 1024 for launch in table)
     assert {launch.dtype for launch in table} == {np.dtype(np.float32), np.dtype(np.float64)}
 

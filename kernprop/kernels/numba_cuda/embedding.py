@@ -83,7 +83,7 @@ def sort_positions(ids, num_embeddings):
 def embedding_backward(ids, dy, num_embeddings):
     # ids (any shape) on the host, dy ids.shape + (C,) -> dtable (num_embeddings, C)
     on_device = any_device(dy)
-    width = dy.shape[-1]
+    width = tuple(dy.shape)[-1]  # (the simulator's device shapes take no negative index)
     positions = int(np.prod(ids.shape))
     d_dy = to_device_flat(dy).reshape(positions, width)
     dtype = np.dtype(d_dy.dtype)

@@ -7,10 +7,11 @@ Numba compiles one specialisation per tuple of argument types, so the list holds
 entry per type tuple a launcher can pass:
 
 * array layouts: ``C`` for what the launchers allocate or copy from NumPy (always
-  C-contiguous), and ``A`` for the row and GEMM kernels when the caller hands in a
-  strided device view (a transposed or sliced device array), which those kernels read
-  in place.  Elementwise kernels and optimizer steps always get flat ``C`` arrays
-  (``_common.to_device_flat``).
+  C-contiguous), and ``A`` for the row, GEMM, attention and embedding-lookup kernels
+  when the caller hands in a strided device view (a transposed or sliced device array,
+  heads interleaved with positions), which those kernels read in place.  Elementwise
+  kernels, optimizer steps, small vectors (layer-norm weights and statistics, lse) and
+  the embedding gradient always get ``C`` arrays (``_common.to_device_flat``).
 * Python scalars reach a kernel as ``int64``, ``float64`` or ``boolean``; the kernels
   cast them to the array dtype themselves.
 * compile-time variants (GEMM transposes, log or plain softmax, with or without the
@@ -28,7 +29,7 @@ import numba
 import numpy as np
 from numba import types
 
-from . import _common, activations, losses, matmul, optimizers, softmax
+from . import _common, activations, attention, embedding, losses, matmul, normalization, optimizers, softmax
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -90,6 +91,7 @@ def launches(dtypes=DTYPES) -> list[Launch]:
     out = []
     for dtype in map(np.dtype, dtypes):
         out += _matmul(dtype) + _activations(dtype) + _softmax(dtype) + _losses(dtype) + _optimizers(dtype)
+        out += _normalization(dtype) + _attention(dtype) + _embedding(dtype)
     return out
 
 
@@ -172,3 +174,60 @@ def _optimizers(dtype):
         Launch("sgd_step_kernel", "", dtype, sgd, (c1, c1, c1, f64, f64, b, f64), block),
         Launch("adam_step_kernel", "", dtype, adam, (c1, c1, c1, c1) + (f64,) * 6 + (b, f64), block),
     ]
+
+
+def _normalization(dtype):
+    f64, i64, b = types.float64, types.int64, types.boolean
+    c1, c2 = _arr(dtype, 1), _arr(dtype, 2)
+    part = _arr(np.float64, 2)
+    row_block = (_common.ROW_THREADS,)
+    partial, total = normalization._params_kernels(dtype)
+    out = []
+    for layout in "CA":
+        a2 = _arr(dtype, 2, layout)
+        out.append(Launch("layer_norm_forward_kernel", layout, dtype, normalization._forward_kernel(dtype),
+                          (a2, c1, c1, b, f64, c2, c1, c1), row_block))
+        out.append(Launch("layer_norm_backward_kernel", layout, dtype, normalization._backward_kernel(dtype),
+                          (a2, c1, c1, c1, a2, c2), row_block))
+        # float64 on purpose: column sums over every row, as matmul's column_sum_kernel
+        out.append(Launch("layer_norm_params_partial_kernel", layout, dtype, partial,
+                          (a2, c1, c1, a2, b, i64, part, part),
+                          (normalization.PARAMS_X, normalization.PARAMS_Y), wide=True))
+    out.append(Launch("column_total_kernel", "", dtype, total, (part, c1), (normalization.TOTAL_THREADS,),
+                      wide=True))
+    return out
+
+
+def _attention(dtype):
+    f64, b = types.float64, types.boolean
+    c3, c4 = _arr(dtype, 3), _arr(dtype, 4)
+    out = []
+    for layout in "CA":
+        # "A": q, k, v and dout strided (heads interleaved with positions, as a fused
+        # qkv projection leaves them); out, lse and delta are the backend's own, "C"
+        a4 = _arr(dtype, 4, layout)
+        out.append(Launch("attention_delta_kernel", layout, dtype, attention._delta_kernel(dtype),
+                          (c4, a4, c3), (attention.DELTA_WARPS * _common.WARP,)))
+        for head in attention.HEADS:
+            fwd = attention.FORWARD_TILES[(dtype, head)]
+            out.append(Launch("attention_forward_kernel", f"head={head}, {layout}", dtype,
+                              attention._forward_kernel(dtype, head),
+                              (a4, a4, a4, f64, b, c4, c3), (fwd.threads,)))
+            bwd = attention.BACKWARD_TILES[(dtype, head)]
+            dkdv, dq = attention._backward_kernels(dtype, head)
+            out.append(Launch("attention_backward_dkdv_kernel", f"head={head}, {layout}", dtype, dkdv,
+                              (a4, a4, a4, a4, c3, c3, f64, b, c4, c4), (bwd.threads,)))
+            out.append(Launch("attention_backward_dq_kernel", f"head={head}, {layout}", dtype, dq,
+                              (a4, a4, a4, a4, c3, c3, f64, b, c4), (bwd.threads,)))
+    return out
+
+
+def _embedding(dtype):
+    ids = _arr(np.int64, 1)
+    c2 = _arr(dtype, 2)
+    block = (_common.ELEMENTWISE_THREADS,)
+    forward, backward = embedding._kernels(dtype)
+    out = [Launch("embedding_forward_kernel", layout, dtype, forward, (ids, _arr(dtype, 2, layout), c2), block)
+           for layout in "CA"]
+    out.append(Launch("embedding_backward_kernel", "", dtype, backward, (ids, ids, c2, c2), block))
+    return out

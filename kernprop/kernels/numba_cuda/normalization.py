@@ -161,11 +161,35 @@ def _params_kernels(dtype):
     return layer_norm_params_partial_kernel, column_total_kernel
 
 
-def param_chunks(rows: int) -> tuple[int, int]:
-    """(chunks, rows per chunk) of the parameter gradients of ``rows`` rows."""
-    chunks = min(cdiv(rows, ROWS_PER_CHUNK), MAX_CHUNKS)
-    per_chunk = cdiv(rows, chunks)
-    return cdiv(rows, per_chunk), per_chunk
+def param_chunks(rows: int, rows_per_chunk: int | None = None) -> tuple[int, int]:
+    """(chunks, rows per chunk) of the parameter gradients of ``rows`` rows: chunks of
+    ``rows_per_chunk`` rows (default ROWS_PER_CHUNK, widened to keep at most MAX_CHUNKS)."""
+    if rows_per_chunk is None:
+        chunks = min(cdiv(rows, ROWS_PER_CHUNK), MAX_CHUNKS)
+        rows_per_chunk = cdiv(rows, chunks)
+    return cdiv(rows, rows_per_chunk), rows_per_chunk
+
+
+def layer_norm_param_grads(x, mean, rstd, dy, has_bias, rows_per_chunk=None):
+    """(dweight (C,), dbias (C,) or None) of device arrays x, dy (N, C), mean, rstd (N,):
+    column sums of dy xhat and dy over chunks of rows, then over the chunks, in a fixed
+    order.  ``rows_per_chunk`` as in ``param_chunks``."""
+    n, c = x.shape
+    dtype = np.dtype(x.dtype)
+    partial, total = _params_kernels(dtype)
+    chunks, per_chunk = param_chunks(n, rows_per_chunk)
+    dw_part = cuda.device_array((chunks, c), dtype=np.float64)
+    db_part = cuda.device_array((chunks, c), dtype=np.float64) if has_bias else dummy(np.float64, 2)
+    partial[(cdiv(c, PARAMS_X), chunks), (PARAMS_X, PARAMS_Y)](
+        x, mean, rstd, dy, bool(has_bias), per_chunk, dw_part, db_part)
+    blocks = min(cdiv(c, TOTAL_THREADS), 1024)
+    dweight = cuda.device_array(c, dtype=dtype)
+    total[blocks, TOTAL_THREADS](dw_part, dweight)
+    dbias = None
+    if has_bias:
+        dbias = cuda.device_array(c, dtype=dtype)
+        total[blocks, TOTAL_THREADS](db_part, dbias)
+    return dweight, dbias
 
 
 # --- the contract ---------------------------------------------------------------------
@@ -195,18 +219,5 @@ def layer_norm_backward(x, weight, mean, rstd, dy, has_bias):
     n, c = d_x.shape
     dx = cuda.device_array((n, c), dtype=dtype)
     _backward_kernel(dtype)[n, row_threads(c)](d_x, d_w, d_mean, d_rstd, d_dy, dx)
-
-    partial, total = _params_kernels(dtype)
-    chunks, per_chunk = param_chunks(n)
-    dw_part = cuda.device_array((chunks, c), dtype=np.float64)
-    db_part = cuda.device_array((chunks, c), dtype=np.float64) if has_bias else dummy(np.float64, 2)
-    partial[(cdiv(c, PARAMS_X), chunks), (PARAMS_X, PARAMS_Y)](
-        d_x, d_mean, d_rstd, d_dy, bool(has_bias), per_chunk, dw_part, db_part)
-    blocks = min(cdiv(c, TOTAL_THREADS), 1024)
-    dweight = cuda.device_array(c, dtype=dtype)
-    total[blocks, TOTAL_THREADS](dw_part, dweight)
-    dbias = None
-    if has_bias:
-        dbias = cuda.device_array(c, dtype=dtype)
-        total[blocks, TOTAL_THREADS](db_part, dbias)
+    dweight, dbias = layer_norm_param_grads(d_x, d_mean, d_rstd, d_dy, has_bias)
     return finish(dx, on_device), finish(dweight, on_device), finish(dbias, on_device)
