@@ -406,8 +406,9 @@ def policy() -> ThreadPolicy:
     state = busy_state()
     now = f"one thread for {state['one_thread_for_s']:.2f} s" if state["one_thread_for_s"] else "full count"
     busy = ("guard off (KERNPROP_BUSY_GUARD=0)" if os.environ.get("KERNPROP_BUSY_GUARD", "1") == "0" else
-            f"one thread after a call whose calling thread was off a core for over {OFF_CORE_S * 1e3:.2f} ms "
-            f"and {1 - BUSY_SHARE:.0%} of the call (now: {now}; {state['serial_calls']} calls on one thread so far)")
+            f"one thread after {VERDICTS} calls in a row whose calling thread was off a core for over "
+            f"{OFF_CORE_S * 1e3:.2f} ms and {1 - BUSY_SHARE:.0%} of the call (now: {now}; "
+            f"{state['serial_calls']} calls on one thread so far)")
     after_fork = _forked_reason or ("a child forked once the OpenMP threads started runs its kernels on one "
                                     "thread, with the same results (spawn and forkserver children: full count)")
     return ThreadPolicy(get_num_threads(), _numba_layer_now(), shared, _state["wait"], serial, busy, _blas_now(),
