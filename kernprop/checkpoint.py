@@ -310,6 +310,8 @@ def _outputs(configs):
         config = todo.pop()
         if isinstance(config, dict) and config.get("type") == "Linear":
             last = config.get("out_features")
+        elif isinstance(config, dict) and config.get("type") == "GPT":
+            last = config.get("vocab_size")
         elif isinstance(config, dict) and isinstance(config.get("layers"), list):
             todo.extend(reversed(config["layers"]))
     return last

@@ -42,7 +42,9 @@ from ._progress import bar_close as _bar_close
 from ._progress import bar_update as _bar_update
 from ._progress import epoch_line as _epoch_line
 from .trainer_inputs import (check_distinct_parameters, check_features, check_targets,
-                             check_trainer_keywords, output_features)
+                             check_token_ids, check_token_targets, check_trainer_keywords, is_sequence_model,
+                             output_features)
+from .engines import sequence as _sequence
 from .optim import Adam, Optimizer
 
 __all__ = ["Trainer", "FORMAT_VERSION"]
@@ -138,6 +140,7 @@ class Trainer:
             raise TypeError(f"model parameters must share one dtype, got {sorted(map(str, dtypes))}")
         check_distinct_parameters(params)
         self.model = model
+        self.sequence = is_sequence_model(model)  # a GPT: (N, T) token ids in, (N, T) targets
         self.loss = nn.make_loss(loss, **loss_kwargs)
         outputs = output_features(model)
         if outputs is not None:
@@ -192,6 +195,8 @@ class Trainer:
             )
 
     def _check_X(self, X, name):
+        if self.sequence:
+            return check_token_ids(X, name, self.model)
         probe = nn.validated_ops(self.backend_name(), self.precision)
         return check_features(X, name, self.model, self.dtype, probe)
 
@@ -200,6 +205,9 @@ class Trainer:
 
     def _check_data(self, X, y, x_name="X", y_name="y"):
         X, num_outputs = self._check_X(X, x_name)
+        if self.sequence:
+            self._check_loss(num_outputs)
+            return X, check_token_targets(y, X, y_name, x_name, num_outputs, self.loss)
         if num_outputs is not None:
             self._check_loss(num_outputs)
         return X, self._check_y(y, X.shape[0], num_outputs, y_name, x_name)
@@ -214,8 +222,11 @@ class Trainer:
         X : array-like, shape (N, F)
             float32/float64 (cast to the model's dtype once); a list of Python floats
             reads as float64.  F must match the model's input features.
+            For a sequence model (``nn.GPT``): (N, T) integer token ids, T <= its block size.
         y : array-like
-            (N,) integer labels for cross-entropy; (N, OUT) or (N,) targets for mse.
+            (N,) integer labels for cross-entropy; (N, OUT) or (N,) targets for mse; for a
+            sequence model (N, T) next-token targets (``ignore_index`` positions skipped),
+            the loss taken over every position.
         epochs : int, default 1
         validation_data : (X_val, y_val), optional
             Evaluated after every epoch.
@@ -233,7 +244,8 @@ class Trainer:
             Per epoch: ``loss`` (mean loss per row over the epoch's batches; for
             reduction "sum" the summed loss divided by the rows), ``accuracy``
             (classification), ``val_loss``, ``val_accuracy`` (with validation data),
-            ``samples_per_s`` (training throughput, step loop only; the first epoch of
+            ``samples_per_s`` (training throughput in rows, sequences for a GPT, which also
+            gets ``tokens_per_s``; step loop only; the first epoch of
             a process's first fit also pays for compiling the Numba kernels, or loading
             them from the cache, unless ``warmup`` ran first), ``lr``,
             ``engine`` (the step engine's name) and ``precision`` (what the products
@@ -287,11 +299,13 @@ class Trainer:
                 engine.end_epoch()
                 elapsed = time.perf_counter() - t0
                 logs = {"loss": self._epoch_loss(losses, sizes, n)}
-                if self.classification:
+                if self.classification and not self.sequence:  # a sequence step holds no logits
                     logs["accuracy"] = _accuracy(preds, ys, getattr(self.loss, "ignore_index", None))
                 if val is not None:
                     logs.update({f"val_{k}": v for k, v in self._evaluate(*val, engine.kernels).items()})
                 logs["samples_per_s"] = n / elapsed if elapsed > 0 else float("inf")
+                if self.sequence:
+                    logs["tokens_per_s"] = X.size / elapsed if elapsed > 0 else float("inf")
                 logs["lr"] = optimizer.lr
                 logs["engine"] = engine.name
                 logs["precision"] = self.precision_choice[0]
@@ -419,10 +433,11 @@ class Trainer:
         return self._check_data(X_val, y_val, "validation_data[0]", "validation_data[1]")
 
     def _history_keys(self, val):
-        keys = ["loss"] + (["accuracy"] if self.classification else [])
+        keys = ["loss"] + (["accuracy"] if self.classification and not self.sequence else [])
         if val is not None:
             keys += ["val_loss"] + (["val_accuracy"] if self.classification else [])
-        return keys + ["samples_per_s", "lr", "engine", "precision"]
+        return keys + ["samples_per_s"] + (["tokens_per_s"] if self.sequence else []) + ["lr", "engine",
+                                                                                         "precision"]
 
     def _epoch_loss(self, losses, sizes, rows):
         """Mean loss per row: batch means weighted by batch size, or summed losses / rows."""
@@ -433,10 +448,14 @@ class Trainer:
     # --- inference --------------------------------------------------------------------
 
     def _outputs(self, X, kernels):
+        if self.sequence:  # logits (N, T, V), a few sequences per pass
+            return _sequence.predict_logits(self.model, X, kernels)
         chunks = [host(self.model.forward(X[s:s + _EVAL_ROWS])) for s in range(0, X.shape[0], _EVAL_ROWS)]
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def _evaluate(self, X, y, kernels):
+        if self.sequence:
+            return _sequence.evaluate(self.model, self.loss, X, y, kernels)
         out = self._outputs(X, kernels)
         loss = host(self.loss.forward(out, y, kernels))
         reduction = getattr(self.loss, "reduction", "mean")
@@ -455,19 +474,22 @@ class Trainer:
             return self._evaluate(X, y, kernels)
 
     def predict_proba(self, X):
-        """Class probabilities (N, C): the softmax of the model's logits."""
+        """Class probabilities (N, C): the softmax of the model's logits ((N, T, V) for a
+        sequence model)."""
         if not self.classification:
             raise ValueError("predict_proba needs a classification loss (cross_entropy)")
         X, _ = self._check_X(X, "X")
         with nn.bind_kernels(self.model, nn.raw_kernels(self.backend_name(), self.precision)) as kernels:
-            return host(kernels.softmax_forward(self._outputs(X, kernels)))
+            out = self._outputs(X, kernels)
+            return host(kernels.softmax_forward(out.reshape(-1, out.shape[-1]))).reshape(out.shape)
 
     def predict(self, X):
-        """Class labels (N,) int64 for classification, else the model outputs (N, OUT)."""
+        """Class labels (N,) int64 for classification, else the model outputs (N, OUT);
+        for a sequence model the most likely next token at every position (N, T)."""
         X, _ = self._check_X(X, "X")
         with nn.bind_kernels(self.model, nn.raw_kernels(self.backend_name(), self.precision)) as kernels:
             out = self._outputs(X, kernels)
-        return out.argmax(axis=1).astype(np.int64) if self.classification else out
+        return out.argmax(axis=-1).astype(np.int64) if self.classification else out
 
     # --- checkpoints ------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from . import nn
 from ._validate import as_array, check_label_values, float_dtype_error
 
 __all__ = ["FLOAT_DTYPES", "TRAINER_KEYWORDS", "KEYWORD_HINTS", "as_ndarray", "check_trainer_keywords",
-           "check_features", "check_targets", "input_features", "output_features", "check_distinct_parameters"]
+           "check_features", "check_targets", "input_features", "output_features", "check_distinct_parameters",
+           "is_sequence_model", "check_token_ids", "check_token_targets"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -162,3 +163,36 @@ def check_targets(y, n, num_outputs, name, x_name, loss, classification, dtype):
     if not np.isfinite(y).all():
         raise ValueError(f"{name} must be finite (it holds NaN or inf)")
     return np.ascontiguousarray(y, dtype=dtype)
+
+
+def is_sequence_model(model):
+    """Whether ``model`` trains on (N, T) token ids (``nn.GPT``: ``sequence_model = True``)."""
+    return bool(getattr(model, "sequence_model", False))
+
+
+def check_token_ids(X, name, model):
+    """``X`` (N, T) integer token ids for a sequence model: 1 <= T <= its block size,
+    each id in [0, vocab_size); as int64, C-contiguous.  Returns ``(X, vocab_size)``."""
+    X = as_ndarray(X, name)
+    if X.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer token ids for a {type(model).__name__}, got dtype {X.dtype}")
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array (sequences, positions) of token ids, "
+                         f"got shape {X.shape}")
+    if X.shape[1] > model.block_size:
+        raise ValueError(f"{name} has sequences of {X.shape[1]} tokens, more than the model's "
+                         f"block_size {model.block_size}")
+    X = check_label_values(name, X, model.vocab_size, None)
+    return np.ascontiguousarray(X), model.vocab_size
+
+
+def check_token_targets(y, X, name, x_name, vocab_size, loss):
+    """``y`` of ``X``'s shape (N, T): next-token targets in [0, vocab_size) or the
+    loss's ``ignore_index``; as int64, C-contiguous."""
+    y = as_ndarray(y, name)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer token ids (next-token targets), got dtype {y.dtype}")
+    if y.shape != X.shape:
+        raise ValueError(f"{name} must have the shape of {x_name} {X.shape} (one target per position), "
+                         f"got {y.shape}")
+    return np.ascontiguousarray(check_label_values(name, y, vocab_size, getattr(loss, "ignore_index", None)))

@@ -214,3 +214,105 @@ def test_gpt_matches_pytorch_one_step(tie):
         scale = float(np.abs(tp.grad.numpy()).max())
         assert_close(g, _layout(tp.grad.numpy(), tp), 1e-3, 1e-4 * scale, f"gradient {i} via logits")
     del dlogits
+
+
+def _torch_adamw(twin, lr, wd):
+    return torch.optim.AdamW(twin.ordered(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
+
+
+def test_gpt_loss_curve_matches_pytorch_adamw_20_steps():
+    """The Trainer (engine 'sequence', AdamW) against PyTorch from the same weights on
+    the same batch: the loss at each of 20 steps, then the weights."""
+    V, T, B = 29, 16, 8
+    model = nn.GPT(V, T, 2, 2, 32, rng=1)
+    twin = TorchGPT(model)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, V, (B, T))
+    targets = np.roll(ids, -1, axis=1)
+    lr, wd = 3e-3, 0.1
+    trainer = kernprop.Trainer(model, optimizer=kernprop.optim.Adam(lr, weight_decay=wd, decoupled=True),
+                               batch_size=B)
+    history = trainer.fit(ids, targets, epochs=20, shuffle=False, verbose=0)
+    assert set(history["engine"]) == {"sequence"}
+    assert history["tokens_per_s"][0] == pytest.approx(history["samples_per_s"][0] * T)
+    opt = _torch_adamw(twin, lr, wd)
+    theirs = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = F.cross_entropy(twin(torch.from_numpy(ids)).reshape(-1, V), torch.from_numpy(targets).reshape(-1))
+        loss.backward()
+        opt.step()
+        theirs.append(loss.item())
+    assert theirs[-1] < theirs[0] - 0.5  # it learns: the curve is worth comparing
+    assert_close(history["loss"], theirs, 2e-3, 0, "loss curve")
+    for i, (p, tp) in enumerate(zip(model.parameters(), twin.ordered())):
+        assert_close(p, _layout(tp.detach().numpy(), tp), 1e-2, 2e-4, f"parameter {i} after 20 steps")
+
+
+def test_sequence_trainer_evaluate_predict_and_checkpoint(tmp_path):
+    V, T = 13, 8
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, V, (64, T + 1))
+    X, y = data[:, :-1], data[:, 1:].copy()
+    y[:, 0] = -100  # ignored positions
+    model = nn.GPT(V, T, 1, 2, 16, rng=0)
+    trainer = kernprop.Trainer(model, optimizer=kernprop.optim.Adam(1e-2, decoupled=True), batch_size=16)
+    history = trainer.fit(X, y, epochs=2, validation_data=(X[:16], y[:16]), verbose=0)
+    assert set(history) >= {"loss", "val_loss", "val_accuracy", "samples_per_s", "tokens_per_s"}
+    assert "accuracy" not in history
+    result = trainer.evaluate(X, y)
+    # evaluate's loss is the mean over the positions not ignored, as PyTorch's
+    logits = model.forward(X)
+    expected = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits.reshape(-1, V)),
+                                                       torch.from_numpy(y.reshape(-1))))
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+    assert trainer.predict(X[:3]).shape == (3, T)
+    assert np.array_equal(trainer.predict(X[:3]), logits[:3].argmax(-1))
+    proba = trainer.predict_proba(X[:2])
+    assert proba.shape == (2, T, V) and np.allclose(proba.sum(-1), 1, atol=1e-5)
+    path = tmp_path / "gpt.npz"
+    trainer.save(path)
+    loaded = kernprop.Trainer.load(path)
+    assert isinstance(loaded.model, nn.GPT) and loaded.model.config() == model.config()
+    for p, q in zip(model.parameters(), loaded.model.parameters()):
+        assert np.array_equal(p, q)
+    assert loaded.evaluate(X, y)["loss"] == pytest.approx(result["loss"], rel=1e-6)
+    # generate from the loaded model: the same tokens as from the original, for one seed
+    prompt = X[0, :3]
+    a = loaded.model.generate(prompt, 20, rng=7)
+    assert np.array_equal(a, model.generate(prompt, 20, rng=7))
+    assert a.shape == (23,) and np.array_equal(a[:3], prompt)
+    # training goes on from the checkpoint
+    loaded.fit(X, y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="block_size"):
+        trainer.fit(rng.integers(0, V, (4, T + 1)), rng.integers(0, V, (4, T + 1)), verbose=0)
+    with pytest.raises(ValueError, match="out of range"):
+        trainer.fit(X, np.full_like(y, V), verbose=0)
+    with pytest.raises(TypeError, match="integer token ids"):
+        trainer.fit(X.astype(np.float32), y, verbose=0)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_generate_with_cache_matches_recomputing(tie):
+    """Cached generation gives the tokens that recomputing the whole (cropped) context
+    per token gives, past block_size too; greedy, top_k and temperature."""
+    V, T = 17, 8
+    model = nn.GPT(V, T, 2, 2, 16, tie_weights=tie, rng=3)
+    rng = np.random.default_rng(0)
+    for p in model.parameters():
+        p[...] += rng.standard_normal(p.shape).astype(np.float32) * 0.3  # peaked logits
+    prompt = np.array([[1, 2, 3], [4, 5, 6]])
+
+    def reference(ids, steps, temperature, top_k, seed):
+        gen = np.random.default_rng(seed)
+        out = ids.copy()
+        for _ in range(steps):
+            logits = model.forward(out[:, -T:])[:, -1].astype(np.float64)
+            out = np.concatenate([out, nn._sample(logits, temperature, top_k, gen)[:, None]], axis=1)
+        return out
+
+    for temperature, top_k in ((0, None), (1.0, None), (0.8, 3)):
+        got = model.generate(prompt, 12, temperature=temperature, top_k=top_k, rng=11)
+        assert np.array_equal(got, reference(prompt, 12, temperature, top_k, 11)), (temperature, top_k)
+    with pytest.raises(ValueError, match="ids must be in"):
+        model.generate(np.array([V]), 1)

@@ -14,6 +14,9 @@ engine         a step is                                              file
                call per epoch (``kernels/numba_cpu/mlp_step.py``)
 ``device``     cuda: ``layerwise`` with the parameters, optimizer     ``engines/device.py``
                state and rows resident on the GPU
+``sequence``   a GPT on (N, T) token ids: features, the fused head    ``engines/sequence.py``
+               and cross-entropy (``linear_cross_entropy``),
+               backward, update
 =============  =====================================================  =======================
 
 ``distributed="mpi"`` wraps the engine in ``DataParallel`` (``engines/data_parallel.py``),
@@ -21,6 +24,8 @@ which adds one gradient ``Allreduce`` per step; its name is ``mpi(<engine>)``.
 
 The rule (``choose``), for ``engine="auto"``, in this order:
 
+0. a sequence model (``nn.GPT``): ``sequence`` (the only engine that takes one; CPU
+   backends);
 1. the ``cuda`` backend: ``device``;
 2. distributed: ``layerwise`` (each rank's shard, then the Allreduce);
 3. the ``numba`` backend, a model the fused step takes (``fused_mlp.plan``) and a step of
@@ -54,12 +59,13 @@ from .data_parallel import DataParallel
 from .device import DeviceEngine
 from .fused_mlp import FusedMLPEngine, multiply_adds, plan
 from .layerwise import LayerwiseEngine, PackedEngine
+from .sequence import SequenceEngine, takes as sequence_takes
 
 __all__ = ["ENGINES", "Engine", "LayerwiseEngine", "PackedEngine", "FusedMLPEngine", "DeviceEngine",
-           "DataParallel", "check", "choose", "make", "fused_limit"]
+           "DataParallel", "SequenceEngine", "check", "choose", "make", "fused_limit"]
 
 ENGINES = {"layerwise": LayerwiseEngine, "packed": PackedEngine, "fused": FusedMLPEngine,
-           "device": DeviceEngine}
+           "device": DeviceEngine, "sequence": SequenceEngine}
 ENGINE_CHOICES = ("auto", *ENGINES)
 
 FUSED_MAX_MACS = 100_000_000  # multiply-adds per step, with more than one numba thread
@@ -75,6 +81,8 @@ def fused_limit(threads=None):
 
 def choose(model, loss, optimizer, backend, batch_size, distributed=False):
     """``(engine name, reason)`` by the rule of the module docstring."""
+    if getattr(model, "sequence_model", False):
+        return "sequence", "a sequence model: features, fused head and loss, backward"
     if backend == "cuda":
         return "device", "the cuda backend: parameters stay on the GPU"
     if distributed:
@@ -101,8 +109,17 @@ def check(name, model, loss, optimizer, backend, distributed=False):
         raise ValueError(f"the cuda backend trains with engine 'device', not {name!r}")
     if name == "fused" and backend != "numba":
         raise ValueError(f"engine 'fused' runs on the numba backend, not {backend!r}")
-    if distributed and name not in ("layerwise", "packed"):
-        raise ValueError(f"distributed training wraps engine 'layerwise' or 'packed', not {name!r}")
+    sequence = getattr(model, "sequence_model", False)
+    if name == "sequence" or sequence:
+        if name != "sequence":
+            raise ValueError(f"a {type(model).__name__} trains with engine 'sequence', not {name!r}")
+        if backend == "cuda":
+            raise ValueError("engine 'sequence' runs on the CPU backends, not 'cuda'")
+        why = sequence_takes(model, loss)
+        if why is not None:
+            raise ValueError(f"engine 'sequence' does not take {why}")
+    if distributed and name not in ("layerwise", "packed", "sequence"):
+        raise ValueError(f"distributed training wraps engine 'layerwise', 'packed' or 'sequence', not {name!r}")
     if name == "fused":
         layers, why = plan(model, loss, optimizer)
         if layers is None:
