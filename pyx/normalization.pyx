@@ -83,6 +83,10 @@ cdef extern from *:
         tail = 0;
         mv = (kp_ln_v8f){0} + m;
         for (j = 0; j < jv; j += 16) {
+            /* the next row's line at this offset (and the output's), fetched now: the
+               second and third passes run from L1, and memory would idle meanwhile */
+            __builtin_prefetch(x + c + j, 0, 3);
+            __builtin_prefetch(y + c + j, 1, 3);
             memcpy(&v0, x + j, 32);
             memcpy(&v1, x + j + 8, 32);
             v0 -= mv;
@@ -150,8 +154,25 @@ cdef extern from *:
             }
             mg = (float)((kp_ln_hsum(g0, g1) + tg) / (double)c);
             mgx = (float)((kp_ln_hsum(gx0, gx1) + tgx) / (double)c);
-            /* pass 2: dx, the row still in L1 */
-            for (j = 0; j < c; j++) {
+            /* pass 2: dx, the row still in L1; the next row's lines fetched meanwhile
+               (memory would idle during this pass) */
+            {
+                kp_ln_v8f mgv = (kp_ln_v8f){0} + mg, mgxv = (kp_ln_v8f){0} + mgx;
+                for (j = 0; j < jv; j += 8) {
+                    kp_ln_v8f xv, dyv, wv, out;
+                    if ((j & 15) == 0) {
+                        __builtin_prefetch(xr + c + j, 0, 3);
+                        __builtin_prefetch(dyr + c + j, 0, 3);
+                        __builtin_prefetch(dxr + c + j, 1, 3);
+                    }
+                    memcpy(&xv, xr + j, 32);
+                    memcpy(&dyv, dyr + j, 32);
+                    memcpy(&wv, w + j, 32);
+                    out = rv * ((dyv * wv - mgv) - (xv - mv) * rv * mgxv);
+                    memcpy(dxr + j, &out, 32);
+                }
+            }
+            for (j = jv; j < c; j++) {
                 float xh = (xr[j] - m) * rs;
                 dxr[j] = rs * ((dyr[j] * w[j] - mg) - xh * mgx);
             }

@@ -599,3 +599,115 @@ def test_rows_longer_than_a_short_block(rng, dtype, shape):
     want_loss, want_grad = ref_losses.cross_entropy_with_grad(x, labels, "mean", -100, 0.1, None)
     assert_close(loss, want_loss, dtype, scale=8.0, name="loss")
     assert_close(grad, want_grad, dtype, scale=float(np.abs(want_grad).max()), name="grad")
+
+
+# --- the transformer ops ----------------------------------------------------------------
+
+
+def _transformer_ops(rng, dtype, heads):
+    """gelu, layer_norm, attention and embedding with their backward, on shapes that take
+    the parallel paths; ``heads`` picks the attention backward's schedule (one task per
+    head from 4 heads a thread, else key blocks then query blocks)."""
+    run = dict(backend="cython")
+    x = rng.uniform(-3, 3, (300, 257)).astype(dtype)
+    dy = rng.uniform(-1, 1, (300, 257)).astype(dtype)
+    weight, bias = (rng.uniform(0.5, 1.5, 257).astype(dtype) for _ in range(2))
+    out = [kernprop.gelu(x, "tanh", **run), kernprop.gelu_backward(x, dy, "none", **run)]
+    y, mean, rstd = kernprop.layer_norm(x, weight, bias, **run)
+    out += [y, mean, rstd, *kernprop.layer_norm_backward(x, weight, mean, rstd, dy, **run)]
+    q, k = (rng.standard_normal((1, heads, 150, 40)).astype(dtype) for _ in range(2))
+    v, dout = (rng.standard_normal((1, heads, 150, 24)).astype(dtype) for _ in range(2))
+    for causal in (False, True):
+        o, lse = kernprop.attention(q, k, v, causal=causal, **run)
+        out += [o, lse, *kernprop.attention_backward(q, k, v, o, lse, dout, causal=causal, **run)]
+    ids = rng.integers(0, 7, (40, 33))
+    dy_rows = rng.uniform(-1, 1, (40, 33, 300)).astype(dtype)
+    out += [kernprop.embedding(ids, x, **run), kernprop.embedding_backward(ids, dy_rows, 9, **run)]
+    return out
+
+
+@pytest.mark.parametrize("heads", [2, 8])
+def test_transformer_ops_do_not_depend_on_thread_count(threads, dtype, rng, heads):
+    # with 2 heads the attention backward runs per head on 1 thread but by key blocks
+    # then query blocks on 2: the two schedules give the same bits
+    threads(1)
+    one = _transformer_ops(np.random.default_rng(5), dtype, heads)
+    threads(2)
+    two = _transformer_ops(np.random.default_rng(5), dtype, heads)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_attention_backward_schedules_agree_with_the_reference(threads, dtype, rng):
+    # the key-block schedule (few heads, 2 threads) against the float64 reference
+    from kernprop.kernels.reference import attention as ref_attention
+
+    threads(2)
+    q, k = (rng.standard_normal((1, 2, 200, 16)).astype(dtype) for _ in range(2))
+    v, dout = (rng.standard_normal((1, 2, 200, 16)).astype(dtype) for _ in range(2))
+    q64, k64, v64, dout64 = (a.astype(np.float64) for a in (q, k, v, dout))
+    for causal in (False, True):
+        out, lse = kernprop.attention(q, k, v, causal=causal, backend="cython")
+        want_out, want_lse = ref_attention.attention_forward(q64, k64, v64, causal, 0.25, "fp32")
+        want = ref_attention.attention_backward(q64, k64, v64, want_out, want_lse, dout64, causal, 0.25, "fp32")
+        got = kernprop.attention_backward(q, k, v, out, lse, dout, causal=causal, backend="cython")
+        for name, g, w in zip(("dq", "dk", "dv"), got, want):
+            assert_close(g, w.astype(dtype), dtype, rtol=1e-4 if dtype == np.float32 else 1e-11, name=name)
+
+
+@pytest.mark.parametrize("depth, depth_v", [(72, 40), (19, 75), (130, 8)])
+def test_attention_tile_edges(dtype, rng, depth, depth_v):
+    # head sizes through the 16-column panels, the 8-column one and single columns of
+    # the float32 product, with query and key blocks cut short (67 = 64 + 3)
+    from kernprop.kernels.reference import attention as ref_attention
+
+    q, k = rng.standard_normal((1, 1, 67, depth)).astype(dtype), rng.standard_normal((1, 1, 70, depth)).astype(dtype)
+    v, dout = rng.standard_normal((1, 1, 70, depth_v)).astype(dtype), rng.standard_normal((1, 1, 67, depth_v)).astype(dtype)
+    scale = 1 / np.sqrt(depth)
+    q64, k64, v64, dout64 = (a.astype(np.float64) for a in (q, k, v, dout))
+    rtol = 1e-4 if dtype == np.float32 else 1e-11
+    for causal in (False, True):
+        out, lse = kernprop.attention(q, k, v, causal=causal, backend="cython")
+        want_out, want_lse = ref_attention.attention_forward(q64, k64, v64, causal, scale, "fp32")
+        assert_close(out, want_out.astype(dtype), dtype, rtol=rtol, name="out")
+        assert_close(lse, want_lse.astype(dtype), dtype, rtol=rtol, name="lse")
+        got = kernprop.attention_backward(q, k, v, out, lse, dout, causal=causal, backend="cython")
+        want = ref_attention.attention_backward(q64, k64, v64, want_out, want_lse, dout64, causal, scale, "fp32")
+        for name, g, w in zip(("dq", "dk", "dv"), got, want):
+            assert_close(g, w.astype(dtype), dtype, rtol=rtol, name=name)
+
+
+def test_layer_norm_column_sums_over_many_blocks(threads, rng):
+    # 8192 float32 rows: the weight and bias gradients summed in blocks of rows, the
+    # blocks in double, stay within float32's rounding of the float64 sums
+    from kernprop.kernels.reference import normalization as ref_normalization
+
+    threads(2)
+    x = rng.standard_normal((8192, 96)).astype(np.float32) + 3
+    dy = rng.standard_normal((8192, 96)).astype(np.float32)
+    weight, bias = np.ones(96, np.float32), np.zeros(96, np.float32)
+    _, mean, rstd = kernprop.layer_norm(x, weight, bias, backend="cython")
+    _, dweight, dbias = kernprop.layer_norm_backward(x, weight, mean, rstd, dy, backend="cython")
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    _, want_dw, want_db = ref_normalization.layer_norm_backward(
+        x64, np.ones(96), mean.astype(np.float64), rstd.astype(np.float64), dy64, True)
+    # against the size of the terms summed: |dy| summed over the rows
+    scale = float(np.abs(dy64).sum(axis=0).max())
+    assert_close(dweight, want_dw.astype(np.float32), np.float32, rtol=1e-6, scale=scale, name="dweight")
+    assert_close(dbias, want_db.astype(np.float32), np.float32, rtol=1e-6, scale=scale, name="dbias")
+
+
+def test_transformer_ops_read_only_inputs(dtype, rng):
+    # const memoryviews accept arrays that may not be written; nothing writes to them
+    x, dy = readonly(rng.uniform(-2, 2, (40, 33)).astype(dtype), rng.uniform(-1, 1, (40, 33)).astype(dtype))
+    weight = readonly(np.ones(33, dtype))
+    run = dict(backend="cython")
+    kernprop.gelu_backward(x, dy, "tanh", **run)
+    y, mean, rstd = kernprop.layer_norm(x, weight, weight, **run)
+    kernprop.layer_norm_backward(x, weight, readonly(mean), readonly(rstd), dy, **run)
+    q = readonly(rng.standard_normal((1, 2, 40, 33)).astype(dtype))
+    out, lse = kernprop.attention(q, q, q, causal=True, **run)
+    kernprop.attention_backward(q, q, q, readonly(out), readonly(lse), q, causal=True, **run)
+    ids = readonly(rng.integers(0, 40, (5, 3)))
+    kernprop.embedding(ids, x, **run)
+    kernprop.embedding_backward(ids, readonly(np.ones((5, 3, 33), dtype)), 40, **run)
