@@ -11,8 +11,8 @@ order), and marks where each distinct id's run starts.  A ``prange`` over (run, 
 of channels) then gives every output element to one task, which adds that id's rows
 of ``dy`` in position order onto the zeros of ``dtable``: ``0 + dy[p0] + dy[p1] + ...``,
 the very sums ``np.add.at`` makes, so the bits are the reference's at any thread count.
-``dtable`` comes from ``np.zeros`` (calloc: pages the kernel never touches stay
-unmapped), and only the rows of ids that occur are written.
+``dtable`` arrives as zero pages mapped on first write (see the loader), and only the
+rows of ids that occur are written, each first stored (0 + dy) and then added to.
 """
 
 from cython cimport floating
@@ -53,13 +53,21 @@ def embedding_backward(const int64_t[::1] ids, const int64_t[::1] order,
     cdef Py_ssize_t nchunks = (c + CHANNEL_CHUNK - 1) // CHANNEL_CHUNK
     cdef Py_ssize_t task, run, j0, j1, j, k
     cdef int64_t v, p
+    cdef floating zero = 0
     for task in prange(nruns * nchunks, nogil=True, schedule="dynamic", chunksize=16,
                        use_threads_if=dy.shape[0] * c > PARALLEL_MIN_WORK):
         run = task // nchunks
         j0 = (task % nchunks) * CHANNEL_CHUNK
         j1 = min(j0 + CHANNEL_CHUNK, c)
         v = ids[order[run_starts[run]]]
-        for k in range(run_starts[run], run_starts[run + 1]):
+        # the first row is stored, not added: dtable's page is never read before it is
+        # written (a read maps the shared zero page, and the write after it copies that
+        # page: two faults, and for a huge page 2 MiB zeroed); 0 + dy, not dy, so a -0.0
+        # comes out +0.0 as np.add.at's first addition gives it
+        p = order[run_starts[run]]
+        for j in range(j0, j1):
+            dtable[v, j] = zero + dy[p, j]
+        for k in range(run_starts[run] + 1, run_starts[run + 1]):
             p = order[k]
             for j in range(j0, j1):
                 dtable[v, j] += dy[p, j]

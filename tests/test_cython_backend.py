@@ -711,3 +711,22 @@ def test_transformer_ops_read_only_inputs(dtype, rng):
     ids = readonly(rng.integers(0, 40, (5, 3)))
     kernprop.embedding(ids, x, **run)
     kernprop.embedding_backward(ids, readonly(np.ones((5, 3, 33), dtype)), 40, **run)
+
+
+def test_embedding_backward_into_a_large_table(dtype, rng):
+    # from 4 MiB the table is zero pages mapped on first write: the rows of the ids
+    # that occur are the reference's bits (a -0.0 gradient gives +0.0, as np.add.at's
+    # 0 + -0.0), every other row is 0, and the result is an ordinary writable array
+    from kernprop.kernels.reference import embedding as ref_embedding
+
+    vocabulary, channels = 5000, 300
+    ids = rng.integers(0, vocabulary, (8, 16))
+    ids[0, :3] = ids[1, 5]  # repeats
+    dy = rng.uniform(-1, 1, (8, 16, channels)).astype(dtype)
+    dy[2, 7] = -0.0
+    got = kernprop.embedding_backward(ids, dy, vocabulary, backend="cython")
+    want = ref_embedding.embedding_backward(ids, dy, vocabulary)
+    assert got.nbytes >= 4 << 20 and got.shape == (vocabulary, channels) and got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    got[0] += 1  # writable
