@@ -1,4 +1,6 @@
-"""Data sets for the trainer: scikit-learn's bundled digits and a user's ``.npz``.
+"""Data sets for the trainer: scikit-learn's bundled digits, a user's ``.npz``, and text
+for language models (``CharCorpus``, ``ByteCorpus``; ``python_docs_text``: the standard
+library's docstrings, gathered at run time).
 
 Nothing is downloaded: the 8x8 digits (1797 images, 10 classes) ship inside
 scikit-learn (the ``sklearn`` extra, imported only when the digits are loaded).
@@ -13,7 +15,7 @@ import numpy as np
 
 from ._validate import file_kind
 
-__all__ = ["load_digits", "load_npz", "train_test_split"]
+__all__ = ["load_digits", "load_npz", "train_test_split", "CharCorpus", "ByteCorpus", "python_docs_text"]
 
 
 def train_test_split(X, y, test_fraction=0.2, seed=0):
@@ -107,3 +109,141 @@ def load_npz(path):
         y = y.astype(np.int64)
     X = X.astype(np.float64 if X.dtype == np.float64 else np.float32)
     return X, y
+
+
+# --- text for language models --------------------------------------------------------
+
+
+class CharCorpus:
+    """A text as integer tokens, one per character, for a character-level language model
+    (nanoGPT's ``shakespeare_char``).
+
+    ``vocabulary`` is the sorted distinct characters, ``encode(str) -> int64 ids``,
+    ``decode(ids) -> str``.  The first ``1 - val_fraction`` of the tokens are ``train``,
+    the rest ``val`` (a split in the text's order, so the two share no window).
+    ``windows(split, block_size)`` gives every training window as ``(X, y)`` (N, T) with
+    ``y`` the next token of each position, ready for ``Trainer.fit``; ``batch`` draws
+    random windows, as nanoGPT's ``get_batch``.
+    """
+
+    def __init__(self, text, val_fraction=0.1):
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__} (ByteCorpus takes bytes)")
+        self._init(text, sorted(set(text)), val_fraction)
+
+    def _init(self, text, vocabulary, val_fraction):
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+                or not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        self.vocabulary = vocabulary
+        self._index = {symbol: i for i, symbol in enumerate(vocabulary)}
+        self.tokens = self.encode(text)
+        if self.tokens.size < 2:
+            raise ValueError(f"the text must hold at least 2 tokens, got {self.tokens.size}")
+        cut = self.tokens.size - int(round(self.tokens.size * val_fraction))
+        self.train, self.val = self.tokens[:cut], self.tokens[cut:]
+
+    @property
+    def vocab_size(self):
+        return len(self.vocabulary)
+
+    def encode(self, text):
+        """The ids (int64) of ``text``'s characters; a character outside the vocabulary
+        is a ValueError naming it."""
+        try:
+            return np.fromiter((self._index[c] for c in text), dtype=np.int64, count=len(text))
+        except KeyError as exc:
+            raise ValueError(f"{exc.args[0]!r} is not in the corpus's vocabulary") from None
+
+    def decode(self, ids):
+        """The text of token ids (any integer sequence)."""
+        return "".join(self.vocabulary[int(i)] for i in np.asarray(ids).reshape(-1))
+
+    def _split(self, split):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        return self.train if split == "train" else self.val
+
+    def windows(self, split, block_size, stride=None):
+        """Windows of ``block_size`` tokens of ``split`` every ``stride`` tokens (default:
+        ``block_size``, not overlapping): ``(X, y)`` int64 (N, block_size), ``y`` shifted by one."""
+        tokens = self._split(split)
+        stride = block_size if stride is None else stride
+        for name, value in (("block_size", block_size), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if tokens.size < block_size + 1:
+            raise ValueError(f"the {split} split holds {tokens.size} tokens, fewer than block_size + 1 = "
+                             f"{block_size + 1}")
+        starts = np.arange(0, tokens.size - block_size, stride)
+        index = starts[:, None] + np.arange(block_size)
+        return tokens[index], tokens[index + 1]
+
+    def batch(self, split, batch_size, block_size, rng=None):
+        """``batch_size`` random windows of ``split``: ``(X, y)`` (batch_size, block_size)."""
+        tokens = self._split(split)
+        if tokens.size < block_size + 1:
+            raise ValueError(f"the {split} split holds {tokens.size} tokens, fewer than block_size + 1")
+        rng = np.random.default_rng(rng)
+        starts = rng.integers(0, tokens.size - block_size, batch_size)
+        index = starts[:, None] + np.arange(block_size)
+        return tokens[index], tokens[index + 1]
+
+    def unigram_entropy(self, split="train"):
+        """The entropy (nats per token) of ``split``'s token frequencies: the loss of a
+        model that knows only how often each token occurs."""
+        counts = np.bincount(self._split(split), minlength=self.vocab_size)
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * np.log(p)).sum())
+
+
+class ByteCorpus(CharCorpus):
+    """``CharCorpus`` over bytes: 256 tokens, any text or binary data (a ``str`` is
+    encoded as UTF-8); ``decode`` returns a str (invalid UTF-8 replaced)."""
+
+    def __init__(self, data, val_fraction=0.1):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes or a str, got {type(data).__name__}")
+        self._init(bytes(data), list(range(256)), val_fraction)
+
+    def encode(self, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        return np.frombuffer(bytes(data), dtype=np.uint8).astype(np.int64)
+
+    def decode(self, ids):
+        return bytes(np.asarray(ids, dtype=np.int64).reshape(-1).astype(np.uint8)).decode("utf-8", "replace")
+
+
+def python_docs_text(max_chars=1_000_000, min_length=200):
+    """English text that ships with every Python: the docstrings (modules, classes,
+    functions; each at least ``min_length`` characters) of the standard library's
+    top-level modules, read from their sources in name order (nothing is imported or
+    downloaded), up to ``max_chars`` characters.  Falls back to the docstrings of the
+    built-in functions and types where the sources are absent (an embedded Python)."""
+    import ast
+    import glob
+    import sysconfig
+
+    parts, size = [], 0
+    for path in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py"))):
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= min_length:
+                    parts.append(doc)
+                    size += len(doc) + 2
+        if size >= max_chars:
+            break
+    if size < 10_000:
+        import builtins
+
+        parts += [getattr(builtins, name).__doc__ or "" for name in sorted(dir(builtins))]
+    return "\n\n".join(parts)[:max_chars]

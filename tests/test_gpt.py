@@ -316,3 +316,39 @@ def test_generate_with_cache_matches_recomputing(tie):
         assert np.array_equal(got, reference(prompt, 12, temperature, top_k, 11)), (temperature, top_k)
     with pytest.raises(ValueError, match="ids must be in"):
         model.generate(np.array([V]), 1)
+
+
+# --- text ---------------------------------------------------------------------------
+
+
+def test_char_and_byte_corpus():
+    from kernprop.data import ByteCorpus, CharCorpus
+
+    text = "hello world, the quick brown fox. " * 20
+    corpus = CharCorpus(text, val_fraction=0.25)
+    assert corpus.vocabulary == sorted(set(text)) and corpus.vocab_size == len(set(text))
+    assert corpus.decode(corpus.encode("the fox")) == "the fox"
+    assert corpus.train.size + corpus.val.size == len(text)
+    assert corpus.decode(corpus.val) == text[corpus.train.size:]
+    X, y = corpus.windows("train", 8)
+    assert X.shape[1] == 8 and np.array_equal(X[:, 1:], y[:, :-1]) and X.dtype == np.int64
+    assert corpus.decode(X[1]) == text[8:16]
+    Xb, yb = corpus.batch("val", 4, 8, rng=0)
+    assert Xb.shape == (4, 8) and np.array_equal(Xb[:, 1:], yb[:, :-1])
+    assert np.array_equal(Xb, corpus.batch("val", 4, 8, rng=0)[0])
+    with pytest.raises(ValueError, match="not in the corpus"):
+        corpus.encode("Z")
+    counts = np.bincount(corpus.train)
+    p = counts[counts > 0] / counts.sum()
+    assert corpus.unigram_entropy() == pytest.approx(-(p * np.log(p)).sum())
+    data = ByteCorpus("héllo wörld " * 10)
+    assert data.vocab_size == 256 and data.decode(data.encode("wörld")) == "wörld"
+    assert data.tokens.size == len(("héllo wörld " * 10).encode())
+
+
+def test_python_docs_text_is_english_from_the_standard_library():
+    from kernprop.data import python_docs_text
+
+    text = python_docs_text(max_chars=50_000)
+    assert 40_000 < len(text) <= 50_000
+    assert text.count(" the ") > 200  # English prose
