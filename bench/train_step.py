@@ -24,7 +24,7 @@ the digits MLP 64-32-10 and 64-128-10 at batch 32 and 784-512-256-10 ReLU at bat
 per step and in samples/s, for the plain NumPy step, PyTorch eager (``nn.Sequential``,
 ``F.cross_entropy``, ``backward``, ``torch.optim.SGD``; ``torch.set_num_threads(2)``)
 when installed, and ``Trainer.fit`` on numba with the fused whole-step kernel
-(``kernels/numba_cpu/mlp_step.py``) and with the layer-by-layer kernels, each with SGD
+(``engines/mlp_step.py``) and with the layer-by-layer kernels, each with SGD
 (the plain step's update) and Adam; ``auto`` marks the path the Trainer picks.  The
 NumPy and torch loops step through the rows in order, so those Trainer rows run
 ``fit(shuffle=False)``: the same work, a full step each; the last row is fit's default,
@@ -298,7 +298,7 @@ def kernel_times_us(backend, sizes, batch):
 
 def fused_kernel_us(sizes, X, y, batch):
     """One call of the numba fused whole-step kernel (what the Trainer's loop calls)."""
-    from kernprop.kernels.numba_cpu.mlp_step import MLPStep
+    from kernprop.engines.mlp_step import MLPStep
 
     model = nn.MLP(sizes, rng=0)
     params = model.parameters()

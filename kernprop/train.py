@@ -35,7 +35,7 @@ from ._validate import check_int
 from .backends import matmul_kernel, resolve
 from .precision import check_precision
 from .checkpoint import FORMAT_VERSION
-from .engines.layerwise import host
+from ._device import host
 from ._progress import accuracy as _accuracy
 from ._progress import bar as _bar
 from ._progress import bar_close as _bar_close

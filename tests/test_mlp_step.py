@@ -1,4 +1,4 @@
-"""The fused engine (``engines/fused_mlp.py`` over ``kernels.numba_cpu.mlp_step``) that
+"""The fused engine (``engines/fused_mlp.py`` over ``engines.mlp_step``) that
 ``Trainer.fit`` takes for small MLPs on numba: the same weights, optimizer state,
 history and gradients as the packed layer-by-layer engine on numba and numpy, for every
 optimizer and loss option it takes; deterministic; not chosen where it does not apply.

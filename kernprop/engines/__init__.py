@@ -11,7 +11,7 @@ engine         a step is                                              file
                parameters, gradients and optimizer state: one
                optimizer call per step
 ``fused``      numba: the whole step of a small MLP in one compiled   ``engines/fused_mlp.py``
-               call per epoch (``kernels/numba_cpu/mlp_step.py``)
+               call per epoch (its kernel: ``engines/mlp_step.py``)
 ``device``     cuda: ``layerwise`` with the parameters, optimizer     ``engines/device.py``
                state and rows resident on the GPU
 ``sequence``   a GPT on (N, T) token ids: features, the fused head    ``engines/sequence.py``

@@ -11,13 +11,8 @@ back to the host once per ``run``, not per step.
 
 from __future__ import annotations
 
-from .layerwise import LayerwiseEngine, host
-
-
-def to_device(x):
-    from numba import cuda
-
-    return cuda.to_device(x)
+from .._device import host, to_device
+from .layerwise import LayerwiseEngine
 
 
 class DeviceEngine(LayerwiseEngine):

@@ -1,6 +1,6 @@
 """A small MLP's whole step as one compiled call on numba: forward, loss, backward and
 update for every step of an epoch (or of a progress-bar update) in one call of
-``kernels/numba_cpu/mlp_step.py``, over the flat buffers of ``PackedEngine``.
+``engines/mlp_step.py``, over the flat buffers of ``PackedEngine``.
 
 It takes a model of ``Linear`` layers, each optionally followed by ReLU / Sigmoid /
 Tanh; cross_entropy or mse with reduction "mean" or "sum"; SGD or Adam (``plan`` says
@@ -63,7 +63,7 @@ class FusedMLPEngine(PackedEngine):
             raise ValueError(f"engine 'fused' does not take {why}")
 
     def start(self, X, y, preds, rows):
-        from ..kernels.numba_cpu.mlp_step import MLPStep
+        from .mlp_step import MLPStep
 
         super().start(X, y, preds, rows)
         table, offset = [], 0

@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._device import host
 from .base import Engine, consecutive
 
 PRED_EVERY = 64  # training steps whose logits are kept for one batched argmax
-
-
-def host(x):
-    """A NumPy value of a result that may live on the GPU (one copy when it does)."""
-    return x.copy_to_host() if hasattr(x, "copy_to_host") else x
 
 
 class LayerwiseEngine(Engine):

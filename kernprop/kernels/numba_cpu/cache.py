@@ -7,7 +7,8 @@ tile of the instruction-set row, ``kernprop.isa``), so after an edit of ``packin
 an upgrade, or a process under another ``KERNPROP_MAX_ISA``, Numba would load machine
 code that no longer matches the source.  ``KernpropCacheLocator`` puts every kernprop
 kernel's cache in a directory named by kernprop's version, the instruction-set row and a
-hash of every source file the kernels are built from (this package and ``isa.py``):
+hash of every source file the kernels are built from (this package, ``isa.py`` and the
+fused engine's ``engines/mlp_step.py``):
 an edit or an upgrade finds an empty directory and compiles afresh, and each row keeps
 its own cache.
 
@@ -27,7 +28,10 @@ from pathlib import Path
 from numba.core import caching, config
 
 _PACKAGE = Path(__file__).resolve().parent
-_SOURCES = (_PACKAGE, _PACKAGE.parent.parent / "isa.py")
+# Kernels of this backend that live beside the code that runs them: the fused engine's
+# step (built from this package's helpers, so cached with them)
+_OUTSIDE = (_PACKAGE.parent.parent / "engines" / "mlp_step.py",)
+_SOURCES = (_PACKAGE, _PACKAGE.parent.parent / "isa.py", *_OUTSIDE)
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,7 +64,7 @@ class KernpropCacheLocator(caching._SourceFileBackedLocatorMixin, caching._Cache
     @classmethod
     def from_function(cls, py_func, py_file):
         path = Path(py_file).resolve()
-        if _PACKAGE not in path.parents:
+        if _PACKAGE not in path.parents and path not in _OUTSIDE:
             return None  # not kernprop's: Numba's own locators
         tag = "kernprop-" + build_tag()
         # below NUMBA_CACHE_DIR by the module's place in the package, not its absolute

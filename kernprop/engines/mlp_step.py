@@ -1,10 +1,13 @@
-"""A whole training step of a small MLP as one serial Numba kernel.
+"""The fused engine's kernel (``fused_mlp.py`` runs it): a whole training step of a
+small MLP as one serial Numba kernel, built from the Numba CPU families' row and block
+helpers and the GEMM engine's serial driver (``kernels/numba_cpu/``), and cached with
+their machine code (``kernels/numba_cpu/cache.py``).
 
 For a model of a few thousand parameters at a small batch (the digits MLP, 64-32-10 at
 batch 32) the arithmetic of a step takes a few microseconds, and the separate kernel
 calls of the layer-by-layer path (forward, loss, backward, optimizer: 7 calls of at
-least 2.5 us each, plus their allocations) cost more than the math.  The fused step (``MLPStep``) does
-forward through every ``Linear`` (+ ReLU / Sigmoid / Tanh), softmax cross-entropy (or
+least 2.5 us each, plus their allocations) cost more than the math.  The fused step
+(``MLPStep``) does forward through every ``Linear`` (+ ReLU / Sigmoid / Tanh), softmax cross-entropy (or
 MSE) with its gradient, backward, and the SGD (momentum, nesterov, weight decay) or
 Adam(W) update in place, in one call, over buffers allocated once per fit.  Serial on
 purpose: at these sizes a thread fork costs more than the work it would split, and a
@@ -55,13 +58,13 @@ import functools
 import numpy as np
 from numba import njit
 
-from ._jit import FASTMATH
-from .gemm import KC as _KC, MR, tile_cols
-from ._math import fast_exp
-from .activations import ACTIVATION_CODES, activation_backward_flat
-from .losses import scale_row, target_grad_p, weighted_sum
-from .optimizers import adam_update, sgd_update
-from .gemm.drivers import product, product_table, serial as _serial_gemm
+from ..kernels.numba_cpu._jit import FASTMATH
+from ..kernels.numba_cpu.gemm import KC as _KC, MR, tile_cols
+from ..kernels.numba_cpu._math import fast_exp
+from ..kernels.numba_cpu.activations import ACTIVATION_CODES, activation_backward_flat
+from ..kernels.numba_cpu.losses import scale_row, target_grad_p, weighted_sum
+from ..kernels.numba_cpu.optimizers import adam_update, sgd_update
+from ..kernels.numba_cpu.gemm.drivers import product, product_table, serial as _serial_gemm
 
 __all__ = ["MLPStep", "LAYER", "LOSS", "OPTIMIZER", "WORKSPACE"]
 
