@@ -157,61 +157,76 @@ cdef extern from *:
         return cnt < 0 ? 0 : cnt > nk ? nk : cnt;
     }
 
-    /* s (mq, nk) raw scores of a block of queries and keys, rows ld apart: row r's first
-       cnt (kp_att_unmasked) unmasked -> the row max of the scaled scores, the row
-       scaled and shifted by max(m_old, row max) in place (-inf where masked: its exp is
-       0); returns that shift.  A fully masked row returns -inf and is left alone. */
-    static inline __attribute__((always_inline)) float kp_att_shift_row_f(
-            float *sr, Py_ssize_t cnt, Py_ssize_t nk, float scale, float m_old) {
-        kp_att_v8f vm = (kp_att_v8f){0} - INFINITY, v;
-        float mx, mn;
-        Py_ssize_t j, jv = cnt / 8 * 8;
-        if (cnt == 0) {
-            for (j = 0; j < nk; j++) sr[j] = -INFINITY;
-            return -INFINITY;
-        }
-        for (j = 0; j < jv; j += 8) {
-            memcpy(&v, sr + j, 32);
-            v *= scale;
-            memcpy(sr + j, &v, 32);
-            vm = kp_att_vmax(v, vm);
-        }
-        mx = -INFINITY;
-        for (; j < cnt; j++) {
-            sr[j] *= scale;
-            mx = kp_select_f(sr[j] > mx, sr[j], mx);
-        }
-        for (j = 0; j < 8; j++) mx = kp_select_f(vm[j] > mx, vm[j], mx);
-        mn = kp_select_f(m_old > mx, m_old, mx);
-        for (j = 0; j < cnt; j++) sr[j] -= mn;
-        for (j = cnt; j < nk; j++) sr[j] = -INFINITY;
-        return mn;
+    /* exp of 8 floats that are <= 0 or -inf (scores less their row's max): kp_expf's
+       steps (_common.pxi: Cody-Waite reduction, Cephes' polynomial, same bits) on a
+       vector, without its overflow branch; 0 below -86.64, NaN stays NaN.  Written on
+       vectors so that the exps, their sum and the stores run in one loop. */
+    static inline kp_att_v8f kp_att_exp_nonpos(kp_att_v8f x) {
+        const kp_att_v8f zero = {0};
+        kp_att_v8i under = x < (zero - 86.64f);
+        kp_att_v8f xc = (kp_att_v8f)(((kp_att_v8i)(zero - 86.64f) & under) | ((kp_att_v8i)x & ~under));
+        kp_att_v8f t = xc * 1.44269504088896341f + 12582912.0f;
+        kp_att_v8f kf = t - 12582912.0f;
+        kp_att_v8f r = xc - kf * 0.693359375f;
+        kp_att_v8f p = zero + 1.9875691500E-4f, y;
+        kp_att_v8i bits;
+        r = r - kf * -2.12194440e-4f;
+        p = p * r + 1.3981999507E-3f;
+        p = p * r + 8.3334519073E-3f;
+        p = p * r + 4.1665795894E-2f;
+        p = p * r + 1.6666665459E-1f;
+        p = p * r + 5.0000001201E-1f;
+        p = p * (r * r) + r + 1.0f;
+        bits = ((kp_att_v8i)t + 126) << 23;
+        y = (p * (kp_att_v8f)bits) * 2.0f;
+        return (kp_att_v8f)((kp_att_v8i)y & ~under);
     }
 
     /* The online softmax over one block of keys, for a block of queries.  s (mq, nk),
-       rows ld apart: raw scores -> p = exp(s scale - m_new), 0 where masked; per row r:
-       m[r] (running max of the scaled scores, -inf at first) and l[r] (running sum of
-       exps) updated, and o's row r (dv, rows ldo apart), its accumulator, rescaled by
-       exp(m_old - m_new) (0 at the first block, where o is 0). */
+       rows ld apart: raw scores -> p = exp(s scale - m_new), 0 where masked (the first
+       kp_att_unmasked of row r are not); per row r: m[r] (running max of the scaled
+       scores, -inf at first) and l[r] (running sum of exps) updated, and o's row r
+       (dv, rows ldo apart), its accumulator, rescaled by exp(m_old - m_new) (0 at the
+       first block, where o is 0).  Two passes over a row: scale and max, then exp, sum
+       and store. */
     KP_CLONES static void kp_att_online_f(float *s, Py_ssize_t mq, Py_ssize_t nk, Py_ssize_t ld,
                                           Py_ssize_t diag, int causal, float scale, float *m,
                                           double *l, float *o, Py_ssize_t ldo, Py_ssize_t dv) {
-        Py_ssize_t r, j, jv = nk / 8 * 8;
+        Py_ssize_t r, j, cnt, jv;
         for (r = 0; r < mq; r++) {
-            float *sr = s + r * ld, *orow = o + r * ldo, mn, alpha, sum;
-            kp_att_v8f acc = (kp_att_v8f){0}, v;
-            mn = kp_att_shift_row_f(sr, kp_att_unmasked(diag, r, nk, causal), nk, scale, m[r]);
-            if (mn == -INFINITY) {  /* masked throughout: p = 0, m and l unchanged */
+            float *sr = s + r * ld, *orow = o + r * ldo, mx = -INFINITY, mn, alpha, sum;
+            kp_att_v8f vm = (kp_att_v8f){0} - INFINITY, acc = {0}, v, mnv;
+            cnt = kp_att_unmasked(diag, r, nk, causal);
+            jv = cnt / 8 * 8;
+            if (cnt == 0) {  /* masked throughout: p = 0, m and l unchanged */
                 for (j = 0; j < nk; j++) sr[j] = 0.0f;
                 continue;
             }
-            for (j = 0; j < nk; j++) sr[j] = kp_expf(sr[j]);
             for (j = 0; j < jv; j += 8) {
                 memcpy(&v, sr + j, 32);
+                v *= scale;
+                memcpy(sr + j, &v, 32);
+                vm = kp_att_vmax(v, vm);
+            }
+            for (; j < cnt; j++) {
+                sr[j] *= scale;
+                mx = kp_select_f(sr[j] > mx, sr[j], mx);
+            }
+            for (j = 0; j < 8; j++) mx = kp_select_f(vm[j] > mx, vm[j], mx);
+            mn = kp_select_f(m[r] > mx, m[r], mx);
+            mnv = (kp_att_v8f){0} + mn;
+            for (j = 0; j < jv; j += 8) {
+                memcpy(&v, sr + j, 32);
+                v = kp_att_exp_nonpos(v - mnv);
                 acc += v;
+                memcpy(sr + j, &v, 32);
             }
             sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-            for (j = jv; j < nk; j++) sum += sr[j];
+            for (; j < cnt; j++) {
+                sr[j] = kp_expf(sr[j] - mn);
+                sum += sr[j];
+            }
+            for (; j < nk; j++) sr[j] = 0.0f;
             if (mn != m[r]) {
                 alpha = kp_expf(m[r] - mn);
                 for (j = 0; j < dv; j++) orow[j] *= alpha;
