@@ -66,7 +66,8 @@ the input dtype; only the optimizer steps update their arguments in place.
     ``j > i`` for query ``i`` (top-left aligned, as PyTorch, also when Lq != Lk).
     ``attention_backward(q, k, v, out, lse, dout, causal, scale, precision)`` -> ``(dq,
     dk, dv)``, recomputing the probabilities from ``lse``.  No backend holds a (Lq, Lk)
-    score matrix per head: extra memory is bounded by a tile per thread.  ``precision``
+    score matrix per head: extra memory is at most copies of the inputs (laid out for
+    the kernels) and a tile per thread.  ``precision``
     is that of the products, as for ``matmul``.
 
 ``embedding``
