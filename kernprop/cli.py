@@ -590,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kernprop import cuda_check  # light: numba-cuda is imported only when it runs
 
     cuda_check.add_parser(sub)
+    from kernprop import train_lm  # light: its work imports happen when it runs
+
+    train_lm.add_parser(sub)
     return parser
 
 

@@ -352,3 +352,35 @@ def test_python_docs_text_is_english_from_the_standard_library():
     text = python_docs_text(max_chars=50_000)
     assert 40_000 < len(text) <= 50_000
     assert text.count(" the ") > 200  # English prose
+
+
+def test_train_lm_learns_the_default_corpus(capsys, tmp_path):
+    """``kernprop train-lm`` on Python's docstrings, a tiny model for 200 steps: the
+    validation loss falls well under the unigram entropy (measured once: 2.78 against
+    3.32 nats), and the checkpoint it saves generates."""
+    from kernprop.cli import main
+
+    path = tmp_path / "lm.npz"
+    assert main(["train-lm", "--layers", "1", "--heads", "2", "--embd", "32", "--block-size", "32",
+                 "--steps", "200", "--evals", "1", "--lr", "1e-2", "--sample", "40", "--save", str(path)]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("validation loss"))
+    val, unigram = float(line.split()[2]), float(line.split("unigram entropy ")[1].split(")")[0])
+    assert 3.0 < unigram < 3.6
+    assert val < unigram - 0.3, out
+    assert "sample:" in out
+    trainer = kernprop.Trainer.load(path)
+    assert trainer.model.generate(np.array([1, 2]), 5, rng=0).shape == (7,)
+
+
+def test_train_lm_user_errors(capsys, tmp_path):
+    from kernprop.cli import main
+
+    assert main(["train-lm", "--embd", "30", "--heads", "4"]) == 2
+    assert "multiple of --heads" in capsys.readouterr().err
+    assert main(["train-lm", "--text", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("abc" * 30)
+    assert main(["train-lm", "--text", str(tiny), "--block-size", "64"]) == 2
+    assert "fewer than block_size" in capsys.readouterr().err
