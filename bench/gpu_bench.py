@@ -376,12 +376,12 @@ def bench_transformer(bandwidth, quick):
         ):
             err = errors(both(), to_torch)
             seconds = timeit(fwd, reps=10)
+            check = f"rel err (out, dq, dk, dv) {err:.1e}"
             out.append({"op": label + ", forward", "contender": contender, "ms": seconds * 1e3,
-                        "rate": flops / seconds / 1e12, "unit": "TFLOP/s", "check": f"rel err (out, dq, dk, dv) {err:.1e}"})
+                        "rate": flops / seconds / 1e12, "unit": "TFLOP/s", "check": check})
             seconds = timeit(both, reps=5)
             out.append({"op": label + ", forward + backward", "contender": contender, "ms": seconds * 1e3,
-                        "rate": 3.5 * flops / seconds / 1e12, "unit": "TFLOP/s",
-                        "check": f"rel err (out, dq, dk, dv) {err:.1e}"})
+                        "rate": 3.5 * flops / seconds / 1e12, "unit": "TFLOP/s", "check": check})
         del q, k, v, dout, qd, kd, vd, doutd, tq, tk, tv, want_out, want_grads
 
     # embedding: GPT-2's vocabulary, 768 channels; the backward writes the whole (V, C) table
@@ -397,7 +397,8 @@ def bench_transformer(bandwidth, quick):
     ], 2 * 4 * ids.numel() * c, bandwidth, F.embedding(ids, table.double()))
     want = torch.ops.aten.embedding_dense_backward(dy.double(), ids, vocabulary, -1, False)
     out += _bandwidth_rows(f"embedding_backward {tuple(ids.shape)} -> {vocabulary}x{c} f32", [
-        ("kernprop cuda (deterministic)", lambda: kernprop.embedding_backward(ids_host, dyd, vocabulary, backend="cuda"), th),
+        ("kernprop cuda (deterministic)",
+         lambda: kernprop.embedding_backward(ids_host, dyd, vocabulary, backend="cuda"), th),
         ("torch eager", lambda: torch.ops.aten.embedding_dense_backward(dy, ids, vocabulary, -1, False), lambda r: r),
     ], 4 * (ids.numel() * c + vocabulary * c), bandwidth, want)
     return out

@@ -177,7 +177,8 @@ def test_layer_norm_parameter_gradients_over_several_chunks(rng):
     assert_close(dweight, want_dw, dtype, "dweight")
     assert_close(dbias, want_db, dtype, "dbias")
     assert cuda_normalization.param_chunks(5, 2) == (3, 2)
-    assert cuda_normalization.param_chunks(100 * cuda_normalization.ROWS_PER_CHUNK) == (100, cuda_normalization.ROWS_PER_CHUNK)
+    per_chunk = cuda_normalization.ROWS_PER_CHUNK
+    assert cuda_normalization.param_chunks(100 * per_chunk) == (100, per_chunk)
     assert cuda_normalization.param_chunks(10**9)[0] == cuda_normalization.MAX_CHUNKS
 
 
@@ -339,3 +340,33 @@ def test_transformer_ops_keep_device_arrays_on_device(rng):
     want_y, _, _ = ref_normalization.layer_norm_forward(x, weight, None, 1e-5)
     assert_close(y, want_y, dtype, "y", on_device=True)
     assert not isinstance(mean, np.ndarray) and not isinstance(rstd, np.ndarray)
+
+
+def test_ops_take_device_arrays(rng):
+    # through kernprop.ops, as a model on the device calls them: validated, results on the device
+    # (float64: its backward tiles are the smaller blocks, the quicker ones to simulate)
+    dtype = np.dtype(np.float64)
+    q, k, v = rand(rng, (1, 2, 3, 4), dtype), rand(rng, (1, 2, 5, 4), dtype), rand(rng, (1, 2, 5, 2), dtype)
+    dout = rand(rng, (1, 2, 3, 2), dtype)
+    d_q, d_k, d_v, d_dout = (cuda.to_device(a) for a in (q, k, v, dout))
+    out, lse = ops.attention(d_q, d_k, d_v, causal=True, backend="cuda")
+    want_out, want_lse = ref_attention.attention_forward(*as64(q, k, v), True, 0.5, "fp32")
+    assert_close(out, want_out, dtype, "out", on_device=True)
+    grads = ops.attention_backward(d_q, d_k, d_v, out, lse, d_dout, causal=True, backend="cuda")
+    want = ref_attention.attention_backward(*as64(q, k, v), want_out, want_lse, *as64(dout), True, 0.5, "fp32")
+    for name, got, expected in zip(("dq", "dk", "dv"), grads, want):
+        assert_close(got, expected, dtype, name, on_device=True)
+    x, weight = rand(rng, (2, 5), dtype), rng.uniform(0.5, 1.5, 5).astype(dtype)
+    y, mean, rstd = ops.layer_norm(cuda.to_device(x), cuda.to_device(weight), backend="cuda")
+    assert_close(y, ref_normalization.layer_norm_forward(x, weight, None, 1e-5)[0], dtype, "y", on_device=True)
+    dx, dweight, dbias = ops.layer_norm_backward(cuda.to_device(x), cuda.to_device(weight), mean, rstd,
+                                                 cuda.to_device(x), has_bias=False, backend="cuda")
+    assert dbias is None and not isinstance(dweight, np.ndarray)
+    assert_close(ops.gelu(cuda.to_device(x), backend="cuda"), ref_activations.gelu_forward(x, "none"), dtype,
+                 "gelu", on_device=True)
+    ids = np.array([[1, 0], [1, 3]])
+    table = cuda.to_device(rand(rng, (4, 3), dtype))
+    rows = ops.embedding(ids, table, backend="cuda")
+    assert_close(rows, host(table)[ids], dtype, "rows", on_device=True)
+    dtable = ops.embedding_backward(ids, rows, 4, backend="cuda")
+    assert_close(dtable, ref_embedding.embedding_backward(ids, host(rows), 4), dtype, "dtable", on_device=True)

@@ -14,7 +14,9 @@ result in every thread, so no broadcast through shared memory is needed, and it 
 deterministic: lanes ``i`` and ``i ^ k`` add the same two numbers, and ``a + b == b + a``
 exactly in floating point, so all lanes agree bit for bit.  Every thread of the block
 calls the reductions (never only some warps): full-mask shuffles need whole warps, and the
-simulator's emulation below needs the whole block.
+simulator's emulation below needs the whole block.  ``group_sum`` and ``group_max`` are
+the first log2(width) steps of the same butterfly: each aligned group of ``width`` lanes
+(the lanes that share one attention row) gets its own total.
 """
 
 from __future__ import annotations
