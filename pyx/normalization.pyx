@@ -17,8 +17,9 @@ in fixed blocks of ``LN_ROWS`` (a ``prange`` over the blocks), each block summin
 rows in order into a partial row of its own (no two threads write one), then a second
 ``prange`` over columns adds the partials of the blocks in block order, in double.  The
 blocks do not depend on the thread count, so neither do the bits of the result.
-float32 rows run through C loops compiled per CPU level (``KP_CLONES``, _common.pxi),
-their row sums in double over 8 lanes.
+float32 rows run through C loops compiled per CPU level (``KP_CLONES``, _common.pxi) on
+GCC vectors, their row sums in double lanes (their order depends on C alone); while a
+row's later passes run from L1 the next row is fetched, so memory does not idle.
 """
 
 include "_common.pxi"
