@@ -67,6 +67,9 @@ GEMM_UNITS = [
     ("KP_HAVE_AMX_BF16", "pyx/gemm/amx_bf16.c", ["-mamx-tile", "-mamx-bf16"]),
 ]
 GEMM_HEADERS = ["pyx/gemm/kp_gemm.h", "pyx/gemm/simd_tile.h"]
+# The C helpers every module includes (kp_common.h, kp_short_rows.h, through
+# _common.pxi and _short_rows.pxi): an edit of one rebuilds the extensions.
+HEADERS = sorted(str(path.relative_to(HERE)) for path in PYX_DIR.glob("*.h"))
 
 
 class BuildExt(build_ext):
@@ -115,8 +118,8 @@ def extensions():
                 f"kernprop._cy.{pyx.stem}",
                 [str(pyx.relative_to(HERE))],
                 include_dirs=[numpy.get_include(), "pyx"],
-                depends=[source for _, source, _ in GEMM_UNITS] + GEMM_HEADERS
-                if pyx.stem == "matmul" else [],
+                depends=HEADERS + ([source for _, source, _ in GEMM_UNITS] + GEMM_HEADERS
+                                   if pyx.stem == "matmul" else []),
                 extra_compile_args=compile_args,
                 extra_link_args=link_args,
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

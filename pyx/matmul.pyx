@@ -275,25 +275,8 @@ cdef inline void _tile(int kernel, Py_ssize_t kc, const floating* ap, const floa
 
 
 # float32 bias + activation over one row of C, on the CPU's widest vectors
-# (target_clones, _common.pxi): relu as a bit-mask select (a float ternary compiles to a
-# branch, which mispredicts on random signs: linear 256x784x512 with relu took 1.5x the
-# time without it), sigmoid and tanh by the vectorised block kernels.  In place.
-cdef extern from *:
-    """
-    KP_CLONES static void kp_bias_act_f(float *row, const float *bias, Py_ssize_t n, int act) {
-        Py_ssize_t j;
-        if (bias != NULL)
-            for (j = 0; j < n; j++) row[j] += bias[j];
-        if (act == 1) {
-            /* NaN stays NaN (NaN < 0 is false), as np.maximum(x, 0) */
-            for (j = 0; j < n; j++) row[j] = kp_select_f(row[j] < 0, 0.0f, row[j]);
-        } else if (act == 2) {
-            kp_sigmoid_block_f(row, row, n);
-        } else if (act == 3) {
-            kp_tanh_block_f(row, row, n);
-        }
-    }
-    """
+# (target_clones): in place (pyx/kp_common.h)
+cdef extern from "kp_common.h":
     void kp_bias_act_f(float* row, const float* bias, Py_ssize_t n, int act) noexcept nogil
 
 

@@ -6,23 +6,12 @@ the same count as Numba's threading layer.
 """
 
 # _OPENMP is defined by the C compiler exactly when it compiles with -fopenmp, so the
-# module tells the truth about how it was built, whatever setup.py believed.
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int kp_openmp_enabled(void) { return 1; }
-    static void kp_set_num_threads(int n) { omp_set_num_threads(n); }
-    static int kp_get_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    static int kp_openmp_enabled(void) { return 0; }
-    static void kp_set_num_threads(int n) { (void)n; }
-    static int kp_get_max_threads(void) { return 1; }
-    #endif
-    """
+# module tells the truth about how it was built, whatever setup.py believed
+# (pyx/kp_common.h).
+cdef extern from "kp_common.h":
     int kp_openmp_enabled()
     void kp_set_num_threads(int n)
-    int kp_get_max_threads()
+    int kp_max_threads()
 
 
 include "_grain.pxi"
@@ -47,4 +36,4 @@ def set_num_threads(int n):
 
 def get_num_threads():
     """The number of OpenMP threads a parallel region will use."""
-    return kp_get_max_threads()
+    return kp_max_threads()
