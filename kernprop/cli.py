@@ -431,6 +431,21 @@ def _build_run(args, dist):
     return _Run(backend, train, test, num_classes, source, labels_line, sizes, lr, threads_line, trainer)
 
 
+def _first_run(args, run, dist):
+    """No backend named (no --backend, no KERNPROP_BACKEND) and the default numba: numba
+    when its kernels for this run are in Numba's cache, else cython for the whole run
+    while a background process compiles them for the next (``kernprop.first_run``);
+    printed.  A named backend, an engine only numba runs, and MPI runs keep numba."""
+    if (args.backend or os.environ.get("KERNPROP_BACKEND") or dist is not None or run.backend != "numba"
+            or args.engine not in ("auto", "layerwise", "packed")):
+        return run
+    from kernprop import first_run
+
+    choice = first_run.choose(run.trainer, *run.train, validation_data=run.test)
+    print(choice.line, flush=True)
+    return dataclasses.replace(run, backend=choice.backend)
+
+
 def _describe_run(args, run, dist):
     """Print what will train (data, model, threads, engine); returns the engine's name."""
     X_train, X_test = run.train[0], run.test[0]
@@ -513,6 +528,7 @@ def _train(args, dist=None) -> int:
     except (ValueError, TypeError, OSError, ImportError) as exc:  # ImportError: the sklearn extra for digits
         print(f"kernprop train: {_one_line(exc)}", file=sys.stderr)
         return 2
+    run = _first_run(args, run, dist)
     engine = _describe_run(args, run, dist)
     _warm_up(args, run, engine)
     try:

@@ -45,12 +45,12 @@ class Compiles:
         self._start = 0.0
 
     def _started(self):
-        if self._depth == 0:
-            if self.kernels == 0 and self._before is not None:
-                self._before()
+        self._depth += 1  # first: Numba ends the event even when ``before`` raises
+        if self._depth == 1:
             self.kernels += 1
             self._start = time.perf_counter()
-        self._depth += 1
+            if self.kernels == 1 and self._before is not None:
+                self._before()  # may raise to stop at the first compilation (kernprop.first_run)
 
     def _ended(self):
         self._depth -= 1
