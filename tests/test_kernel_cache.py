@@ -57,3 +57,30 @@ def test_an_edit_of_a_helper_file_or_a_cap_gets_a_cache_of_its_own(tmp_path):
     assert _tags(cache_dir) == {"kernprop-" + first, "kernprop-" + edited}
     capped, _ = _run(copy, cache_dir, KERNPROP_MAX_ISA="generic")
     assert "-generic-" in capped and capped not in (first, edited)
+
+
+@pytest.mark.parametrize("numba_cache_dir", [False, True])
+def test_a_read_only_install_or_cache_directory_falls_back_to_the_user_cache(tmp_path, monkeypatch,
+                                                                             numba_cache_dir):
+    # Refused writes stand for a read-only directory (root ignores permission bits).
+    from numba.core import config
+
+    from kernprop.kernels.numba_cpu import activations, cache
+
+    read_only = tmp_path / "read-only" if numba_cache_dir else Path(cache.__file__).parent
+    monkeypatch.setattr(config, "CACHE_DIR", str(read_only) if numba_cache_dir else "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    real = cache.KernpropCacheLocator.ensure_cache_path
+
+    def ensure_cache_path(locator):
+        if Path(locator.get_cache_path()).is_relative_to(read_only):
+            raise PermissionError(13, "Permission denied", locator.get_cache_path())
+        return real(locator)
+
+    monkeypatch.setattr(cache.KernpropCacheLocator, "ensure_cache_path", ensure_cache_path)
+    py_func = next(getattr(activations, name).py_func for name in dir(activations)
+                   if hasattr(getattr(activations, name), "py_func"))
+    locator = cache.KernpropCacheLocator.from_function(py_func, activations.__file__)
+    assert locator is not None
+    assert Path(locator.get_cache_path()).is_relative_to(tmp_path / "user"), locator.get_cache_path()
+    assert Path(locator.get_cache_path()).is_dir()

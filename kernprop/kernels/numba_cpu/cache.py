@@ -14,8 +14,10 @@ its own cache.
 
 The directory is ``<NUMBA_CACHE_DIR>/kernprop-<tag>/<module's folder in the package>``
 when ``NUMBA_CACHE_DIR`` is set (so an installed wheel and a checkout of the same
-sources share it), else ``__pycache__/kernprop-<tag>`` beside the module when writable,
-else the same below the user's cache directory.
+sources share it), else ``__pycache__/kernprop-<tag>`` beside the module; where that
+cannot be written (a read-only install or cache directory), the same below the user's
+cache directory (``$XDG_CACHE_HOME/numba`` or ``~/.cache/numba`` on Linux), without an
+error.
 """
 
 from __future__ import annotations
@@ -71,11 +73,11 @@ class KernpropCacheLocator(caching._SourceFileBackedLocatorMixin, caching._Cache
         # path: an installed wheel and a checkout of the same sources (the same tag)
         # share one cache there
         inside = path.parent.relative_to(_PACKAGE.parent.parent)
+        user = os.path.join(caching.AppDirs(appname="numba", appauthor=False).user_cache_dir, tag, inside)
         if config.CACHE_DIR:
-            places = [os.path.join(config.CACHE_DIR, tag, inside)]
+            places = [os.path.join(config.CACHE_DIR, tag, inside), user]
         else:
-            places = [os.path.join(path.parent, "__pycache__", tag),
-                      os.path.join(caching.AppDirs(appname="numba", appauthor=False).user_cache_dir, tag, inside)]
+            places = [os.path.join(path.parent, "__pycache__", tag), user]
         for place in places:
             locator = cls(py_func, py_file, place)
             try:
