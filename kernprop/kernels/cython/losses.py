@@ -12,6 +12,7 @@ import numpy as np
 from kernprop._cy import losses as _cy
 from kernprop._cy import matmul as _cy_matmul
 
+from .._chunks import linear_cross_entropy_chunks
 from .matmul import contiguous_bias, gemm
 
 
@@ -101,11 +102,10 @@ def linear_cross_entropy(
     precision="fp32",
 ):
     # x (N, IN), w (IN, C), b (C,) or None, labels (N,) -> loss, dx (N, IN),
-    # dw (IN, C), db (C,) or None.  Per chunk of rows: logits = x_chunk @ w + b into the
-    # one reused (chunk, C) buffer, the cross-entropy gradient in place over it, then
-    # dx_chunk = g @ w.T, dw += x_chunk.T @ g, db += column sums of g.  The full (N, C)
-    # logits never exist; the "mean" denominator is known before the first chunk (it
-    # depends on the labels only), so each chunk's gradient is final when computed.
+    # dw (IN, C), db (C,) or None, in chunks of rows (the loop: kernels/_chunks.py).  Per
+    # chunk: logits = x_chunk @ w + b, the cross-entropy gradient in place over them
+    # (the row kernel), then dx_chunk = g @ w.T, dw += x_chunk.T @ g, db += column sums
+    # of g.
     n, fan_in = x.shape
     c = w.shape[1]
     dtype = x.dtype
@@ -113,27 +113,27 @@ def linear_cross_entropy(
     class_weight = _class_weight(weight, c, dtype)
     denominator = _denominator(labels, class_weight, ignore_index, reduction)
     inv_denominator = _inverse(denominator)
-    rows = min(chunk_size, n)
-    buffer = np.empty((rows, c), dtype=dtype)
     row_losses = np.empty(n, dtype=np.float64)
     dx = np.empty((n, fan_in), dtype=dtype)
     dw = np.empty((fan_in, c), dtype=dtype)
     db_sums = np.zeros(c, dtype=np.float64) if b is not None else None
     w_t = w.T
     b = contiguous_bias(b)
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        x_chunk = x[start:stop]
-        g = buffer[: stop - start]
-        gemm(x_chunk, w, g, False, b, precision=precision)
-        _cy.ce_grad_rows(
-            g, labels[start:stop], class_weight, ignore_index, label_smoothing,
-            inv_denominator, row_losses[start:stop], g,
-        )
+
+    def forward(x_chunk, logits):
+        gemm(x_chunk, w, logits, False, b, precision=precision)
+
+    def rows(logits, start, stop):
+        _cy.ce_grad_rows(logits, labels[start:stop], class_weight, ignore_index, label_smoothing,
+                         inv_denominator, row_losses[start:stop], logits)
+
+    def backward(x_chunk, g, start, stop):
         gemm(g, w_t, dx[start:stop], precision=precision)
         gemm(x_chunk.T, g, dw, start > 0, precision=precision)
         if db_sums is not None:
             _cy_matmul.column_sums(g, db_sums)
+
+    linear_cross_entropy_chunks(x, c, chunk_size, lambda shape: np.empty(shape, dtype), forward, rows, backward)
     loss = _reduce(row_losses, denominator, reduction, dtype)
     db = db_sums.astype(dtype) if db_sums is not None else None
     return loss, dx, dw, db

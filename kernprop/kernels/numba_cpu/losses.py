@@ -15,6 +15,7 @@ thread count.
 import numpy as np
 from numba import njit, prange
 
+from .._chunks import linear_cross_entropy_chunks
 from ._jit import helper, kernel, precise, sized
 from ._math import fast_exp
 from .gemm import gemm
@@ -322,11 +323,11 @@ def mse_backward(pred, target, reduction):
 
 def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothing, weight, chunk_size,
                          precision="fp32"):
-    # x (N, IN) @ w (IN, C) + b -> logits, one chunk of rows at a time: the chunk's
-    # logits buffer is reused for its gradient, so at most chunk_size x C is held.
-    # Per chunk: logits = x_c @ w + b (bias in the GEMM epilogue); loss and gradient in
-    # place (one fused pass); dx_c = g @ w.T (w.T read through the packing, never
-    # copied); dw (+)= x_c.T @ g with db summed while g is packed for that product.
+    # x (N, IN) @ w (IN, C) + b -> loss, dx, dw, db, in chunks of rows (the loop:
+    # kernels/_chunks.py).  Per chunk: logits = x_c @ w + b (bias in the GEMM epilogue);
+    # loss and gradient in place (the row kernel, one fused pass); dx_c = g @ w.T (w.T
+    # read through the packing, never copied); dw (+)= x_c.T @ g with db summed while g
+    # is packed for that product.
     n, num_classes = x.shape[0], w.shape[1]
     dtype = x.dtype
     weight, weighted = _class_weight(weight, dtype)
@@ -334,21 +335,23 @@ def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothi
     with np.errstate(divide="ignore"):
         grad_scale = np.float64(1.0) / denominator
     ce_rows = _cross_entropy_short if num_classes < _SHORT else _cross_entropy_rows
-
-    chunk_size = min(chunk_size, n)
-    buffer = np.empty((chunk_size, num_classes), dtype=dtype)
     row_losses = np.empty(n, dtype=np.float64)
     dx = np.empty(x.shape, dtype=dtype)
     dw = np.empty(w.shape, dtype=dtype)
     db_sums = np.zeros(num_classes, dtype=np.float64) if b is not None else None
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        x_chunk = x[start:stop]
-        logits = buffer[: stop - start]
+
+    def forward(x_chunk, logits):
         gemm(x_chunk, w, out=logits, bias=b, precision=precision)
-        ce_rows(logits, labels[start:stop], weight, weighted, ignore_index, label_smoothing,
-                grad_scale, True, row_losses[start:stop], logits)
-        gemm(logits, w.T, out=dx[start:stop], precision=precision)
-        gemm(x_chunk.T, logits, out=dw, accumulate=start > 0, column_sums_of_b=db_sums, precision=precision)
+
+    def rows(logits, start, stop):
+        ce_rows(logits, labels[start:stop], weight, weighted, ignore_index, label_smoothing, grad_scale, True,
+                row_losses[start:stop], logits)
+
+    def backward(x_chunk, g, start, stop):
+        gemm(g, w.T, out=dx[start:stop], precision=precision)
+        gemm(x_chunk.T, g, out=dw, accumulate=start > 0, column_sums_of_b=db_sums, precision=precision)
+
+    linear_cross_entropy_chunks(x, num_classes, chunk_size, lambda shape: np.empty(shape, dtype), forward, rows,
+                                backward)
     db = db_sums.astype(dtype) if b is not None else None
     return _reduce(row_losses, denominator, reduction, dtype), dx, dw, db

@@ -13,7 +13,8 @@ Kernels:
     squared_error_kernel   (pred - target)^2 elementwise (reduction "none").
     mse_backward_kernel    2 (pred - target) / divisor elementwise.
 
-``linear_cross_entropy`` holds one chunk of logits on the device at a time: per chunk,
+``linear_cross_entropy`` holds one chunk of logits on the device at a time (the chunk loop
+of every backend, ``kernels/_chunks.py``): per chunk,
 the GEMM writes the logits into the chunk buffer, the cross-entropy kernel overwrites them
 with their gradient in place, and dx, dw, db are taken from it before the next chunk.
 """
@@ -39,6 +40,7 @@ from ._common import (
     to_device,
     to_device_flat,
 )
+from .._chunks import linear_cross_entropy_chunks
 from .matmul import column_sum, gemm
 from .softmax import row_max_sum
 
@@ -275,26 +277,30 @@ def linear_cross_entropy(x, w, b, labels, reduction, ignore_index, label_smoothi
     d_labels = to_device(labels)
     d_weight = to_device(weight)
 
-    rows = min(chunk_size, n)
-    chunk = cuda.device_array((rows, c), dtype=dtype)  # the only logits ever held
     row_loss = cuda.device_array(n, dtype=np.float64)
     dx = cuda.device_array((n, fan_in), dtype=dtype)
     dw = cuda.device_array((fan_in, c), dtype=dtype)
     db = cuda.device_array(c, dtype=dtype) if d_b is not None else None
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        logits = chunk[: stop - start]
-        x_rows = d_x[start:stop]
+
+    def forward(x_rows, logits):
         gemm(x_rows, d_w, logits, bias=d_b)
+
+    def rows(logits, start, stop):
         # the gradient overwrites the logits in place: each element is read, then
         # written, by one thread (see cross_entropy_kernel)
         _cross_entropy_rows(
             logits, d_labels[start:stop], d_weight, ignore_index, label_smoothing,
             total_weight, grad_scale, row_loss[start:stop], logits,
         )
+
+    def backward(x_rows, logits, start, stop):
         gemm(logits, d_w, dx[start:stop], trans_b=True)  # dx = dlogits @ w.T
         gemm(x_rows, logits, dw, trans_a=True, accumulate=start > 0)  # dw += x.T @ dlogits
         if db is not None:
             column_sum(logits, db, accumulate=start > 0)  # db += dlogits.sum(0)
+
+    # the chunk buffer holds the only logits ever on the device
+    linear_cross_entropy_chunks(d_x, c, chunk_size, lambda shape: cuda.device_array(shape, dtype=dtype), forward,
+                                rows, backward)
     loss = _reduce(row_loss, denominator, reduction, dtype, on_device)
     return loss, finish(dx, on_device), finish(dw, on_device), finish(db, on_device)
