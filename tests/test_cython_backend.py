@@ -730,3 +730,26 @@ def test_embedding_backward_into_a_large_table(dtype, rng):
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
     got[0] += 1  # writable
+
+
+def test_gelu_float32_keeps_relative_accuracy_in_the_tail():
+    # float32 gelu "none" runs its own vectorised erfc: within a few ulp of x Phi(x)
+    # relative to the value itself, down the tail where Phi(x) is 1e-37 (a 1 + erf form,
+    # or x^2 rounded before its exp, would lose the tail's digits)
+    import math
+
+    x = np.linspace(-13, 13, 100_001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    cdf = 0.5 * np.vectorize(math.erfc)(-x64 / math.sqrt(2))
+    want = x64 * cdf
+    want_grad = cdf + x64 * np.exp(-0.5 * x64 * x64) / math.sqrt(2 * math.pi)
+    got = kernprop.gelu(x, "none", backend="cython").astype(np.float64)
+    got_grad = kernprop.gelu_backward(x, np.ones_like(x), "none", backend="cython").astype(np.float64)
+    tiny = np.abs(want) < 1e-35
+    assert np.all(np.abs(got[tiny]) < 1e-35)
+    rel = np.abs(got - want)[~tiny] / np.abs(want[~tiny])
+    assert rel.max() < 2e-6, f"gelu: relative error {rel.max():.2e} at x = {x[~tiny][rel.argmax()]}"
+    # the gradient Phi(x) + x phi(x) cancels for x << 0: in units of its terms
+    terms = cdf + np.abs(x64) * np.exp(-0.5 * x64 * x64) / math.sqrt(2 * math.pi)
+    err = np.abs(got_grad - want_grad) / np.maximum(terms, 1e-30)
+    assert err.max() < 2e-6, f"gelu_backward: error {err.max():.2e} of its terms at x = {x[err.argmax()]}"
