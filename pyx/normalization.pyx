@@ -269,7 +269,12 @@ def layer_norm_forward(const floating[:, ::1] x, const floating[::1] weight,
     # IN x, weight, bias (read only when has_bias), eps; OUT y, mean, rstd
     cdef Py_ssize_t i, n = x.shape[0], c = x.shape[1]
     cdef const floating* b = &bias[0] if has_bias else NULL
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n * c > PARALLEL_MIN_WORK):
+    # handed out in chunks of about PARALLEL_MIN_WORK elements as threads come free, not
+    # split in halves up front: on a shared machine a thread off its core for a time
+    # slice no longer holds up the other (the bits do not depend on the schedule)
+    cdef Py_ssize_t chunk = max(1, PARALLEL_MIN_WORK // c)
+    for i in prange(n, nogil=True, schedule="dynamic", chunksize=chunk,
+                    use_threads_if=n * c > PARALLEL_MIN_WORK):
         _ln_forward_row(&x[i, 0], &weight[0], b, &y[i, 0], c, eps, &mean[i], &rstd[i])
 
 
@@ -288,7 +293,9 @@ def layer_norm_backward(const floating[:, ::1] x, const floating[::1] weight,
     cdef floating[:, ::1] dw_part = np.empty((nblocks, c), dtype=dtype)
     cdef floating[:, ::1] db_part = np.empty((nblocks if has_bias else 1, c), dtype=dtype)
     cdef Py_ssize_t nchunks = (c + COL_CHUNK - 1) // COL_CHUNK
-    for blk in prange(nblocks, nogil=True, schedule="static",
+    cdef Py_ssize_t chunk = max(1, PARALLEL_MIN_WORK // (LN_ROWS * c))
+    # blocks handed out as threads come free (see layer_norm_forward)
+    for blk in prange(nblocks, nogil=True, schedule="dynamic", chunksize=chunk,
                       use_threads_if=n * c > PARALLEL_MIN_WORK):
         r0 = blk * LN_ROWS
         _ln_backward_rows(&x[r0, 0], &weight[0], &mean[r0], &rstd[r0], &dy[r0, 0], &dx[r0, 0],
