@@ -25,6 +25,10 @@ class ThreadDefault:
         stack = getattr(self._local, "stack", None)
         return stack[-1] if stack else self._global
 
+    def overridden(self):
+        """Whether this thread is inside an ``override`` block."""
+        return bool(getattr(self._local, "stack", None))
+
     @contextlib.contextmanager
     def override(self, value):
         value = self._check(value)

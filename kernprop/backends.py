@@ -19,7 +19,7 @@ from .threadpolicy import configure as configure_threads, guarded_family, thread
 
 __all__ = [
     "FAMILIES", "NAMES", "DEFAULT_BACKEND", "BackendStatus", "status", "backends", "available_backends",
-    "set_backend", "get_backend", "use_backend", "resolve", "family", "set_num_threads", "get_num_threads",
+    "set_backend", "get_backend", "default_is_named", "use_backend", "resolve", "family", "set_num_threads", "get_num_threads",
     "matmul_kernels",
 ]
 
@@ -140,6 +140,7 @@ def _require_known(name) -> str:
 
 # the default backend: global, and per thread inside use_backend
 _default = ThreadDefault(os.environ.get("KERNPROP_BACKEND", DEFAULT_BACKEND), _require_known)
+_default_named = ["KERNPROP_BACKEND" in os.environ]  # set_backend names it too
 
 
 def status(name: str) -> BackendStatus:
@@ -168,11 +169,18 @@ def available_backends() -> list[str]:
 def set_backend(name: str) -> None:
     """Set the global default backend used when an op gets ``backend=None``."""
     _default.set(name)
+    _default_named[0] = True
 
 
 def get_backend() -> str:
     """The backend an op uses when it gets ``backend=None``."""
     return _default.get()
+
+
+def default_is_named() -> bool:
+    """Whether the user chose the default backend (``KERNPROP_BACKEND``, ``set_backend``,
+    or inside ``use_backend``), rather than leaving kernprop's (see ``kernprop.first_run``)."""
+    return _default_named[0] or _default.overridden()
 
 
 def use_backend(name: str):

@@ -58,12 +58,15 @@ def _info(args) -> int:
 # for every thread).
 SMALL_STEP_WORK = 3 << 20
 
-# Seconds a cold `kernprop train` spends compiling the numba kernels of its fit, by
-# engine (Trainer.warmup with an empty NUMBA_CACHE_DIR, digits 64-128-10, 2-core AMD EPYC
-# Zen 4: fused 20 s; packed 10 s on 1 thread; layerwise 14 s on 2 threads, which adds the
-# parallel builds), and for the self-check of a bf16 matmul kernel (--precision bf16 or
-# bf16x3 off the fused step: 10 s): the estimate it prints before compiling.
-COLD_COMPILE_SECONDS = {"fused": 20, "packed": 15, "layerwise": 15}
+# Seconds a cold `kernprop train --backend numba` spends compiling the numba kernels of
+# its fit, by engine: the estimate it prints before compiling.  Measured with an empty
+# NUMBA_CACHE_DIR on a 2-core AMD EPYC Zen 3: fused (digits 64-128-10, 1 thread) 59 s
+# quiet, 63 s busy; layerwise (784-512-256-10, 2 threads, adds the parallel builds) 64 s
+# busy; 18 s for fused on a Zen 5; packed (not measured here) scaled from a Zen 4, where
+# it took 10-15 s to the fused step's 20.  The self-check of a bf16 matmul kernel (--precision
+# bf16 or bf16x3 off the fused step) adds about 10 s.  With no backend named, a cold run
+# trains on cython instead (kernprop.first_run).
+COLD_COMPILE_SECONDS = {"fused": 60, "packed": 45, "layerwise": 60}
 COLD_SELF_CHECK_SECONDS = 10
 
 # More classes than this (or than rows) in --data is refused without

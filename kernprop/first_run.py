@@ -14,7 +14,9 @@ before anything trains (``choose``):
 3. one missing: **cython** for the whole run, and a detached, low-priority child process
    (``python -m kernprop.first_run``) runs the same numba warm-up to the end, writing
    the kernels into the same cache (``NUMBA_CACHE_DIR`` or ``__pycache__``), so the next
-   run finds them and trains on numba.  One child per cache and configuration at a time.
+   run finds them and trains on numba.  One child per cache and configuration at a time
+   (a lock file ``kernprop-warmup-<hash>.lock`` in the temporary directory holds its
+   process id, and goes when it ends).
 
 The choice is printed (``backend: cython (numba kernels compiling in the background for
 the next run)``) and never changes during a run: no step switches engines.  The two
@@ -122,8 +124,9 @@ def compile_in_background(trainer, X, y, validation_data=None, threads=None) -> 
         X_val, y_val = validation_data
         rows = min(X_val.shape[0], _EVAL_ROWS + X_val.shape[0] % _EVAL_ROWS)
         arrays.update(X_val=X_val[:rows], y_val=y_val[:rows])
-    key = (engine, threads, trainer.precision, trainer.batch_size, str(trainer.dtype),
-           tuple(p.shape for p in trainer.model.parameters()), {k: v.shape for k, v in arrays.items()})
+    key = (engine, threads, trainer.precision, trainer.batch_size, str(trainer.dtype), type(trainer.loss).__name__,
+           type(trainer.optimizer).__name__, sorted(trainer.optimizer.hyperparameters().items()),
+           tuple(p.shape for p in trainer.model.parameters()), sorted((k, v.shape) for k, v in arrays.items()))
     lock = _lock_path(key)
     if not _take_lock(lock):
         return "numba kernels already compiling in the background for the next run"
@@ -132,9 +135,11 @@ def compile_in_background(trainer, X, y, validation_data=None, threads=None) -> 
         checkpoint, data = os.path.join(folder, "trainer.npz"), os.path.join(folder, "rows.npz")
         trainer.save(checkpoint)
         np.savez(data, **arrays)
-        subprocess.Popen([sys.executable, "-m", "kernprop.first_run", checkpoint, data, engine, str(threads), lock],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, close_fds=True)
+        child = subprocess.Popen([sys.executable, "-m", "kernprop.first_run", checkpoint, data, engine, str(threads),
+                                  lock], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        with open(lock, "w") as file:  # who holds it
+            file.write(f"{child.pid}\n")
     except (OSError, ValueError, TypeError) as exc:  # a custom loss, a full disk: the next run compiles
         os.remove(lock)
         return f"numba kernels not compiled in the background ({' '.join(str(exc).split())})"

@@ -79,7 +79,11 @@ class Trainer:
         Made without a parameter list (``optim.SGD(lr=0.1)``).
     backend : str, optional
         None: the model's ``backend`` attribute if set, else the default backend at
-        each ``fit``.
+        each ``fit``.  Where neither is set and the default is kernprop's own numba
+        (not chosen with ``KERNPROP_BACKEND``, ``set_backend`` or ``use_backend``), the
+        first ``fit`` takes numba when its kernels are in Numba's cache, else cython
+        while numba compiles them in a background process for the next run, and keeps
+        that backend (``backend_choice``; ``kernprop.first_run``).
     batch_size : int, default 128
         Rows per step (the last batch of an epoch may be smaller).
     seed : int, default 0
@@ -162,6 +166,7 @@ class Trainer:
         self.engine_choice = None  # (name, reason) of the last fit's engine
         self.precision = precision
         self.precision_choice = None  # (precision the products ran at, why) in the last fit
+        self.backend_choice = None  # (backend, why) when the first fit chose it (kernprop.first_run)
         if engine != "auto" and (backend is not None or model.backend is not None):
             engines.check(engine, model, self.loss, optimizer, self.backend_name(), self.distributed is not None)
 
@@ -257,6 +262,7 @@ class Trainer:
             return (checked_callbacks, checked_X, checked_y, self._check_validation(validation_data),
                     self._engine(checked_X, checked_y))
 
+        self._first_fit_backend(X, y, validation_data, verbose)
         # Distributed: every rank checks, then they agree before the first collective,
         # so a rank with bad data fails them all instead of leaving them waiting, and
         # ranks with different settings or hyperparameters fail them all too (they would
@@ -320,6 +326,29 @@ class Trainer:
                 if engine.agree(stop):
                     break
         return history
+
+    def _first_fit_backend(self, X, y, validation_data, verbose):
+        """No backend named (none given to the Trainer or the model, the default left as
+        kernprop's numba): on the first fit, numba when the fit's kernels are in Numba's
+        cache, else cython while a background process compiles them for the next run
+        (``kernprop.first_run``).  Kept in ``backend`` for every later call; the choice
+        and its reason in ``backend_choice`` (on stderr when ``verbose``).  Not for a
+        sequence model, a distributed fit, or an engine only numba runs."""
+        from .backends import default_is_named, get_backend
+
+        if (self.backend is not None or self.model.backend is not None or default_is_named()
+                or get_backend() != "numba" or self.sequence or self.distributed is not None
+                or self.engine not in ("auto", "layerwise", "packed")):
+            return
+        from . import first_run
+
+        try:
+            choice = first_run.choose(self, X, y, validation_data)
+        except (ValueError, TypeError):
+            return  # bad data: fit's checks say so
+        self.backend_choice = (choice.backend, choice.line)
+        if verbose:
+            print(choice.line, file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def _fitting(self, engine):
