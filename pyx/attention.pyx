@@ -6,20 +6,21 @@ Work Partitioning", 2023) on CPU threads: no (Lq, Lk) score matrix is ever held,
 tile per thread.  Shapes per head: q (Lq, D), k (Lk, D), v (Lk, Dv), C-contiguous.
 
 Forward: a ``prange`` over (head, block of BQ queries), each task owning its rows of
-``out`` and ``lse``.  For each block of BK keys: S = Q_blk K_blk^T (the keys are
-transposed by blocks once, before, so the product's inner loop runs along contiguous
-keys: a copy of k, as big as k, never a score matrix), scaled;
-then the online softmax per row (running max m and sum l: the accumulator is rescaled by
-exp(m_old - m_new) whenever the max grows, so no exp argument is ever > 0 and scores of
-+-1e4 stay finite); then O += P V_blk.  With ``causal`` (key j > query i masked, top-left
-aligned) key blocks entirely above the diagonal are skipped and the diagonal block's
-masked entries get p = 0.  At the end out = O / l and lse = m + log(l).  Tasks of
-causal heads differ in size: they are handed out dynamically, the longest first.
+``out`` and ``lse``.  For each block of BK keys: S = Q_blk K_blk^T, scaled (the keys are
+transposed by blocks once, before the tasks, so the product's inner loop runs along
+contiguous keys: a copy as big as k, never a score matrix); then the online softmax per
+row (running max m and sum l: the accumulator is rescaled by exp(m_old - m_new)
+whenever the max grows, so no exp argument is ever > 0 and scores of +-1e4 stay finite;
+the exps on 8-float vectors); then O += P V_blk.  With ``causal`` (key j > query i
+masked, top-left aligned) key blocks entirely above the diagonal are skipped and the
+diagonal block's masked entries get p = 0.  At the end out = O / l and lse = m + log(l).
+Tasks of causal heads differ in size: they are handed out dynamically, the longest
+first.
 
-Backward (with delta_i = sum_d dout[i, d] out[i, d] first): for each key block, owned by
-one thread so dk and dv are written without races, loop over the query blocks: recompute
-P = exp(S scale - lse), dV += P^T dO, dP = dO V_blk^T, dS = P (dP - delta) scale,
-dK += dS^T Q.  dQ (+= dS K_blk) is shared across key blocks.  Two schedules give the
+Backward (with delta_i = sum_d dout[i, d] out[i, d], and k and v transposed by blocks,
+first): for each key block, owned by one thread so dk and dv are written without races,
+loop over the query blocks: recompute P = exp(S scale - lse), dV += P^T dO,
+dP = dO V_blk^T, dS = P (dP - delta) scale, dK += dS^T Q.  dQ (+= dS K_blk) is shared across key blocks.  Two schedules give the
 same bits:
   * one task per head (when there are enough heads to keep the threads busy): the
     head's key blocks run in order on one thread, which also adds dS K_blk into dQ;
