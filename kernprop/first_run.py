@@ -86,11 +86,27 @@ def _lock_path(key):
     return os.path.join(tempfile.gettempdir(), f"kernprop-warmup-{digest.hexdigest()[:16]}.lock")
 
 
+def _holder_alive(path):
+    """Whether the process named in the lock ``path`` still runs (a lock being written,
+    without a process id yet, counts as held)."""
+    try:
+        with open(path) as file:
+            text = file.read().strip()
+        if not text:
+            return True
+        os.kill(int(text), 0)
+    except PermissionError:
+        return True  # another user's live process
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _take_lock(path):
     """Create ``path`` (False when a live child holds it)."""
     try:
-        if time.time() - os.stat(path).st_mtime > _LOCK_SECONDS:
-            os.remove(path)
+        if time.time() - os.stat(path).st_mtime > _LOCK_SECONDS or not _holder_alive(path):
+            os.remove(path)  # its child died
     except OSError:
         pass
     try:
@@ -163,6 +179,9 @@ def choose(trainer, X, y, validation_data=None) -> Choice:
 def _main(argv):
     """The background child: ``checkpoint rows engine threads lock``."""
     checkpoint, data, engine, threads, lock = argv
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # ended: still remove the files below
     try:
         if hasattr(os, "nice"):
             os.nice(10)  # the run in the foreground first
