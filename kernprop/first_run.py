@@ -168,7 +168,12 @@ def choose(trainer, X, y, validation_data=None) -> Choice:
     background.  Sets ``trainer.backend`` to the choice."""
     from .backends import status
 
-    if not status("cython").available or numba_is_warm(trainer, X, y, validation_data):
+    cython = status("cython")
+    if not cython.available:
+        trainer.backend = "numba"
+        return Choice("numba", f"backend: numba (the default; cython, which compiles nothing, is unavailable: "
+                               f"{cython.reason})")
+    if numba_is_warm(trainer, X, y, validation_data):
         trainer.backend = "numba"
         return Choice("numba", "backend: numba (the default; its kernels are in Numba's cache)")
     what = compile_in_background(trainer, X, y, validation_data)
