@@ -1,6 +1,6 @@
 """Fit time of ``kernprop.sklearn`` against ``sklearn.neural_network`` (issue 28's targets).
 
-    NUMBA_NUM_THREADS=2 python bench/sklearn_fit.py [--rounds 3] [--cases classifier,regressor,digits]
+    NUMBA_NUM_THREADS=2 python bench/sklearn_fit.py [--rounds 3] [--cases classifier,regressor,digits] [--float32]
 
 The three cases of issue 28, each ``est.fit(X, y)`` on the float64 arrays scikit-learn's
 generators return, so the time includes input validation and conversion:
@@ -17,7 +17,8 @@ Contenders, each timed in a block of its own (one untimed fit, a pause so that t
 previous library's idle threads stop spinning, then ``--rounds`` timed fits; median and
 best): kernprop (``precision="fp32"``, the default, and ``"fp64"``, scikit-learn's
 arithmetic) at 2 threads, and scikit-learn with OpenBLAS at 2 threads and at 1 thread
-(threadpoolctl), on the float64 input (what it computes in then) and on float32 input.
+(threadpoolctl), on the float64 input (what it computes in then); ``--float32`` adds
+scikit-learn on float32 input (it then computes in float32).
 The speed-up is scikit-learn's best median over its thread counts on float64 input,
 divided by kernprop's fp32 median.  The CPU and the load average (1 min) before and
 after each case are printed: on a shared machine other processes' load makes every
@@ -80,6 +81,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--float32", action="store_true", help="also time scikit-learn on float32 input")
     args = parser.parse_args(argv)
     from sklearn import neural_network as sknn
     from sklearn.exceptions import ConvergenceWarning
@@ -107,7 +109,7 @@ def main(argv=None):
             times, est = time_block(lambda: getattr(kpnn, name)(precision=precision, n_threads=threads, **p), X, y,
                                     args.rounds)
             rows.append((f"kernprop {precision}", times, est, X))
-        for dtype in (np.float64, np.float32):
+        for dtype in (np.float64, np.float32) if args.float32 else (np.float64,):
             for blas in (2, 1):
                 Xd = X.astype(dtype)
                 with threadpool_limits(blas, "blas"):
