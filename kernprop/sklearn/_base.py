@@ -307,15 +307,18 @@ class BaseMLP(BaseEstimator):
                     velocity *= old / lr
 
         def end_of_epoch(epoch, logs):
-            coefs, intercepts = self._to_sklearn(trainer.training_state()[0])
-            penalty = sum(float(np.dot(w.ravel(), w.ravel())) for w in coefs)
+            params = trainer.training_state()[0]  # the running engine's (views: no copy)
+            weights = params[0::2]
+            if self._two_logits():
+                weights = [*weights[:-1], weights[-1][:, 1] - weights[-1][:, 0]]
+            penalty = sum(float(np.dot(w.ravel(), w.ravel())) for w in weights)
             self.loss_ = logs["loss"] * self._loss_scale + 0.5 * self.alpha * penalty * batches / n
             self.n_iter_ += 1
             self.t_ += n
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-            self._update_no_improvement_count(X_val, y_val, coefs, intercepts)
+            self._update_no_improvement_count(X_val, y_val, params)
             sgd = self.solver == "sgd"
             if sgd and self.learning_rate == "invscaling":
                 set_lr(float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t)
@@ -342,8 +345,9 @@ class BaseMLP(BaseEstimator):
 
         return end_of_epoch
 
-    def _update_no_improvement_count(self, X_val, y_val, coefs, intercepts):
+    def _update_no_improvement_count(self, X_val, y_val, params):
         if self.early_stopping:
+            coefs, intercepts = self._to_sklearn(params)
             score = self._validation_score(X_val, y_val, coefs, intercepts)
             self.validation_scores_.append(score)
             if self.verbose:
