@@ -163,6 +163,7 @@ class CharCorpus:
 
     @property
     def vocab_size(self):
+        """The number of distinct symbols (the GPT's ``vocab_size``)."""
         return len(self.vocabulary)
 
     def encode(self, text):

@@ -893,6 +893,7 @@ class GPT(_Container):
 
     @property
     def dtype(self):
+        """The parameters' dtype (float32 or float64)."""
         return self.wte.weight.dtype
 
     @property
@@ -904,7 +905,10 @@ class GPT(_Container):
         return [self.wte, self.wpe, *self.blocks, self.ln_f] + ([self.head] if self.head is not None else [])
 
     def features(self, ids, caches=None, pos=0):
-        # ids (B, T) int64 -> h (B*T, C), the final LayerNorm's output
+        """The final LayerNorm's output h (B*T, C) for ids (B, T) int64 at positions
+        ``pos``...; with ``caches`` (one per block) keys and values are appended to
+        them (generation).  The head is applied by the caller (``linear_cross_entropy``
+        in training, a product in ``generate``)."""
         B, T = ids.shape
         positions = np.arange(pos, pos + T, dtype=np.int64)
         x = self.wte.forward(ids) + self.wpe.forward(positions)
@@ -914,7 +918,9 @@ class GPT(_Container):
         return self.ln_f.forward(x.reshape(B * T, self.n_embd))
 
     def backward_features(self, dh, dhead):
-        # dh (B*T, C), dhead (C, V) -> every parameter's gradient; ids have none
+        """Every parameter's gradient from dh (B*T, C), the gradient of ``features``'
+        output, and dhead (C, V), the head's (added to the token table when tied);
+        ids have none."""
         B, T = self._shape
         dx = self.ln_f.backward(dh).reshape(B, T, self.n_embd)
         for block in reversed(self.blocks):
