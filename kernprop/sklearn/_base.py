@@ -66,7 +66,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .. import nn
-from ..backends import get_num_threads, set_num_threads
+from ..backends import get_backend, get_num_threads, set_num_threads
 from ..ops import linear
 from ..optim import SGD, Adam
 from ..train import Trainer
@@ -113,6 +113,13 @@ class BaseMLP(BaseEstimator):
 
     def _dtype(self):
         return np.float64 if self.precision == "fp64" else np.float32
+
+    def _backend(self):
+        # Named to the Trainer, so that every fit of the estimator runs where the last
+        # did: left unnamed, a first fit on a machine whose Numba cache is cold would run
+        # on cython while numba compiles in the background (kernprop.first_run), and a
+        # later fit of the same seed on numba, with other rounding
+        return self.backend if self.backend is not None else get_backend()
 
     def _matmul_precision(self):
         return "fp32" if self.precision == "fp64" else self.precision
@@ -252,7 +259,7 @@ class BaseMLP(BaseEstimator):
         if optimizer is None:
             optimizer = self._kp_optimizer = self._new_optimizer(batch)
         optimizer.weight_decay = self.alpha / batch / self._grad_scale  # partial_fit: this call's batch
-        trainer = Trainer(model, self._kp_loss(), optimizer, backend=self.backend, batch_size=batch,
+        trainer = Trainer(model, self._kp_loss(), optimizer, backend=self._backend(), batch_size=batch,
                           seed=int(random_state.randint(np.iinfo(np.int32).max)),
                           precision=self._matmul_precision())
         end_of_epoch = self._epoch_logic(trainer, n, batch, X_val, y_val, incremental)
@@ -380,6 +387,6 @@ class BaseMLP(BaseEstimator):
             for i, (w, b) in enumerate(zip(coefs, intercepts)):
                 w = np.asarray(w, dtype=x.dtype)
                 b = np.asarray(b, dtype=x.dtype)
-                x = linear(x, w, b, activation=hidden if i < last else None, backend=self.backend,
+                x = linear(x, w, b, activation=hidden if i < last else None, backend=self._backend(),
                            precision=self._matmul_precision())
         return x

@@ -41,7 +41,10 @@ _SHARED_PARAMETERS = """
     max_fun : int, default=15000
         Taken for compatibility (it bounds lbfgs, which is not implemented).
     backend : {"numba", "cython", "numpy"} or None, default=None
-        kernprop's backend; None: the default backend (``kernprop.get_backend()``).
+        kernprop's backend; None: the default backend (``kernprop.get_backend()``,
+        numba unless set), named to the Trainer: the first fit on a machine whose Numba
+        cache is cold compiles its kernels (about a minute on 2 cores; later processes
+        load them); "cython" trains at once (no fused step).
     precision : {"fp32", "fp64", "bf16", "bf16x3"}, default="fp32"
         "fp32" computes in float32 whatever the input's dtype; "fp64" in float64, as
         scikit-learn does on float64 input; "bf16", "bf16x3": the Trainer's products.
@@ -195,8 +198,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     # --- predict ------------------------------------------------------------------
 
     def _output(self, z):
-        return sigmoid(z, backend=self.backend) if self.out_activation_ == "logistic" else softmax(
-            z, backend=self.backend)
+        backend = self._backend()
+        return sigmoid(z, backend=backend) if self.out_activation_ == "logistic" else softmax(z, backend=backend)
 
     def _probabilities(self, X):
         check_is_fitted(self)
