@@ -21,12 +21,14 @@ task holds a few tiles (about 100 KiB at D = 64), whatever the sequence length.
 
 The backward (FlashAttention-2's, as PyTorch's CPU kernel parallelises it) owns one
 (batch, head) per task, so dq, dk and dv are each written by one thread in one order:
-the bits do not depend on the thread count.  For each key block, over the query blocks
-that see it, with P recomputed from the forward's lse and delta = rowsum(dout * out):
+the bits do not depend on the thread count.  Its scores are queries by keys, so that
+the two products that read P and dS take them in place as B.  For each key block, over
+the query blocks that see it, with P recomputed from the forward's lse and delta =
+rowsum(dout * out):
 
-    S^T, dP^T = v_blk dout_blk^T;  dS^T = scale P^T (dP^T - delta)
-    dv_blk += P^T dout_blk;  dk_blk += dS^T q_blk    (P^T, dS^T packed into A panels)
-    dq^T += k_blk^T dS^T                               (dS^T read in place)
+    S = (scale q) k^T,  dP = dout v^T;  P = exp(S - lse);  dS = scale P (dP - delta)
+    dv^T += dout^T P;  dk^T += q^T dS         (A: dout^T, q^T panels; B: P, dS in place)
+    dq += dS k                                 (dS packed: the one pack in the loop)
 
 ``precision`` "bf16" and "bf16x3" run the float32 kernel (at least as accurate as asked,
 as the contract allows): the bf16 panels would need their own softmax epilogue.
@@ -191,67 +193,76 @@ def _attention_forward(k_panels, vt_panels, qt, keys, depth, depth_v, causal, ou
             lse[h, i0 + i] = row_max[i] + np.log(row_sum[i])
 
 
+@helper
+def _backward_blocks(itemsize):
+    # (BQ, BK) of the backward: queries are the A side (MR rows), keys the B side (NR)
+    nr = tile_cols(itemsize)
+    return (_BLOCK_TARGET + MR - 1) // MR * MR, (_BLOCK_TARGET + nr - 1) // nr * nr
+
+
 @kernel
-def _attention_backward(k_panels, v_panels, kt_panels, qt, dot, q_rows, do_rows, lse, delta,
-                        keys, depth, depth_v, causal, scale, dq, dk, dv):
-    # A panels: k_panels, v_panels (keys; D or Dv steps), kt_panels (D; ``keys`` steps);
-    # B rows: qt (BH, D, Lq_pad) = scale q^T, dot (BH, Dv, Lq_pad) = dout^T, q_rows
-    # (BH, Lq_pad, D_pad), do_rows (BH, Lq_pad, Dv_pad); lse, delta (BH, Lq)
+def _attention_backward(q_panels, do_panels, qt_panels, dot_panels, kt_rows, vt_rows, k_rows,
+                        lse, delta, depth, depth_v, causal, scale, dq, dk, dv):
+    # A panels: q_panels = scale q, do_panels = dout (queries; D or Dv steps), qt_panels,
+    # dot_panels (D or Dv; Lq steps).  B rows: kt_rows (BH, D, Lk_pad) = k^T, vt_rows
+    # (BH, Dv, Lk_pad) = v^T, k_rows (BH, Lk_pad, D_pad).  lse, delta (BH, Lq)
     # -> dq (BH, Lq, D), dk (BH, Lk, D), dv (BH, Lk, Dv).  One task per (batch, head).
     heads, queries = lse.shape
-    lq_pad, d_pad, dv_pad = qt.shape[2], q_rows.shape[2], do_rows.shape[2]
+    keys = dk.shape[1]
+    lk_pad, d_pad = kt_rows.shape[2], k_rows.shape[2]
     dtype = dq.dtype
-    bq, bk = _block_sizes(dq.itemsize)
+    bq, bk = _backward_blocks(dq.itemsize)
     zero = dtype.type(0)
     scale_value = dtype.type(scale)
+    d_rows, dv_rows = (depth + MR - 1) // MR * MR, (depth_v + MR - 1) // MR * MR
     for h in prange(heads):
-        scores = np.empty((bk, bq), dtype)
-        dscores = np.empty((bk, bq), dtype)
-        panels = np.empty(bk * bq, dtype)
-        dk_acc = np.zeros(((keys + bk - 1) // bk * bk, d_pad), dtype)
-        dv_acc = np.zeros(((keys + bk - 1) // bk * bk, dv_pad), dtype)
-        dqt_acc = np.zeros(((depth + MR - 1) // MR * MR, lq_pad), dtype)
-        kp, vp, ktp = k_panels[h], v_panels[h], kt_panels[h]
-        qh, doh = qt[h].reshape(-1), dot[h].reshape(-1)
-        qr, dor = q_rows[h].reshape(-1), do_rows[h].reshape(-1)
+        scores = np.empty((bq, bk), dtype)
+        dscores = np.empty((bq, bk), dtype)
+        panels = np.empty(bq * bk, dtype)
+        dkt_acc = np.zeros((d_rows, lk_pad), dtype)
+        dvt_acc = np.zeros((dv_rows, lk_pad), dtype)
+        dq_acc = np.zeros(((queries + MR - 1) // MR * MR, d_pad), dtype)
+        qp, dop, qtp, dotp = q_panels[h], do_panels[h], qt_panels[h], dot_panels[h]
+        ktr, vtr, kr = kt_rows[h].reshape(-1), vt_rows[h].reshape(-1), k_rows[h].reshape(-1)
         flat_scores, flat_dscores = scores.reshape(-1), dscores.reshape(-1)
-        flat_dk, flat_dv, flat_dqt = dk_acc.reshape(-1), dv_acc.reshape(-1), dqt_acc.reshape(-1)
+        flat_dkt, flat_dvt, flat_dq = dkt_acc.reshape(-1), dvt_acc.reshape(-1), dq_acc.reshape(-1)
         for j0 in range(0, keys, bk):
             count = min(bk, keys - j0)
             for i0 in range(j0 // bq * bq if causal else 0, queries, bq):
                 rows = min(bq, queries - i0)
-                _panel_product(kp, j0 * depth, depth * MR, count, depth, qh, i0, lq_pad, bq,
-                               flat_scores, 0, bq, False)
-                _panel_product(vp, j0 * depth_v, depth_v * MR, count, depth_v, doh, i0, lq_pad, bq,
-                               flat_dscores, 0, bq, False)
-                for j in range(count):
-                    first = min(_first_visible(causal, j0 + j, i0), rows)
-                    scores[j, :first] = zero
-                    dscores[j, :first] = zero
-                    scores[j, rows:] = zero
-                    dscores[j, rows:] = zero
-                    # loops from 0 on slices (see the forward)
-                    p_line, ds_line = scores[j, first:rows], dscores[j, first:rows]
-                    m, d = lse[h, i0 + first:i0 + rows], delta[h, i0 + first:i0 + rows]
-                    for i in range(p_line.shape[0]):
-                        p = fast_exp(p_line[i] - m[i])
-                        p_line[i] = p
-                        ds_line[i] = scale_value * p * (ds_line[i] - d[i])
-                _pack_block(scores, count, rows, panels)
-                _panel_product(panels, 0, rows * MR, count, rows, dor, i0 * dv_pad, dv_pad, dv_pad,
-                               flat_dv, j0 * dv_pad, dv_pad, True)
-                _pack_block(dscores, count, rows, panels)
-                _panel_product(panels, 0, rows * MR, count, rows, qr, i0 * d_pad, d_pad, d_pad,
-                               flat_dk, j0 * d_pad, d_pad, True)
-                _panel_product(ktp, j0 * MR, keys * MR, depth, count, flat_dscores, 0, bq, bq,
-                               flat_dqt, i0, lq_pad, True)
+                # S = (scale q) k^T and dP = dout v^T, queries by keys
+                _panel_product(qp, i0 * depth, depth * MR, rows, depth, ktr, j0, lk_pad, bk,
+                               flat_scores, 0, bk, False)
+                _panel_product(dop, i0 * depth_v, depth_v * MR, rows, depth_v, vtr, j0, lk_pad, bk,
+                               flat_dscores, 0, bk, False)
+                for i in range(rows):
+                    visible = min(count, i0 + i - j0 + 1) if causal else count
+                    visible = max(visible, 0)
+                    p_line, ds_line = scores[i, :visible], dscores[i, :visible]
+                    m, d = lse[h, i0 + i], delta[h, i0 + i]
+                    for j in range(p_line.shape[0]):
+                        p = fast_exp(p_line[j] - m)
+                        p_line[j] = p
+                        ds_line[j] = scale_value * p * (ds_line[j] - d)
+                    scores[i, visible:] = zero
+                    dscores[i, visible:] = zero
+                # dv^T += dout^T P and dk^T += q^T dS: both read P, dS in place
+                _panel_product(dotp, i0 * MR, queries * MR, depth_v, rows, flat_scores, 0, bk, bk,
+                               flat_dvt, j0, lk_pad, True)
+                _panel_product(qtp, i0 * MR, queries * MR, depth, rows, flat_dscores, 0, bk, bk,
+                               flat_dkt, j0, lk_pad, True)
+                # dq += dS k: dS packed into A panels, the one pack of the loop
+                _pack_block(dscores, rows, count, panels)
+                _panel_product(panels, 0, count * MR, rows, count, kr, j0 * d_pad, d_pad, d_pad,
+                               flat_dq, i0 * d_pad, d_pad, True)
         for j in range(keys):
-            dk[h, j, :] = dk_acc[j, :depth]
-            dv[h, j, :] = dv_acc[j, :depth_v]
-        for i in range(queries):
-            line = dq[h, i]
+            line_k, line_v = dk[h, j], dv[h, j]
             for d in range(depth):
-                line[d] = dqt_acc[d, i]
+                line_k[d] = dkt_acc[d, j]
+            for d in range(depth_v):
+                line_v[d] = dvt_acc[d, j]
+        for i in range(queries):
+            dq[h, i, :] = dq_acc[i, :depth]
 
 
 @kernel
@@ -302,16 +313,15 @@ def attention_backward(q, k, v, out, lse, dout, causal, scale, precision):
     batch, heads, queries, depth = q.shape
     keys, depth_v = k.shape[2], v.shape[3]
     q3, k3, v3, dout3 = _heads(q), _heads(k), _heads(v), _heads(dout)
-    bq, _ = _block_sizes(q.itemsize)
-    nr = _tile_cols(q.itemsize)
-    lq_pad = _round_up(queries, bq)
+    _, bk = _backward_blocks(q.itemsize)
+    lk_pad = _round_up(keys, bk)
     delta = np.empty(batch * heads * queries, q.dtype)
     _row_dots(np.ascontiguousarray(out).reshape(-1, depth_v), np.ascontiguousarray(dout).reshape(-1, depth_v), delta)
     dq, dk, dv = (np.empty((batch * heads, x.shape[2], x.shape[3]), q.dtype) for x in (q, k, v))
     _attention_backward(
-        _panels(k3), _panels(v3), _panels(k3.transpose(0, 2, 1)),
-        _padded(q3.transpose(0, 2, 1), depth, lq_pad, scale), _padded(dout3.transpose(0, 2, 1), depth_v, lq_pad),
-        _padded(q3, lq_pad, _round_up(depth, nr)), _padded(dout3, lq_pad, _round_up(depth_v, nr)),
+        _panels(q3, scale), _panels(dout3), _panels(q3.transpose(0, 2, 1)), _panels(dout3.transpose(0, 2, 1)),
+        _padded(k3.transpose(0, 2, 1), depth, lk_pad), _padded(v3.transpose(0, 2, 1), depth_v, lk_pad),
+        _padded(k3, lk_pad, _round_up(depth, _tile_cols(q.itemsize))),
         np.ascontiguousarray(lse).reshape(-1, queries), delta.reshape(-1, queries),
-        keys, depth, depth_v, bool(causal), float(scale), dq, dk, dv)
+        depth, depth_v, bool(causal), float(scale), dq, dk, dv)
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
