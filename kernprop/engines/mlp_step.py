@@ -23,14 +23,22 @@ Layout (what ``Trainer.fit`` keeps during a fit, see ``kernprop.engines.layerwis
 then its bias (OUT,); ``state1`` / ``state2`` the flat optimizer state (SGD velocity;
 Adam exp_avg, exp_avg_sq).  The settings are named records (``LAYER`` per layer,
 ``LOSS``, ``OPTIMIZER``, ``WORKSPACE``; see below); each layer's three products are
-the GEMM engine's ``PRODUCT`` records (``gemm.drivers``).  ``work`` holds every layer's output
-(batch, OUT), two gradient buffers (batch, widest layer) that backward ping-pongs
-between, and the GEMM's pack buffers; ``sums`` (float64) the bias gradient's column sums.
+the GEMM engine's ``PRODUCT`` records (``gemm.drivers``).  ``work`` holds every layer's
+output (batch, OUT), two gradient buffers (batch, widest layer) that backward ping-pongs
+between, the cross-entropy's scratch and the GEMM's pack buffers; ``sums`` (float64) the
+cross-entropy's row statistics, then the bias gradient's column sums.
 
-The non-GEMM parts are the family helpers the parallel kernels run per block or row:
-``activations.activation_backward_flat``, ``losses.scale_row`` / ``target_grad_p`` /
-``weighted_sum`` (the cross-entropy row), ``optimizers.sgd_update`` / ``adam_update``
-(over the whole flat parameter buffer at once).
+The non-GEMM parts are the family helpers the parallel kernels run per block or row, so
+each formula is written once: ``activations.activation_backward_flat``,
+``losses.cross_entropy_short_rows`` (the cross-entropy of a block of rows, which
+``losses._cross_entropy_short`` runs per task; here the batch is one block) with
+``losses.mean_denominator`` and ``class_weight_total``, the MSE kernels' serial twins,
+``optimizers.sgd_update`` / ``adam_update`` (over the whole flat parameter buffer at
+once).  The cross-entropy was the step's own copy until issue 31: the family's helper,
+the argmax found in its max loop (``softmax.short_rows_stats``' ``preds``), costs 1.88
+against 1.50 us at 32 x 10 (+0.34-0.38 us, about 2% of the digits step's 16 us on a
+shared AMD EPYC Zen 3, one thread; whole steps A/B in one process: within their +-3.5%
+noise); a separate argmax pass had cost another 0.05-0.1 us.
 
 The GEMMs are the GEMM engine's serial driver (``gemm.drivers.serial``) over the step's
 own buffers, always fp32: at these sizes packing and edge tiles cost about as much as
@@ -60,9 +68,9 @@ from numba import njit
 
 from ..kernels.numba_cpu._jit import FASTMATH
 from ..kernels.numba_cpu.gemm import KC as _KC, MR, tile_cols
-from ..kernels.numba_cpu._math import fast_exp
 from ..kernels.numba_cpu.activations import ACTIVATION_CODES, activation_backward_flat
-from ..kernels.numba_cpu.losses import scale_row, target_grad_p, weighted_sum
+from ..kernels.numba_cpu.losses import (class_weight_total, cross_entropy_short_rows, mean_denominator,
+                                        squared_error, squared_error_sum)
 from ..kernels.numba_cpu.optimizers import adam_update, sgd_update
 from ..kernels.numba_cpu.gemm.drivers import product, product_table, serial as _serial_gemm
 
@@ -87,104 +95,42 @@ OPTIMIZER = np.dtype([("kind", np.int64), ("momentum", np.float64), ("nesterov",
                       ("weight_decay", np.float64), ("beta1", np.float64), ("beta2", np.float64),
                       ("eps", np.float64), ("decoupled", np.bool_)])
 # Where each scratch buffer starts in ``work`` (one record): the two gradient buffers
-# backward ping-pongs between, the logits' row maxima, the GEMM's pack buffers and edge
-# tile, the class weights.
-WORKSPACE = np.dtype([("grad_a", np.int64), ("grad_b", np.int64), ("maxes", np.int64), ("apack", np.int64),
-                      ("bpack", np.int64), ("tile", np.int64), ("weight", np.int64)])
+# backward ping-pongs between, the cross-entropy's scratch (the logits' row maxima,
+# logits minus them, their exps), the GEMM's pack buffers and edge tile, the class
+# weights.
+WORKSPACE = np.dtype([("grad_a", np.int64), ("grad_b", np.int64), ("maxes", np.int64), ("shifted", np.int64),
+                      ("exps", np.int64), ("apack", np.int64), ("bpack", np.int64), ("tile", np.int64),
+                      ("weight", np.int64)])
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _cross_entropy(z, labels, weight, weighted, ignore_index, smoothing, mean, classify, preds, g,
-                   maxes):
+def _cross_entropy(z, labels, weight, cfg, preds, g, d, e, m, stats):
     # z (B, C) logits, labels (B,) -> the summed (or mean) loss, g (B, C) its gradient
-    # (C-contiguous), preds (B,) the argmax of each row (when classify); maxes (B,) scratch.  Formulas as
-    # losses._cross_entropy_short: e = exp(z - m) stored in g, s = sum e in float64,
-    # loss = (1-eps) w_y ((m - z_y) + log s) + (eps/C)(W (m + log s) - sum w z),
-    # gradient p_coef e / s - w_coef w, the target's entry recomputed in float64 so
-    # that a one-class row gets exactly 0.  "mean" divides by the summed target weights
-    # of the rows not ignored (0 / 0 = nan when all are ignored; their gradient is 0).
+    # (C-contiguous), preds (B,) each row's argmax, through the losses family's row
+    # helper over the whole batch (losses.cross_entropy_short_rows, as its parallel
+    # kernel runs it per block).  d, e (B C,), m (B,), stats (3 B,) float64: scratch.
+    # "mean" divides by the summed target weights of the rows not ignored (0 / 0 = nan
+    # when all are ignored; their gradient is 0).
     b, num_classes = z.shape
-    denominator = 0.0
-    weight_total = 0.0
-    if weighted:
-        for c in range(num_classes):
-            weight_total += weight[c]
-    else:
-        weight_total = num_classes
-    if mean:
-        for i in range(b):
-            label = labels[i]
-            if label != ignore_index:
-                denominator += weight[label] if weighted else 1.0
-        grad_scale = 1.0 / denominator
-    else:
-        denominator = 1.0
-        grad_scale = 1.0
-    uniform = smoothing / num_classes
+    denominator = mean_denominator(labels, cfg.ignore_index, weight, cfg.weighted) if cfg.mean else 1.0
+    row_losses = stats[2 * b:3 * b]
+    cross_entropy_short_rows(z, labels, 0, b, weight, cfg.weighted, cfg.ignore_index, cfg.smoothing,
+                             1.0 / denominator, class_weight_total(weight, cfg.weighted, num_classes), True,
+                             row_losses, g, d, e, m, stats[0:b], stats[b:2 * b], preds)
     total = 0.0
     for i in range(b):
-        row = z[i]
-        gr = g[i]
-        m = row[0]
-        best = 0
-        for c in range(1, num_classes):
-            if row[c] > m or (row[c] != row[c] and m == m):  # first NaN wins, as argmax
-                m = row[c]
-                best = c
-        if classify:
-            preds[i] = best
-        maxes[i] = m
-        for c in range(num_classes):
-            gr[c] = row[c] - m
-    # e = exp(z - m) for the whole batch in one flat loop: it vectorises (fast_exp)
-    flat = g.reshape(-1)
-    for k in range(flat.shape[0]):
-        flat[k] = fast_exp(flat[k])
-    for i in range(b):
-        row = z[i]
-        gr = g[i]
-        label = labels[i]
-        m = maxes[i]
-        if label == ignore_index:
-            for c in range(num_classes):
-                gr[c] = 0
-            continue
-        s = 0.0
-        for c in range(num_classes):
-            s += gr[c]
-        log_s = np.log(s)
-        target_weight = weight[label] if weighted else 1.0
-        hard = (1 - smoothing) * target_weight
-        loss = hard * ((np.float64(m) - np.float64(row[label])) + log_s)
-        if smoothing > 0:
-            wz = weighted_sum(row, weight, weighted)
-            loss += uniform * (weight_total * (np.float64(m) + log_s) - wz)
-        total += loss
-        p_target = np.float64(gr[label]) / s
-        p_coef = grad_scale * (hard + uniform * weight_total)
-        scale = z.dtype.type(p_coef / s)
-        w_coef = z.dtype.type(grad_scale * uniform)
-        scale_row(gr, gr, scale, w_coef, weight, weighted, smoothing > 0)
-        gr[label] = target_grad_p(p_target, grad_scale, hard, uniform, weight_total,
-                                  np.float64(target_weight))
+        total += row_losses[i]
     return total / denominator
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _mse(pred, target, mean, g):
-    # pred, target (B, OUT) -> the summed (or mean) squared error, g its gradient
-    b, n = pred.shape
-    size = b * n
-    scale = 2.0 / size if mean else 2.0
-    total = 0.0
-    for i in range(b):
-        pr = pred[i]
-        tr = target[i]
-        gr = g[i]
-        for j in range(n):
-            d = pr[j] - tr[j]
-            total += np.float64(d) * np.float64(d)
-            gr[j] = scale * d
+    # pred, target (B, OUT) -> the summed (or mean) squared error, g its gradient: the
+    # losses family's MSE kernels (their serial twins)
+    size = pred.shape[0] * pred.shape[1]
+    flat_pred, flat_target = pred.reshape(-1), target.reshape(-1)
+    total = squared_error_sum(flat_pred, flat_target)
+    squared_error(flat_pred, flat_target, 2.0 / size if mean else 2.0, False, g.reshape(-1))
     return total / size if mean else total
 
 
@@ -236,8 +182,8 @@ def _mlp_step(params, grads, state1, state2, work, sums, layers, products, loss_
     dz = work[da:da + b * last_out].reshape((b, last_out))
     if cfg.kind == CROSS_ENTROPY:
         weight = work[space.weight:space.weight + last_out]
-        loss = _cross_entropy(out, labels, weight, cfg.weighted, cfg.ignore_index, cfg.smoothing, cfg.mean,
-                              classify, preds, dz, work[space.maxes:space.maxes + b])
+        loss = _cross_entropy(out, labels, weight, cfg, preds, dz, work[space.shifted:space.shifted + b * last_out],
+                              work[space.exps:space.exps + b * last_out], work[space.maxes:space.maxes + b], sums)
     else:
         loss = _mse(out, targets, cfg.mean, dz)
     # backward, last layer first; dz and dx alternate between the two buffers
@@ -323,21 +269,23 @@ class MLPStep:
             table[l] = (n_in, n_out, w_off, b_off, ACTIVATION_CODES[activation], offset)
             offset += batch_size * n_out
         widest = max(max(n_in, n_out) for n_in, n_out, *_ in layers)
-        # work: layer outputs, two gradient buffers, the logits' row maxima, then the
-        # pack buffers of _gemm, big enough for every product of the step ((B, in) @
-        # (in, out), (in, B) @ (B, out), (B, out) @ (out, in)), its edge tile, and the
-        # class weights
+        # work: layer outputs, two gradient buffers, the cross-entropy's scratch (row
+        # maxima, shifted logits, exps), then the pack buffers of _gemm, big enough for
+        # every product of the step ((B, in) @ (in, out), (in, B) @ (B, out), (B, out) @
+        # (out, in)), its edge tile, and the class weights
         nr = tile_cols.py_func(dtype.itemsize)
         big = max(batch_size, widest)
         depth = min(big, _KC)
+        num_classes = layers[-1][1]
         da = offset
         db = da + batch_size * widest
         maxes = db + batch_size * widest
-        apack = maxes + batch_size
+        shifted = maxes + batch_size
+        exps = shifted + batch_size * num_classes
+        apack = exps + batch_size * num_classes
         bpack = apack + (-(-big // MR) * MR) * depth
         tile = bpack + (-(-big // nr) * nr) * depth
         weight_at = tile + MR * nr
-        num_classes = layers[-1][1]
         self.work = np.zeros(weight_at + num_classes, dtype=dtype)
         if weight is not None:
             self.work[weight_at:] = weight
@@ -358,8 +306,10 @@ class MLPStep:
                                weight is not None, label_smoothing, classify)], dtype=LOSS)
         self.optimizer = np.array([(SGD if optimizer == "sgd" else ADAM, momentum, bool(nesterov), weight_decay,
                                     betas[0], betas[1], eps, bool(decoupled))], dtype=OPTIMIZER)
-        self.workspace = np.array([(da, db, maxes, apack, bpack, tile, weight_at)], dtype=WORKSPACE)
-        self.sums = np.zeros(widest, dtype=np.float64)
+        self.workspace = np.array([(da, db, maxes, shifted, exps, apack, bpack, tile, weight_at)], dtype=WORKSPACE)
+        # float64: the cross-entropy's row sums, log-sums and losses (3 B), then, in
+        # backward, each layer's bias gradient as column sums (widest)
+        self.sums = np.zeros(max(widest, 3 * batch_size), dtype=np.float64)
         self.params, self.grads = params, grads
         self.state1 = state1 if state1 is not None else params[:0]
         self.state2 = state2 if state2 is not None else params[:0]

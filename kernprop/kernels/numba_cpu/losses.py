@@ -92,7 +92,7 @@ def target_grad_p(p, grad_scale, hard, uniform, weight_total, target_weight):
 
 
 @helper
-def _weight_total(weight, weighted, num_classes):
+def class_weight_total(weight, weighted, num_classes):
     # W = sum of the class weights (C without weights), the smoothing gradient's p factor
     total = 0.0
     if weighted:
@@ -103,6 +103,16 @@ def _weight_total(weight, weighted, num_classes):
     return total
 
 
+@helper
+def _ignored_row(i, want_grad, row_losses, grad):
+    # row i's label is ignore_index: no loss, and a zero gradient row
+    row_losses[i] = 0.0
+    if want_grad:
+        grad_row = grad[i]
+        for c in range(grad_row.shape[0]):
+            grad_row[c] = 0
+
+
 @kernel
 def _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, smoothing, grad_scale,
                         want_grad, row_losses, grad):
@@ -110,18 +120,14 @@ def _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, smoothin
     # float64 and, when want_grad, grad (N, C) scaled by grad_scale.  grad may be logits
     # itself: a row's statistics and target logit are read before its gradient is written.
     n, num_classes = logits.shape
-    weight_total = _weight_total(weight, weighted, num_classes)
+    weight_total = class_weight_total(weight, weighted, num_classes)
     uniform = smoothing / num_classes
     rows = max(1, _CHUNK_ELEMENTS // num_classes)
     for task in prange((n + rows - 1) // rows):
         for i in range(task * rows, min((task + 1) * rows, n)):
             label = labels[i]
             if label == ignore_index:
-                row_losses[i] = 0.0
-                if want_grad:
-                    grad_row = grad[i]
-                    for c in range(num_classes):
-                        grad_row[c] = 0
+                _ignored_row(i, want_grad, row_losses, grad)
                 continue
             row = logits[i]
             target_weight = weight[label] if weighted else 1.0
@@ -158,15 +164,56 @@ def _cross_entropy_rows(logits, labels, weight, weighted, ignore_index, smoothin
                                               weight_total, np.float64(target_weight))
 
 
+@helper
+def cross_entropy_short_rows(logits, labels, r0, r1, weight, weighted, ignore_index, smoothing, grad_scale,
+                             weight_total, want_grad, row_losses, grad, d, e, m, sums, log_s, preds=None):
+    # Rows r0:r1 of logits (N, C), labels (N,) -> row_losses[r0:r1] (float64) and, when
+    # want_grad, grad[r0:r1] (N, C) scaled by grad_scale (it may be logits itself).  The
+    # row statistics of the block come from one flat vectorised exp loop
+    # (softmax.short_rows_stats into the scratch d, e (>= (r1-r0) C,), m, sums, log_s
+    # (>= r1-r0,)), and the gradient is p_coef * e / s - w_coef * w from the stored
+    # e = exp(z - m).  weight_total: class_weight_total's W; preds: short_rows_stats'.
+    # The row helper of _cross_entropy_short (a block per task) and of the fused
+    # training step (its batch, with its predictions).
+    num_classes = logits.shape[1]
+    uniform = smoothing / num_classes
+    short_rows_stats(logits, r0, r1, d, e, m, sums, log_s, preds)
+    for r in range(r1 - r0):
+        i = r0 + r
+        label = labels[i]
+        if label == ignore_index:
+            _ignored_row(i, want_grad, row_losses, grad)
+            continue
+        row = logits[i]
+        dr = d[r * num_classes : (r + 1) * num_classes]
+        er = e[r * num_classes : (r + 1) * num_classes]
+        target_weight = weight[label] if weighted else 1.0
+        hard = (1 - smoothing) * target_weight
+        # -logp_y = (m - z_y) + log s = -d_y + log s
+        loss = hard * (log_s[r] - dr[label])
+        if smoothing > 0:
+            wz = weighted_sum(row, weight, weighted)
+            loss += uniform * (weight_total * (np.float64(m[r]) + log_s[r]) - wz)
+        row_losses[i] = loss
+        if want_grad:
+            p_target = np.float64(er[label]) / sums[r]
+            p_coef = grad_scale * (hard + uniform * weight_total)
+            w_coef = grad_scale * uniform
+            scale = logits.dtype.type(p_coef / sums[r])
+            w_coef_x = logits.dtype.type(w_coef)
+            grad_row = grad[i]
+            scale_row(er, grad_row, scale, w_coef_x, weight, weighted, smoothing > 0)
+            grad_row[label] = target_grad_p(p_target, grad_scale, hard, uniform, weight_total,
+                                             np.float64(target_weight))
+
+
 @kernel
 def _cross_entropy_short(logits, labels, weight, weighted, ignore_index, smoothing, grad_scale,
                          want_grad, row_losses, grad):
-    # As _cross_entropy_rows, for C < softmax._SHORT: the row statistics of a chunk of
-    # rows come from one flat vectorised exp loop (softmax.short_rows_stats), and the
-    # gradient is p_coef * e / s - w_coef * w from the stored e = exp(z - m).
+    # As _cross_entropy_rows, for C < softmax._SHORT: blocks of _SHORT_ROWS rows, one per
+    # task, through cross_entropy_short_rows with the task's own scratch.
     n, num_classes = logits.shape
-    weight_total = _weight_total(weight, weighted, num_classes)
-    uniform = smoothing / num_classes
+    weight_total = class_weight_total(weight, weighted, num_classes)
     for task in prange((n + _SHORT_ROWS - 1) // _SHORT_ROWS):
         r0 = task * _SHORT_ROWS
         r1 = min(r0 + _SHORT_ROWS, n)
@@ -175,42 +222,12 @@ def _cross_entropy_short(logits, labels, weight, weighted, ignore_index, smoothi
         m = np.empty(_SHORT_ROWS, dtype=logits.dtype)
         sums = np.empty(_SHORT_ROWS, dtype=np.float64)
         log_s = np.empty(_SHORT_ROWS, dtype=np.float64)
-        short_rows_stats(logits, r0, r1, d, e, m, sums, log_s)
-        for r in range(r1 - r0):
-            i = r0 + r
-            label = labels[i]
-            if label == ignore_index:
-                row_losses[i] = 0.0
-                if want_grad:
-                    grad_row = grad[i]
-                    for c in range(num_classes):
-                        grad_row[c] = 0
-                continue
-            row = logits[i]
-            dr = d[r * num_classes : (r + 1) * num_classes]
-            er = e[r * num_classes : (r + 1) * num_classes]
-            target_weight = weight[label] if weighted else 1.0
-            hard = (1 - smoothing) * target_weight
-            # -logp_y = (m - z_y) + log s = -d_y + log s
-            loss = hard * (log_s[r] - dr[label])
-            if smoothing > 0:
-                wz = weighted_sum(row, weight, weighted)
-                loss += uniform * (weight_total * (np.float64(m[r]) + log_s[r]) - wz)
-            row_losses[i] = loss
-            if want_grad:
-                p_target = np.float64(er[label]) / sums[r]
-                p_coef = grad_scale * (hard + uniform * weight_total)
-                w_coef = grad_scale * uniform
-                scale = logits.dtype.type(p_coef / sums[r])
-                w_coef_x = logits.dtype.type(w_coef)
-                grad_row = grad[i]
-                scale_row(er, grad_row, scale, w_coef_x, weight, weighted, smoothing > 0)
-                grad_row[label] = target_grad_p(p_target, grad_scale, hard, uniform, weight_total,
-                                                 np.float64(target_weight))
+        cross_entropy_short_rows(logits, labels, r0, r1, weight, weighted, ignore_index, smoothing, grad_scale,
+                                 weight_total, want_grad, row_losses, grad, d, e, m, sums, log_s)
 
 
 @njit(cache=True)
-def _mean_denominator_kernel(labels, ignore_index, weight, weighted):
+def mean_denominator(labels, ignore_index, weight, weighted):
     # sum of the weights of the non-ignored rows' labels (their count without weights)
     total = 0.0
     for i in range(labels.shape[0]):
@@ -229,7 +246,7 @@ def _class_weight(weight, dtype):
 
 
 def _mean_denominator(labels, ignore_index, weight, weighted):
-    return _mean_denominator_kernel(labels, ignore_index, weight, weighted)
+    return mean_denominator(labels, ignore_index, weight, weighted)
 
 
 def _reduce(row_losses, denominator, reduction, dtype):
@@ -299,6 +316,12 @@ def _squared_error(pred, target, scale, square, out):
         else:
             for i in range(hi - lo):
                 o[i] = s * (p[i] - t[i])
+
+
+# The MSE kernels' serial twins, for the fused training step (engines/mlp_step.py),
+# which runs on one thread
+squared_error_sum = _squared_error_sum.serial
+squared_error = _squared_error.serial
 
 
 def _flat(x):

@@ -92,19 +92,33 @@ def _rows(n, c):
 
 
 @helper
-def short_rows_stats(x, r0, r1, d, e, m, sums, log_s):
+def short_rows_stats(x, r0, r1, d, e, m, sums, log_s, preds=None):
     # Rows r0:r1 of x (N, C) with C short (< _SHORT): a row is shorter than one vector,
     # so per-row loops would run scalar.  Instead the exps run as one flat vectorised
     # loop over the chunk: d = x - m (per row), e = exp(d) (flat), s = row sums of e,
-    # log_s = log(s).  d, e (>= (r1-r0)*C,) and m, sums, log_s (>= r1-r0,) are outputs.
+    # log_s = log(s).  d, e (>= (r1-r0)*C,) and m, sums, log_s (>= r1-r0,) are outputs;
+    # so is preds[r0:r1] when given (int64: each row's argmax, a NaN winning as in
+    # np.argmax; the fused training step's predictions), found in the max's loop, where
+    # its chain overlaps the max's (a pass of its own cost 0.05-0.1 us more at 32 x 10).
+    # Omitted, its branches are pruned when Numba compiles the caller.
     c = x.shape[1]
     rows = r1 - r0
     for r in range(rows):
         row = x[r0 + r]
         mr = row[0]
+        if preds is not None:
+            best_value = row[0]
+            best = 0
         for j in range(1, c):
-            mr = max(mr, row[j])
+            v = row[j]
+            mr = max(mr, v)
+            if preds is not None:
+                if v > best_value or (v != v and best_value == best_value):  # first NaN wins
+                    best_value = v
+                    best = j
         m[r] = mr
+        if preds is not None:
+            preds[r0 + r] = best
         dr = d[r * c : (r + 1) * c]
         for j in range(c):
             dr[j] = row[j] - mr
