@@ -120,18 +120,26 @@ def tile_product(apack, a_off, bsrc, b_off, steps, c, i0, j0, mr, nr, beta, tile
 
 
 @njit(**_JIT)
+def has_epilogue(spec):
+    # whether the product's tiles get a bias or an activation on the last K block
+    return spec[0].has_bias or spec[0].activation != 0
+
+
+@njit(inline="always", **_JIT)
 def epilogue(c, i0, j0, mr, nr, bias, spec):
     # C tile c[i0:i0+mr, j0:j0+nr] = activation(c + bias), as ``spec`` asks: run on each
-    # tile of the last K block right after it is stored, while it is still in L1
+    # tile of the last K block right after it is stored, while it is still in L1.  The
+    # drivers call it only when ``has_epilogue``, and inline it (it was part of the
+    # tile's function before the record: measured no slower than that, serial 32x64x32
+    # to 64^3 on one Zen 3 core, -4% to +3%).
     settings = spec[0]
     has_bias, activation = settings.has_bias, settings.activation
-    if has_bias or activation != 0:
-        bias_part = bias[j0:j0 + nr]
-        for i in range(mr):
-            row = c[i0 + i, j0:j0 + nr]
-            for j in range(nr):
-                value = row[j] + bias_part[j] if has_bias else row[j]
-                row[j] = activate(value, activation)
+    bias_part = bias[j0:j0 + nr]
+    for i in range(mr):
+        row = c[i0 + i, j0:j0 + nr]
+        for j in range(nr):
+            value = row[j] + bias_part[j] if has_bias else row[j]
+            row[j] = activate(value, activation)
 
 
 @njit(**_JIT)
@@ -204,6 +212,7 @@ def serial(a, b, c, bias, sums, apack, bpack, tile, bflat, spec):
     settings = spec[0]
     beta, want_sums, kc_block, terms, b_base = (settings.accumulate, settings.want_sums, settings.kc,
                                                 settings.terms, settings.b_base)
+    post = has_epilogue(spec)
     m, k = a.shape
     n = b.shape[1]
     nr_full = tile_cols(c.itemsize)
@@ -231,7 +240,7 @@ def serial(a, b, c, bias, sums, apack, bpack, tile, bflat, spec):
                 i0 = ip * rows
                 mr = min(rows, m - i0)
                 tile_product(apack, ip * kc * rows, bflat, b_base + k0 * n, kc, c, i0, 0, mr, n, beta_k, tile)
-                if last:
+                if last and post:
                     epilogue(c, i0, 0, mr, n, bias, spec)
             continue
         for jp in range(n_panels):
@@ -243,7 +252,7 @@ def serial(a, b, c, bias, sums, apack, bpack, tile, bflat, spec):
                 mr = min(rows, m - i0)
                 tile_product(apack, ip * steps * rows, bpack, jp * steps * nr_full, steps, c, i0, jj, mr, nr,
                              beta_k, tile)
-                if last:
+                if last and post:
                     epilogue(c, i0, jj, mr, nr, bias, spec)
 
 
@@ -258,6 +267,7 @@ def _macro_block(apack, bpack, steps, c, j0, nc, ip0, ip1, jp0, jp1, tile, beta,
     m = c.shape[0]
     nr_full = tile_cols(c.itemsize)
     rows = panel_rows(apack)
+    post = last and has_epilogue(spec)
     for ip in range(ip0, ip1):
         i0 = ip * rows
         mr = min(rows, m - i0)
@@ -266,7 +276,7 @@ def _macro_block(apack, bpack, steps, c, j0, nc, ip0, ip1, jp0, jp1, tile, beta,
             nr = min(nr_full, nc - jj)
             tile_product(apack, ip * steps * rows, bpack, jp * steps * nr_full, steps, c, i0, j0 + jj, mr, nr,
                          beta, tile)
-            if last:
+            if post:
                 epilogue(c, i0, j0 + jj, mr, nr, bias, spec)
 
 
