@@ -16,28 +16,8 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
 
 
-# float32 Adam over a block, compiled per CPU level (KP_CLONES, _common.pxi): the
-# baseline build's 4-lane SSE loop ran at 0.4-0.6x the Numba kernel; these match it.
-cdef extern from *:
-    """
-    KP_CLONES static void kp_adam_block_f(float *param, const float *grad, float *exp_avg,
-                                          float *exp_avg_sq, Py_ssize_t n, float step_size,
-                                          float beta1, float beta2, float one_b1, float one_b2,
-                                          float sqrt_bc2, float eps, float decay, float wd,
-                                          int decay_weights, int decay_grad) {
-        Py_ssize_t j;
-        for (j = 0; j < n; j++) {
-            float p = param[j], g = grad[j];
-            if (decay_weights) p = p * decay;
-            if (decay_grad) g = g + wd * p;
-            float m = exp_avg[j] * beta1 + one_b1 * g;
-            float v = exp_avg_sq[j] * beta2 + one_b2 * g * g;
-            exp_avg[j] = m;
-            exp_avg_sq[j] = v;
-            param[j] = p - step_size * m / (sqrtf(v) / sqrt_bc2 + eps);
-        }
-    }
-    """
+# float32 Adam over a block, compiled per CPU level (pyx/kp_common.h)
+cdef extern from "kp_common.h":
     void kp_adam_block_f(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
                          Py_ssize_t n, float step_size, float beta1, float beta2, float one_b1,
                          float one_b2, float sqrt_bc2, float eps, float decay, float wd,
