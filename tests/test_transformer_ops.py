@@ -15,6 +15,7 @@ from kernprop.kernels.reference import embedding as ref_embedding
 from kernprop.kernels.reference import normalization as ref_normalization
 
 from conftest import assert_close, make_array, readonly, to_host
+from test_reference import numeric_gradient
 
 # float32 results are compared with the float64 reference of the same inputs: the
 # tolerance is float32's own rounding over a reduction, not a second float32 computation.
@@ -310,20 +311,6 @@ def test_bad_arguments_are_named(dtype):
 # --- gradients by finite differences (float64) ----------------------------------------
 
 
-def _numeric_gradient(loss, array, step=1e-6):
-    grad = np.zeros_like(array)
-    flat, grad_flat = array.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        saved = flat[i]
-        flat[i] = saved + step
-        up = loss()
-        flat[i] = saved - step
-        down = loss()
-        flat[i] = saved
-        grad_flat[i] = (up - down) / (2 * step)
-    return grad
-
-
 def test_gradients_by_finite_differences(backend, rng):
     x = rng.standard_normal((3, 5))
     weight, bias = rng.standard_normal(5), rng.standard_normal(5)
@@ -335,13 +322,13 @@ def test_gradients_by_finite_differences(backend, rng):
     _, mean, rstd = kernprop.layer_norm(x, weight, bias, backend=backend)
     dx, dweight, dbias = kernprop.layer_norm_backward(x, weight, mean, rstd, dy, backend=backend)
     for name, got, array in (("dx", dx, x), ("dweight", dweight, weight), ("dbias", dbias, bias)):
-        assert_close(got, _numeric_gradient(ln_loss, array), rtol=1e-6, name=name)
+        assert_close(got, numeric_gradient(ln_loss, array), rtol=1e-6, name=name)
 
     for approximate in APPROXIMATIONS:
         def gelu_loss():
             return float((to_host(kernprop.gelu(x, approximate, backend=backend)) * dy).sum())
 
-        assert_close(kernprop.gelu_backward(x, dy, approximate, backend=backend), _numeric_gradient(gelu_loss, x),
+        assert_close(kernprop.gelu_backward(x, dy, approximate, backend=backend), numeric_gradient(gelu_loss, x),
                      rtol=1e-6, name=f"gelu {approximate}")
 
     q, k, v = rng.standard_normal((1, 2, 4, 3)), rng.standard_normal((1, 2, 6, 3)), rng.standard_normal((1, 2, 6, 2))
@@ -353,7 +340,7 @@ def test_gradients_by_finite_differences(backend, rng):
         out, lse = kernprop.attention(q, k, v, causal=causal, backend=backend)
         grads = kernprop.attention_backward(q, k, v, out, lse, dout, causal=causal, backend=backend)
         for name, got, array in zip(("dq", "dk", "dv"), grads, (q, k, v)):
-            assert_close(got, _numeric_gradient(attention_loss, array), rtol=1e-6, name=f"{name} causal={causal}")
+            assert_close(got, numeric_gradient(attention_loss, array), rtol=1e-6, name=f"{name} causal={causal}")
 
 
 # --- against PyTorch ------------------------------------------------------------------
