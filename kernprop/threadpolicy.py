@@ -16,6 +16,10 @@ The policy, chosen by measurement (``bench/shared_machine.py``, ``bench/SHARED_M
   time to wake a sleeping thread, and little more.  Only where kernprop owns the decision: not when ``GOMP_SPINCOUNT`` or
   ``OMP_WAIT_POLICY`` is set, nor when another library loaded libgomp first; the
   variable is set only while kernprop loads libgomp, so child processes do not inherit it.
+- **One level of OpenMP.**  Numba's ``omp`` layer turns libgomp's nesting on when it
+  starts; kernprop turns it off again (:func:`_openmp_single_level`), or PyTorch's and
+  MKL's teams nest inside each other in the same process (a GPT step in PyTorch on
+  2 threads ran 27x slower).  ``OMP_MAX_ACTIVE_LEVELS``/``OMP_NESTED`` win when set.
 - **Serial below a size.**  Small inputs run without threads (the Numba kernels'
   ``SERIAL_ELEMENTS``, the Cython kernels' ``PARALLEL_MIN_WORK``): a fork/join costs
   microseconds, and a parallel region waits for its slowest thread, which on a busy
@@ -103,20 +107,57 @@ def _configure_openmp_wait() -> str:
 
 
 def _configure_numba_layer() -> str:
-    requested = os.environ.get("NUMBA_THREADING_LAYER")
-    if requested:
-        return f"NUMBA_THREADING_LAYER={requested} (set by the user)"
     from numba.core import config
     from numba.np.ufunc import parallel
 
     if parallel._is_initialized:  # another caller started Numba's threads first
         return "started before kernprop configured it"
+    _keep_openmp_single_level(parallel)
+    requested = os.environ.get("NUMBA_THREADING_LAYER")
+    if requested:
+        return f"NUMBA_THREADING_LAYER={requested} (set by the user)"
     try:
         from numba.np.ufunc import omppool  # noqa: F401 - loads libgomp: the wait is set first
     except ImportError as exc:
         return f"Numba's default order (no omp layer here: {exc})"
     config.THREADING_LAYER = "omp"
     return "omp chosen by kernprop: the Cython kernels' runtime"
+
+
+def _openmp_single_level() -> None:
+    """Undo the nesting Numba's ``omp`` layer turns on when it starts (``omp_set_nested``,
+    for parallel kernels called inside parallel kernels, which kernprop does not do).
+
+    libgomp's nesting level is one setting for the whole process.  With nesting on, every
+    other OpenMP library here starts a team inside each of its own teams: PyTorch's
+    attention, whose parallel loop calls MKL's threaded products, ran a GPT training step
+    on 2 threads at 435 tokens/s against 11,800 with nesting off (2-core Zen 3; the
+    ``omp`` layer started before ``import torch``).  kernprop's kernels never nest, so
+    one level changes nothing of theirs.  ``OMP_MAX_ACTIVE_LEVELS`` or ``OMP_NESTED`` set
+    by the user is the user's choice: left as Numba made it.
+    """
+    if "OMP_MAX_ACTIVE_LEVELS" in os.environ or "OMP_NESTED" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libgomp.so.1").omp_set_max_active_levels(1)
+    except (OSError, AttributeError):  # no libgomp: nothing nests
+        pass
+
+
+def _keep_openmp_single_level(parallel) -> None:
+    """Wrap Numba's thread start (every path that starts its layer calls the module's
+    ``_launch_threads``: the first parallel kernel, a cache load, ``set_num_threads``) so
+    that the ``omp`` layer's nesting is turned off right after it starts."""
+    launch = parallel._launch_threads
+
+    @functools.wraps(launch)
+    def launch_one_level():
+        started = parallel._is_initialized
+        launch()
+        if not started and parallel._threading_layer == "omp":
+            _openmp_single_level()
+
+    parallel._launch_threads = launch_one_level
 
 
 def configure(numba: bool = False) -> None:
@@ -237,6 +278,7 @@ def _after_fork_in_child() -> None:
                 from numba.np.ufunc import omppool
 
                 ctypes.CFUNCTYPE(None, ctypes.c_int)(omppool.launch_threads)(1)
+                _openmp_single_level()
             numba_parallel.set_num_threads(1)
         if cython_parallel is not None:
             cython_parallel.set_num_threads(1)

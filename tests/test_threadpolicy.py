@@ -69,6 +69,55 @@ def test_the_users_threading_layer_is_left_alone():
     assert "NUMBA_THREADING_LAYER=workqueue (set by the user)" in result["text"]
 
 
+OPENMP_LEVELS = """
+    import ctypes, json, os, sys
+    import numpy as np
+    import kernprop
+    start = sys.argv[1]
+    if start == "set_num_threads":
+        kernprop.set_num_threads(2)
+    elif start == "kernel":
+        x = np.ones((300, 300), np.float32)
+        kernprop.matmul(x, x, backend="numba")
+    elif start == "fork":  # the fork handler starts the layer again in the child
+        kernprop.set_num_threads(2)
+        read, write = os.pipe()
+        if os.fork() == 0:
+            os.write(write, str(ctypes.CDLL("libgomp.so.1").omp_get_max_active_levels()).encode())
+            os._exit(0)
+        os.wait()
+        print(json.dumps({"levels": int(os.read(read, 16))}))
+        sys.exit()
+    import numba
+    print(json.dumps({"levels": ctypes.CDLL("libgomp.so.1").omp_get_max_active_levels(),
+                      "layer": numba.threading_layer()}))
+"""
+
+
+def _run_levels(start, **env):
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_MAX_ACTIVE_LEVELS", "OMP_NESTED",
+                                                                  "NUMBA_THREADING_LAYER")}
+    environ.update(NUMBA_NUM_THREADS="2", **env)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(OPENMP_LEVELS), start], env=environ,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libgomp")
+@pytest.mark.parametrize("start", ["set_num_threads", "kernel", "fork"])
+def test_numbas_omp_layer_leaves_openmp_one_level(start):
+    # Numba's omp layer turns nesting on (max active levels 255 here) when it starts;
+    # PyTorch's nested teams then oversubscribe the cores (threadpolicy's docstring)
+    assert _run_levels(start)["levels"] == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libgomp")
+def test_the_users_nesting_choice_is_left_as_numba_made_it():
+    result = _run_levels("kernel", OMP_MAX_ACTIVE_LEVELS="3")
+    assert result["layer"] == "omp" and result["levels"] > 1
+
+
 IDLE_WORKERS = """
     import json, os, time
     import numpy as np
