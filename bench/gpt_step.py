@@ -17,8 +17,9 @@ tanh-GELU), ``F.cross_entropy``, ``backward``, ``torch.optim.AdamW``, on
 ``--loss-steps N`` also trains both for N steps from the same weights on the same
 batches and prints the final losses; ``--generate N`` times sampling N tokens greedily
 (kernprop's ``generate`` with its key/value cache against a PyTorch loop with a
-key/value cache).  Peak memory: run with ``--only kernprop`` and ``--only torch`` under
-``/usr/bin/time -v`` (maximum resident set size).
+key/value cache).  Peak memory: ``--only kernprop`` and ``--only torch`` (one contender
+per process) print the growth of the process's peak resident memory over what it held
+before the contender's runs.
 
 Not collected by pytest (no ``test_`` prefix).
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import resource
 import time
 
 import numpy as np
@@ -37,6 +39,15 @@ from kernprop import nn, optim
 from kernprop.train import Trainer
 
 VOCAB = 65
+
+
+def current_rss():
+    """This process's resident memory now, bytes (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return 0
 
 
 def cpu_name():
@@ -258,6 +269,7 @@ def main():
           f"{args.batch}, vocab {VOCAB}, AdamW, fp32; {args.threads} threads; {cpu_name()}; "
           f"torch {torch.__version__ if torch else 'not installed'}")
     X, y = batches(args.steps, args.batch, args.block)
+    rss_before = current_rss()
     rows = {}
     if args.only != "torch":
         rows["kernprop"] = time_kernprop(X, y)
@@ -277,6 +289,12 @@ def main():
         best = max(values)
         print(f"  {name:22s} {best:10,.0f} tokens/s (rounds: {', '.join(f'{v:,.0f}' for v in values)})"
               f"  {best / base:5.2f}x torch eager")
+    if args.only:
+        # one contender in this process: the growth of its peak resident memory over the
+        # process before it ran (libraries imported, batches built) is that contender's
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(f"  peak resident memory of the {args.only} runs: +{(peak - rss_before) / 2**20:,.0f} MiB "
+              f"over the {rss_before / 2**20:,.0f} MiB before them")
     if args.loss_steps and torch is not None:
         ours, theirs, v_ours, v_theirs = loss_after(args.loss_steps)
         print(f"  loss over {args.loss_steps} steps (mean per step): kernprop {ours:.4f}, torch {theirs:.4f} "

@@ -197,6 +197,61 @@ def test_cli_train_distributed(tmp_path):
     assert Trainer.load(tmp_path / "digits.npz").evaluate  # loads in one process
 
 
+GPT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from mpi4py import MPI
+    sys.path.insert(0, sys.argv[1])
+    from test_distributed import gpt_problem
+
+    rank = MPI.COMM_WORLD.Get_rank()
+    X, y, trainer = gpt_problem("mpi")
+    if rank == 1:  # other starting weights on rank 1: the Bcast from rank 0 must fix them
+        for p in trainer.model.parameters():
+            p += 0.5
+    history = trainer.fit(X, y, 2, verbose=0)
+    np.savez(f"gpt{rank}.npz", np.array(history["loss"]), *trainer.model.parameters())
+    """
+)
+
+
+def gpt_problem(distributed_=None):
+    """A small float64 GPT on windows of a random text, some targets ignored (so the
+    ranks' shards count different numbers of tokens), batches of 8 windows."""
+    rng = np.random.default_rng(0)
+    text = rng.integers(0, 11, 4000)
+    starts = rng.integers(0, 3900, 37)
+    X = np.stack([text[s:s + 16] for s in starts])
+    y = np.stack([text[s + 1:s + 17] for s in starts])
+    y[::5, ::3] = -100
+    model = nn.GPT(11, 16, 2, 2, 16, rng=0, dtype=np.float64)
+    trainer = Trainer(model, optimizer=optim.Adam(1e-2, weight_decay=0.1, decoupled=True), backend="numpy",
+                      batch_size=8, seed=1, distributed=distributed_)
+    return X, y, trainer
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_gpt_on_two_ranks_matches_one_process(tmp_path):
+    (tmp_path / "gpt.py").write_text(GPT_SCRIPT)
+    here = os.path.dirname(os.path.abspath(__file__))
+    result = run_mpi(2, [sys.executable, "gpt.py", here], tmp_path)
+    assert result.returncode == 0, f"mpirun failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    X, y, trainer = gpt_problem()
+    history = trainer.fit(X, y, 2, verbose=0)
+    expected = [np.array(history["loss"]), *trainer.model.parameters()]
+    ranks = []
+    for r in range(2):
+        with np.load(tmp_path / f"gpt{r}.npz") as z:
+            ranks.append([z[f"arr_{i}"] for i in range(len(z.files))])
+    for i, (a, b) in enumerate(zip(*ranks)):
+        np.testing.assert_array_equal(a, b, err_msg=f"ranks 0 and 1 disagree on array {i}")
+    for i, (got, want) in enumerate(zip(ranks[0], expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11,
+                                   err_msg=f"array {i} (0: the losses): 2 ranks differ from 1 process")
+
+
 # --- without MPI ----------------------------------------------------------------------
 
 

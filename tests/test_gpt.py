@@ -249,6 +249,39 @@ def test_gpt_loss_curve_matches_pytorch_adamw_20_steps():
         assert_close(p, _layout(tp.detach().numpy(), tp), 1e-2, 2e-4, f"parameter {i} after 20 steps")
 
 
+@pytest.mark.filterwarnings("ignore:precision='bf16' runs the fp32 kernels")
+def test_gpt_trains_with_bf16_products_on_every_cpu_backend():
+    """``precision="bf16"``: the reference rounds the products' inputs to bf16 (a curve
+    apart from fp32's, as close as bf16 allows); each CPU backend runs its bf16 kernel,
+    or the fp32 one with a warning where the CPU has no bf16 unit, and follows the
+    reference's curve either way."""
+    V, T, B = 11, 16, 16
+    rng = np.random.default_rng(2)
+    text = rng.integers(0, V, 3000)
+    starts = rng.integers(0, text.size - T - 1, 64)
+    X = np.stack([text[s:s + T] for s in starts])
+    y = np.stack([text[s + 1:s + T + 1] for s in starts])
+
+    def curve(backend, precision):
+        model = nn.GPT(V, T, 2, 2, 16, rng=0)
+        trainer = kernprop.Trainer(model, optimizer=kernprop.optim.Adam(1e-2, decoupled=True), backend=backend,
+                                   batch_size=B, precision=precision)
+        history = trainer.fit(X, y, 3, shuffle=False, verbose=0)
+        assert all(p.dtype == np.float32 for p in model.parameters())  # bf16 is the products' only
+        return np.array(history["loss"]), trainer.evaluate(X, y)["loss"]
+
+    fp32, fp32_eval = curve("numpy", "fp32")
+    bf16, bf16_eval = curve("numpy", "bf16")
+    assert not np.array_equal(bf16, fp32)  # the reference did round
+    assert_close(bf16, fp32, 1e-2, 0, "bf16 against fp32 losses (reference)")
+    assert bf16[-1] < bf16[0]
+    for backend in ("numba", "cython"):
+        if kernprop.backends()[backend].available:
+            got, got_eval = curve(backend, "bf16")
+            assert_close(got, bf16, 1e-2, 0, f"{backend} bf16 losses")
+            assert got_eval == pytest.approx(bf16_eval, rel=1e-2)
+
+
 def test_sequence_trainer_evaluate_predict_and_checkpoint(tmp_path):
     V, T = 13, 8
     rng = np.random.default_rng(2)
