@@ -178,6 +178,46 @@ def test_does_not_depend_on_thread_count():
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["ce-adam", "mse-adam", "ce-tanh-momentum"])
+def test_products_split_over_two_threads_give_the_serial_bits(case, dtype, monkeypatch):
+    """Above ``SPLIT_MIN_MACS`` multiply-adds a product runs on two threads (the forward
+    by row halves, a layer's dw and dx side by side).  Every split (threshold 0) against
+    none, at 1 and 2 threads: the same bits, for odd batches (7 rows, then a last batch
+    of 3; 1 row), narrow logits and layers wider than a tile."""
+    from kernprop.engines import mlp_step
+
+    loss, *rest = case.split("-")
+    optimizer = rest[-1]
+    activation = "tanh" if "tanh" in rest else "relu"
+    X, y = _blobs(n=59, features=23, dtype=dtype)
+    if loss == "mse":
+        y = (0.1 * X[:, :5] + np.random.default_rng(1).standard_normal((59, 5))).astype(dtype)
+    width = 3 if loss == "ce" else 5
+
+    def fit(split_macs, threads, batch_size):
+        monkeypatch.setattr(mlp_step, "SPLIT_MIN_MACS", split_macs)
+        old = kernprop.get_num_threads()
+        kernprop.set_num_threads(threads)
+        try:
+            model = nn.MLP([23, 37, 20, width], activation=activation, rng=0, dtype=dtype)
+            trainer = Trainer(model, loss="cross_entropy" if loss == "ce" else "mse",
+                              optimizer=OPTIMIZERS[optimizer](), backend="numba", batch_size=batch_size, seed=0,
+                              engine="fused")
+            history = trainer.fit(X, y, epochs=2, verbose=0)
+        finally:
+            kernprop.set_num_threads(old)
+        assert set(history["engine"]) == {"fused"}
+        return model.parameters() + [np.array(history["loss"])]
+
+    for batch_size in (7, 1, 59):
+        serial = fit(1 << 62, 1, batch_size)
+        assert all(np.isfinite(a).all() for a in serial)
+        for threads in (1, 2):
+            for i, (a, b) in enumerate(zip(fit(0, threads, batch_size), serial)):
+                assert np.array_equal(a, b), (batch_size, threads, i)
+
+
 def test_all_rows_ignored_gives_nan_loss_and_no_update(spy):
     X, _ = _blobs(n=32)
     y = np.full(32, 2)

@@ -29,11 +29,13 @@ The rule (``choose``), for ``engine="auto"``, in this order:
 1. the ``cuda`` backend: ``device``;
 2. distributed: ``layerwise`` (each rank's shard, then the Allreduce);
 3. the ``numba`` backend, a model the fused step takes (``fused_mlp.plan``) and a step of
-   at most ``fused_limit()`` multiply-adds: ``fused``.  The fused step is serial; with 2
-   numba threads it wins up to ~100M multiply-adds per step (1.2x at 784-256-10 batch
-   128, 78M) and the parallel layer-by-layer kernels from ~200M (0.8-1.0x at
-   784-512-256-10 batch 256, 411M); with 1 thread it won at every size measured, up to
-   those 411M (1.4x) (bench/TRAIN_STEP.md, 2-core AMD EPYC Zen 4);
+   at most ``fused_limit()`` multiply-adds: ``fused``.  Measured while the fused step was
+   serial: with 2 numba threads it won up to ~100M multiply-adds per step (1.2x at
+   784-256-10 batch 128, 78M) and the parallel layer-by-layer kernels from ~200M
+   (0.8-1.0x at 784-512-256-10 batch 256, 411M); with 1 thread it won at every size
+   measured, up to those 411M (1.4x) (bench/TRAIN_STEP.md, 2-core AMD EPYC Zen 4).  Its
+   larger products now run on two threads (``mlp_step``), which can only move the
+   crossing up;
 4. more than one parameter array and at most ``PACK_MAX_PARAMS`` parameters: ``packed``
    (the gradient copy into the flat buffer costs more than the optimizer calls it saves
    for big models: 784-512-256-10 at batch 256, 535K parameters, numba, SGD: 4.15-4.41 ms

@@ -8,7 +8,8 @@ whether a model fits, and why not).  The kernel reads the learning rate every st
 other hyperparameters are fixed when the fit starts, and should a callback change them
 the fit goes on layer by layer (``PackedEngine``), as that path would have run it.
 Results agree with the layer-by-layer engines to float rounding (sums may round in
-another order), and do not depend on the thread count (the step is serial).
+another order), and do not depend on the thread count (a product split over two threads
+gives the bits of one thread: ``mlp_step``'s docstring).
 """
 
 from __future__ import annotations
