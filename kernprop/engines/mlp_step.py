@@ -16,8 +16,8 @@ thread (at the digits sizes a fork/join costs more than the work it would split)
 larger one runs on two threads, each calling the serial driver with its own pack
 buffers: a forward product as two halves of the batch's rows (``_two_halves``), a
 layer's weight and input gradients side by side (``_two_products``; they read the same
-dz and have the same multiply-adds).  The first layer's weight gradient, with no input
-gradient beside it, stays on one thread.  Each output element is the same sum in the
+dz and have the same multiply-adds), the first layer's weight gradient (no input
+gradient beside it) by halves of its rows.  Each output element is the same sum in the
 same order either way, so the step's bits do not depend on the thread count or on the
 split (``tests/test_mlp_step.py``).  scikit-learn's 100-256-128-2 at batch 200 (35M
 multiply-adds a step; a 2-core Zen 3): 1.05-1.33 ms a step serial, 0.72-0.79 ms split.
@@ -149,26 +149,28 @@ def _mse(pred, target, mean, g):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _two_halves(a, b, c, bias, sums, apack, bpack, tile, apack2, bpack2, tile2, bflat, spec, split):
+def _two_halves(a, b, c, bias, sums, sums2, apack, bpack, tile, apack2, bpack2, tile2, bflat, spec, split):
     # c = a @ b (spec's epilogue) as two products of rows [0, split) and [split, M), one
     # per thread, each with its own pack buffers.  Every element of c is the same sum,
     # in the same order, as in one serial product: the same bits whatever the threads.
+    # Both halves pack all of b: b's column sums (spec.want_sums) go to sums from the
+    # first, to the scratch sums2 from the second.
     for half in prange(2):
         if half == 0:
             _serial_gemm(a[:split], b, c[:split], bias, sums, apack, bpack, tile, bflat, spec)
         else:
-            _serial_gemm(a[split:], b, c[split:], bias, sums, apack2, bpack2, tile2, bflat, spec)
+            _serial_gemm(a[split:], b, c[split:], bias, sums2, apack2, bpack2, tile2, bflat, spec)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _two_products(x, dz, dw, w, dx, bias0, sums, apack, bpack, tile, apack2, bpack2, tile2, dz_flat, spec_dw,
+def _two_products(x_t, dz, dw, w, dx, bias0, sums, apack, bpack, tile, apack2, bpack2, tile2, dz_flat, spec_dw,
                   spec_dx):
     # a layer's two gradient products at once, one per thread: dw = x.T @ dz (with the
     # bias gradient's column sums of dz) and dx = dz @ w.T.  They read only dz, x and w
     # and have the same multiply-adds, so the threads are evenly loaded.
     for task in prange(2):
         if task == 0:
-            _serial_gemm(x.T, dz, dw, bias0, sums, apack, bpack, tile, dz_flat, spec_dw)
+            _serial_gemm(x_t, dz, dw, bias0, sums, apack, bpack, tile, dz_flat, spec_dw)
         else:
             _serial_gemm(dz, w.T, dx, bias0, sums, apack2, bpack2, tile2, bpack2, spec_dx)
 
@@ -220,7 +222,7 @@ def _mlp_step(params, grads, state1, state2, work, sums, layers, products, loss_
         bias = params[b_off:b_off + n_out] if b_off >= 0 else bias0
         y = work[a_off:a_off + b * n_out].reshape((b, n_out))
         if b * n_in * n_out >= split_macs and 0 < split < b:
-            _two_halves(inp, w, y, bias, sums, apack, bpack, tile, apack2, bpack2, tile2, params,
+            _two_halves(inp, w, y, bias, sums, sums, apack, bpack, tile, apack2, bpack2, tile2, params,
                         products[3 * l:3 * l + 1], split)
         else:
             _serial_gemm(inp, w, y, bias, sums, apack, bpack, tile, params, products[3 * l:3 * l + 1])
@@ -259,11 +261,19 @@ def _mlp_step(params, grads, state1, state2, work, sums, layers, products, loss_
         if b_off >= 0:
             for j in range(n_out):
                 sums[j] = 0.0
-        if l > 0 and b * n_in * n_out >= split_macs:
-            _two_products(inp, dz, dw, w, dx, bias0, sums, apack, bpack, tile, apack2, bpack2, tile2, work,
+        # x.T as a strided view ("A" layout, as its row halves are): one compiled driver
+        # for whole and halved weight gradients
+        inp_t = inp.T[0:n_in]
+        split_rows = min(n_in, (n_in // 2 + MR - 1) // MR * MR)
+        big = b * n_in * n_out >= split_macs
+        if big and l > 0:
+            _two_products(inp_t, dz, dw, w, dx, bias0, sums, apack, bpack, tile, apack2, bpack2, tile2, work,
                           products[3 * l + 1:3 * l + 2], products[3 * l + 2:3 * l + 3])
+        elif big and 0 < split_rows < n_in:  # the first layer: dw alone, by row halves
+            _two_halves(inp_t, dz, dw, bias0, sums, sums[sums.shape[0] - n_out:], apack, bpack, tile, apack2,
+                        bpack2, tile2, work, products[3 * l + 1:3 * l + 2], split_rows)
         else:
-            _serial_gemm(inp.T, dz, dw, bias0, sums, apack, bpack, tile, work, products[3 * l + 1:3 * l + 2])
+            _serial_gemm(inp_t, dz, dw, bias0, sums, apack, bpack, tile, work, products[3 * l + 1:3 * l + 2])
             if l > 0:
                 _serial_gemm(dz, w.T, dx, bias0, sums, apack, bpack, tile, bpack, products[3 * l + 2:3 * l + 3])
         if b_off >= 0:
@@ -368,8 +378,9 @@ class MLPStep:
         self.workspace = np.array([(da, db, maxes, shifted, exps, apack, bpack, tile, apack2, bpack2, tile2, weight_at,
                                     split_macs)], dtype=WORKSPACE)
         # float64: the cross-entropy's row sums, log-sums and losses (3 B), then, in
-        # backward, each layer's bias gradient as column sums (widest)
-        self.sums = np.zeros(max(widest, 3 * batch_size), dtype=np.float64)
+        # backward, each layer's bias gradient as column sums (widest); its last widest
+        # entries: the discarded sums of a weight gradient's second row half
+        self.sums = np.zeros(max(widest, 3 * batch_size) + widest, dtype=np.float64)
         self.params, self.grads = params, grads
         self.state1 = state1 if state1 is not None else params[:0]
         self.state2 = state2 if state2 is not None else params[:0]
