@@ -14,10 +14,10 @@ Adam(W) update in place, in one call, over buffers allocated once per fit.
 Threads: a product of fewer than ``SPLIT_MIN_MACS`` multiply-adds runs on the calling
 thread (at the digits sizes a fork/join costs more than the work it would split).  A
 larger one runs on two threads, each calling the serial driver with its own pack
-buffers: a forward product as two halves of the batch's rows (``_two_halves``), a
-layer's weight and input gradients side by side (``_two_products``; they read the same
-dz and have the same multiply-adds), the first layer's weight gradient (no input
-gradient beside it) by halves of its rows.  Each output element is the same sum in the
+buffers (``_two_products``): a forward product as two halves of the batch's rows, a
+layer's weight and input gradients side by side (they read the same dz and have the
+same multiply-adds), the first layer's weight gradient (no input gradient beside it) by
+halves of its rows.  Each output element is the same sum in the
 same order either way, so the step's bits do not depend on the thread count or on the
 split (``tests/test_mlp_step.py``).  scikit-learn's 100-256-128-2 at batch 200 (35M
 multiply-adds a step; a 2-core Zen 3): 1.05-1.33 ms a step serial, 0.72-0.79 ms split.
@@ -112,9 +112,11 @@ WORKSPACE = np.dtype([("grad_a", np.int64), ("grad_b", np.int64), ("maxes", np.i
                       ("apack2", np.int64), ("bpack2", np.int64), ("tile2", np.int64), ("weight", np.int64),
                       ("split_macs", np.int64)])
 
-# A product of at least this many multiply-adds runs on two threads (see _two_halves and
-# _two_products); below it a fork/join costs more than half the product saves.
-SPLIT_MIN_MACS = 1 << 19
+# A product of at least this many multiply-adds runs on two threads (see _two_products):
+# on a 2-core Zen 3, 64-128-10 at batch 64 (products of 2^19) took 95 us a step serial
+# and 111 split; 128-128-10 at batch 128 (2^21) 236-239 either way; 100-256-128-2 at
+# batch 200 (2^22.3 and up) 1075 serial, 794 from 2^19, 703 from 2^21.
+SPLIT_MIN_MACS = 1 << 21
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -149,30 +151,27 @@ def _mse(pred, target, mean, g):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _two_halves(a, b, c, bias, sums, sums2, apack, bpack, tile, apack2, bpack2, tile2, bflat, spec, split):
-    # c = a @ b (spec's epilogue) as two products of rows [0, split) and [split, M), one
-    # per thread, each with its own pack buffers.  Every element of c is the same sum,
-    # in the same order, as in one serial product: the same bits whatever the threads.
-    # Both halves pack all of b: b's column sums (spec.want_sums) go to sums from the
-    # first, to the scratch sums2 from the second.
-    for half in prange(2):
-        if half == 0:
-            _serial_gemm(a[:split], b, c[:split], bias, sums, apack, bpack, tile, bflat, spec)
-        else:
-            _serial_gemm(a[split:], b, c[split:], bias, sums2, apack2, bpack2, tile2, bflat, spec)
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _two_products(x_t, dz, dw, w, dx, bias0, sums, apack, bpack, tile, apack2, bpack2, tile2, dz_flat, spec_dw,
-                  spec_dx):
-    # a layer's two gradient products at once, one per thread: dw = x.T @ dz (with the
-    # bias gradient's column sums of dz) and dx = dz @ w.T.  They read only dz, x and w
-    # and have the same multiply-adds, so the threads are evenly loaded.
+def _two_products(a0, b0, c0, sums0, bflat0, spec0, a1, b1, c1, sums1, bflat1, spec1, bias, apack, bpack, tile,
+                  apack2, bpack2, tile2):
+    # c0 = a0 @ b0 and c1 = a1 @ b1 (each with its spec's epilogue; bias is read by both
+    # specs that add one) at once, one per thread, each with its own pack buffers: the
+    # row halves of one product, or a layer's weight and input gradients.  Each
+    # is the serial driver's product, so each element of c0, c1 has the bits of one
+    # thread.
     for task in prange(2):
         if task == 0:
-            _serial_gemm(x_t, dz, dw, bias0, sums, apack, bpack, tile, dz_flat, spec_dw)
+            _serial_gemm(a0, b0, c0, bias, sums0, apack, bpack, tile, bflat0, spec0)
         else:
-            _serial_gemm(dz, w.T, dx, bias0, sums, apack2, bpack2, tile2, bpack2, spec_dx)
+            _serial_gemm(a1, b1, c1, bias, sums1, apack2, bpack2, tile2, bflat1, spec1)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _view(x):
+    # x itself, through a call: the step passes its products' operands so.  Measured,
+    # not understood: the digits run's first compile (its numba kernels, empty cache,
+    # 2-core Zen 3) took 85-89 s with the operands passed directly and 45 s through
+    # this function, with the same array types.
+    return x[0:x.shape[0], 0:x.shape[1]]
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -221,11 +220,13 @@ def _mlp_step(params, grads, state1, state2, work, sums, layers, products, loss_
         w = params[w_off:w_off + n_in * n_out].reshape((n_in, n_out))
         bias = params[b_off:b_off + n_out] if b_off >= 0 else bias0
         y = work[a_off:a_off + b * n_out].reshape((b, n_out))
-        if b * n_in * n_out >= split_macs and 0 < split < b:
-            _two_halves(inp, w, y, bias, sums, sums, apack, bpack, tile, apack2, bpack2, tile2, params,
-                        products[3 * l:3 * l + 1], split)
+        inp, w = _view(inp), _view(w)
+        spec = products[3 * l:3 * l + 1]
+        if b * n_in * n_out >= split_macs and 0 < split < b:  # two halves of the batch's rows
+            _two_products(inp[:split], w, y[:split], sums, params, spec, inp[split:], w, y[split:], sums, params,
+                          spec, bias, apack, bpack, tile, apack2, bpack2, tile2)
         else:
-            _serial_gemm(inp, w, y, bias, sums, apack, bpack, tile, params, products[3 * l:3 * l + 1])
+            _serial_gemm(inp, w, y, bias, sums, apack, bpack, tile, params, spec)
     # loss and its gradient into the first gradient buffer
     last_out, last_off = layers[num_layers - 1].n_out, layers[num_layers - 1].output
     out = work[last_off:last_off + b * last_out].reshape((b, last_out))
@@ -261,21 +262,24 @@ def _mlp_step(params, grads, state1, state2, work, sums, layers, products, loss_
         if b_off >= 0:
             for j in range(n_out):
                 sums[j] = 0.0
-        # x.T as a strided view ("A" layout, as its row halves are): one compiled driver
-        # for whole and halved weight gradients
-        inp_t = inp.T[0:n_in]
+        inp_t, dz, w_t = _view(inp.T), _view(dz), _view(w.T)
+        spec_dw, spec_dx = products[3 * l + 1:3 * l + 2], products[3 * l + 2:3 * l + 3]
+        # the second half of a split weight gradient packs dz too: its column sums go to
+        # the scratch at the end of sums
+        scratch = sums[sums.shape[0] - n_out:]
         split_rows = min(n_in, (n_in // 2 + MR - 1) // MR * MR)
         big = b * n_in * n_out >= split_macs
-        if big and l > 0:
-            _two_products(inp_t, dz, dw, w, dx, bias0, sums, apack, bpack, tile, apack2, bpack2, tile2, work,
-                          products[3 * l + 1:3 * l + 2], products[3 * l + 2:3 * l + 3])
+        if big and l > 0:  # dw and dx side by side (the same multiply-adds)
+            _two_products(inp_t, dz, dw, sums, work, spec_dw, dz, w_t, dx, scratch, bpack2, spec_dx, bias0,
+                          apack, bpack, tile, apack2, bpack2, tile2)
         elif big and 0 < split_rows < n_in:  # the first layer: dw alone, by row halves
-            _two_halves(inp_t, dz, dw, bias0, sums, sums[sums.shape[0] - n_out:], apack, bpack, tile, apack2,
-                        bpack2, tile2, work, products[3 * l + 1:3 * l + 2], split_rows)
+            _two_products(inp_t[:split_rows], dz, dw[:split_rows], sums, work, spec_dw, inp_t[split_rows:],
+                          dz, dw[split_rows:], scratch, work, spec_dw, bias0, apack, bpack, tile, apack2, bpack2,
+                          tile2)
         else:
-            _serial_gemm(inp_t, dz, dw, bias0, sums, apack, bpack, tile, work, products[3 * l + 1:3 * l + 2])
+            _serial_gemm(inp_t, dz, dw, bias0, sums, apack, bpack, tile, work, spec_dw)
             if l > 0:
-                _serial_gemm(dz, w.T, dx, bias0, sums, apack, bpack, tile, bpack, products[3 * l + 2:3 * l + 3])
+                _serial_gemm(dz, w_t, dx, bias0, sums, apack, bpack, tile, bpack, spec_dx)
         if b_off >= 0:
             for j in range(n_out):
                 dbias[j] = sums[j]
@@ -365,9 +369,9 @@ class MLPStep:
         # grad_a for the last layer, then alternately grad_b, grad_a); dx = dz @ w.T
         specs = []
         for l, (n_in, n_out, w_off, b_off, activation) in enumerate(layers):
-            dz_at = da if (len(layers) - 1 - l) % 2 == 0 else db
+            dzt = da if (len(layers) - 1 - l) % 2 == 0 else db
             specs += [product(False, b_off >= 0, ACTIVATION_CODES[activation], False, _KC, 1, w_off),
-                      product(False, False, 0, b_off >= 0, _KC, 1, dz_at),
+                      product(False, False, 0, b_off >= 0, _KC, 1, dzt),
                       product(False, False, 0, False, _KC)]
         self.products = product_table(specs)
         self.loss = np.array([(CROSS_ENTROPY if classify else MSE, reduction == "mean", ignore_index,
