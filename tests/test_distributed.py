@@ -64,6 +64,21 @@ def run_mpi(n, args, tmp_path, timeout=TIMEOUT_S):
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
+def run_script_on_two_ranks(tmp_path, script):
+    """``script`` on 2 ranks in ``tmp_path``, its first argument this directory (so that
+    it imports this module's problems); fails the test on a non-zero exit."""
+    (tmp_path / "script.py").write_text(script)
+    here = os.path.dirname(os.path.abspath(__file__))
+    result = run_mpi(2, [sys.executable, "script.py", here], tmp_path)
+    assert result.returncode == 0, f"mpirun failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+
+
+def rank_arrays(tmp_path, name):
+    """The arrays a rank saved with ``np.savez(name, *arrays)``, in order."""
+    with np.load(tmp_path / name) as z:
+        return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
 # --- the same problem, in the test process (1 rank) and in the script (2 ranks) -------
 
 N, F, C, BATCH, EPOCHS = 101, 12, 4, 25, 2   # batches 25 x 4 + 1: shards 13/12, then 1/0
@@ -117,16 +132,9 @@ def reference_run():
 @needs_mpi
 @pytest.mark.mpi
 def test_two_ranks_match_one_rank_and_checkpoint_loads(tmp_path):
-    (tmp_path / "script.py").write_text(SCRIPT)
-    here = os.path.dirname(os.path.abspath(__file__))
-    result = run_mpi(2, [sys.executable, "script.py", here], tmp_path)
-    assert result.returncode == 0, f"mpirun failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-
+    run_script_on_two_ranks(tmp_path, SCRIPT)
     expected, history = reference_run()
-    ranks = []
-    for r in range(2):
-        with np.load(tmp_path / f"rank{r}.npz") as z:
-            ranks.append([z[f"arr_{i}"] for i in range(len(z.files))])
+    ranks = [rank_arrays(tmp_path, f"rank{r}.npz") for r in range(2)]
     for i, (a, b) in enumerate(zip(*ranks)):
         np.testing.assert_array_equal(a, b, err_msg=f"ranks 0 and 1 disagree on parameter {i}")
     for i, (got, want) in enumerate(zip(ranks[0], expected)):
@@ -234,17 +242,11 @@ def gpt_problem(distributed_=None):
 @needs_mpi
 @pytest.mark.mpi
 def test_gpt_on_two_ranks_matches_one_process(tmp_path):
-    (tmp_path / "gpt.py").write_text(GPT_SCRIPT)
-    here = os.path.dirname(os.path.abspath(__file__))
-    result = run_mpi(2, [sys.executable, "gpt.py", here], tmp_path)
-    assert result.returncode == 0, f"mpirun failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    run_script_on_two_ranks(tmp_path, GPT_SCRIPT)
     X, y, trainer = gpt_problem()
     history = trainer.fit(X, y, 2, verbose=0)
     expected = [np.array(history["loss"]), *trainer.model.parameters()]
-    ranks = []
-    for r in range(2):
-        with np.load(tmp_path / f"gpt{r}.npz") as z:
-            ranks.append([z[f"arr_{i}"] for i in range(len(z.files))])
+    ranks = [rank_arrays(tmp_path, f"gpt{r}.npz") for r in range(2)]
     for i, (a, b) in enumerate(zip(*ranks)):
         np.testing.assert_array_equal(a, b, err_msg=f"ranks 0 and 1 disagree on array {i}")
     for i, (got, want) in enumerate(zip(ranks[0], expected)):
