@@ -24,10 +24,6 @@ from .._jit import ERROR_MODEL, FASTMATH
 from .microkernels import AMX_PAIRS, AMX_ROWS, MR, tile_cols
 
 _JIT = {"cache": True, "fastmath": FASTMATH, "error_model": ERROR_MODEL}
-# K steps of a column-major panel packed at a time: NR columns' worth of panel lines
-# (64 x 128 bytes) and of source stay in L1
-_COLUMN_CHUNK = 64
-
 
 @intrinsic
 def _float_bits(typingctx, x):
@@ -133,29 +129,24 @@ def _pack_a_panel_float(a, k0, kc, ip, apack, terms):
     i0 = ip * MR
     mr = min(MR, m - i0)
     dst = apack[ip * kc * MR:(ip + 1) * kc * MR]
+    # element by element, each step written whole, for either layout of a: a slice of
+    # the MR rows per K step (a[i0:i0+MR, p]) cost twice as much (one Zen 3 core,
+    # 198x100 row-major 7.7 -> 3.6 us).  The K index is unsigned: a signed k0 + p is
+    # checked for being negative on every read, which keeps LLVM from turning the
+    # row-major case into vector loads of each row and an interleaved store (2x); a
+    # view of the K block instead has run-time strides (the same 2x).
+    first = np.uint64(k0)
     if mr == MR:
-        # MR rows read in step, each step written whole: faster than a row at a time
-        # with writes MR apart, also for a row-major a (1032x512: 0.16 -> 0.12 ms)
         for p in range(kc):
-            col = a[i0:i0 + MR, k0 + p]
-            out = dst[p * MR:(p + 1) * MR]
+            column = first + np.uint64(p)
             for i in range(MR):
-                out[i] = col[i]
+                dst[p * MR + i] = a[i0 + i, column]
         return
-    if a.strides[0] <= a.strides[1]:
-        # column-major (a transposed view, as x.T in dW = x.T @ dy): read down columns
-        for p in range(kc):
-            col = a[i0:i0 + mr, k0 + p]
-            out = dst[p * MR:p * MR + mr]
-            for i in range(mr):
-                out[i] = col[i]
-    else:
+    for p in range(kc):
+        column = first + np.uint64(p)
         for i in range(mr):
-            row = a[i0 + i, k0:k0 + kc]
-            for p in range(kc):
-                dst[p * MR + i] = row[p]
-    for i in range(mr, MR):
-        for p in range(kc):
+            dst[p * MR + i] = a[i0 + i, column]
+        for i in range(mr, MR):
             dst[p * MR + i] = 0
 
 
@@ -235,6 +226,16 @@ def _pack_a_panel_amx(a, k0, kc, ip, apack, terms):
             out[q] = np.int32(low | (high << np.uint32(16)))
 
 
+# K steps of a column-major panel packed at a time down its columns: NR columns' worth of
+# panel lines (64 x 128 bytes) and of source stay in L1
+_COLUMN_CHUNK = 64
+# bytes between the columns of a column-major b from which its NR columns are packed that
+# way, not a panel line at a time: NR lines 4 KB apart share one L1 set (a 256x2048 block
+# of w.T, one Zen 3 core: 0.88 ms a line at a time, 0.45 ms down the columns; at 2 and
+# 3 KB 0.33-0.35 ms a line at a time, 0.38-0.44 ms down the columns)
+_COLUMN_STRIDE_LIMIT = 4096
+
+
 def pack_b_panel(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
     """b[k0 : k0+kc, j0+jp*NR : +NR] -> panel jp of ``bpack`` (zero columns past N);
     ``sums[j] += `` the column sums of b (float64) when ``want_sums``."""
@@ -272,10 +273,27 @@ def _pack_b_panel_float(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
     jj = j0 + jp * nr_full
     nr = min(nr_full, n - jj)
     dst = bpack[jp * kc * nr_full:(jp + 1) * kc * nr_full]
-    if b.strides[1] > b.strides[0]:
-        # column-major (a transposed view, as w.T in dx = dy @ w.T): read down columns,
-        # _COLUMN_CHUNK steps at a time so that the panel lines being written stay in L1
-        # (the whole column at once wrote kc lines NR times: 1024x2048 block 1.3 -> 0.88 ms)
+    if b.strides[1] > b.strides[0] and b.strides[1] < _COLUMN_STRIDE_LIMIT:
+        # column-major (a transposed view, as w.T in dx = dy @ w.T), its columns close
+        # together: a panel line per K step, element by element, while the NR columns'
+        # lines stay in L1 (one Zen 3 core, a 128x256 w.T: 29 -> 12 us against the
+        # chunks below).  Indices from ranges into the block's view (an offset index is
+        # checked for being negative on every read); a whole panel in a loop of
+        # constant length (with nr: 3x slower).
+        src = b[k0:k0 + kc, jj:jj + nr]
+        if nr == nr_full:
+            for p in range(kc):
+                for j in range(nr_full):
+                    dst[p * nr_full + j] = src[p, j]
+        else:
+            for p in range(kc):
+                for j in range(nr):
+                    dst[p * nr_full + j] = src[p, j]
+    elif b.strides[1] > b.strides[0]:
+        # column-major with columns far apart, whose NR lines would share an L1 set:
+        # down each column, _COLUMN_CHUNK steps at a time, so that the panel lines being
+        # written stay in L1 (the whole column at once wrote kc lines NR times: 1024x2048
+        # block 1.3 -> 0.88 ms)
         for p0 in range(0, kc, _COLUMN_CHUNK):
             p1 = min(kc, p0 + _COLUMN_CHUNK)
             for j in range(nr):
@@ -283,6 +301,7 @@ def _pack_b_panel_float(b, k0, kc, j0, jp, bpack, sums, want_sums, terms):
                 for p in range(p1 - p0):
                     dst[(p0 + p) * nr_full + j] = col[p]
     else:
+        # row slices: element by element the copy did not vectorise
         for p in range(kc):
             row = b[k0 + p, jj:jj + nr]
             out = dst[p * nr_full:p * nr_full + nr]
