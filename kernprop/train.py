@@ -32,7 +32,7 @@ import numpy as np
 from . import checkpoint, engines, nn
 from . import distributed as _distributed
 from ._validate import check_int
-from .backends import matmul_kernel, resolve
+from .backends import family, matmul_kernel, resolve
 from .precision import check_precision
 from .checkpoint import FORMAT_VERSION
 from ._device import host
@@ -202,7 +202,16 @@ class Trainer:
     def _check_X(self, X, name):
         if self.sequence:
             return check_token_ids(X, name, self.model)
-        probe = nn.validated_ops(self.backend_name(), self.precision)
+        # The probe's one-row forward runs on NumPy: the ops' checks are the same on
+        # every backend, and on numba its 1-row products compiled a GEMM driver that
+        # training may never run (a 784-512-256-10 fit's first compile on 2 cores,
+        # 58 -> 55 s; `kernprop train --backend numba` 71 -> 65 s, both on a loaded
+        # machine).  The backend's kernel choice is still made here, so that a bad
+        # override is refused before anything runs, as the probe refused it.
+        check_kernel = getattr(family(self.backend_name(), "matmul"), "check_kernel", None)
+        if check_kernel is not None:
+            check_kernel(self.precision)
+        probe = nn.validated_ops("numpy", self.precision)
         return check_features(X, name, self.model, self.dtype, probe)
 
     def _check_y(self, y, n, num_outputs, name, x_name):

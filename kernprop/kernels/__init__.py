@@ -20,6 +20,9 @@ the input dtype; only the optimizer steps update their arguments in place.
     precision runs through ``kernel_info() -> {precision: description}``, each
     description beginning with what the kernel computes ("fp32 ..." or "bf16 ..."):
     ``Trainer.precision_in_effect`` reads that word to tell a fallback from the real thing.
+    A backend whose kernel choice can be refused (a bad ``KERNPROP_*GEMM_KERNEL``) also
+    has ``check_kernel(precision)``: it makes the choice now and raises that
+    ``ValueError``, so that a ``Trainer`` says so before anything is compiled or run.
     ``matmul(a, b, precision)``: a (M, K) @ b (K, N) -> (M, N).
     ``linear_forward(x, w, b, activation, precision)``: x (N, IN) @ w (IN, OUT) + b (OUT,) with
     ``b`` possibly ``None`` and ``activation`` one of ``None, "relu", "sigmoid", "tanh"``

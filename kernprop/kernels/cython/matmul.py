@@ -277,6 +277,12 @@ _cy.set_blocking(*blocking_for(isa.cache_bytes(1, ("Data",)) or 32 * 1024, isa.c
                                max(64, ROW.cython_tile.nvec * ROW.cython_tile.vector_bytes)))
 
 
+def check_kernel(precision):
+    """Choose the kernel of float32 products at ``precision`` now (once per process): a
+    bad ``KERNPROP_CYTHON_GEMM_KERNEL`` is a ValueError here, before any product."""
+    _selection.kernel(precision)
+
+
 def kernel_info():
     """{precision: the micro-kernel float32 products at that precision run here, with
     the reason when it is not the precision's own}, e.g. ``{"fp32": "fp32 avx512 6x32",

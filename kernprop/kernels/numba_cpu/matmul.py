@@ -9,7 +9,7 @@ columns of dy (db) while the engine packs dy for dW = x.T @ dy (one read of dy f
 
 import numpy as np
 
-from .gemm import gemm, kernel_info  # noqa: F401  (kernel_info: for kernprop info)
+from .gemm import check_kernel, gemm, kernel_info  # noqa: F401  (for the Trainer and kernprop info)
 
 
 def matmul(a, b, precision="fp32"):

@@ -34,7 +34,7 @@ from .microkernels import MR, ROW, tile_cols
 from .packing import steps_for
 from .selection import BF16_PACK, KERNELS
 
-__all__ = ["KC", "MR", "ROW", "blocking", "gemm", "kernel_info", "select_kernel", "tile_cols"]
+__all__ = ["KC", "MR", "ROW", "blocking", "check_kernel", "gemm", "kernel_info", "select_kernel", "tile_cols"]
 
 # Depth of a K block for the fused step's serial products (``mlp_step`` calls
 # ``drivers.serial`` over its own buffers, sized by it); the engine's own products use
@@ -155,6 +155,12 @@ def _forced_product(a, b, precision, kernel):
 
 
 _selection = selection.Selection(_forced_product, _reference_product)
+
+
+def check_kernel(precision):
+    """Choose the micro-kernel of float32 products at ``precision`` now (once per
+    process): a bad ``KERNPROP_GEMM_KERNEL`` is a ValueError here, before any product."""
+    _selection.kernel(precision)
 
 
 def kernel_info():
