@@ -49,7 +49,7 @@ against 1.50 us at 32 x 10 (+0.34-0.38 us, about 2% of the digits step's 16 us o
 shared AMD EPYC Zen 3, one thread; whole steps A/B in one process: within their +-3.5%
 noise); a separate argmax pass had cost another 0.05-0.1 us.
 
-The GEMMs are the GEMM engine's serial driver (``gemm.drivers.serial``) over the step's
+The GEMMs are the GEMM engine's serial driver (``gemm.drivers.small``) over the step's
 own buffers, always fp32: at these sizes packing and edge tiles cost about as much as
 the multiply-adds, so a bf16 conversion would not pay.  A product whose output is
 narrower than a tile (the logits) runs transposed (``gemm.drivers.narrow``).  Measured per
@@ -81,7 +81,7 @@ from ..kernels.numba_cpu.activations import ACTIVATION_CODES, activation_backwar
 from ..kernels.numba_cpu.losses import (class_weight_total, cross_entropy_short_rows, mean_denominator,
                                         squared_error, squared_error_sum)
 from ..kernels.numba_cpu.optimizers import adam_update, sgd_update
-from ..kernels.numba_cpu.gemm.drivers import product, product_table, serial as _serial_gemm
+from ..kernels.numba_cpu.gemm.drivers import product, product_table, small as _serial_gemm
 
 __all__ = ["MLPStep", "LAYER", "LOSS", "OPTIMIZER", "WORKSPACE"]
 

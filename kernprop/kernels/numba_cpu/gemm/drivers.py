@@ -14,8 +14,9 @@ The A micro-panel stays in L1 while the task's B micro-panels stream from L2 (me
 on Zen 4: 1024^3 on 2 threads 175 -> 200 GFLOP/s against the B-panel-outer order).
 ``serial`` runs the same loops on one thread over caller-owned buffers: products too
 small to pay for a parallel launch, every product when Numba runs one thread, and the
-fused training step (``mlp_step``).  ``narrow`` computes an output narrower than a tile
-(the 10 logits of a classifier) transposed, so the narrow side fills the tile's rows.
+fused training step (``mlp_step``, through ``small``).  ``narrow`` computes an output
+narrower than a tile (the 10 logits of a classifier) transposed, so the narrow side fills
+the tile's rows.
 
 The micro-kernel follows the pack buffers' dtype (``micro_tile`` below): float panels
 run ``microkernels.fma_tile``, uint32 (bf16 pair) panels ``bf16_tile``, int32 (AMX)
@@ -216,9 +217,6 @@ def serial(a, b, c, bias, sums, apack, bpack, tile, bflat, spec):
     m, k = a.shape
     n = b.shape[1]
     nr_full = tile_cols(c.itemsize)
-    if n < nr_full and n < m and not beta:
-        narrow(a, b, c, bias, sums, apack, bpack, tile, spec)
-        return
     rows = panel_rows(apack)
     m_panels = (m + rows - 1) // rows
     n_panels = (n + nr_full - 1) // nr_full
@@ -254,6 +252,21 @@ def serial(a, b, c, bias, sums, apack, bpack, tile, bflat, spec):
                              beta_k, tile)
                 if last and post:
                     epilogue(c, i0, jj, mr, nr, bias, spec)
+
+
+@njit(inline="always", **_JIT)
+def small(a, b, c, bias, sums, apack, bpack, tile, bflat, spec):
+    # ``serial``, or ``narrow`` for an output narrower than a tile (as gemm._run chooses
+    # from Python): for the callers in compiled code (the fused training step).  Kept
+    # out of ``serial`` itself, whose Python callers never take that branch, so that
+    # each of serial's specialisations does not compile narrow's too (first compiles on
+    # a 2-core Zen 3 at load 1: a 784-512-256-10 numba fit 35-38 -> 31 s, matmul over
+    # 36 layout and shape cases 72-74 -> 66 s).  Inlined by Numba: as a call, the
+    # digits run's fused step took 48-51 s to compile against 41-42 s.
+    if b.shape[1] < tile_cols(c.itemsize) and b.shape[1] < a.shape[0] and not spec[0].accumulate:
+        narrow(a, b, c, bias, sums, apack, bpack, tile, spec)
+    else:
+        serial(a, b, c, bias, sums, apack, bpack, tile, bflat, spec)
 
 
 # --- the parallel driver's kernels ------------------------------------------------------
