@@ -167,10 +167,12 @@ def _two_products(a0, b0, c0, sums0, bflat0, spec0, a1, b1, c1, sums1, bflat1, s
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _view(x):
-    # x itself, through a call: the step passes its products' operands so.  Measured,
-    # not understood: the digits run's first compile (its numba kernels, empty cache,
-    # 2-core Zen 3) took 85-89 s with the operands passed directly and 35-45 s through
-    # this function, with the same array types (34-43 s before the step had threads).
+    # x itself as an array of any layout ('A'): the step passes its products' operands
+    # so, and the GEMM driver is then compiled once instead of once per combination of
+    # layouts (x @ w, x.T @ dz, dz @ w.T: C/C, F/C, C/F).  The digits run's first compile
+    # (its numba kernels, empty cache, 2-core Zen 3) took 85-89 s with the operands
+    # passed directly and 35-45 s through this function (34-43 s before the step had
+    # threads).
     return x[0:x.shape[0], 0:x.shape[1]]
 
 
