@@ -8,7 +8,7 @@ the tile with its epilogue, the serial and parallel drivers, the narrow-output c
 and micro-kernels per instruction set and precision (``microkernels``), chosen at run
 time from what the CPU runs, measures and passes a self-check (``selection``).
 ``matmul``, ``linear``, ``linear_backward``, ``linear_cross_entropy`` and the fused
-training step (``mlp_step``, through ``drivers.serial``) all call it.
+training step (``mlp_step``, through ``drivers.small``) all call it.
 
 The register tile and the blocking come from the instruction-set row this process runs
 (``kernprop.isa``: the CPU's own, capped by ``KERNPROP_MAX_ISA``): the depth KC of a K
@@ -37,7 +37,7 @@ from .selection import BF16_PACK, KERNELS
 __all__ = ["KC", "MR", "ROW", "blocking", "check_kernel", "gemm", "kernel_info", "select_kernel", "tile_cols"]
 
 # Depth of a K block for the fused step's serial products (``mlp_step`` calls
-# ``drivers.serial`` over its own buffers, sized by it); the engine's own products use
+# ``drivers.small`` over its own buffers, sized by it); the engine's own products use
 # ``blocking()``.
 KC = 256
 NC = 4096  # columns of a packed B panel (it stays in L3)
