@@ -38,7 +38,8 @@ between, the cross-entropy's scratch and the GEMM's pack buffers; ``sums`` (floa
 cross-entropy's row statistics, then the bias gradient's column sums.
 
 The non-GEMM parts are the family helpers the parallel kernels run per block or row, so
-each formula is written once: ``activations.activation_backward_flat``,
+each formula is written once: ``activations.activation_backward_in_place`` (the in-place twin
+of ``activation_backward_flat``),
 ``losses.cross_entropy_short_rows`` (the cross-entropy of a block of rows, which
 ``losses._cross_entropy_short`` runs per task; here the batch is one block) with
 ``losses.mean_denominator`` and ``class_weight_total``, the MSE kernels' serial twins,
@@ -77,7 +78,7 @@ from numba import njit, prange
 
 from ..kernels.numba_cpu._jit import FASTMATH
 from ..kernels.numba_cpu.gemm import KC as _KC, MR, tile_cols
-from ..kernels.numba_cpu.activations import ACTIVATION_CODES, activation_backward_flat
+from ..kernels.numba_cpu.activations import ACTIVATION_CODES, activation_backward_in_place
 from ..kernels.numba_cpu.losses import (class_weight_total, cross_entropy_short_rows, mean_denominator,
                                         squared_error, squared_error_sum)
 from ..kernels.numba_cpu.optimizers import adam_update, sgd_update
@@ -247,8 +248,7 @@ def _mlp_step(params, grads, state1, state2, work, sums, layers, products, loss_
         n_in, n_out, w_off = layer.n_in, layer.n_out, layer.weight
         b_off, activation, a_off = layer.bias, layer.activation, layer.output
         if activation != 0:  # dz *= activation'(.), from the layer's output, in place
-            dz_flat = work[cur:cur + b * n_out]
-            activation_backward_flat(work[a_off:a_off + b * n_out], dz_flat, activation, dz_flat)
+            activation_backward_in_place(work[a_off:a_off + b * n_out], work[cur:cur + b * n_out], activation)
         dz = work[cur:cur + b * n_out].reshape((b, n_out))
         if l == 0:
             inp = x
