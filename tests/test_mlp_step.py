@@ -150,6 +150,31 @@ def test_architectures_match(arch, dtype, spy):
     _compare(runs, dtype)
 
 
+# Layers of at most drivers.THIN (4) outputs run the GEMM engine's ``thin_*`` products.
+THIN_MODELS = {
+    # 3 logits after sigmoid layers, and a first layer only 3 deep
+    "3-inputs": ([3, 12, 9, 3], "sigmoid", "cross_entropy"),
+    # a hidden layer 4 wide: its forward with bias and tanh after the product
+    "4-wide-hidden": ([6, 4, 9, 2], "tanh", "cross_entropy"),
+    # one output: a regressor's
+    "1-output": ([6, 8, 1], "relu", "mse"),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("arch", list(THIN_MODELS))
+def test_thin_layers_match(arch, dtype, spy):
+    sizes, activation, loss = THIN_MODELS[arch]
+    X, y = _blobs(features=sizes[0], classes=max(sizes[-1], 2), dtype=dtype)
+    if loss == "mse":
+        y = (X[:, :1] - 0.5 * X[:, 1:2]).astype(dtype)
+    model = lambda: nn.MLP(sizes, activation=activation, rng=7, dtype=dtype)  # noqa: E731
+    runs = [_fit(b, f, spy, "adam", dtype, loss=loss, model=model, data=(X, y))
+            for b, f in (("numba", True), ("numba", False), ("numpy", False))]
+    assert spy == [True, False, False]
+    _compare(runs, dtype)
+
+
 def test_last_batch_smaller_and_batch_of_one(spy):
     for batch in (1, 7, 33):  # 100 rows: a short last batch each time
         runs = [_fit("numba", f, spy, "adam", batch_size=batch) for f in (True, False)]

@@ -16,7 +16,8 @@ on Zen 4: 1024^3 on 2 threads 175 -> 200 GFLOP/s against the B-panel-outer order
 small to pay for a parallel launch, every product when Numba runs one thread, and the
 fused training step (``mlp_step``, through ``small``).  ``narrow`` computes an output
 narrower than a tile (the 10 logits of a classifier) transposed, so the narrow side fills
-the tile's rows.
+the tile's rows.  The fused step runs the products of a layer of at most ``THIN`` outputs
+(two logits, one regression output) in the ``thin_*`` loops, without tiles or packing.
 
 The micro-kernel follows the pack buffers' dtype (``micro_tile`` below): float panels
 run ``microkernels.fma_tile``, uint32 (bf16 pair) panels ``bf16_tile``, int32 (AMX)
@@ -197,6 +198,91 @@ def narrow(a, b, c, bias, sums, apack, bpack, tile, spec):
             row = c[i]
             for j in range(n):
                 row[j] = activate(row[j] + bias[j] if has_bias else row[j], activation)
+
+
+# A layer at most this wide runs its three products in the ``thin_*`` drivers below.
+THIN = 4
+
+# The products of a layer of at most THIN outputs (a binary classifier's two logits, a
+# regressor's one output), for the fused training step.  A register tile would be mostly
+# padding there, and packing an operand costs more than its multiply-adds (a 128 -> 2
+# layer at batch 200, one Zen 3 core: 8-28 us a product through ``narrow`` and
+# ``serial``, 4-8 us here), so they are plain loops whose inner loop runs along a unit
+# stride, each compiled for the one layout the step passes (a loop over an any-layout
+# operand does not vectorise).  Each element's sum does not depend on M, so the step's
+# row halves get the bits of the whole product.  ``scratch`` holds N K + N M elements.
+
+
+@njit(**_JIT)
+def thin_forward(a, b, c, bias, scratch, spec):
+    # c (M, N) = act(a (M, K) @ b (K, N) + bias), a and b row-major, N <= THIN: a dot
+    # product of a's row with b's column (copied into scratch) per element
+    m, k = a.shape
+    n = b.shape[1]
+    columns = scratch[:n * k].reshape((n, k))
+    for j in range(n):
+        for p in range(k):
+            columns[j, p] = b[p, j]
+    zero = c.dtype.type(0)
+    for i in range(m):
+        row = a[i]
+        for j in range(n):
+            column = columns[j]
+            total = zero
+            for p in range(k):
+                total += row[p] * column[p]
+            c[i, j] = total
+    if has_epilogue(spec):
+        epilogue(c, 0, 0, m, n, bias, spec)
+
+
+@njit(**_JIT)
+def thin_weight_gradient(a, b, c, sums, scratch, spec):
+    # c (M, N) = a (M, K) @ b (K, N) for a = x.T (x row-major: a's columns contiguous),
+    # b = dz row-major, N <= THIN; sums += b's column sums when spec.want_sums.  Rank-1
+    # updates of c.T (in scratch) along a's columns, then stored transposed.
+    m, k = a.shape
+    n = b.shape[1]
+    factors = scratch[:n * k].reshape((n, k))
+    for p in range(k):
+        for j in range(n):
+            factors[j, p] = b[p, j]
+    if spec[0].want_sums:
+        for p in range(k):
+            for j in range(n):
+                sums[j] += b[p, j]
+    transposed = scratch[n * k:n * k + n * m].reshape((n, m))
+    transposed[:] = 0
+    for p in range(k):
+        column = a[:, p]
+        for j in range(n):
+            factor = factors[j, p]
+            out = transposed[j]
+            for i in range(m):
+                out[i] += factor * column[i]
+    for i in range(m):
+        for j in range(n):
+            c[i, j] = transposed[j, i]
+
+
+@njit(**_JIT)
+def thin_input_gradient(a, b, c, scratch):
+    # c (M, N) = a (M, K) @ b (K, N) for a = dz row-major, b = w.T (w row-major), K <=
+    # THIN: c's rows as sums of b's rows (copied into scratch) scaled by a's elements
+    m, k = a.shape
+    n = b.shape[1]
+    rows = scratch[:k * n].reshape((k, n))
+    for p in range(k):
+        for j in range(n):
+            rows[p, j] = b[p, j]
+    for i in range(m):
+        out = c[i]
+        out[:] = 0
+        for p in range(k):
+            factor = a[i, p]
+            row = rows[p]
+            for j in range(n):
+                out[j] += factor * row[j]
 
 
 @njit(**_JIT)
