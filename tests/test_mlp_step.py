@@ -150,7 +150,8 @@ def test_architectures_match(arch, dtype, spy):
     _compare(runs, dtype)
 
 
-# Layers of at most drivers.THIN (4) outputs run the GEMM engine's ``thin_*`` products.
+# Layers of at most drivers.THIN (10) outputs run their forward and weight gradient in
+# the GEMM engine's ``thin_*`` products, wider ones below a register tile ``narrow``.
 THIN_MODELS = {
     # 3 logits after sigmoid layers, and a first layer only 3 deep
     "3-inputs": ([3, 12, 9, 3], "sigmoid", "cross_entropy"),
@@ -158,6 +159,12 @@ THIN_MODELS = {
     "4-wide-hidden": ([6, 4, 9, 2], "tanh", "cross_entropy"),
     # one output: a regressor's
     "1-output": ([6, 8, 1], "relu", "mse"),
+    # 10 logits (thin), then 12 (narrow, on the rows whose tile is wider than 12)
+    "10-logits": ([6, 8, 10], "relu", "cross_entropy"),
+    "12-logits": ([6, 8, 12], "relu", "cross_entropy"),
+    # batches of 9 rows, every layer 9 wide: the thin products' scratch (81 + 81) is then
+    # larger than the pack buffers' (a panel 16 wide, 9 deep)
+    "9-wide-batch-9": ([9, 9, 9], "relu", "cross_entropy"),
 }
 
 
@@ -169,7 +176,8 @@ def test_thin_layers_match(arch, dtype, spy):
     if loss == "mse":
         y = (X[:, :1] - 0.5 * X[:, 1:2]).astype(dtype)
     model = lambda: nn.MLP(sizes, activation=activation, rng=7, dtype=dtype)  # noqa: E731
-    runs = [_fit(b, f, spy, "adam", dtype, loss=loss, model=model, data=(X, y))
+    batch_size = 9 if arch.endswith("batch-9") else 16
+    runs = [_fit(b, f, spy, "adam", dtype, loss=loss, model=model, data=(X, y), batch_size=batch_size)
             for b, f in (("numba", True), ("numba", False), ("numpy", False))]
     assert spy == [True, False, False]
     _compare(runs, dtype)

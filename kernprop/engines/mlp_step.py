@@ -53,11 +53,11 @@ noise); a separate argmax pass had cost another 0.05-0.1 us.
 The GEMMs are the GEMM engine's serial driver (``gemm.drivers.small``) over the step's
 own buffers, always fp32: at these sizes packing and edge tiles cost about as much as
 the multiply-adds, so a bf16 conversion would not pay.  A product whose output is
-narrower than a tile (the logits) runs transposed (``gemm.drivers.narrow``); a layer of at
-most ``gemm.drivers.THIN`` outputs (a binary classifier's two logits, a regressor's one)
-runs its three products as plain loops (``thin_forward``, ``thin_weight_gradient``,
-``thin_input_gradient``: 8-28 us -> 4-8 us each for a 128 -> 2 layer at batch 200 on a
-Zen 3 core, about 35 us of the 0.6-0.7 ms step on 2 threads).  Measured per
+narrower than a tile runs transposed (``gemm.drivers.narrow``), except that a layer of at
+most ``gemm.drivers.THIN`` (10) outputs, a classifier's logits or a regressor's outputs,
+runs its forward and weight gradient as plain loops (``thin_forward``,
+``thin_weight_gradient``: a 128 -> 2 layer at batch 200 on a Zen 3 core, 44 -> 9 us, about
+35 us of the 0.6-0.7 ms step on 2 threads).  Measured per
 step, 64-32-10 at batch 32, float32 (shared 2-core Zen 4): forward 3.5 us (x @ w1 2.5,
 of which packing x 0.9), backward 4.1 us, loss 0.9 us, update 0.3 us (SGD) / 1.1 us
 (Adam); 10.3 / 11.2 us in all, 11.0 / 12.0 us called from Python; in ``Trainer.fit``
@@ -87,7 +87,7 @@ from ..kernels.numba_cpu.losses import (class_weight_total, cross_entropy_short_
                                         squared_error, squared_error_sum)
 from ..kernels.numba_cpu.optimizers import adam_update, sgd_update
 from ..kernels.numba_cpu.gemm.drivers import (THIN, product, product_table, small as _serial_gemm, thin_forward,
-                                               thin_input_gradient, thin_weight_gradient)
+                                               thin_weight_gradient)
 
 __all__ = ["MLPStep", "LAYER", "LOSS", "OPTIMIZER", "WORKSPACE"]
 
@@ -275,7 +275,7 @@ def _mlp_step(params, grads, state1, state2, work, sums, layers, products, loss_
         if n_out <= THIN:
             thin_weight_gradient(inp.T, dz, dw, sums, bpack, spec_dw)
             if l > 0:
-                thin_input_gradient(dz, w.T, dx, bpack)
+                _serial_gemm(_view(dz), _view(w.T), dx, bias0, sums, apack, bpack, tile, bpack, spec_dx)
         else:
             inp_t, dz_any, w_t = _view(inp.T), _view(dz), _view(w.T)
             # the second half of a split weight gradient packs dz too: its column sums go
@@ -367,7 +367,7 @@ class MLPStep:
         exps = shifted + batch_size * num_classes
         apack = exps + batch_size * num_classes
         bpack = apack + (-(-big // MR) * MR) * depth
-        tile = bpack + (-(-big // nr) * nr) * depth
+        tile = bpack + max(-(-big // nr) * nr * depth, 2 * THIN * big)  # also the thin products' scratch
         apack2 = tile + MR * nr
         bpack2 = apack2 + (bpack - apack)
         tile2 = bpack2 + (tile - bpack)

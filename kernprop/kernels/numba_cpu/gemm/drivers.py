@@ -16,8 +16,9 @@ on Zen 4: 1024^3 on 2 threads 175 -> 200 GFLOP/s against the B-panel-outer order
 small to pay for a parallel launch, every product when Numba runs one thread, and the
 fused training step (``mlp_step``, through ``small``).  ``narrow`` computes an output
 narrower than a tile (the 10 logits of a classifier) transposed, so the narrow side fills
-the tile's rows.  The fused step runs the products of a layer of at most ``THIN`` outputs
-(two logits, one regression output) in the ``thin_*`` loops, without tiles or packing.
+the tile's rows.  The fused step runs a layer of at most ``THIN`` outputs (the logits of
+a classifier, a regressor's outputs) through ``thin_forward`` and
+``thin_weight_gradient``: plain loops, without tiles or packing.
 
 The micro-kernel follows the pack buffers' dtype (``micro_tile`` below): float panels
 run ``microkernels.fma_tile``, uint32 (bf16 pair) panels ``bf16_tile``, int32 (AMX)
@@ -200,17 +201,22 @@ def narrow(a, b, c, bias, sums, apack, bpack, tile, spec):
                 row[j] = activate(row[j] + bias[j] if has_bias else row[j], activation)
 
 
-# A layer at most this wide runs its three products in the ``thin_*`` drivers below.
-THIN = 4
+# A layer of at most this many outputs runs its forward and weight-gradient products in
+# the ``thin_*`` drivers below.
+THIN = 10
 
-# The products of a layer of at most THIN outputs (a binary classifier's two logits, a
-# regressor's one output), for the fused training step.  A register tile would be mostly
-# padding there, and packing an operand costs more than its multiply-adds (a 128 -> 2
-# layer at batch 200, one Zen 3 core: 8-28 us a product through ``narrow`` and
-# ``serial``, 4-8 us here), so they are plain loops whose inner loop runs along a unit
-# stride, each compiled for the one layout the step passes (a loop over an any-layout
-# operand does not vectorise).  Each element's sum does not depend on M, so the step's
-# row halves get the bits of the whole product.  ``scratch`` holds N K + N M elements.
+# The products of a layer of at most THIN outputs (a classifier's logits, a regressor's
+# outputs), for the fused training step.  A register tile would be mostly padding there,
+# and packing an operand costs about as much as its multiply-adds, so they are plain
+# loops whose inner loop runs along a unit stride, each compiled for the one layout the
+# step passes (a loop over an any-layout operand does not vectorise).  One Zen 3 core,
+# batch 200, ``small`` (``narrow``, ``serial``) against these:
+#   128 -> 2 layer: forward 15.9 -> 5.0 us, weight gradient 28.5 -> 4.2 us;
+#   64 -> 10 layer: forward 10.5-10.8 -> 6.9-7.0 us, weight gradient 10.9 -> 10.3 us.
+# The input gradient (dz @ w.T, K = the few outputs) stays with ``small``: as plain
+# loops it took as long at K = 2 and twice as long at K = 10 (14.6 against 6.6 us).
+# Each element's sum does not depend on M, so the step's row halves get the bits of the
+# whole product.  ``scratch`` holds N K + N M elements.
 
 
 @njit(**_JIT)
@@ -263,26 +269,6 @@ def thin_weight_gradient(a, b, c, sums, scratch, spec):
     for i in range(m):
         for j in range(n):
             c[i, j] = transposed[j, i]
-
-
-@njit(**_JIT)
-def thin_input_gradient(a, b, c, scratch):
-    # c (M, N) = a (M, K) @ b (K, N) for a = dz row-major, b = w.T (w row-major), K <=
-    # THIN: c's rows as sums of b's rows (copied into scratch) scaled by a's elements
-    m, k = a.shape
-    n = b.shape[1]
-    rows = scratch[:k * n].reshape((k, n))
-    for p in range(k):
-        for j in range(n):
-            rows[p, j] = b[p, j]
-    for i in range(m):
-        out = c[i]
-        out[:] = 0
-        for p in range(k):
-            factor = a[i, p]
-            row = rows[p]
-            for j in range(n):
-                out[j] += factor * row[j]
 
 
 @njit(**_JIT)
