@@ -219,16 +219,24 @@ THIN = 10
 # whole product.  ``scratch`` holds N K + N M elements.
 
 
+@njit(inline="always", **_JIT)
+def _columns(b, scratch):
+    # b (K, N) -> scratch[:N K] as (N, K): b's columns as contiguous rows
+    k, n = b.shape
+    columns = scratch[:n * k].reshape((n, k))
+    for p in range(k):
+        for j in range(n):
+            columns[j, p] = b[p, j]
+    return columns
+
+
 @njit(**_JIT)
 def thin_forward(a, b, c, bias, scratch, spec):
     # c (M, N) = act(a (M, K) @ b (K, N) + bias), a and b row-major, N <= THIN: a dot
     # product of a's row with b's column (copied into scratch) per element
     m, k = a.shape
     n = b.shape[1]
-    columns = scratch[:n * k].reshape((n, k))
-    for j in range(n):
-        for p in range(k):
-            columns[j, p] = b[p, j]
+    columns = _columns(b, scratch)
     zero = c.dtype.type(0)
     for i in range(m):
         row = a[i]
@@ -249,10 +257,7 @@ def thin_weight_gradient(a, b, c, sums, scratch, spec):
     # updates of c.T (in scratch) along a's columns, then stored transposed.
     m, k = a.shape
     n = b.shape[1]
-    factors = scratch[:n * k].reshape((n, k))
-    for p in range(k):
-        for j in range(n):
-            factors[j, p] = b[p, j]
+    factors = _columns(b, scratch)
     if spec[0].want_sums:
         for p in range(k):
             for j in range(n):
