@@ -38,15 +38,16 @@ between, the cross-entropy's scratch and the GEMM's pack buffers; ``sums`` (floa
 cross-entropy's row statistics, then the bias gradient's column sums.
 
 The non-GEMM parts are the family helpers the parallel kernels run per block or row, so
-each formula is written once: ``activations.activation_backward_in_place`` (the in-place twin
-of ``activation_backward_flat``),
-``losses.cross_entropy_short_rows`` (the cross-entropy of a block of rows, which
-``losses._cross_entropy_short`` runs per task; here the batch is one block) with
-``losses.mean_denominator`` and ``class_weight_total``, the MSE kernels' serial twins,
-``optimizers.sgd_update`` / ``adam_update`` (over the whole flat parameter buffer at
-once).  The cross-entropy was the step's own copy until issue 31: the family's helper,
-the argmax found in its max loop (``softmax.short_rows_stats``' ``preds``), costs 1.88
-against 1.50 us at 32 x 10 (+0.34-0.38 us, about 2% of the digits step's 16 us on a
+each formula is written once: ``losses.cross_entropy_short_rows`` (the cross-entropy of
+a block of rows, which ``losses._cross_entropy_short`` runs per task; here the batch is
+one block) with ``losses.mean_denominator`` and ``class_weight_total``, the MSE kernels'
+serial twins, ``optimizers.sgd_update`` / ``adam_update`` (over the whole flat parameter
+buffer at once).  The exception is the activation's backward,
+``activations.activation_backward_in_place``: the in-place twin of the kernels'
+``activation_backward_flat``, with its own loops (LLVM does not vectorise the
+out-of-place loops when out is dy).  The cross-entropy was the step's own copy until
+issue 31: the family's helper, the argmax found in its max loop
+(``softmax.short_rows_stats``' ``preds``), costs 1.88 against 1.50 us at 32 x 10 (+0.34-0.38 us, about 2% of the digits step's 16 us on a
 shared AMD EPYC Zen 3, one thread; whole steps A/B in one process: within their +-3.5%
 noise); a separate argmax pass had cost another 0.05-0.1 us.
 
